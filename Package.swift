@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Hot loops are compiled for the build machine's vector units (vlmsh is always built where it runs).
+let fast: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "native"])]
+
+let package = Package(
+    name: "vlmsh",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "vlmsh", targets: ["vlmsh"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+    ],
+    targets: [
+        // System libraries (installed by `make deps`).
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
+        .systemLibrary(name: "CReadline", path: "Sources/CReadline"),
+        .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+
+        // Tensor core: buffers, kernels, quantized formats, threading.
+        .target(name: "VLMTensor", dependencies: ["CBLAS"], swiftSettings: fast),
+        // File formats: GGUF, safetensors.
+        .target(name: "VLMFormats", dependencies: ["VLMTensor"], swiftSettings: fast),
+        // Tokenizers and chat templates.
+        .target(name: "VLMTokenizers", dependencies: ["VLMFormats"], swiftSettings: fast),
+        // Model architectures (decoders, vision towers, LLaVA composition) and loading.
+        .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers"], swiftSettings: fast),
+        // Sampling and the generation iterator.
+        .target(name: "VLMGeneration", dependencies: ["VLMTensor", "VLMModels", "VLMTokenizers"], swiftSettings: fast),
+        // SQLite session store.
+        .target(name: "VLMStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        // Command-line interface (subcommands and REPL).
+        .target(name: "VLMCLI", dependencies: [
+            "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMModels", "VLMGeneration", "VLMStore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], swiftSettings: fast),
+        .executableTarget(name: "vlmsh", dependencies: ["VLMCLI"]),
+
+        .testTarget(name: "VLMTensorTests", dependencies: ["VLMTensor"]),
+        .testTarget(name: "VLMFormatsTests", dependencies: ["VLMFormats", "VLMTensor"]),
+        .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers", "VLMFormats"]),
+        .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers"]),
+        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI"]),
+    ]
+)

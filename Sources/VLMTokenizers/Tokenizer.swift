@@ -1,0 +1,1 @@
+// Tokenizers: byte-level BPE and SentencePiece BPE, chat templates.

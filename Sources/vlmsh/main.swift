@@ -1,0 +1,3 @@
+import VLMCLI
+
+await VLMCommand.main()
