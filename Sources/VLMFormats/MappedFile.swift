@@ -1,0 +1,37 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A read-only memory map of a whole file. Weights point into it; nothing is copied.
+public final class MappedFile: @unchecked Sendable {
+    public let path: String
+    public let base: UnsafeRawPointer
+    public let size: Int
+
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw FormatError(path, String(cString: strerror(errno))) }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw FormatError(path, String(cString: strerror(errno))) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw FormatError(path, "not a regular file") }
+        size = Int(st.st_size)
+        guard size > 0 else { throw FormatError(path, "file is empty") }
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw FormatError(path, "cannot map file: \(String(cString: strerror(errno)))")
+        }
+        base = UnsafeRawPointer(p)
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+}
+
+/// A problem with an input file: one line naming the file and what is wrong with it.
+public struct FormatError: Error, CustomStringConvertible, Sendable {
+    public let file: String
+    public let message: String
+    public init(_ file: String, _ message: String) { self.file = file; self.message = message }
+    public var description: String { "\(file): \(message)" }
+}
