@@ -1,0 +1,45 @@
+# vlmsh — everything a fresh Debian machine needs is installed by these targets.
+SHELL := /bin/bash
+VLMSH_HOME ?= $(HOME)/.vlmsh
+export VLMSH_HOME
+# Python with torch/transformers/llama-cpp-python: only `make bench` and `make fixtures` use it.
+VLMSH_VENV ?= $(VLMSH_HOME)/venv
+APT_PACKAGES := libopenblas-dev libreadline-dev libjpeg-dev libpng-dev libsqlite3-dev
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BIN := .build/release/vlmsh
+
+.PHONY: run test bench build deps model fixtures reference-venv clean
+
+run: deps model build
+	$(BIN)
+
+test: deps model
+	VLMSH_REQUIRE_MODEL=1 swift test -c release
+
+bench: deps model build reference-venv
+	$(VLMSH_VENV)/bin/python bench/bench.py --vlmsh $(BIN) --model $(VLMSH_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+build:
+	swift build -c release --product vlmsh
+
+# System libraries, installed only when missing.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into $(VLMSH_HOME)/models, once.
+model:
+	@scripts/fetch-model.sh
+
+# Regenerates Tests/Fixtures/data with the reference implementations (torch, transformers, PEFT, PIL).
+fixtures: reference-venv model
+	$(VLMSH_VENV)/bin/python Tests/Fixtures/generate.py
+
+reference-venv:
+	@scripts/reference-venv.sh "$(VLMSH_VENV)"
+
+clean:
+	rm -rf .build

@@ -1,0 +1,133 @@
+import Foundation
+
+/// What a reply may look like: the sampling knobs of llama.cpp / transformers.
+public struct GenerationParameters: Codable, Sendable, Equatable {
+    public var maxTokens = 256
+    /// 0 picks the most likely token (greedy).
+    public var temperature: Float = 0.8
+    /// 0 turns top-k off.
+    public var topK = 40
+    public var topP: Float = 0.95
+    public var minP: Float = 0.05
+    /// 1 turns the penalty off; otherwise as transformers' RepetitionPenaltyLogitsProcessor.
+    public var repetitionPenalty: Float = 1
+    public var seed: UInt64 = 0
+    public var stopStrings: [String] = []
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", minP = "min_p"
+        case repetitionPenalty = "repeat_penalty", seed, stopStrings = "stop"
+    }
+}
+
+/// SplitMix64: tiny, fast, and the same sequence on every machine for a given seed.
+public struct SeededRandom: Sendable {
+    private var state: UInt64
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 24 bits.
+    public mutating func nextUnit() -> Float { Float(next() >> 40) / Float(1 << 24) }
+}
+
+/// Picks the next token from logits. Order as transformers applies its processors: repetition
+/// penalty, temperature, top-k, top-p, min-p. Buffers are allocated once per vocabulary size.
+public struct Sampler: Sendable {
+    public let parameters: GenerationParameters
+    private var random: SeededRandom
+    private var candidates: [Int32] = []
+    private var values: [Float] = []
+
+    public init(parameters: GenerationParameters) {
+        self.parameters = parameters
+        random = SeededRandom(seed: parameters.seed)
+    }
+
+    /// Chooses a token; `history` holds the ids the repetition penalty looks at.
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>, history: Set<Int>) -> Int {
+        let n = logits.count
+        if values.count != n { values = [Float](repeating: 0, count: n); candidates = [Int32](repeating: 0, count: n) }
+        let p = parameters
+        return values.withUnsafeMutableBufferPointer { v in
+            candidates.withUnsafeMutableBufferPointer { c in
+                _ = v.initialize(from: logits)
+                if p.repetitionPenalty != 1 {
+                    for id in history where id >= 0 && id < n {
+                        v[id] = v[id] > 0 ? v[id] / p.repetitionPenalty : v[id] * p.repetitionPenalty
+                    }
+                }
+                if p.temperature <= 0 { return Sampler.argmax(UnsafeBufferPointer(v)) }
+                for i in 0..<n { v[i] /= p.temperature }
+
+                // Candidates sorted by logit; top-k first so the sort is short when it is on.
+                for i in 0..<n { c[i] = Int32(i) }
+                var count = n
+                if p.topK > 0 && p.topK < n {
+                    Sampler.selectTop(p.topK, c, v)
+                    count = p.topK
+                }
+                let live = UnsafeMutableBufferPointer(rebasing: c[0..<count])
+                live.sort { v[Int($0)] > v[Int($1)] }
+
+                // Softmax over the survivors, then nucleus and min-p cuts on probabilities.
+                let maxLogit = v[Int(c[0])]
+                var total: Float = 0
+                for i in 0..<count { let e = expf(v[Int(c[i])] - maxLogit); v[Int(c[i])] = e; total += e }
+                if p.topP < 1 {
+                    var cumulative: Float = 0
+                    var keep = count
+                    for i in 0..<count {
+                        cumulative += v[Int(c[i])] / total
+                        if cumulative >= p.topP { keep = i + 1; break }
+                    }
+                    count = keep
+                }
+                if p.minP > 0 {
+                    let threshold = p.minP * v[Int(c[0])]
+                    var keep = 1
+                    while keep < count && v[Int(c[keep])] >= threshold { keep += 1 }
+                    count = keep
+                }
+                var kept: Float = 0
+                for i in 0..<count { kept += v[Int(c[i])] }
+                var r = random.nextUnit() * kept
+                for i in 0..<count {
+                    r -= v[Int(c[i])]
+                    if r < 0 { return Int(c[i]) }
+                }
+                return Int(c[count - 1])
+            }
+        }
+    }
+
+    /// Index of the largest value; the first on ties, as torch.argmax.
+    public static func argmax(_ x: UnsafeBufferPointer<Float>) -> Int {
+        var best = 0
+        for i in 1..<x.count where x[i] > x[best] { best = i }
+        return best
+    }
+
+    /// Moves the `k` largest-valued indices to the front of `c` (quickselect, no allocation).
+    static func selectTop(_ k: Int, _ c: UnsafeMutableBufferPointer<Int32>, _ v: UnsafeMutableBufferPointer<Float>) {
+        var lo = 0, hi = c.count - 1
+        while lo < hi {
+            let pivot = v[Int(c[(lo + hi) / 2])]
+            var i = lo, j = hi
+            while i <= j {
+                while v[Int(c[i])] > pivot { i += 1 }
+                while v[Int(c[j])] < pivot { j -= 1 }
+                if i <= j { c.swapAt(i, j); i += 1; j -= 1 }
+            }
+            if k - 1 <= j { hi = j } else if k - 1 >= i { lo = i } else { return }
+        }
+    }
+}

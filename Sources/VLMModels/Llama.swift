@@ -1,0 +1,337 @@
+import Foundation
+import VLMFormats
+import VLMTensor
+
+// Llama-family decoder: Llama, Mistral and Qwen2 (q/k/v bias). GQA, RMSNorm, SwiGLU, RoPE
+// (default / linear / llama3), optionally tied embeddings, KV cache.
+
+// MARK: - Configuration
+
+/// The text model's config.json (`LlamaConfig`, `MistralConfig`, `Qwen2Config`).
+public struct LlamaConfiguration: Codable, Sendable {
+    public var modelType: String
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var numHiddenLayers: Int
+    public var numAttentionHeads: Int
+    public var numKeyValueHeads: Int
+    public var headDim: Int
+    public var rmsNormEps: Float
+    public var ropeTheta: Float
+    public var ropeScaling: RopeScaling?
+    public var vocabSize: Int
+    public var maxPositionEmbeddings: Int
+    public var tieWordEmbeddings: Bool
+    public var attentionBias: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case modelType = "model_type"
+        case hiddenSize = "hidden_size"
+        case intermediateSize = "intermediate_size"
+        case numHiddenLayers = "num_hidden_layers"
+        case numAttentionHeads = "num_attention_heads"
+        case numKeyValueHeads = "num_key_value_heads"
+        case headDim = "head_dim"
+        case rmsNormEps = "rms_norm_eps"
+        case ropeTheta = "rope_theta"
+        case ropeScaling = "rope_scaling"
+        case vocabSize = "vocab_size"
+        case maxPositionEmbeddings = "max_position_embeddings"
+        case tieWordEmbeddings = "tie_word_embeddings"
+        case attentionBias = "attention_bias"
+    }
+
+    public init(modelType: String, hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int,
+                numAttentionHeads: Int, numKeyValueHeads: Int, headDim: Int? = nil, rmsNormEps: Float,
+                ropeTheta: Float, ropeScaling: RopeScaling?, vocabSize: Int, maxPositionEmbeddings: Int,
+                tieWordEmbeddings: Bool, attentionBias: Bool) {
+        self.modelType = modelType; self.hiddenSize = hiddenSize; self.intermediateSize = intermediateSize
+        self.numHiddenLayers = numHiddenLayers; self.numAttentionHeads = numAttentionHeads
+        self.numKeyValueHeads = numKeyValueHeads; self.headDim = headDim ?? hiddenSize / numAttentionHeads
+        self.rmsNormEps = rmsNormEps; self.ropeTheta = ropeTheta; self.ropeScaling = ropeScaling
+        self.vocabSize = vocabSize; self.maxPositionEmbeddings = maxPositionEmbeddings
+        self.tieWordEmbeddings = tieWordEmbeddings; self.attentionBias = attentionBias
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        modelType = try c.decodeIfPresent(String.self, forKey: .modelType) ?? "llama"
+        hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
+        intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
+        numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
+        numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
+        numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads) ?? numAttentionHeads
+        headDim = try c.decodeIfPresent(Int.self, forKey: .headDim) ?? hiddenSize / numAttentionHeads
+        rmsNormEps = try c.decodeIfPresent(Float.self, forKey: .rmsNormEps) ?? 1e-6
+        ropeTheta = try c.decodeIfPresent(Float.self, forKey: .ropeTheta) ?? 10000
+        ropeScaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling)
+        vocabSize = try c.decode(Int.self, forKey: .vocabSize)
+        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 4096
+        tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
+        // Qwen2 always has q/k/v biases and says so only through its model type.
+        attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? (modelType == "qwen2")
+    }
+
+    public static let supportedTypes: Set<String> = ["llama", "mistral", "qwen2"]
+
+    /// The configuration a GGUF file describes in its `<arch>.*` metadata keys.
+    public init(gguf: GGUFFile) throws {
+        let m = gguf.metadata, file = gguf.path
+        guard let arch = m["general.architecture"]?.string else { throw FormatError(file, "general.architecture missing") }
+        guard ["llama", "mistral", "qwen2"].contains(arch) else {
+            throw FormatError(file, "unsupported architecture '\(arch)' (supported: llama, mistral, qwen2)")
+        }
+        func int(_ key: String) throws -> Int {
+            guard let v = m["\(arch).\(key)"]?.int else { throw FormatError(file, "\(arch).\(key) missing") }
+            return v
+        }
+        let heads = try int("attention.head_count")
+        let hidden = try int("embedding_length")
+        guard let embed = gguf.info("token_embd.weight") else { throw FormatError(file, "token_embd.weight missing") }
+        var scaling: RopeScaling?
+        if let kind = m["\(arch).rope.scaling.type"]?.string, kind != "none" {
+            scaling = RopeScaling(kind: kind, factor: Float(m["\(arch).rope.scaling.factor"]?.double ?? 1),
+                                  originalMaxPositions: m["\(arch).rope.scaling.original_context_length"]?.int)
+        }
+        self.init(
+            modelType: arch, hiddenSize: hidden, intermediateSize: try int("feed_forward_length"),
+            numHiddenLayers: try int("block_count"), numAttentionHeads: heads,
+            numKeyValueHeads: m["\(arch).attention.head_count_kv"]?.int ?? heads,
+            headDim: m["\(arch).attention.key_length"]?.int ?? m["\(arch).rope.dimension_count"]?.int ?? hidden / heads,
+            rmsNormEps: Float(m["\(arch).attention.layer_norm_rms_epsilon"]?.double ?? 1e-5),
+            ropeTheta: Float(m["\(arch).rope.freq_base"]?.double ?? 10000), ropeScaling: scaling,
+            vocabSize: embed.shape[0], maxPositionEmbeddings: m["\(arch).context_length"]?.int ?? 4096,
+            tieWordEmbeddings: gguf.info("output.weight") == nil, attentionBias: gguf.info("blk.0.attn_q.bias") != nil)
+    }
+}
+
+// MARK: - Weight names
+
+public enum LlamaWeights {
+    /// GGUF tensor names → Hugging Face names, so one loader serves both formats.
+    /// `rope_freqs.weight` (llama3 frequency factors) keeps its name.
+    public static func sanitizeGGUF(_ name: String) -> String? {
+        let top = ["token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+                   "output.weight": "lm_head.weight", "rope_freqs.weight": "rope_freqs.weight"]
+        if let n = top[name] { return n }
+        let parts = name.split(separator: ".", maxSplits: 2).map(String.init)
+        guard parts.count == 3, parts[0] == "blk", let layer = Int(parts[1]) else { return name }
+        let sub = ["attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                   "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                   "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"]
+        let pieces = parts[2].split(separator: ".", maxSplits: 1).map(String.init)
+        guard pieces.count == 2, let mapped = sub[pieces[0]] else { return name }
+        return "model.layers.\(layer).\(mapped).\(pieces[1])"
+    }
+
+    /// HF checkpoints: drops rotary caches old exports carry (recomputed here).
+    public static func sanitizeHF(_ name: String) -> String? {
+        name.hasSuffix("rotary_emb.inv_freq") ? nil : name
+    }
+}
+
+// MARK: - Model
+
+public final class LlamaModel: @unchecked Sendable {
+    struct Layer {
+        let inputNorm: Tensor
+        let q, k, v, o: Linear
+        let postAttentionNorm: Tensor
+        let gate, up, down: Linear
+    }
+
+    public let config: LlamaConfiguration
+    let embedTokens: QuantizedMatrix   // [vocab, hidden]
+    let layers: [Layer]
+    let norm: Tensor
+    let lmHead: Linear
+    let rope: RoPE
+    /// Dequantized weight of the linear being applied to several tokens.
+    let weightScratch: FloatStorage
+    /// Buffers for one-token steps, kept so decode does not allocate.
+    private let decodeWorkspace: Workspace
+    /// Logits of the last position of the most recent forward.
+    public let logits: FloatStorage
+
+    /// Loads from canonical (HF) names; every weight must be used exactly as expected.
+    public init(config: LlamaConfiguration, weights: WeightMap, ropePairing: RoPE.Pairing) throws {
+        guard config.numAttentionHeads % max(config.numKeyValueHeads, 1) == 0 else {
+            throw FormatError(weights.file, "attention heads \(config.numAttentionHeads) not a multiple of key/value heads \(config.numKeyValueHeads)")
+        }
+        self.config = config
+        let d = config.hiddenSize, f = config.intermediateSize, hd = config.headDim
+        let qDim = config.numAttentionHeads * hd, kvDim = config.numKeyValueHeads * hd
+        func linear(_ name: String, _ out: Int, _ inp: Int, bias: Bool = false) throws -> Linear {
+            Linear(weight: try weights.matrix("\(name).weight", shape: [out, inp]),
+                   bias: bias ? try weights.floats("\(name).bias", shape: [out]) : nil)
+        }
+        embedTokens = try weights.matrix("model.embed_tokens.weight", shape: [config.vocabSize, d])
+        layers = try (0..<config.numHiddenLayers).map { i in
+            let p = "model.layers.\(i)."
+            return Layer(
+                inputNorm: try weights.floats(p + "input_layernorm.weight", shape: [d]),
+                q: try linear(p + "self_attn.q_proj", qDim, d, bias: config.attentionBias),
+                k: try linear(p + "self_attn.k_proj", kvDim, d, bias: config.attentionBias),
+                v: try linear(p + "self_attn.v_proj", kvDim, d, bias: config.attentionBias),
+                o: try linear(p + "self_attn.o_proj", d, qDim),
+                postAttentionNorm: try weights.floats(p + "post_attention_layernorm.weight", shape: [d]),
+                gate: try linear(p + "mlp.gate_proj", f, d),
+                up: try linear(p + "mlp.up_proj", f, d),
+                down: try linear(p + "mlp.down_proj", d, f))
+        }
+        norm = try weights.floats("model.norm.weight", shape: [d])
+        if config.tieWordEmbeddings && !weights.contains("lm_head.weight") {
+            lmHead = Linear(weight: embedTokens)
+        } else {
+            lmHead = try linear("lm_head", config.vocabSize, d)
+        }
+        let factors = weights.contains("rope_freqs.weight") ? try weights.floats("rope_freqs.weight").array : nil
+        rope = RoPE(headDim: hd, base: config.ropeTheta, scaling: config.ropeScaling, pairing: ropePairing, frequencyFactors: factors)
+        try weights.finish()
+
+        weightScratch = FloatStorage(count: max(qDim * d, kvDim * d, f * d), zeroed: false)
+        decodeWorkspace = Workspace(config: config, tokens: 1)
+        logits = FloatStorage(count: config.vocabSize, zeroed: true)
+    }
+
+    public var vocabularySize: Int { config.vocabSize }
+
+    public func makeCache(capacity: Int = 256) -> KVCache {
+        KVCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim, capacity: capacity)
+    }
+
+    /// Row `id` of the embedding table, `[hidden]`.
+    public func embed(_ tokens: [Int], into out: UnsafeMutablePointer<Float>) throws {
+        for (t, id) in tokens.enumerated() {
+            guard id >= 0, id < config.vocabSize else { throw ModelError("token id \(id) outside the vocabulary (0..<\(config.vocabSize))") }
+            embedTokens.dequantizeRow(id, into: out + t * config.hiddenSize)
+        }
+    }
+
+    /// Runs `tokens` after the cached positions and returns the logits of the last one.
+    @discardableResult
+    public func forward(tokens: [Int], cache: KVCache) throws -> UnsafeBufferPointer<Float> {
+        let ws = tokens.count == 1 ? decodeWorkspace : Workspace(config: config, tokens: tokens.count)
+        try embed(tokens, into: ws.x.pointer)
+        return forward(workspace: ws, tokens: tokens.count, cache: cache)
+    }
+
+    /// Runs input embeddings `[n, hidden]` (text and image features spliced) after the cached positions.
+    @discardableResult
+    public func forward(embeddings: UnsafePointer<Float>, count n: Int, cache: KVCache) -> UnsafeBufferPointer<Float> {
+        let ws = n == 1 ? decodeWorkspace : Workspace(config: config, tokens: n)
+        ws.x.pointer.update(from: embeddings, count: n * config.hiddenSize)
+        return forward(workspace: ws, tokens: n, cache: cache)
+    }
+
+    private func forward(workspace ws: Workspace, tokens n: Int, cache: KVCache) -> UnsafeBufferPointer<Float> {
+        let d = config.hiddenSize, hd = config.headDim
+        let heads = config.numAttentionHeads, kvHeads = config.numKeyValueHeads
+        let qDim = heads * hd
+        let start = cache.count
+        cache.reserve(n)
+        let x = ws.x.pointer, h = ws.h.pointer, scratch = weightScratch.pointer
+
+        for (l, layer) in layers.enumerated() {
+            // Attention block: x += o(attention(rope(q(norm x)), rope(k(norm x)), v(norm x)))
+            Kernels.rmsNorm(x, layer.inputNorm.data, h, rows: n, dim: d, eps: config.rmsNormEps)
+            layer.q.forward(h, ws.q.pointer, tokens: n, scratch: scratch)
+            layer.k.forward(h, cache.key(layer: l, position: start), tokens: n, scratch: scratch)
+            layer.v.forward(h, cache.value(layer: l, position: start), tokens: n, scratch: scratch)
+            for t in 0..<n {
+                rope.apply(ws.q.pointer + t * qDim, heads: heads, position: start + t)
+                rope.apply(cache.key(layer: l, position: start + t), heads: kvHeads, position: start + t)
+            }
+            attention(ws, layer: l, tokens: n, start: start, cache: cache)
+            layer.o.forward(ws.attention.pointer, h, tokens: n, scratch: scratch)
+            Kernels.add(h, into: x, n * d)
+
+            // MLP block: x += down(silu(gate(norm x)) · up(norm x))
+            Kernels.rmsNorm(x, layer.postAttentionNorm.data, h, rows: n, dim: d, eps: config.rmsNormEps)
+            layer.gate.forward(h, ws.gate.pointer, tokens: n, scratch: scratch)
+            layer.up.forward(h, ws.up.pointer, tokens: n, scratch: scratch)
+            Kernels.swiglu(ws.gate.pointer, ws.up.pointer, n * config.intermediateSize)
+            layer.down.forward(ws.gate.pointer, h, tokens: n, scratch: scratch)
+            Kernels.add(h, into: x, n * d)
+        }
+        cache.advance(n)
+
+        // Only the last position's logits are needed to pick the next token.
+        Kernels.rmsNorm(x + (n - 1) * d, norm.data, h, rows: 1, dim: d, eps: config.rmsNormEps)
+        lmHead.forward(h, logits.pointer, tokens: 1, scratch: scratch)
+        return UnsafeBufferPointer(start: logits.pointer, count: config.vocabSize)
+    }
+
+    /// Causal scaled-dot-product attention of the `n` new queries over all cached positions.
+    private func attention(_ ws: Workspace, layer l: Int, tokens n: Int, start: Int, cache: KVCache) {
+        let hd = config.headDim, heads = config.numAttentionHeads
+        let group = heads / config.numKeyValueHeads
+        let qDim = heads * hd, kvDim = cache.width
+        let total = start + n
+        let scale = 1 / Float(hd).squareRoot()
+        let keys = cache.key(layer: l, position: 0), values = cache.value(layer: l, position: 0)
+        let q = ws.q.pointer, out = ws.attention.pointer
+
+        if n == 1 {
+            // One query: per-head dot products, heads spread over the cores.
+            ws.reserveScores(heads * total)
+            let scores = ws.scores.pointer
+            Parallel.forEach(heads, minChunk: max(1, 4096 / max(total, 1))) { range in
+                for head in range {
+                    let kvOffset = (head / group) * hd
+                    let s = scores + head * total, qh = q + head * hd, oh = out + head * hd
+                    for j in 0..<total { s[j] = Kernels.dot(qh, keys + j * kvDim + kvOffset, hd) * scale }
+                    Kernels.softmax(s, total)
+                    oh.initialize(repeating: 0, count: hd)
+                    for j in 0..<total { Kernels.axpy(s[j], values + j * kvDim + kvOffset, oh, hd) }
+                }
+            }
+            return
+        }
+
+        // Several queries: S = Q·Kᵀ and O = softmax(S)·V per head through sgemm.
+        ws.reserveScores(n * total)
+        let s = ws.scores.pointer
+        for head in 0..<heads {
+            let kvOffset = (head / group) * hd
+            Kernels.gemm(m: n, n: total, k: hd, q + head * hd, lda: qDim, keys + kvOffset, ldb: kvDim, transB: true, s, ldc: total)
+            Parallel.forEach(n, minChunk: 8) { range in
+                for i in range {
+                    let row = s + i * total, visible = start + i + 1
+                    for j in 0..<visible { row[j] *= scale }
+                    Kernels.softmax(row, visible)
+                    for j in visible..<total { row[j] = 0 }
+                }
+            }
+            Kernels.gemm(m: n, n: hd, k: total, s, lda: total, values + kvOffset, ldb: kvDim, transB: false, out + head * hd, ldc: qDim)
+        }
+    }
+}
+
+/// Activation buffers for a forward pass over `tokens` positions.
+final class Workspace {
+    let x, h, q, attention, gate, up: FloatStorage
+    private(set) var scores: FloatStorage
+
+    init(config c: LlamaConfiguration, tokens n: Int) {
+        let qDim = c.numAttentionHeads * c.headDim
+        x = FloatStorage(count: n * c.hiddenSize, zeroed: false)
+        h = FloatStorage(count: n * c.hiddenSize, zeroed: false)
+        q = FloatStorage(count: n * qDim, zeroed: false)
+        attention = FloatStorage(count: n * qDim, zeroed: false)
+        gate = FloatStorage(count: n * c.intermediateSize, zeroed: false)
+        up = FloatStorage(count: n * c.intermediateSize, zeroed: false)
+        scores = FloatStorage(count: n * 256, zeroed: false)
+    }
+
+    /// Grows the score buffer geometrically, so decode allocates only when the context doubles.
+    func reserveScores(_ count: Int) {
+        if scores.count < count { scores = FloatStorage(count: max(count, 2 * scores.count), zeroed: false) }
+    }
+}
+
+/// A model-level error (bad token id, unsupported configuration) with a one-line message.
+public struct ModelError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ message: String) { description = message }
+}

@@ -1,0 +1,69 @@
+import Foundation
+import VLMFormats
+import VLMTensor
+import VLMTokenizers
+
+/// A loaded language model with what it takes to talk to it: tokenizer and chat template.
+public final class TextModel: @unchecked Sendable {
+    public let path: String
+    public let architecture: String
+    public let decoder: LlamaModel
+    public let tokenizer: Tokenizer
+    public let template: ChatTemplate
+
+    /// Loads a `.gguf` file or a Hugging Face folder. `template` overrides the detected chat template.
+    public init(path: String, template: String? = nil) throws {
+        self.path = path
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw FormatError(path, "no such file or folder")
+        }
+        if isDirectory.boolValue {
+            let configPath = path + "/config.json"
+            guard let data = FileManager.default.contents(atPath: configPath) else {
+                throw FormatError(configPath, "missing: a model folder needs config.json")
+            }
+            let config: LlamaConfiguration
+            do { config = try JSONDecoder().decode(LlamaConfiguration.self, from: data) } catch {
+                throw FormatError(configPath, "not a supported text model config (\(Self.describe(error)))")
+            }
+            guard LlamaConfiguration.supportedTypes.contains(config.modelType) else {
+                throw FormatError(configPath, "unsupported model_type '\(config.modelType)'")
+            }
+            let weights = WeightMap(file: path, source: try openCheckpoint(folder: path))
+            weights.rename(LlamaWeights.sanitizeHF)
+            decoder = try LlamaModel(config: config, weights: weights, ropePairing: .halves)
+            tokenizer = try Tokenizer.load(folder: path)
+            architecture = config.modelType
+        } else {
+            let gguf = try GGUFFile(path: path)
+            let config = try LlamaConfiguration(gguf: gguf)
+            let weights = WeightMap(file: path, source: gguf)
+            weights.rename(LlamaWeights.sanitizeGGUF)
+            // llama.cpp permutes Llama-style Q/K rows when converting; qwen2 keeps HF order.
+            decoder = try LlamaModel(config: config, weights: weights, ropePairing: config.modelType == "qwen2" ? .halves : .interleaved)
+            tokenizer = try Tokenizer.load(gguf: gguf.metadata, file: path)
+            architecture = config.modelType
+        }
+        let name = template ?? ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: architecture)
+        self.template = try ChatTemplate.load(name: name, directory: ChatTemplate.defaultDirectory())
+    }
+
+    /// The ids of one user message wrapped by the chat template with the generation prompt.
+    public func chatPromptIDs(_ messages: [ChatMessage]) -> [Int] {
+        tokenizer.encode(template.render(messages, addGenerationPrompt: true), addSpecialTokens: false)
+    }
+
+    /// Token ids that end a reply: the tokenizer's end-of-sequence ids.
+    public var stopTokens: Set<Int> { tokenizer.eosTokenIDs }
+
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.keyNotFound(let key, _): return "missing key '\(key.stringValue)'"
+        case DecodingError.typeMismatch(_, let ctx), DecodingError.valueNotFound(_, let ctx):
+            return "bad value at '\(ctx.codingPath.map(\.stringValue).joined(separator: "."))'"
+        case DecodingError.dataCorrupted(let ctx): return "invalid JSON: \(ctx.debugDescription)"
+        default: return "\(error)"
+        }
+    }
+}
