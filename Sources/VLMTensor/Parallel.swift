@@ -16,6 +16,8 @@ public enum Parallel {
         if chunks <= 1 { body(0..<count); return }
         let per = (count + chunks - 1) / chunks
         withoutActuallyEscaping(body) { body in
+            // Each thread gets a disjoint range; callers own the data race story.
+            nonisolated(unsafe) let body = body
             DispatchQueue.concurrentPerform(iterations: chunks) { c in
                 let lo = c * per, hi = min(count, lo + per)
                 if lo < hi { body(lo..<hi) }

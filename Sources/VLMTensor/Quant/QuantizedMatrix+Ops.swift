@@ -1,0 +1,58 @@
+extension QuantizedMatrix {
+    /// Rows per thread chunk so each chunk moves at least ~64 KB (smaller splits cost more in
+    /// dispatch than they save).
+    private var minRowsPerChunk: Int { max(1, 65536 / max(rowBytes, 1)) }
+
+    /// Decodes row `r` (`cols` floats) into `dst`.
+    public func dequantizeRow(_ r: Int, into dst: UnsafeMutablePointer<Float>) {
+        Dequantize.fast(type, row(r), dst, count: cols)
+    }
+
+    /// Decodes the whole matrix row-major into `dst` (`rows * cols` floats), over all cores.
+    public func dequantize(into dst: UnsafeMutablePointer<Float>) {
+        let rowBytes = self.rowBytes, cols = self.cols, type = self.type, data = self.data
+        Parallel.forEach(rows, minChunk: minRowsPerChunk) { range in
+            for r in range { Dequantize.fast(type, data + r * rowBytes, dst + r * cols, count: cols) }
+        }
+    }
+
+    /// y[r] = dot(row r, x) for every row; x has `cols` floats, y has `rows`. Threaded over rows.
+    public func matVec(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+        let rowBytes = self.rowBytes, cols = self.cols, type = self.type, data = self.data
+        if let kernel = QuantDot.kernel(for: type) {
+            Parallel.forEach(rows, minChunk: minRowsPerChunk) { range in
+                for r in range { y[r] = kernel(data + r * rowBytes, x, cols) }
+            }
+            return
+        }
+        // Other types: decode one block at a time into a stack buffer, then dot.
+        let blockSize = type.blockSize, blockBytes = type.blockBytes, blocks = cols / blockSize
+        Parallel.forEach(rows, minChunk: minRowsPerChunk) { range in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 256) { buffer in
+                let tmp = buffer.baseAddress!
+                for r in range {
+                    var sum: Float = 0
+                    var p = data + r * rowBytes
+                    for b in 0..<blocks {
+                        Dequantize.fast(type, p, tmp, count: blockSize)
+                        sum += Vec.dot(tmp, x + b * blockSize, count: blockSize)
+                        p += blockBytes
+                    }
+                    y[r] = sum
+                }
+            }
+        }
+    }
+
+    /// Plain single-threaded matVec: decode each row with the reference decoder, then a scalar dot.
+    public func matVecReference(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+        let tmp = UnsafeMutablePointer<Float>.allocate(capacity: max(cols, 1))
+        defer { tmp.deallocate() }
+        for r in 0..<rows {
+            Dequantize.reference(type, row(r), tmp, count: cols)
+            var sum: Float = 0
+            for c in 0..<cols { sum += tmp[c] * x[c] }
+            y[r] = sum
+        }
+    }
+}
