@@ -35,6 +35,7 @@ public struct LlamaConfiguration: Codable, Sendable {
         case rmsNormEps = "rms_norm_eps"
         case ropeTheta = "rope_theta"
         case ropeScaling = "rope_scaling"
+        case ropeParameters = "rope_parameters"
         case vocabSize = "vocab_size"
         case maxPositionEmbeddings = "max_position_embeddings"
         case tieWordEmbeddings = "tie_word_embeddings"
@@ -63,8 +64,11 @@ public struct LlamaConfiguration: Codable, Sendable {
         numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads) ?? numAttentionHeads
         headDim = try c.decodeIfPresent(Int.self, forKey: .headDim) ?? hiddenSize / numAttentionHeads
         rmsNormEps = try c.decodeIfPresent(Float.self, forKey: .rmsNormEps) ?? 1e-6
-        ropeTheta = try c.decodeIfPresent(Float.self, forKey: .ropeTheta) ?? 10000
+        // transformers 5 writes `rope_parameters` (theta included); 4.x `rope_theta` + `rope_scaling`.
+        let parameters = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeParameters)
+        ropeTheta = try c.decodeIfPresent(Float.self, forKey: .ropeTheta) ?? parameters?.theta ?? 10000
         ropeScaling = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeScaling)
+            ?? parameters.flatMap { $0.kind == "default" ? nil : $0 }
         vocabSize = try c.decode(Int.self, forKey: .vocabSize)
         maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 4096
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false

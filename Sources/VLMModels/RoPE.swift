@@ -72,11 +72,14 @@ public struct RopeScaling: Codable, Sendable {
     public var lowFreqFactor: Float?
     public var highFreqFactor: Float?
     public var originalMaxPositions: Int?
+    /// Only in transformers 5's `rope_parameters`, which carries the base too.
+    public var theta: Float?
 
     enum CodingKeys: String, CodingKey {
         case type, ropeType = "rope_type", factor
         case lowFreqFactor = "low_freq_factor", highFreqFactor = "high_freq_factor"
         case originalMaxPositions = "original_max_position_embeddings"
+        case theta = "rope_theta"
     }
 
     public init(kind: String, factor: Float, lowFreqFactor: Float? = nil, highFreqFactor: Float? = nil, originalMaxPositions: Int? = nil) {
@@ -91,6 +94,7 @@ public struct RopeScaling: Codable, Sendable {
         lowFreqFactor = try c.decodeIfPresent(Float.self, forKey: .lowFreqFactor)
         highFreqFactor = try c.decodeIfPresent(Float.self, forKey: .highFreqFactor)
         originalMaxPositions = try c.decodeIfPresent(Int.self, forKey: .originalMaxPositions)
+        theta = try c.decodeIfPresent(Float.self, forKey: .theta)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -100,5 +104,6 @@ public struct RopeScaling: Codable, Sendable {
         try c.encodeIfPresent(lowFreqFactor, forKey: .lowFreqFactor)
         try c.encodeIfPresent(highFreqFactor, forKey: .highFreqFactor)
         try c.encodeIfPresent(originalMaxPositions, forKey: .originalMaxPositions)
+        try c.encodeIfPresent(theta, forKey: .theta)
     }
 }

@@ -1,0 +1,30 @@
+import Foundation
+import XCTest
+
+/// Paths of committed fixtures and the real default model.
+enum Fixtures {
+    static let data = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("Fixtures/data")
+
+    static func json(_ relative: String) throws -> [String: Any] {
+        let data = try Data(contentsOf: Fixtures.data.appendingPathComponent(relative))
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+    }
+
+    /// The default model from the store; `make test` fetches it and sets VLMSH_REQUIRE_MODEL so
+    /// its absence fails there, while a bare `swift test` skips.
+    static func defaultModel() throws -> String {
+        let home = ProcessInfo.processInfo.environment["VLMSH_HOME"] ?? (NSHomeDirectory() + "/.vlmsh")
+        let path = home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        if FileManager.default.fileExists(atPath: path) { return path }
+        if ProcessInfo.processInfo.environment["VLMSH_REQUIRE_MODEL"] == "1" {
+            XCTFail("default model missing at \(path) (make model)")
+        }
+        throw XCTSkip("default model not installed at \(path); run `make model`")
+    }
+}
+
+/// Largest absolute difference, for failure messages.
+func maxDifference(_ a: [Float], _ b: [Float]) -> Float {
+    zip(a, b).map { abs($0 - $1) }.max() ?? 0
+}

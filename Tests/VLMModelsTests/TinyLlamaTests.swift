@@ -1,0 +1,84 @@
+import VLMFormats
+import VLMGeneration
+import VLMModels
+import XCTest
+
+/// Tiny random Llama / Mistral / Qwen2 checkpoints against transformers (Tests/Fixtures/gen_tinyllama.py).
+final class TinyLlamaTests: XCTestCase {
+    func load(_ variant: String) throws -> LlamaModel {
+        let folder = Fixtures.data.appendingPathComponent("tinyllama/\(variant)").path
+        let config = try JSONDecoder().decode(LlamaConfiguration.self,
+                                              from: Data(contentsOf: URL(fileURLWithPath: folder + "/config.json")))
+        let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
+        weights.rename(LlamaWeights.sanitizeHF)
+        return try LlamaModel(config: config, weights: weights, ropePairing: .halves)
+    }
+
+    func testEveryVariantMatchesTransformers() throws {
+        let golden = try Fixtures.json("tinyllama/golden.json")
+        XCTAssertEqual(golden.count, 5)
+        for (variant, value) in golden {
+            let g = try XCTUnwrap(value as? [String: Any])
+            let prompt = try XCTUnwrap(g["prompt_ids"] as? [Int])
+            let expected = try XCTUnwrap(g["last_logits"] as? [Double]).map(Float.init)
+            let model = try load(variant)
+            let cache = model.makeCache()
+            var logits = Array(try model.forward(tokens: prompt, cache: cache))
+            let diff = maxDifference(logits, expected)
+            XCTAssertLessThan(diff, 1e-4, "\(variant): last-position logits max diff \(diff)")
+
+            var greedy: [Int] = []
+            for _ in 0..<(g["greedy_ids"] as? [Int] ?? []).count {
+                let id = logits.withUnsafeBufferPointer { Sampler.argmax($0) }
+                greedy.append(id)
+                logits = Array(try model.forward(tokens: [id], cache: cache))
+            }
+            XCTAssertEqual(greedy, g["greedy_ids"] as? [Int], "\(variant): greedy continuation")
+        }
+    }
+
+    /// Decoding with the KV cache equals recomputing the whole sequence from scratch.
+    func testCachedDecodeEqualsFullRecompute() throws {
+        for variant in ["llama", "qwen2"] {
+            let model = try load(variant)
+            let tokens = [5, 17, 99, 3, 42, 7, 64, 120, 8, 31]
+            let cache = model.makeCache(capacity: 2)   // also exercises cache growth
+            _ = try model.forward(tokens: Array(tokens.prefix(4)), cache: cache)
+            for n in 4..<tokens.count {
+                let stepped = Array(try model.forward(tokens: [tokens[n]], cache: cache))
+                let full = Array(try model.forward(tokens: Array(tokens.prefix(n + 1)), cache: model.makeCache()))
+                let diff = maxDifference(stepped, full)
+                XCTAssertLessThan(diff, 1e-5, "\(variant): position \(n) cached vs full, max diff \(diff)")
+            }
+            XCTAssertEqual(cache.count, tokens.count)
+        }
+    }
+
+    func testMissingAndLeftoverWeightsAreErrors() throws {
+        let folder = Fixtures.data.appendingPathComponent("tinyllama/llama").path
+        let config = try JSONDecoder().decode(LlamaConfiguration.self,
+                                              from: Data(contentsOf: URL(fileURLWithPath: folder + "/config.json")))
+        let source = try openCheckpoint(folder: folder)
+
+        let missing = WeightMap(file: folder, source: source)
+        missing.rename { $0 == "model.norm.weight" ? nil : $0 }
+        XCTAssertThrowsError(try LlamaModel(config: config, weights: missing, ropePairing: .halves)) {
+            XCTAssertTrue("\($0)".contains("missing weight 'model.norm.weight'"), "\($0)")
+        }
+
+        let leftover = WeightMap(file: folder, source: source)
+        leftover.rename { $0 == "model.norm.weight" ? "model.extra.weight" : $0 }
+        var extra = config
+        extra.numHiddenLayers = 1
+        XCTAssertThrowsError(try LlamaModel(config: extra, weights: WeightMap(file: folder, source: source), ropePairing: .halves)) {
+            XCTAssertTrue("\($0)".contains("unexpected weight 'model.layers.1."), "\($0)")
+        }
+    }
+
+    func testOutOfVocabularyTokenIsAnError() throws {
+        let model = try load("llama")
+        XCTAssertThrowsError(try model.forward(tokens: [1, 500], cache: model.makeCache())) {
+            XCTAssertTrue("\($0)".contains("token id 500"), "\($0)")
+        }
+    }
+}
