@@ -203,7 +203,7 @@ struct GGUFReader {
     mutating func count(_ what: String, minBytesEach: Int) throws -> Int {
         let n = try u64()
         guard n <= UInt64(remaining / max(minBytesEach, 1)) else {
-            throw FormatError(file.path, "\(what) \(n) is larger than the file can hold (\(file.size) bytes)")
+            throw FormatError(file.path, "\(what) \(n) is larger than the rest of the file can hold (\(remaining) bytes left; truncated or corrupt file)")
         }
         return Int(n)
     }
