@@ -246,6 +246,33 @@ final class GGUFTests: XCTestCase {
         }
     }
 
+    /// Random byte damage anywhere in the header must give a FormatError or a file whose every
+    /// tensor decodes within bounds; never a crash or a hang.
+    func testRandomCorruptionNeverCrashes() throws {
+        let original = Array(try Data(contentsOf: URL(fileURLWithPath: Self.typesFile)))
+        let headerEnd = try GGUFFile(path: Self.typesFile).dataOffset
+        var rng = SystemRandomNumberGenerator()
+        var failures = 0, successes = 0
+        for _ in 0..<300 {
+            var f = Bytes(bytes: original)
+            for _ in 0..<Int.random(in: 1...4, using: &rng) {
+                let at = Int.random(in: 0..<headerEnd, using: &rng)
+                f.bytes[at] = Bool.random(using: &rng) ? UInt8.random(in: 0...255, using: &rng) : [0, 0xFF, 0x7F, 0x80].randomElement(using: &rng)!
+            }
+            if Bool.random(using: &rng) { f.bytes.removeLast(Int.random(in: 0..<original.count, using: &rng)) }
+            let path = try write(f)
+            do {
+                let g = try GGUFFile(path: path)
+                for name in g.weightNames { _ = try g.floats(name) }
+                successes += 1
+            } catch let e as FormatError {
+                XCTAssertEqual(e.file, path)
+                failures += 1
+            }
+        }
+        XCTAssertEqual(failures + successes, 300)
+    }
+
     // MARK: Helpers
 
     struct Bytes {
