@@ -24,6 +24,20 @@ enum Vec {
         SIMD8<Float>(Float(v[0]), Float(v[1]), Float(v[2]), Float(v[3]), Float(v[4]), Float(v[5]), Float(v[6]), Float(v[7]))
     }
 
+    /// Eight bytes widened to 32-bit lanes straight from memory (one load-and-widen instruction),
+    /// so both nibbles of each byte can be split afterwards with cheap lane-wise masks and shifts.
+    @inline(__always) @usableFromInline
+    static func widenBytes(_ p: UnsafeRawPointer) -> SIMD8<Int32> {
+        let v = p.loadUnaligned(as: SIMD8<UInt8>.self)
+        return SIMD8<Int32>(Int32(v[0]), Int32(v[1]), Int32(v[2]), Int32(v[3]),
+                            Int32(v[4]), Int32(v[5]), Int32(v[6]), Int32(v[7]))
+    }
+
+    @inline(__always) @usableFromInline
+    static func float(_ v: SIMD8<Int32>) -> SIMD8<Float> {
+        SIMD8<Float>(Float(v[0]), Float(v[1]), Float(v[2]), Float(v[3]), Float(v[4]), Float(v[5]), Float(v[6]), Float(v[7]))
+    }
+
     /// Bytes holding small unsigned values reinterpreted as signed after removing a bias
     /// (q - bias fits in Int8 for every ggml format).
     @inline(__always) @usableFromInline
