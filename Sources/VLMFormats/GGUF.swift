@@ -48,6 +48,9 @@ public final class GGUFFile: WeightSource {
         }
         let version = Int(try reader.u32())
         if version == 1 { throw FormatError(path, "GGUF version 1 is not supported (re-convert the model with a current llama.cpp)") }
+        if [2, 3].contains(Int(UInt32(version).byteSwapped)) {
+            throw FormatError(path, "big-endian GGUF files are not supported")
+        }
         guard version == 2 || version == 3 else { throw FormatError(path, "unsupported GGUF version \(version) (supported: 2, 3)") }
         self.version = version
 

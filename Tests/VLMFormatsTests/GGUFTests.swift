@@ -163,6 +163,7 @@ final class GGUFTests: XCTestCase {
     func testUnsupportedVersions() {
         expectError(containing: "unsupported GGUF version 7") { $0.put32(at: 4, 7) }
         expectError(containing: "version 1 is not supported") { $0.put32(at: 4, 1) }
+        expectError(containing: "big-endian GGUF files are not supported") { $0.put32(at: 4, UInt32(3).byteSwapped) }
     }
 
     func testAbsurdCounts() {
