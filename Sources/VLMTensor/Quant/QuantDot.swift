@@ -18,11 +18,14 @@ enum QuantDot {
         case .q8_0: return { row, x, _, n in q8_0(row, x, n) }
         case .q4_K: return q4_K
         case .q6_K: return { row, x, _, n in q6_K(row, x, n) }
+        case .q5_0: return { row, x, sums, n in q5(row, x, sums, n, blockBytes: 22, hasMin: false) }
+        case .q5_1: return { row, x, sums, n in q5(row, x, sums, n, blockBytes: 24, hasMin: true) }
+        case .q5_K: return q5_K
         default: return nil
         }
     }
 
-    static func needsBlockSums(_ type: GGMLType) -> Bool { type == .q4_0 || type == .q4_1 || type == .q4_K }
+    static func needsBlockSums(_ type: GGMLType) -> Bool { [.q4_0, .q4_1, .q4_K, .q5_0, .q5_1, .q5_K].contains(type) }
 
     static func blockSums(_ x: UnsafePointer<Float>, cols: Int, into sums: UnsafeMutablePointer<Float>) {
         for b in 0..<(cols / 32) {
@@ -128,6 +131,71 @@ enum QuantDot {
             p += 34; xb += 32
         }
         return acc.sum()
+    }
+
+    /// Lane shifts 0...7, for spreading a bit mask over eight lanes (a constant, not a global).
+    @inline(__always)
+    static var laneShifts: SIMD8<Int32> { SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) }
+
+    /// Q5_0 / Q5_1: 4-bit quants plus a 32-bit mask of fifth bits (bit j for element j).
+    /// Q5_0 is (q - 16)·d, so its offset term is -16d·Σ x; Q5_1 is q·d + m.
+    @inline(__always)
+    static func q5(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ sums: UnsafePointer<Float>, _ n: Int,
+                   blockBytes: Int, hasMin: Bool) -> Float {
+        var acc = SIMD8<Float>()
+        var offset: Float = 0
+        var p = row, xb = x
+        let maskAt = hasMin ? 4 : 2
+        for b in 0..<(n / 32) {
+            let d = Block.f16(p, 0)
+            let mask = SIMD8<Int32>(repeating: Int32(bitPattern: p.loadUnaligned(fromByteOffset: maskAt, as: UInt32.self)))
+            let qs = p + maskAt + 4
+            let w0 = Vec.widenBytes(qs), w1 = Vec.widenBytes(qs + 8)
+            // Bit j of the mask goes to element j: elements 0..15 are low nibbles, 16..31 high nibbles.
+            let h0 = ((mask &>> laneShifts) & 1) &<< 4, h1 = ((mask &>> (laneShifts &+ 8)) & 1) &<< 4
+            let h2 = ((mask &>> (laneShifts &+ 16)) & 1) &<< 4, h3 = ((mask &>> (laneShifts &+ 24)) & 1) &<< 4
+            var s = Vec.float((w0 & 15) | h0) * Vec.load(xb)
+            s.addProduct(Vec.float((w1 & 15) | h1), Vec.load(xb + 8))
+            s.addProduct(Vec.float((w0 &>> 4) | h2), Vec.load(xb + 16))
+            s.addProduct(Vec.float((w1 &>> 4) | h3), Vec.load(xb + 24))
+            acc.addProduct(SIMD8(repeating: d), s)
+            offset += (hasMin ? Block.f16(p, 2) : -16 * d) * sums[b]
+            p += blockBytes; xb += 32
+        }
+        return acc.sum() + offset
+    }
+
+    /// Q5_K: Q4_K plus 32 bytes of fifth bits; chunk c takes bit 2c for its low nibbles, 2c+1 for high.
+    static func q5_K(_ row: UnsafeRawPointer, _ x: UnsafePointer<Float>, _ sums: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
+        var minSum: Float = 0
+        var p = row, xb = x, sb = sums
+        for _ in 0..<(n / 256) {
+            let d = Block.f16(p, 0), dmin = Block.f16(p, 2)
+            let qh = p + 16
+            let h0 = Vec.widenBytes(qh), h1 = Vec.widenBytes(qh + 8), h2 = Vec.widenBytes(qh + 16), h3 = Vec.widenBytes(qh + 24)
+            for chunk in 0..<4 {
+                let (s1, m1) = Block.scaleMinK4(2 * chunk, p + 4)
+                let (s2, m2) = Block.scaleMinK4(2 * chunk + 1, p + 4)
+                let xc = xb + 64 * chunk, qs = p + 48 + 32 * chunk
+                let lowBit = Int32(2 * chunk), highBit = Int32(2 * chunk + 1)
+                let w0 = Vec.widenBytes(qs), w1 = Vec.widenBytes(qs + 8)
+                let w2 = Vec.widenBytes(qs + 16), w3 = Vec.widenBytes(qs + 24)
+                var sLow = Vec.float((w0 & 15) | (((h0 &>> lowBit) & 1) &<< 4)) * Vec.load(xc)
+                sLow.addProduct(Vec.float((w1 & 15) | (((h1 &>> lowBit) & 1) &<< 4)), Vec.load(xc + 8))
+                sLow.addProduct(Vec.float((w2 & 15) | (((h2 &>> lowBit) & 1) &<< 4)), Vec.load(xc + 16))
+                sLow.addProduct(Vec.float((w3 & 15) | (((h3 &>> lowBit) & 1) &<< 4)), Vec.load(xc + 24))
+                var sHigh = Vec.float((w0 &>> 4) | (((h0 &>> highBit) & 1) &<< 4)) * Vec.load(xc + 32)
+                sHigh.addProduct(Vec.float((w1 &>> 4) | (((h1 &>> highBit) & 1) &<< 4)), Vec.load(xc + 40))
+                sHigh.addProduct(Vec.float((w2 &>> 4) | (((h2 &>> highBit) & 1) &<< 4)), Vec.load(xc + 48))
+                sHigh.addProduct(Vec.float((w3 &>> 4) | (((h3 &>> highBit) & 1) &<< 4)), Vec.load(xc + 56))
+                acc0.addProduct(SIMD8(repeating: d * Float(s1)), sLow)
+                acc1.addProduct(SIMD8(repeating: d * Float(s2)), sHigh)
+                minSum += dmin * (Float(m1) * sb[2 * chunk] + Float(m2) * sb[2 * chunk + 1])
+            }
+            p += 176; xb += 256; sb += 8
+        }
+        return (acc0 + acc1).sum() - minSum
     }
 
     /// Q4_K: eight 32-element sub-blocks per 256, each with its own 6-bit scale and min;
