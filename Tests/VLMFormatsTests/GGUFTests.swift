@@ -139,6 +139,25 @@ final class GGUFTests: XCTestCase {
         }
     }
 
+    /// One decode step's worth of matVecs over every matrix of the real model (token_embd doubles
+    /// as the tied output projection). Prints GB/s only.
+    func testSmolLM2MatVecSweep() throws {
+        let path = NSString(string: "~/.vlmsh/models/SmolLM2-135M-Instruct.Q4_1.gguf").expandingTildeInPath
+        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("model not fetched: \(path)") }
+        let g = try GGUFFile(path: path)
+        let matrices = try g.tensorInfos.filter { $0.dims.count == 2 }.map { try g.matrix($0.name) }
+        let x = [Float](repeating: 0.25, count: matrices.map(\.cols).max()!)
+        var y = [Float](repeating: 0, count: matrices.map(\.rows).max()!)
+        let bytes = Double(matrices.reduce(0) { $0 + $1.rows * $1.rowBytes })
+        for m in matrices { m.matVec(x, &y) }
+        let steps = 10
+        let start = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<steps { for m in matrices { m.matVec(x, &y) } }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        print(String(format: "SmolLM2 matVec sweep: %d matrices, %.1f MB, %.2f ms per step, %.1f GB/s",
+                     matrices.count, bytes / 1e6, seconds / Double(steps) * 1e3, bytes * Double(steps) / seconds / 1e9))
+    }
+
     // MARK: Corrupt inputs: each must fail with one FormatError naming the file and the problem
 
     func testTruncatedHeader() {

@@ -153,7 +153,8 @@ final class QuantTests: XCTestCase {
     /// wall-clock GB/s over all threads, and single-thread GB/s per CPU-second (stable on a busy machine).
     func testMatVecBandwidth() {
         let shapes = [(GGMLType.q4_1, 1536, 576), (.q4_1, 576, 1536), (.q8_0, 49152, 576), (.q4_0, 1536, 576),
-                      (.q6_K, 1536, 768), (.q4_K, 1536, 768), (.q5_K, 1536, 768), (.q5_0, 1536, 576), (.f16, 1536, 576), (.bf16, 1536, 576), (.f32, 1536, 576)]
+                      (.q6_K, 1536, 768), (.q4_K, 1536, 768), (.q5_K, 1536, 768), (.q5_0, 1536, 576), (.f16, 1536, 576), (.bf16, 1536, 576), (.f32, 1536, 576),
+                      (.f32, 8192, 2048)]  // 64 MB of F32: a streaming-bandwidth yardstick
         for (type, rows, cols) in shapes {
             let blocks = Self.randomBlocks(type, elements: rows * cols, seed: 5)
             let x = [Float](repeating: 0.5, count: cols)
