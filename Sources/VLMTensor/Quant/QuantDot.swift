@@ -25,7 +25,12 @@ enum QuantDot {
         }
     }
 
-    static func needsBlockSums(_ type: GGMLType) -> Bool { [.q4_0, .q4_1, .q4_K, .q5_0, .q5_1, .q5_K].contains(type) }
+    static func needsBlockSums(_ type: GGMLType) -> Bool {
+        switch type {
+        case .q4_0, .q4_1, .q4_K, .q5_0, .q5_1, .q5_K: return true
+        default: return false
+        }
+    }
 
     static func blockSums(_ x: UnsafePointer<Float>, cols: Int, into sums: UnsafeMutablePointer<Float>) {
         for b in 0..<(cols / 32) {
