@@ -81,6 +81,16 @@ Café résumé naïve über façade Straße
 日本語 中文 한국어 русский Ελληνικά
 """.strip()
 
+def fuzz_strings(count=150, seed=1234):
+    """Random mixes of the character classes the split regexes care about."""
+    import random
+    rng = random.Random(seed)
+    pool = (list("abcXYZ") + list("0123456789") + [" ", " ", " ", "\t", "\n", "\r", "\r\n", "'", "'s", "'T", "'re",
+            "'LL", "'ve", "'m", "'d", "ſ"] + list(".,;!?-_()[]{}\"#$%&*+/<=>@^`|~") + ["é", "ß", "Ω", "ж", "日", "本",
+            "テ", "한", "ي", "½", "²", "٣", "Ⅳ", "😀", "👍🏽", "👨‍👩‍👧", "\u00a0", "\u3000", "\u2028", "\u200d", "\x0b", "\x85"])
+    return ["".join(rng.choice(pool) for _ in range(rng.randint(1, 24))) for _ in range(count)]
+
+
 SPECIALS_BYTE = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 SPECIALS_SPM = ["<unk>", "<s>", "</s>"]
 
@@ -90,7 +100,8 @@ def corpus():
     return lines * 3
 
 
-def goldens_for(tok, strings=STRINGS):
+def goldens_for(tok, strings=None):
+    strings = STRINGS if strings is None else strings
     out = []
     for s in strings:
         ids = tok(s, add_special_tokens=False).input_ids
@@ -312,12 +323,16 @@ def generate(out_dir):
     goldens = {}
     smol = smollm2(out)
     goldens["smollm2"] = goldens_for(smol)
+    goldens["smollm2-fuzz"] = goldens_for(smol, fuzz_strings())
     for name, regex in [("bpe-gpt2", None),
                         ("bpe-llama3", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"),
                         ("bpe-qwen2", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")]:
-        goldens[name] = goldens_for(train_byte_level(name, regex, out))
+        trained = train_byte_level(name, regex, out)
+        goldens[name] = goldens_for(trained)
+        goldens[name + "-fuzz"] = goldens_for(trained, fuzz_strings())
     spm_tk, spm = train_spm(out)
     goldens["spm"] = goldens_for(spm)
+    goldens["spm-fuzz"] = goldens_for(spm, fuzz_strings())
     goldens["spm-with-bos"] = [{"text": s, "ids": spm(s).input_ids} for s in STRINGS[:5]]
     spm_gguf_fixture(spm_tk, spm, out)
     (out / "goldens.json").write_text(json.dumps(goldens, ensure_ascii=False, indent=0) + "\n")

@@ -30,6 +30,16 @@ final class ChatTemplateTests: XCTestCase {
         XCTAssertNil(plain.systemDefault)
     }
 
+    func testDefaultSystemOnlyFromConstantLiterals() {
+        // Qwen2.5 style: the first system header is followed by an expression, the second by the default.
+        let qwen = "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- endif %}{{- '<|im_end|>\\n' }}{%- else %}{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}{%- endif %}{%- endif %}"
+        let template = try? ChatTemplate.load(name: "chatml", directory: Fixtures.prompts, jinja: qwen)
+        XCTAssertEqual(template?.systemDefault, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
+        let noDefault = try? ChatTemplate.load(name: "chatml", directory: Fixtures.prompts,
+                                               jinja: "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' }}")
+        XCTAssertNil(noDefault?.systemDefault)
+    }
+
     func testEveryPromptFileLoads() throws {
         for name in ["chatml", "llava-v1", "llama-3", "mistral", "plain"] {
             let template = try ChatTemplate.load(name: name, directory: Fixtures.prompts)

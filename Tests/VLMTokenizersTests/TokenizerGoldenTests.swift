@@ -106,12 +106,14 @@ final class TokenizerGoldenTests: XCTestCase {
             let folder = name == "smollm2" ? "smollm2" : "tiny-\(name)"
             let tokenizer = try Tokenizer.load(folder: Fixtures.folder(folder))
             check(tokenizer, try Fixtures.goldens(name), label: name)
+            check(tokenizer, try Fixtures.goldens(name + "-fuzz"), label: name + " (random strings)")
         }
     }
 
     func testSmolLM2FromGGUFMetadataMatchesTransformers() throws {
         let tokenizer = try Tokenizer.load(gguf: Fixtures.smolLM2AsGGUF(), file: "smollm2.gguf")
         check(tokenizer, try Fixtures.goldens("smollm2"), label: "smollm2 (gguf)")
+        check(tokenizer, try Fixtures.goldens("smollm2-fuzz"), label: "smollm2 (gguf, random strings)")
         XCTAssertEqual(tokenizer.bosTokenID, 1)
         XCTAssertEqual(tokenizer.eosTokenIDs, [2])
         XCTAssertEqual(tokenizer.vocabSize, 49152)
