@@ -48,6 +48,9 @@ public final class GGUFFile: WeightSource {
         }
         let version = Int(try reader.u32())
         if version == 1 { throw FormatError(path, "GGUF version 1 is not supported (re-convert the model with a current llama.cpp)") }
+        if [2, 3].contains(Int(UInt32(version).byteSwapped)) {
+            throw FormatError(path, "big-endian GGUF files are not supported")
+        }
         guard version == 2 || version == 3 else { throw FormatError(path, "unsupported GGUF version \(version) (supported: 2, 3)") }
         self.version = version
 
@@ -203,7 +206,7 @@ struct GGUFReader {
     mutating func count(_ what: String, minBytesEach: Int) throws -> Int {
         let n = try u64()
         guard n <= UInt64(remaining / max(minBytesEach, 1)) else {
-            throw FormatError(file.path, "\(what) \(n) is larger than the file can hold (\(file.size) bytes)")
+            throw FormatError(file.path, "\(what) \(n) is larger than the rest of the file can hold (\(remaining) bytes left; truncated or corrupt file)")
         }
         return Int(n)
     }

@@ -148,13 +148,16 @@ public struct ChatTemplate: Sendable {
     /// (`'<|im_start|>system\nYou are …<|im_end|>\n'`), if it is plain text.
     static func defaultSystemMessage(inJinja jinja: String) -> String? {
         for header in ["<|im_start|>system\n", "<|im_start|>system\\n"] {
-            guard let open = jinja.range(of: header),
-                  let close = jinja.range(of: "<|im_end|>", range: open.upperBound..<jinja.endIndex) else { continue }
-            let literal = jinja[open.upperBound..<close.lowerBound]
-            // Only a constant: no Jinja expressions or string concatenation inside.
-            if literal.isEmpty || literal.contains("{") || literal.contains("'") && literal.contains("+") { continue }
-            if literal.contains("' +") || literal.contains("+ '") || literal.contains("\" +") { continue }
-            return literal.replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\'", with: "'")
+            var searchStart = jinja.startIndex
+            while let open = jinja.range(of: header, range: searchStart..<jinja.endIndex) {
+                searchStart = open.upperBound
+                guard let close = jinja.range(of: "<|im_end|>", range: open.upperBound..<jinja.endIndex) else { break }
+                let literal = jinja[open.upperBound..<close.lowerBound]
+                // Only a constant: no Jinja expressions, quotes or concatenation inside.
+                if literal.isEmpty || literal.contains("{") || literal.contains("}") || literal.contains("' +")
+                    || literal.contains("+ '") || literal.contains("\" +") || literal.contains("+ \"") { continue }
+                return literal.replacingOccurrences(of: "\\n", with: "\n").replacingOccurrences(of: "\\'", with: "'")
+            }
         }
         return nil
     }

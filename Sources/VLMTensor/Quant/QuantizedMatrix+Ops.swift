@@ -20,8 +20,19 @@ extension QuantizedMatrix {
     public func matVec(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
         let rowBytes = self.rowBytes, cols = self.cols, type = self.type, data = self.data
         if let kernel = QuantDot.kernel(for: type) {
-            Parallel.forEach(rows, minChunk: minRowsPerChunk) { range in
-                for r in range { y[r] = kernel(data + r * rowBytes, x, cols) }
+            let run = { (sums: UnsafePointer<Float>) in
+                Parallel.forEach(rows, minChunk: minRowsPerChunk) { range in
+                    for r in range { y[r] = kernel(data + r * rowBytes, x, sums, cols) }
+                }
+            }
+            if QuantDot.needsBlockSums(type) {
+                // cols / 32 floats on the stack (a 4096-wide row needs 512 bytes).
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: max(cols / 32, 1)) { sums in
+                    QuantDot.blockSums(x, cols: cols, into: sums.baseAddress!)
+                    run(sums.baseAddress!)
+                }
+            } else {
+                withUnsafePointer(to: Float(0)) { run($0) }
             }
             return
         }

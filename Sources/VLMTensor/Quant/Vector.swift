@@ -1,5 +1,7 @@
 /// Small SIMD building blocks for the quantized kernels. Everything is 8 lanes wide (one AVX2
-/// register): wider Swift SIMD types make the integer-to-float conversions fall out of line.
+/// register). Conversions are spelled lane by lane: the stdlib's generic SIMD conversion
+/// initializers are not reliably inlined across files, while this form always becomes one
+/// widen + convert instruction pair.
 @usableFromInline
 enum Vec {
     @inline(__always) @usableFromInline
@@ -14,12 +16,26 @@ enum Vec {
 
     @inline(__always) @usableFromInline
     static func float(_ v: SIMD8<UInt8>) -> SIMD8<Float> {
-        SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: v))
+        SIMD8<Float>(Float(v[0]), Float(v[1]), Float(v[2]), Float(v[3]), Float(v[4]), Float(v[5]), Float(v[6]), Float(v[7]))
     }
 
     @inline(__always) @usableFromInline
     static func float(_ v: SIMD8<Int8>) -> SIMD8<Float> {
-        SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: v))
+        SIMD8<Float>(Float(v[0]), Float(v[1]), Float(v[2]), Float(v[3]), Float(v[4]), Float(v[5]), Float(v[6]), Float(v[7]))
+    }
+
+    /// Eight bytes widened to 32-bit lanes straight from memory (one load-and-widen instruction),
+    /// so both nibbles of each byte can be split afterwards with cheap lane-wise masks and shifts.
+    @inline(__always) @usableFromInline
+    static func widenBytes(_ p: UnsafeRawPointer) -> SIMD8<Int32> {
+        let v = p.loadUnaligned(as: SIMD8<UInt8>.self)
+        return SIMD8<Int32>(Int32(v[0]), Int32(v[1]), Int32(v[2]), Int32(v[3]),
+                            Int32(v[4]), Int32(v[5]), Int32(v[6]), Int32(v[7]))
+    }
+
+    @inline(__always) @usableFromInline
+    static func float(_ v: SIMD8<Int32>) -> SIMD8<Float> {
+        SIMD8<Float>(Float(v[0]), Float(v[1]), Float(v[2]), Float(v[3]), Float(v[4]), Float(v[5]), Float(v[6]), Float(v[7]))
     }
 
     /// Bytes holding small unsigned values reinterpreted as signed after removing a bias
@@ -36,7 +52,9 @@ enum Vec {
 
     @inline(__always) @usableFromInline
     static func bf16(_ p: UnsafeRawPointer) -> SIMD8<Float> {
-        let wide = SIMD8<UInt32>(truncatingIfNeeded: p.loadUnaligned(as: SIMD8<UInt16>.self)) &<< 16
+        let h = p.loadUnaligned(as: SIMD8<UInt16>.self)
+        let wide = SIMD8<UInt32>(UInt32(h[0]), UInt32(h[1]), UInt32(h[2]), UInt32(h[3]),
+                                 UInt32(h[4]), UInt32(h[5]), UInt32(h[6]), UInt32(h[7])) &<< 16
         return unsafeBitCast(wide, to: SIMD8<Float>.self)
     }
 
