@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VLMModels
+import VLMTokenizers
 
 /// Which model to load and how to talk to it.
 struct ModelOptions: ParsableArguments {

@@ -9,3 +9,20 @@ public struct VLMCommand: AsyncParsableCommand {
 
     public init() {}
 }
+
+extension VLMCommand {
+    /// Parses the arguments and runs the chosen command; any error becomes one line on stderr
+    /// and exit code 1 (ArgumentParser's own usage errors keep their messages).
+    public static func run(_ arguments: [String]? = nil) async {
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+}

@@ -75,7 +75,7 @@ public struct Sampler: Sendable {
                     Sampler.selectTop(p.topK, c, v)
                     count = p.topK
                 }
-                let live = UnsafeMutableBufferPointer(rebasing: c[0..<count])
+                var live = UnsafeMutableBufferPointer(rebasing: c[0..<count])
                 live.sort { v[Int($0)] > v[Int($1)] }
 
                 // Softmax over the survivors, then nucleus and min-p cuts on probabilities.

@@ -46,7 +46,7 @@ public final class TextModel: @unchecked Sendable {
             architecture = config.modelType
         }
         let name = template ?? ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: architecture)
-        self.template = try ChatTemplate.load(name: name, directory: ChatTemplate.defaultDirectory())
+        self.template = try ChatTemplate.load(name: name, directory: ChatTemplate.defaultDirectory(), jinja: tokenizer.chatTemplateSource)
     }
 
     /// The ids of one user message wrapped by the chat template with the generation prompt.

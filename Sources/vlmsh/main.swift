@@ -1,3 +1,3 @@
 import VLMCLI
 
-await VLMCommand.main()
+await VLMCommand.run()
