@@ -113,9 +113,9 @@ public final class SafetensorsFile: WeightSource {
         return SafetensorsEntry(shape: shape, dtype: dtype, type: supported[dtype], offset: dataStart + begin, byteCount: expected)
     }
 
-    /// JSON integers arrive as NSNumber; reject fractions and booleans.
+    /// JSON integers arrive as NSNumber; reject fractions. (`is Bool` cannot be used to reject
+    /// booleans: on Linux every 0/1 NSNumber passes it.)
     static func jsonInt(_ v: Any) -> Int? {
-        if v is Bool { return nil }
         if let i = v as? Int { return i }
         if let d = v as? Double, d.rounded() == d, let i = Int(exactly: d) { return i }
         return nil
