@@ -142,9 +142,9 @@ public final class SafetensorsFile: WeightSource {
 
     public func matrix(_ name: String) throws -> QuantizedMatrix {
         let (e, t) = try loadable(name)
+        // [shape[0], product(rest)]; 0-D and 1-D tensors are a single row.
         let rows = e.shape.count >= 2 ? e.shape[0] : 1
-        let count = e.shape.reduce(1, *)
-        let cols = rows == 0 ? 0 : count / rows
+        let cols = e.shape.count >= 2 ? e.shape.dropFirst().reduce(1, *) : e.shape.reduce(1, *)
         return QuantizedMatrix(type: t, rows: rows, cols: cols, data: file.base + e.offset, owner: file)
     }
 
