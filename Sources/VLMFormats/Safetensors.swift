@@ -113,9 +113,9 @@ public final class SafetensorsFile: WeightSource {
         return SafetensorsEntry(shape: shape, dtype: dtype, type: supported[dtype], offset: dataStart + begin, byteCount: expected)
     }
 
-    /// JSON integers arrive as NSNumber; reject fractions and booleans.
+    /// JSON integers arrive as NSNumber; reject fractions. (`is Bool` cannot be used to reject
+    /// booleans: on Linux every 0/1 NSNumber passes it.)
     static func jsonInt(_ v: Any) -> Int? {
-        if v is Bool { return nil }
         if let i = v as? Int { return i }
         if let d = v as? Double, d.rounded() == d, let i = Int(exactly: d) { return i }
         return nil
@@ -142,9 +142,9 @@ public final class SafetensorsFile: WeightSource {
 
     public func matrix(_ name: String) throws -> QuantizedMatrix {
         let (e, t) = try loadable(name)
+        // [shape[0], product(rest)]; 0-D and 1-D tensors are a single row.
         let rows = e.shape.count >= 2 ? e.shape[0] : 1
-        let count = e.shape.reduce(1, *)
-        let cols = rows == 0 ? 0 : count / rows
+        let cols = e.shape.count >= 2 ? e.shape.dropFirst().reduce(1, *) : e.shape.reduce(1, *)
         return QuantizedMatrix(type: t, rows: rows, cols: cols, data: file.base + e.offset, owner: file)
     }
 
