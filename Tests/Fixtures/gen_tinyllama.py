@@ -40,8 +40,9 @@ def generate(out_dir):
         folder.mkdir(parents=True, exist_ok=True)
         sharded = name == "mistral"
         if sharded:
-            model = model.to(torch.bfloat16).to(torch.float32)  # the values the bf16 file holds
+            # Module.to converts in place: save in bf16, then compute in f32 on the values the file holds.
             model.to(torch.bfloat16).save_pretrained(folder, max_shard_size="20KB")
+            model.to(torch.float32)
         else:
             model.save_pretrained(folder)
         gen = torch.Generator().manual_seed(7 + i)
