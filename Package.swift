@@ -27,23 +27,27 @@ let package = Package(
         .target(name: "VLMFormats", dependencies: ["VLMTensor"], swiftSettings: fast),
         // Tokenizers and chat templates.
         .target(name: "VLMTokenizers", dependencies: ["VLMFormats"], swiftSettings: fast),
+        // Images: JPEG/PNG decoding and the CLIP/SigLIP/LLaVA preprocessing.
+        .target(name: "VLMImage", dependencies: ["VLMTensor", "VLMFormats", "CJPEG", "CPNG"], swiftSettings: fast),
         // Model architectures (decoders, vision towers, LLaVA composition) and loading.
-        .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers"], swiftSettings: fast),
+        .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Sampling and the generation iterator.
         .target(name: "VLMGeneration", dependencies: ["VLMTensor", "VLMModels", "VLMTokenizers"], swiftSettings: fast),
         // SQLite session store.
         .target(name: "VLMStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         // Command-line interface (subcommands and REPL).
         .target(name: "VLMCLI", dependencies: [
-            "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMModels", "VLMGeneration", "VLMStore",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMStore",
+            "CReadline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: fast),
         .executableTarget(name: "vlmsh", dependencies: ["VLMCLI"]),
 
         .testTarget(name: "VLMTensorTests", dependencies: ["VLMTensor"]),
         .testTarget(name: "VLMFormatsTests", dependencies: ["VLMFormats", "VLMTensor"]),
         .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers", "VLMFormats"]),
-        .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers"]),
+        .testTarget(name: "VLMImageTests", dependencies: ["VLMImage", "VLMTensor", "VLMFormats"]),
+        .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore"]),
+        .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI"]),
     ]
 )
