@@ -1,0 +1,162 @@
+import Foundation
+import XCTest
+
+/// Runs the built `vlmsh` binary as a user would and checks the `--json` contract and the
+/// one-line errors for bad input.
+final class CLITests: XCTestCase {
+    struct Result { let status: Int32; let stdout: String; let stderr: String }
+
+    static let binary: URL = {
+        let dir = Bundle.main.executableURL?.deletingLastPathComponent()
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        // The test bundle sits next to the executable in the build folder.
+        for candidate in [dir, dir.deletingLastPathComponent()] {
+            let url = candidate.appendingPathComponent("vlmsh")
+            if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+        }
+        return dir.appendingPathComponent("vlmsh")
+    }()
+
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("Fixtures/data")
+
+    func vlmsh(_ arguments: [String], timeout: TimeInterval = 120) throws -> Result {
+        let process = Process()
+        process.executableURL = Self.binary
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        // Read while running so a full pipe cannot stall the child.
+        final class Box: @unchecked Sendable { var data = Data() }
+        let stdout = Box(), stderr = Box()
+        let group = DispatchGroup()
+        DispatchQueue.global().async(group: group) { stdout.data = out.fileHandleForReading.readDataToEndOfFile() }
+        DispatchQueue.global().async(group: group) { stderr.data = err.fileHandleForReading.readDataToEndOfFile() }
+        while process.isRunning && Date() < deadline { usleep(10_000) }
+        if process.isRunning { process.terminate(); XCTFail("vlmsh \(arguments) hung") }
+        process.waitUntilExit()
+        group.wait()
+        return Result(status: process.terminationStatus, stdout: String(decoding: stdout.data, as: UTF8.self),
+                      stderr: String(decoding: stderr.data, as: UTF8.self))
+    }
+
+    func defaultModel() throws -> String {
+        let home = ProcessInfo.processInfo.environment["VLMSH_HOME"] ?? (NSHomeDirectory() + "/.vlmsh")
+        let path = home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        if FileManager.default.fileExists(atPath: path) { return path }
+        if ProcessInfo.processInfo.environment["VLMSH_REQUIRE_MODEL"] == "1" { XCTFail("default model missing at \(path)") }
+        throw XCTSkip("default model not installed; run `make model`")
+    }
+
+    func json(_ r: Result) throws -> [String: Any] {
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let lines = r.stdout.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, "--json prints one object: \(r.stdout)")
+        return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+    }
+
+    // MARK: - The --json contract on the default model
+
+    func testGenerateGreedyChatJSON() throws {
+        _ = try defaultModel()
+        let j = try json(vlmsh(["generate", "--prompt", "What is the capital of France?", "--temperature", "0", "--max-tokens", "32", "--json"]))
+        XCTAssertEqual(j["text"] as? String, "The capital of France is Paris.")
+        XCTAssertEqual((j["prompt_ids"] as? [Int])?.count, 37)
+        XCTAssertEqual((j["ids"] as? [Int])?.last, 2)
+        XCTAssertGreaterThan(j["prefill_tokens_per_second"] as? Double ?? 0, 0)
+        XCTAssertNotNil(j["decode_tokens_per_second"] as? Double)
+    }
+
+    func testGenerateFromIdsIsVerbatimAndSeededSamplingRepeats() throws {
+        _ = try defaultModel()
+        let args = ["generate", "--ids", "6403,1980,253,655", "--max-tokens", "12", "--temperature", "0.9", "--seed", "7", "--json"]
+        let a = try json(vlmsh(args)), b = try json(vlmsh(args))
+        XCTAssertEqual(a["prompt_ids"] as? [Int], [6403, 1980, 253, 655])
+        XCTAssertEqual(a["ids"] as? [Int], b["ids"] as? [Int], "same seed, same reply")
+        XCTAssertEqual((a["ids"] as? [Int])?.count, 12)
+    }
+
+    func testLogitsJSON() throws {
+        _ = try defaultModel()
+        let j = try json(vlmsh(["logits", "--prompt", "The capital of France is", "--raw", "--top-k", "5", "--json"]))
+        let top = try XCTUnwrap(j["top"] as? [[Double]])
+        XCTAssertEqual(top.count, 5)
+        XCTAssertEqual(Int(top[0][0]), 7042)   // " Paris"
+        XCTAssertEqual(top[0][1], 17.3712, accuracy: 1e-3)
+    }
+
+    func testTokenizeJSONRecognizesSpecialTokensWithoutBOS() throws {
+        _ = try defaultModel()
+        let j = try json(vlmsh(["tokenize", "--text", "<|im_start|>user\nHi 2024!<|im_end|>", "--json"]))
+        XCTAssertEqual(j["ids"] as? [Int], [1, 4093, 198, 26843, 216, 34, 32, 34, 36, 17, 2])
+    }
+
+    // MARK: - Bad input: one line naming the file and the problem, exit status 1
+
+    func assertOneLineError(_ r: Result, mentions needles: [String], file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(r.status, 1, "exit status; stderr: \(r.stderr)", file: file, line: line)
+        let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: true)
+        XCTAssertEqual(lines.count, 1, "one error line, got: \(r.stderr)", file: file, line: line)
+        for n in needles { XCTAssertTrue(r.stderr.contains(n), "'\(n)' not in: \(r.stderr)", file: file, line: line) }
+    }
+
+    func temporaryFile(_ name: String, _ bytes: Data) throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vlmsh-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: dir) }
+        let url = dir.appendingPathComponent(name)
+        try bytes.write(to: url)
+        return url.path
+    }
+
+    func header(ofModel path: String, bytes: Int) throws -> Data {
+        let h = try XCTUnwrap(FileHandle(forReadingAtPath: path))
+        defer { try? h.close() }
+        return try XCTUnwrap(h.read(upToCount: bytes))
+    }
+
+    func testWrongMagic() throws {
+        let path = try temporaryFile("bad.gguf", Data("NOPE this is not a model".utf8) + Data(count: 64))
+        assertOneLineError(try vlmsh(["generate", "--model", path, "--prompt", "hi"]), mentions: [path, "magic"])
+    }
+
+    func testTruncatedHeader() throws {
+        let path = try temporaryFile("cut.gguf", try header(ofModel: defaultModel(), bytes: 100_000))
+        assertOneLineError(try vlmsh(["generate", "--model", path, "--prompt", "hi"]), mentions: [path, "truncated"])
+    }
+
+    func testTensorDataPastTheEnd() throws {
+        // The whole header but only part of the tensor data.
+        let path = try temporaryFile("short.gguf", try header(ofModel: defaultModel(), bytes: 20_000_000))
+        assertOneLineError(try vlmsh(["logits", "--model", path, "--prompt", "hi"]), mentions: [path, "end of file"])
+    }
+
+    func testUnknownQuantTypeAndAbsurdCounts() throws {
+        var bytes = try header(ofModel: defaultModel(), bytes: 4_000_000)
+        // Tensor infos follow the metadata; the first is token_embd.weight: name, n_dims, dims, type.
+        let name = Data("token_embd.weight".utf8)
+        let at = try XCTUnwrap(bytes.range(of: name)).upperBound
+        let typeOffset = at + 4 + 2 * 8
+        XCTAssertEqual(bytes[typeOffset], 8, "token_embd is Q8_0")
+        bytes[typeOffset] = 99
+        let path = try temporaryFile("type.gguf", bytes)
+        assertOneLineError(try vlmsh(["generate", "--model", path, "--prompt", "hi"]), mentions: [path, "99", "token_embd.weight"])
+
+        var absurd = try header(ofModel: defaultModel(), bytes: 1_000)
+        absurd.replaceSubrange(8..<16, with: withUnsafeBytes(of: UInt64(1) << 60) { Data($0) })   // tensor count
+        let absurdPath = try temporaryFile("count.gguf", absurd)
+        assertOneLineError(try vlmsh(["generate", "--model", absurdPath, "--prompt", "hi"], timeout: 20), mentions: [absurdPath])
+    }
+
+    func testMissingTokenizer() throws {
+        let folder = Self.fixtures.appendingPathComponent("tinyllama/llama").path   // weights, no tokenizer
+        assertOneLineError(try vlmsh(["generate", "--model", folder, "--prompt", "hi"]), mentions: [folder, "tokenizer"])
+    }
+
+    func testUnknownModelName() throws {
+        assertOneLineError(try vlmsh(["generate", "--model", "no-such-model-here", "--prompt", "hi"]), mentions: ["no-such-model-here"])
+    }
+}
