@@ -48,6 +48,7 @@ let package = Package(
         .testTarget(name: "VLMImageTests", dependencies: ["VLMImage", "VLMTensor", "VLMFormats"]),
         .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore"]),
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
+        .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
         .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI"]),
     ]
 )
