@@ -42,6 +42,8 @@ public final class Generator {
     public private(set) var text = ""
     public private(set) var stats = GenerationStats()
     public private(set) var finishReason: FinishReason?
+    /// The logits the prompt produced (copied once, at prefill).
+    public private(set) var promptLogits: [Float] = []
 
     public init(tokenizer: Tokenizer, parameters: GenerationParameters, promptIDs: [Int], stopTokens: Set<Int>,
                 prefill: @escaping () throws -> Logits, step: @escaping (Int) throws -> Logits) {
@@ -65,6 +67,7 @@ public final class Generator {
             logits = pending
         } else {
             logits = try prefill()
+            promptLogits = Array(logits)
             stats.prefillSeconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         }
         let id = sampler.sample(logits, history: history)
