@@ -32,7 +32,7 @@ let package = Package(
         // Model architectures (decoders, vision towers, LLaVA composition) and loading.
         .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Sampling and the generation iterator.
-        .target(name: "VLMGeneration", dependencies: ["VLMTensor", "VLMModels", "VLMTokenizers"], swiftSettings: fast),
+        .target(name: "VLMGeneration", dependencies: ["VLMTensor", "VLMModels", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // SQLite session store.
         .target(name: "VLMStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         // Command-line interface (subcommands and REPL).

@@ -1,4 +1,5 @@
 import Foundation
+import VLMImage
 import VLMModels
 import VLMTensor
 import VLMTokenizers
@@ -18,15 +19,18 @@ public protocol ChatModel: AnyObject {
     var images: ImageSupport? { get }
 }
 
-/// How a model sees images: the placeholder token, how many positions one image takes, and the
-/// encoder (vision tower + projector) giving `[featureCount, hidden]`.
+/// How a model sees images: the placeholder token, how many positions one image takes, its
+/// preprocessing, and the encoder (vision tower + projector) giving `[featureCount, hidden]`.
 public struct ImageSupport {
     public let tokenID: Int
     public let tokenText: String
     public let featureCount: Int
+    public let preprocess: (RGBImage) -> Tensor
     public let encode: (Tensor) throws -> Tensor
-    public init(tokenID: Int, tokenText: String, featureCount: Int, encode: @escaping (Tensor) throws -> Tensor) {
-        self.tokenID = tokenID; self.tokenText = tokenText; self.featureCount = featureCount; self.encode = encode
+    public init(tokenID: Int, tokenText: String, featureCount: Int,
+                preprocess: @escaping (RGBImage) -> Tensor, encode: @escaping (Tensor) throws -> Tensor) {
+        self.tokenID = tokenID; self.tokenText = tokenText; self.featureCount = featureCount
+        self.preprocess = preprocess; self.encode = encode
     }
 }
 
@@ -54,13 +58,22 @@ public final class ChatSession {
     private var features: [String: Tensor] = [:]
     private var messageImages: [[ImageInput]] = []
 
-    /// `history` resumes an earlier conversation (text only; its images must be re-attached).
-    public init(model: ChatModel, system: String? = nil, history: [ChatMessage] = []) {
+    /// `history` resumes an earlier conversation; `historyImages` holds each message's images.
+    public init(model: ChatModel, system: String? = nil, history: [ChatMessage] = [], historyImages: [[ImageInput]]? = nil) {
         self.model = model
         self.system = system
         messages = history
-        messageImages = history.map { _ in [] }
+        messageImages = historyImages ?? history.map { _ in [] }
         cache = model.decoder.makeCache(capacity: 512)
+    }
+
+    /// Runs the history through the model now, so the next message starts from a warm cache.
+    public func warm() throws {
+        guard !messages.isEmpty else { return }
+        let slots = try inputSlots(addGenerationPrompt: false)
+        let embeddings = try embed(slots)
+        model.decoder.forward(embeddings: embeddings.data, count: slots.count, cache: cache)
+        cachedSlots = slots
     }
 
     /// Forgets the conversation (keeps encoded image features).

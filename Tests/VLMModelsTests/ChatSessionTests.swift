@@ -1,5 +1,6 @@
 import VLMGeneration
 import VLMModels
+import VLMTensor
 import VLMTokenizers
 import XCTest
 
@@ -34,7 +35,7 @@ final class ChatSessionTests: XCTestCase {
     }
 
     func testImagesNeedAnImageModelAndPlaceholdersMustMatch() throws {
-        let support = ImageSupport(tokenID: 7, tokenText: "<image>", featureCount: 3, encode: { $0 })
+        let support = ImageSupport(tokenID: 7, tokenText: "<image>", featureCount: 3, preprocess: { _ in Tensor(shape: [1]) }, encode: { $0 })
         let img = { (h: String) in ImageInput(hash: h, pixels: .init(shape: [1])) }
         XCTAssertEqual(try ChatSession.expand(ids: [1, 7, 2], images: [img("a")], support: support),
                        [.token(1), .image(hash: "a", row: 0), .image(hash: "a", row: 1), .image(hash: "a", row: 2), .token(2)])

@@ -1,0 +1,328 @@
+import Foundation
+import VLMGeneration
+import VLMImage
+import VLMModels
+import VLMStore
+import VLMTokenizers
+
+/// The REPL's brain, shared by the interactive terminal, `vlmsh run` scripts and replays:
+/// holds the model, the chat, the parameters and the attached images, and records every turn.
+public final class Engine {
+    public let console: Console
+    public let store: Store
+    /// Polled while generating; true stops the reply (Ctrl-C).
+    public var shouldStop: () -> Bool = { false }
+
+    public private(set) var model: ChatModel?
+    public private(set) var modelPath: String?
+    private var modelRecord: Int64?
+    public private(set) var chat: ChatSession?
+    public private(set) var sessionID: Int64?
+    public var parameters = GenerationParameters()
+    /// nil: a fresh random seed per reply (recorded, so replays reproduce it).
+    public var fixedSeed: UInt64?
+    public var system: String?
+    public private(set) var templateOverride: String?
+    private var pendingImages: [(input: ImageInput, record: Int64, path: String)] = []
+    public private(set) var lastStats: GenerationStats?
+    /// Assistant replies of this engine, in order (for replay checks).
+    public private(set) var replies: [String] = []
+    /// For a replay: the session this one re-runs.
+    public var parentSession: Int64?
+
+    public init(console: Console, store: Store) {
+        self.console = console
+        self.store = store
+    }
+
+    // MARK: - Input
+
+    /// Handles one REPL entry (a command or a message). Returns false when the user quits.
+    /// Errors are printed as one line; nothing here ends the REPL.
+    @discardableResult
+    public func handle(_ entry: String) -> Bool {
+        do {
+            if entry.hasPrefix("/") { return try command(entry) }
+            try send(entry)
+        } catch {
+            console.error("\(error)")
+        }
+        return true
+    }
+
+    public static let commands = [
+        "/load", "/image", "/clear", "/set", "/show", "/history", "/save", "/sessions", "/open", "/replay",
+        "/run", "/adapter", "/finetune", "/eval", "/checkpoints", "/stats", "/help", "/quit",
+    ]
+
+    public static let settable = ["temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens", "system", "template"]
+
+    private func command(_ entry: String) throws -> Bool {
+        let parts = entry.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+        let name = parts[0], args = Array(parts.dropFirst())
+        let rest = entry.dropFirst(name.count).trimmingCharacters(in: .whitespaces)
+        switch name {
+        case "/quit", "/exit", "/bye":
+            return false
+        case "/help":
+            console.line(Self.help)
+        case "/load":
+            guard args.count == 1 else { throw UsageError("/load MODEL (a .gguf file, a model folder, or a store name)") }
+            try load(args[0])
+        case "/image":
+            guard !args.isEmpty else { throw UsageError("/image PATH… (attached to the next message)") }
+            for path in args { try attach(path) }
+        case "/clear":
+            try requireModel()
+            chat = ChatSession(model: model!, system: system)
+            sessionID = nil
+            pendingImages = []
+            console.line("new chat")
+        case "/set":
+            guard args.count >= 2 || (args.count == 1 && ["system", "seed", "template"].contains(args[0])) else {
+                throw UsageError("/set \(Self.settable.joined(separator: "|")) VALUE")
+            }
+            try set(args[0], rest.dropFirst(args[0].count).trimmingCharacters(in: .whitespaces))
+        case "/show":
+            show()
+        case "/history":
+            for m in chat?.messages ?? [] { console.line("\(m.role.rawValue): \(m.text)") }
+        case "/stats":
+            guard let s = lastStats else { console.line("no reply yet"); break }
+            console.line(String(format: "time to first token %.3f s, prefill %.1f tok/s (%d tokens), decode %.1f tok/s (%d tokens)",
+                                s.timeToFirstToken, s.prefillTokensPerSecond, s.promptTokens, s.decodeTokensPerSecond, s.generatedTokens))
+        case "/save":
+            guard args.count == 1 else { throw UsageError("/save NAME") }
+            let id = try ensureSession()
+            try store.renameSession(id, to: args[0])
+            console.line("session \(id) saved as '\(args[0])'")
+        case "/sessions":
+            for s in try store.sessions() {
+                console.line("\(s.id)\t\(s.name ?? "-")\t\(Self.date(s.created))\t\(s.turnCount) turns\t\(s.modelPath ?? "")")
+            }
+        case "/open":
+            guard args.count == 1 else { throw UsageError("/open ID|NAME") }
+            try open(args[0])
+        case "/replay":
+            guard let target = args.first, args.count <= 2, args.count == 1 || args[1] == "--check" else {
+                throw UsageError("/replay ID [--check]")
+            }
+            let report = try Replay(store: store, console: console, shouldStop: shouldStop).run(try sessionID(target), check: args.count == 2)
+            console.line(report.summary)
+        case "/run":
+            guard args.count == 1 else { throw UsageError("/run FILE.vlm") }
+            try runScript(args[0])
+        case "/checkpoints":
+            let all = try store.checkpoints()
+            if all.isEmpty { console.line("no checkpoints yet") }
+            for c in all { console.line("run \(c.run)\tstep \(c.step)\t\(c.kind.rawValue)\t\(c.path)") }
+        case "/adapter", "/finetune", "/eval":
+            console.line("\(name) is not available yet")
+        default:
+            throw UsageError("unknown command \(name); /help lists them")
+        }
+        return true
+    }
+
+    static let help = """
+        /load MODEL            load a .gguf file, a model folder or a store name
+        /image PATH…           attach images to the next message
+        /clear                 start a new chat with the same model
+        /set KEY VALUE         temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, system, template
+        /show                  model, architecture, parameters, template
+        /history               this chat's messages
+        /stats                 time to first token and tokens/s of the last reply
+        /save NAME             name this session
+        /sessions              stored sessions
+        /open ID|NAME          continue a stored session
+        /replay ID [--check]   re-run a stored session; --check compares replies
+        /run FILE.vlm          run a notebook script
+        /checkpoints           fine-tune checkpoints in the store
+        /adapter, /finetune, /eval
+        /help, /quit           (Ctrl-D also quits; Ctrl-C stops a reply)
+        \"\"\"                    starts and ends a multi-line message
+        """
+
+    // MARK: - Model and settings
+
+    public func load(_ reference: String) throws {
+        let path = try ModelStore.resolve(reference)
+        let loaded = try loadChatModel(path: path, template: templateOverride)
+        model = loaded
+        modelPath = path
+        modelRecord = try store.upsertModel(path: path, fingerprint: try ModelFingerprint.compute(path),
+                                            architecture: (loaded as? TextModel)?.architecture ?? "llava")
+        chat = ChatSession(model: loaded, system: system)
+        sessionID = nil
+        pendingImages = []
+        console.line("loaded \(path)")
+    }
+
+    private func requireModel() throws {
+        if model == nil { throw UsageError("no model loaded; /load MODEL") }
+    }
+
+    private func set(_ key: String, _ value: String) throws {
+        func number<T: LosslessStringConvertible>(_: T.Type) throws -> T {
+            guard let v = T(value) else { throw UsageError("/set \(key): '\(value)' is not a number") }
+            return v
+        }
+        switch key {
+        case "temperature": parameters.temperature = try number(Float.self)
+        case "top_p": parameters.topP = try number(Float.self)
+        case "top_k": parameters.topK = try number(Int.self)
+        case "min_p": parameters.minP = try number(Float.self)
+        case "repeat_penalty": parameters.repetitionPenalty = try number(Float.self)
+        case "max_tokens": parameters.maxTokens = try number(Int.self)
+        case "seed": fixedSeed = value.isEmpty || value == "random" ? nil : try number(UInt64.self)
+        case "system":
+            system = value.isEmpty ? nil : value
+            chat?.system = system
+        case "template":
+            templateOverride = value.isEmpty ? nil : value
+            if let path = modelPath { try load(path) }
+        default:
+            throw UsageError("/set \(Self.settable.joined(separator: "|")) VALUE")
+        }
+    }
+
+    private func show() {
+        guard let model else { console.line("no model loaded"); return }
+        console.line("model        \(modelPath ?? "")")
+        if let text = model as? TextModel { console.line("architecture \(text.architecture)") }
+        let c = model.decoder.config
+        console.line("text model   \(c.modelType), \(c.numHiddenLayers) layers, hidden \(c.hiddenSize), vocab \(c.vocabSize)")
+        console.line("images       \(model.images.map { "\($0.featureCount) positions per image" } ?? "no")")
+        console.line("template     \(model.template.name)")
+        console.line("parameters   " + String(format: "temperature %g, top_k %d, top_p %g, min_p %g, repeat_penalty %g, max_tokens %d, seed %@",
+                                              parameters.temperature, parameters.topK, parameters.topP, parameters.minP,
+                                              parameters.repetitionPenalty, parameters.maxTokens, fixedSeed.map(String.init) ?? "random"))
+        if let system { console.line("system       \(system)") }
+        console.line("session      \(sessionID.map(String.init) ?? "(new)")")
+    }
+
+    // MARK: - Images
+
+    public func attach(_ path: String) throws {
+        try requireModel()
+        guard let support = model?.images else { throw UsageError("\(modelPath ?? "this model") takes no images") }
+        let expanded = (path as NSString).expandingTildeInPath
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: expanded)) } catch {
+            throw UsageError("\(path): cannot read file")
+        }
+        let image = try data.withUnsafeBytes { try ImageLoader.decode($0, path: expanded) }
+        let hash = SHA256.hex(data)
+        let record = try store.addImage(sha256: hash, path: expanded, width: image.width, height: image.height, bytes: Int64(data.count))
+        pendingImages.append((ImageInput(hash: hash, pixels: support.preprocess(image)), record, expanded))
+        console.line("attached \(path) (\(image.width)×\(image.height))")
+    }
+
+    // MARK: - Messages
+
+    private func ensureSession() throws -> Int64 {
+        if let id = sessionID { return id }
+        try requireModel()
+        let params = String(decoding: try JSONEncoder().encode(parameters), as: UTF8.self)
+        let id = try store.createSession(model: modelRecord, params: params, template: model!.template.name, parent: parentSession)
+        sessionID = id
+        return id
+    }
+
+    /// Sends a user message and streams the reply; both turns are committed before returning.
+    public func send(_ text: String) throws {
+        try requireModel()
+        guard let chat else { return }
+        let session = try ensureSession()
+        var p = parameters
+        p.seed = fixedSeed ?? UInt64.random(in: 0...UInt64(UInt32.max))
+        p.stopStrings += model!.template.stopStrings
+        let images = pendingImages
+        pendingImages = []
+        let generator = try chat.send(text, images: images.map(\.input), parameters: p)
+        while let token = try generator.next() {
+            console.write(token.text)
+            if shouldStop() { generator.cancel() }
+        }
+        console.write("\n")
+        chat.commit(reply: generator.text)
+        replies.append(generator.text)
+        lastStats = generator.stats
+        let paramsJSON = String(decoding: try JSONEncoder().encode(p), as: UTF8.self)
+        try store.appendTurn(session: session, role: .user, text: text, images: images.map(\.record), params: paramsJSON, seed: p.seed)
+        let s = generator.stats
+        try store.appendTurn(session: session, role: .assistant, text: generator.text, promptTokens: s.promptTokens,
+                             completionTokens: s.generatedTokens,
+                             timings: TurnTimings(ttft: s.timeToFirstToken, prefillTokensPerSecond: s.prefillTokensPerSecond,
+                                                  decodeTokensPerSecond: s.decodeTokensPerSecond),
+                             params: paramsJSON, seed: p.seed)
+    }
+
+    /// Sends a recorded user turn again with its recorded parameters (replay).
+    func resend(_ text: String, parameters recorded: GenerationParameters, images: [String]) throws -> String {
+        for path in images { try attach(path) }
+        let saved = (parameters, fixedSeed)
+        parameters = recorded
+        parameters.stopStrings = recorded.stopStrings.filter { !model!.template.stopStrings.contains($0) }
+        fixedSeed = recorded.seed
+        defer { (parameters, fixedSeed) = saved }
+        try send(text)
+        return replies.last ?? ""
+    }
+
+    // MARK: - Sessions and scripts
+
+    func sessionID(_ reference: String) throws -> Int64 {
+        if let id = Int64(reference), try store.session(id: id) != nil { return id }
+        if let s = try store.session(named: reference) { return s.id }
+        throw UsageError("no session '\(reference)'")
+    }
+
+    /// Continues a stored session: same model, its messages and images, new turns appended to it.
+    public func open(_ reference: String) throws {
+        let id = try sessionID(reference)
+        guard let record = try store.session(id: id) else { throw UsageError("no session '\(reference)'") }
+        if let path = record.model?.path, path != modelPath { try load(path) }
+        try requireModel()
+        var history: [ChatMessage] = [], historyImages: [[ImageInput]] = []
+        for turn in try store.turns(session: id) {
+            history.append(ChatMessage(role: turn.role == .assistant ? .assistant : turn.role == .system ? .system : .user, text: turn.text))
+            historyImages.append(try turn.images.map { try reloadImage($0) })
+        }
+        chat = ChatSession(model: model!, system: system, history: history, historyImages: historyImages)
+        try chat!.warm()
+        sessionID = id
+        console.line("opened session \(id) (\(history.count) turns)")
+    }
+
+    /// The image a stored turn referenced, checked against its recorded content hash.
+    func reloadImage(_ record: ImageRecord) throws -> ImageInput {
+        guard let support = model?.images else { throw UsageError("the session has images but the model takes none") }
+        guard let data = FileManager.default.contents(atPath: record.path) else { throw UsageError("\(record.path): image is gone") }
+        let hash = SHA256.hex(data)
+        guard hash == record.sha256 else { throw UsageError("\(record.path): image changed since the session (content hash differs)") }
+        let image = try data.withUnsafeBytes { try ImageLoader.decode($0, path: record.path) }
+        return ImageInput(hash: hash, pixels: support.preprocess(image))
+    }
+
+    public func runScript(_ path: String) throws {
+        let expanded = (path as NSString).expandingTildeInPath
+        guard let text = try? String(contentsOfFile: expanded, encoding: .utf8) else { throw UsageError("\(path): cannot read script") }
+        for entry in InputAssembler.entries(of: text) {
+            if entry.hasPrefix("/") { console.line("» \(entry)") } else { console.line("» \(entry.replacingOccurrences(of: "\n", with: "\n  "))") }
+            if !handle(entry) { break }
+        }
+    }
+
+    static func date(_ d: Date) -> String {
+        let f = DateFormatter()
+        f.dateFormat = "yyyy-MM-dd HH:mm"
+        return f.string(from: d)
+    }
+}
+
+/// A command used the wrong way: a short usage line.
+public struct UsageError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ message: String) { description = message }
+}
