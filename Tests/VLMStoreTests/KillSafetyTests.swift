@@ -6,8 +6,7 @@ import XCTest
 /// turn is whole (text plus all its image links) and the next process carries on.
 ///
 /// The child is this same test binary, re-run with only `testChildWriterLoop` selected and
-/// VLMSH_STORE_CHILD_DB set: on Linux the XCTest runner is the executable itself and takes
-/// the test name as an argument; on macOS it is `xctest -XCTest <name> <bundle>`.
+/// VLMSH_STORE_CHILD_DB set (see `childProcess`).
 final class KillSafetyTests: XCTestCase {
     static let childVariable = "VLMSH_STORE_CHILD_DB"
     static let imagesPerTurn = 3
@@ -66,18 +65,8 @@ final class KillSafetyTests: XCTestCase {
     /// Starts the child, waits until it has reported `afterTurns` commits, then SIGKILLs it
     /// without warning. Returns the ids it reported.
     private func runChildAndKill(path: String, afterTurns: Int) throws -> [Int64] {
-        let process = Process()
-        let testName = "VLMStoreTests.KillSafetyTests/testChildWriterLoop"
-        #if os(macOS)
-        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        process.arguments = ["-XCTest", testName, Bundle(for: Self.self).bundlePath]
-        #else
-        process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
-        process.arguments = [testName]
-        #endif
-        var environment = ProcessInfo.processInfo.environment
-        environment[Self.childVariable] = path
-        process.environment = environment
+        let process = childProcess(test: "VLMStoreTests.KillSafetyTests/testChildWriterLoop",
+                                   environment: [Self.childVariable: path])
         let output = Pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
