@@ -115,6 +115,6 @@ private final class DecodeJob: @unchecked Sendable {
     static func message(_ common: j_common_ptr) -> String {
         var buffer = [CChar](repeating: 0, count: Int(JMSG_LENGTH_MAX))
         common.pointee.err.pointee.format_message(common, &buffer)
-        return String(cString: buffer)
+        return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
