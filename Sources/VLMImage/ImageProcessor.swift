@@ -1,0 +1,222 @@
+import Foundation
+import VLMFormats
+import VLMTensor
+
+/// A `size` or `crop_size` entry of preprocessor_config.json: `{"shortest_edge": n}`,
+/// `{"height": h, "width": w}`, or a bare integer (older CLIP configs).
+public struct ImageSize: Codable, Sendable, Equatable {
+    public var shortestEdge: Int?
+    public var height: Int?
+    public var width: Int?
+    /// A bare integer; what it means depends on the field (transformers' `get_size_dict`).
+    public var single: Int?
+
+    public init(shortestEdge: Int? = nil, height: Int? = nil, width: Int? = nil) {
+        self.shortestEdge = shortestEdge; self.height = height; self.width = width
+    }
+
+    enum CodingKeys: String, CodingKey { case shortestEdge = "shortest_edge", height, width }
+
+    public init(from decoder: Decoder) throws {
+        if let n = try? decoder.singleValueContainer().decode(Int.self) { single = n; return }
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        shortestEdge = try c.decodeIfPresent(Int.self, forKey: .shortestEdge)
+        height = try c.decodeIfPresent(Int.self, forKey: .height)
+        width = try c.decodeIfPresent(Int.self, forKey: .width)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        if let single { var c = encoder.singleValueContainer(); try c.encode(single); return }
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encodeIfPresent(shortestEdge, forKey: .shortestEdge)
+        try c.encodeIfPresent(height, forKey: .height)
+        try c.encodeIfPresent(width, forKey: .width)
+    }
+}
+
+/// preprocessor_config.json of a CLIP, SigLIP or LLaVA vision tower, applied as transformers'
+/// PIL backend does (`CLIPImageProcessorPil`, `SiglipImageProcessorPil`, `LlavaImageProcessorPil`):
+/// resize with PIL, center crop, rescale in float64 then float32, normalize in float32.
+/// Missing fields take the class defaults of transformers 5.
+public struct ImageProcessor: Codable, Sendable {
+    public var imageProcessorType: String?
+    public var doResize: Bool?
+    public var size: ImageSize?
+    public var resample: Int?
+    public var doCenterCrop: Bool?
+    public var cropSize: ImageSize?
+    public var doRescale: Bool?
+    public var rescaleFactor: Double?
+    public var doNormalize: Bool?
+    public var imageMean: [Double]?
+    public var imageStd: [Double]?
+    public var doConvertRGB: Bool?
+
+    enum CodingKeys: String, CodingKey {
+        case imageProcessorType = "image_processor_type", doResize = "do_resize", size, resample
+        case doCenterCrop = "do_center_crop", cropSize = "crop_size", doRescale = "do_rescale"
+        case rescaleFactor = "rescale_factor", doNormalize = "do_normalize", imageMean = "image_mean"
+        case imageStd = "image_std", doConvertRGB = "do_convert_rgb"
+    }
+
+    public init(imageProcessorType: String? = nil, doResize: Bool? = nil, size: ImageSize? = nil, resample: Int? = nil,
+                doCenterCrop: Bool? = nil, cropSize: ImageSize? = nil, doRescale: Bool? = nil, rescaleFactor: Double? = nil,
+                doNormalize: Bool? = nil, imageMean: [Double]? = nil, imageStd: [Double]? = nil, doConvertRGB: Bool? = nil) {
+        self.imageProcessorType = imageProcessorType; self.doResize = doResize; self.size = size; self.resample = resample
+        self.doCenterCrop = doCenterCrop; self.cropSize = cropSize; self.doRescale = doRescale; self.rescaleFactor = rescaleFactor
+        self.doNormalize = doNormalize; self.imageMean = imageMean; self.imageStd = imageStd; self.doConvertRGB = doConvertRGB
+    }
+
+    /// Reads `preprocessor_config.json` from a model folder and checks the values preprocessing relies on.
+    public static func load(folder: String) throws -> ImageProcessor {
+        let path = URL(fileURLWithPath: folder).appendingPathComponent("preprocessor_config.json").path
+        guard let data = FileManager.default.contents(atPath: path) else { throw FormatError(path, "cannot read file") }
+        let processor: ImageProcessor
+        do { processor = try JSONDecoder().decode(ImageProcessor.self, from: data) }
+        catch { throw FormatError(path, "not a valid preprocessor config: \(Self.describe(error))") }
+        try processor.validate(path: path)
+        return processor
+    }
+
+    /// Checks what `preprocess` would otherwise trip over.
+    public func validate(path: String) throws {
+        guard ResampleFilter(rawValue: resample ?? 3) != nil else { throw FormatError(path, "unknown resample filter \(resample!)") }
+        guard effectiveMean.count == 3, effectiveStd.count == 3, effectiveStd.allSatisfy({ $0 != 0 }) else {
+            throw FormatError(path, "image_mean and image_std need 3 values and a non-zero std")
+        }
+        if resizes {
+            let s = effectiveSize
+            guard (s.shortestEdge ?? 1) > 0, (s.height ?? 1) > 0, (s.width ?? 1) > 0,
+                  s.shortestEdge != nil || (s.height != nil && s.width != nil) else {
+                throw FormatError(path, "size needs shortest_edge or height and width")
+            }
+        }
+        if cropsCenter {
+            let c = effectiveCropSize
+            guard let h = c.height, let w = c.width, h > 0, w > 0 else { throw FormatError(path, "crop_size needs height and width") }
+        }
+    }
+
+    static func describe(_ error: Error) -> String {
+        switch error {
+        case DecodingError.typeMismatch(_, let c), DecodingError.valueNotFound(_, let c), DecodingError.dataCorrupted(let c):
+            let key = c.codingPath.map(\.stringValue).joined(separator: ".")
+            return key.isEmpty ? c.debugDescription : "\(key): \(c.debugDescription)"
+        default: return "\(error)"
+        }
+    }
+
+    // MARK: Class defaults (transformers 5)
+
+    var isSiglip: Bool { imageProcessorType?.lowercased().contains("siglip") ?? false }
+    static let clipMean = [0.48145466, 0.4578275, 0.40821073]
+    static let clipStd = [0.26862954, 0.26130258, 0.27577711]
+
+    var resizes: Bool { doResize ?? true }
+    var cropsCenter: Bool { doCenterCrop ?? !isSiglip }
+    var filter: ResampleFilter { ResampleFilter(rawValue: resample ?? 3) ?? .bicubic }
+    var effectiveMean: [Double] { imageMean ?? (isSiglip ? [0.5, 0.5, 0.5] : Self.clipMean) }
+    var effectiveStd: [Double] { imageStd ?? (isSiglip ? [0.5, 0.5, 0.5] : Self.clipStd) }
+
+    /// `size` as a dict: a bare integer is a shortest edge (both classes have default_to_square=False).
+    var effectiveSize: ImageSize {
+        guard let size else { return isSiglip ? ImageSize(height: 224, width: 224) : ImageSize(shortestEdge: 224) }
+        if let n = size.single { return ImageSize(shortestEdge: n) }
+        return size
+    }
+
+    /// `crop_size` as a dict: a bare integer is a square.
+    var effectiveCropSize: ImageSize {
+        guard let crop = cropSize else { return ImageSize(height: 224, width: 224) }
+        if let n = crop.single { return ImageSize(height: n, width: n) }
+        return crop
+    }
+
+    /// The (height, width) the resize step produces, as transformers computes it.
+    public func resizedSize(width: Int, height: Int) -> (height: Int, width: Int) {
+        let s = effectiveSize
+        if let edge = s.shortestEdge {
+            // get_resize_output_image_size(default_to_square=False): long side scaled, truncated.
+            let short = min(width, height), long = max(width, height)
+            let newLong = Int(Double(edge * long) / Double(short))
+            return width <= height ? (newLong, edge) : (edge, newLong)
+        }
+        return (s.height ?? height, s.width ?? width)
+    }
+
+    // MARK: Preprocessing
+
+    /// LLaVA's `expand2square`: the image centred on a square of the mean colour (`int(m * 255)`).
+    public func padToSquare(_ image: RGBImage) -> RGBImage {
+        if image.width == image.height { return image }
+        let side = max(image.width, image.height)
+        let mean = effectiveMean
+        let color = (UInt8(clamping: Int(mean[0] * 255)), UInt8(clamping: Int(mean[1] * 255)), UInt8(clamping: Int(mean[2] * 255)))
+        var out = RGBImage(width: side, height: side, filledWith: color)
+        let left = (side - image.width) / 2, top = (side - image.height) / 2
+        let rowBytes = image.width * 3
+        image.pixels.withUnsafeBufferPointer { src in
+            out.pixels.withUnsafeMutableBufferPointer { dst in
+                for y in 0..<image.height {
+                    (dst.baseAddress! + ((top + y) * side + left) * 3).update(from: src.baseAddress! + y * rowBytes, count: rowBytes)
+                }
+            }
+        }
+        return out
+    }
+
+    /// The model input for one image: `[3, H, W]` Float32, equal to transformers' `pixel_values[0]`.
+    /// `padToSquare` is LLaVA's `image_aspect_ratio: pad`.
+    public func preprocess(_ image: RGBImage, padToSquare pad: Bool = false) -> Tensor {
+        var image = pad ? padToSquare(image) : image
+        if resizes {
+            let target = resizedSize(width: image.width, height: image.height)
+            image = image.resized(width: max(1, target.width), height: max(1, target.height), filter: filter)
+        }
+
+        // Center crop as transformers' numpy center_crop: offsets floor((size - crop) / 2); a crop
+        // larger than the image pads with zeros, centred with ceil((crop - size) / 2).
+        var outH = image.height, outW = image.width, offY = 0, offX = 0
+        if cropsCenter, let ch = effectiveCropSize.height, let cw = effectiveCropSize.width {
+            func offset(_ size: Int, _ crop: Int) -> Int {
+                crop <= size ? (size - crop) / 2 : -((crop - size + 1) / 2)
+            }
+            offY = offset(image.height, ch); offX = offset(image.width, cw)
+            outH = ch; outW = cw
+        }
+
+        let rescale = doRescale ?? true, factor = rescaleFactor ?? 1.0 / 255.0
+        let normalize = doNormalize ?? true
+        let mean = effectiveMean.map { Float($0) }, std = effectiveStd.map { Float($0) }
+        // The value of every byte, per channel: the pipeline is elementwise after the crop.
+        var table = [Float](repeating: 0, count: 3 * 256)
+        for c in 0..<3 {
+            for v in 0..<256 {
+                var x = rescale ? Float(Double(v) * factor) : Float(v)
+                if normalize { x = (x - mean[c]) / std[c] }
+                table[c * 256 + v] = x
+            }
+        }
+
+        let out = Tensor(shape: [3, outH, outW], zeroed: false)
+        let plane = outH * outW
+        let srcW = image.width, srcH = image.height
+        image.pixels.withUnsafeBufferPointer { src in
+            table.withUnsafeBufferPointer { lut in
+                for c in 0..<3 {
+                    let dst = out.data + c * plane
+                    let zero = lut[c * 256]
+                    for y in 0..<outH {
+                        let sy = y + offY
+                        for x in 0..<outW {
+                            let sx = x + offX
+                            let inside = sy >= 0 && sy < srcH && sx >= 0 && sx < srcW
+                            dst[y * outW + x] = inside ? lut[c * 256 + Int(src[(sy * srcW + sx) * 3 + c])] : zero
+                        }
+                    }
+                }
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,94 @@
+import Foundation
+import VLMStore
+import XCTest
+
+/// A writer killed with SIGKILL mid-stream must leave a healthy file where every committed
+/// turn is whole (text plus all its image links) and the next process carries on.
+///
+/// The child is this same test binary, re-run with only `testChildWriterLoop` selected and
+/// VLMSH_STORE_CHILD_DB set (see `childProcess`).
+final class KillSafetyTests: XCTestCase {
+    static let childVariable = "VLMSH_STORE_CHILD_DB"
+    static let imagesPerTurn = 3
+
+    /// The child: append turns forever, reporting each committed id on stdout. A no-op in a
+    /// normal test run.
+    func testChildWriterLoop() throws {
+        guard let path = ProcessInfo.processInfo.environment[Self.childVariable] else { return }
+        let store = try Store(path: path)
+        let session = try store.session(named: "victim")?.id ?? store.createSession(name: "victim")
+        let run = try store.runs().first?.id ?? store.startRun()
+        let deadline = Date().addingTimeInterval(60)
+        // Continue numbering where the previous (killed) child stopped: text encodes the index.
+        var n = try store.turns(session: session).count
+        while Date() < deadline {
+            var images: [Int64] = []
+            for k in 0..<Self.imagesPerTurn {
+                images.append(try store.addImage(sha256: fakeSHA(n * 7 + k), path: "/img/\(n)-\(k).png",
+                                                  width: 8, height: 8, bytes: 64))
+            }
+            // Long text so some kills land while pages are being written.
+            let text = String(repeating: "turn \(n) ", count: 200)
+            let id = try store.appendTurn(session: session, role: n % 2 == 0 ? .user : .assistant, text: text,
+                                          images: images, promptTokens: n, completionTokens: n)
+            try store.addMetric(run: run, step: n, loss: 1)
+            FileHandle.standardOutput.write(Data("committed \(id)\n".utf8))
+            n += 1
+        }
+    }
+
+    func testKillDuringWritesLeavesCompleteTurns() throws {
+        if ProcessInfo.processInfo.environment[Self.childVariable] != nil { return }
+        let path = try temporaryDatabasePath()
+        defer { removeDatabaseFolder(path) }
+
+        var committed: [Int64] = []
+        for round in 0..<3 {
+            committed += try runChildAndKill(path: path, afterTurns: 40 + 25 * round)
+
+            let store = try Store(path: path)
+            XCTAssertEqual(try store.integrityCheck(), "ok", "round \(round)")
+            XCTAssertEqual(store.appliedMigrations, [])
+            let session = try XCTUnwrap(store.session(named: "victim"))
+            let turns = try store.turns(session: session.id)
+            let ids = Set(turns.map(\.id))
+            XCTAssertTrue(committed.allSatisfy(ids.contains), "every reported commit survived (round \(round))")
+            XCTAssertEqual(turns.map(\.index), Array(0..<turns.count))
+            for turn in turns {
+                XCTAssertEqual(turn.images.count, Self.imagesPerTurn, "turn \(turn.id) is whole")
+                XCTAssertEqual(turn.text, String(repeating: "turn \(turn.index) ", count: 200))
+                XCTAssertEqual(turn.promptTokens, turn.index)
+            }
+        }
+    }
+
+    /// Starts the child, waits until it has reported `afterTurns` commits, then SIGKILLs it
+    /// without warning. Returns the ids it reported.
+    private func runChildAndKill(path: String, afterTurns: Int) throws -> [Int64] {
+        let process = childProcess(test: "VLMStoreTests.KillSafetyTests/testChildWriterLoop",
+                                   environment: [Self.childVariable: path])
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+
+        var ids: [Int64] = []
+        var buffer = ""
+        let reader = output.fileHandleForReading
+        while ids.count < afterTurns {
+            let chunk = reader.availableData
+            if chunk.isEmpty { break }  // child exited early
+            buffer += String(decoding: chunk, as: UTF8.self)
+            while let newline = buffer.firstIndex(of: "\n") {
+                let line = buffer[..<newline]
+                buffer = String(buffer[buffer.index(after: newline)...])
+                if line.hasPrefix("committed "), let id = Int64(line.dropFirst("committed ".count)) { ids.append(id) }
+            }
+        }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        XCTAssertGreaterThanOrEqual(ids.count, afterTurns, "child wrote turns before the kill")
+        XCTAssertEqual(process.terminationReason, .uncaughtSignal, "child was killed, did not finish")
+        return ids
+    }
+}
