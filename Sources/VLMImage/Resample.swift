@@ -87,15 +87,22 @@ struct ResampleCoefficients {
 }
 
 extension RGBImage {
-    /// `Image.resize((width, height), resample=filter)` on an RGB image, bit-exact with Pillow:
-    /// a horizontal pass over the rows the vertical pass needs, then a vertical pass, each with
-    /// 22-bit fixed-point weights, a rounding bias and clipping to 0...255.
+    /// `Image.resize((width, height), resample=filter)` on an RGB image as Pillow does it: two
+    /// separable passes (see `verticalFirst` for their order), each with 22-bit fixed-point
+    /// weights, a rounding bias and clipping to 0...255.
     public func resized(width outWidth: Int, height outHeight: Int, filter: ResampleFilter) -> RGBImage {
         precondition(outWidth > 0 && outHeight > 0, "resize target must be positive")
         if outWidth == width && outHeight == height { return self }
         if filter == .nearest { return nearest(width: outWidth, height: outHeight) }
 
         let vertical = ResampleCoefficients(inSize: height, outSize: outHeight, filter: filter)
+        if outWidth != width && outHeight != height && Self.verticalFirst(width, height, outWidth, outHeight) {
+            // Pillow 13 sometimes runs the vertical pass first; rounding between passes makes
+            // the order visible in the output.
+            let columns = Self.resampleColumns(self, rowOffset: 0, height: outHeight, coefficients: vertical)
+            let horizontal = ResampleCoefficients(inSize: width, outSize: outWidth, filter: filter)
+            return Self.resampleRows(columns, rows: 0..<outHeight, width: outWidth, coefficients: horizontal)
+        }
         var source = self
         var firstRow = 0
         if outWidth != width {
@@ -107,6 +114,19 @@ extension RGBImage {
         }
         if outHeight == height { return source }
         return Self.resampleColumns(source, rowOffset: firstRow, height: outHeight, coefficients: vertical)
+    }
+
+    /// Pass order of Pillow 13, found by comparing both orders against it on thousands of random
+    /// sizes: the downscaled axis goes first when only one axis shrinks, horizontal goes first when
+    /// both grow. When both shrink the rule is not fully known; the axis with the larger factor
+    /// first agrees with Pillow in about 3 of 4 random cases (and in every fixture).
+    static func verticalFirst(_ w: Int, _ h: Int, _ outW: Int, _ outH: Int) -> Bool {
+        let shrinksX = outW < w, shrinksY = outH < h
+        if shrinksX != shrinksY { return shrinksY }
+        if !shrinksX { return false }
+        // Compare the factors w/outW and h/outH exactly; equal factors go vertical first on tall images.
+        let x = w * outH, y = h * outW
+        return x == y ? h > w : x < y
     }
 
     static func resampleRows(_ image: RGBImage, rows: Range<Int>, width outWidth: Int, coefficients c: ResampleCoefficients) -> RGBImage {
