@@ -154,6 +154,59 @@ class Torch:
         return self.ids.shape[1] / pre, self.decode / dec
 
 
+class Worker:
+    """Runs an in-process engine (llama.cpp, torch) in its own process, loaded once. Keeping each
+    engine's thread pool in a separate process stops one engine's idle spinning threads (OpenMP
+    spin-waits after every operator) from stealing cores while another engine is measured."""
+
+    def __init__(self, kind, a, ids):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, kind, a, ids), daemon=True)
+        self.proc.start()
+        child.close()
+        self.ver = self._reply()
+
+    def _reply(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise Unavailable(f"worker process died (exit code {self.proc.join(5) or self.proc.exitcode})")
+        if status == "error":
+            raise Unavailable(value)
+        return value
+
+    def version(self):
+        return self.ver
+
+    def run(self):
+        self.conn.send("run")
+        return self._reply()
+
+    def close(self):
+        try:
+            self.conn.send("stop")
+        except OSError:
+            pass
+        self.proc.join(30)
+
+
+def _serve(conn, kind, a, ids):
+    try:
+        engine = LlamaCpp(a, ids) if kind == "llamacpp" else Torch(a, ids)
+        conn.send(("ok", engine.version()))
+    except Exception as e:
+        conn.send(("error", one_line(e)))
+        return
+    while conn.recv() == "run":
+        try:
+            conn.send(("ok", engine.run()))
+        except Exception as e:
+            conn.send(("error", one_line(e)))
+
+
 def one_line(e):
     s = str(e).strip().splitlines()
     return f"{type(e).__name__}: {s[0] if s else ''}" if not isinstance(e, Unavailable) else (s[0] if s else "unavailable")
@@ -197,7 +250,7 @@ def main(argv=None):
             if b != "vlmsh" and ids is None:
                 ids = prompt_ids(a.model, a.prefill, a.seed)
             log(f"[bench] loading {LABELS[b]}")
-            runners[b] = Vlmsh(a) if b == "vlmsh" else LlamaCpp(a, ids) if b == "llamacpp" else Torch(a, ids)
+            runners[b] = Vlmsh(a) if b == "vlmsh" else Worker(b, a, ids)
             row["version"] = runners[b].version()
         except Exception as e:
             row.update(available=False, error=one_line(e))
@@ -216,6 +269,10 @@ def main(argv=None):
                 row.update(available=False, error=one_line(e))
                 del runners[b]
                 log(f"[bench] {LABELS[b]}: {row['error']}")
+
+    for runner in runners.values():
+        if isinstance(runner, Worker):
+            runner.close()
 
     for b, row in result["backends"].items():
         if row["available"] and row["rounds"]:
