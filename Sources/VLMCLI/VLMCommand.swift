@@ -4,7 +4,11 @@ public struct VLMCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "vlmsh",
         abstract: "Load, chat with, fine-tune and evaluate vision-language models from a terminal.",
-        subcommands: [GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self, BenchCommand.self]
+        subcommands: [
+            ChatCommand.self, GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self, RunCommand.self,
+            ReplayCommand.self, SessionsCommand.self, ShowCommand.self, ExportCommand.self, BenchCommand.self,
+        ],
+        defaultSubcommand: ChatCommand.self
     )
 
     public init() {}

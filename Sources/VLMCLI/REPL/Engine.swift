@@ -17,7 +17,11 @@ public final class Engine {
     public private(set) var modelPath: String?
     private var modelRecord: Int64?
     public private(set) var chat: ChatSession?
-    public private(set) var sessionID: Int64?
+    public private(set) var sessionID: Int64? {
+        didSet { if let id = sessionID, !sessionsCreated.contains(id) { sessionsCreated.append(id) } }
+    }
+    /// Every session this engine wrote to, in order.
+    public private(set) var sessionsCreated: [Int64] = []
     public var parameters = GenerationParameters()
     /// nil: a fresh random seed per reply (recorded, so replays reproduce it).
     public var fixedSeed: UInt64?
@@ -158,8 +162,11 @@ public final class Engine {
         console.line("loaded \(path)")
     }
 
+    /// Loaded on first use when nothing else was: scripts may start with a message.
+    public var defaultModel = "smollm2"
+
     private func requireModel() throws {
-        if model == nil { throw UsageError("no model loaded; /load MODEL") }
+        if model == nil { try load(defaultModel) }
     }
 
     private func set(_ key: String, _ value: String) throws {
@@ -223,7 +230,8 @@ public final class Engine {
     private func ensureSession() throws -> Int64 {
         if let id = sessionID { return id }
         try requireModel()
-        let params = String(decoding: try JSONEncoder().encode(parameters), as: UTF8.self)
+        let settings = SessionSettings(system: system, parameters: parameters)
+        let params = String(decoding: try JSONEncoder().encode(settings), as: UTF8.self)
         let id = try store.createSession(model: modelRecord, params: params, template: model!.template.name, parent: parentSession)
         sessionID = id
         return id

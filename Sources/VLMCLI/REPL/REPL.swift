@@ -1,0 +1,27 @@
+import Foundation
+import VLMModels
+import VLMStore
+
+/// The interactive loop: readline in, streamed replies out, every error survived.
+struct REPL {
+    let model: String
+
+    func run() throws {
+        try FileManager.default.createDirectory(atPath: ModelStore.home, withIntermediateDirectories: true)
+        let store = try Store(path: ModelStore.home + "/vlmsh.sqlite")
+        let engine = Engine(console: TerminalConsole(), store: store)
+        Interrupt.install()
+        engine.shouldStop = { Interrupt.take() }
+        let editor = LineEditor(historyPath: ModelStore.home + "/history")
+        print("vlmsh — /help for commands, Ctrl-D to quit")
+        engine.handle("/load \(model)")
+
+        var assembler = InputAssembler()
+        while let line = editor.readLine(prompt: assembler.isContinuing ? "... " : ">>> ") {
+            _ = Interrupt.take()
+            guard let entry = assembler.feed(line) else { continue }
+            editor.remember(entry)
+            if !engine.handle(entry) { break }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+import ArgumentParser
+import Foundation
+import VLMModels
+import VLMStore
+
+/// Opens the store at `$VLMSH_HOME/vlmsh.sqlite`.
+func openStore() throws -> Store {
+    try FileManager.default.createDirectory(atPath: ModelStore.home, withIntermediateDirectories: true)
+    return try Store(path: ModelStore.home + "/vlmsh.sqlite")
+}
+
+struct ChatCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "chat", abstract: "The interactive REPL (the default command).")
+    @Option(name: .long, help: "Model to load first.") var model = "smollm2"
+
+    func run() async throws { try REPL(model: model).run() }
+}
+
+struct RunCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "run", abstract: "Run a .vlm notebook script without a terminal.")
+    @Argument(help: "The script: REPL commands and messages, \"\"\" blocks, # comments.") var script: String
+    @Option(name: .long, help: "Model to use when the script does not /load one.") var model = "smollm2"
+    @Flag(name: .long, help: "Print one JSON object: the transcript and the stored session ids.") var json = false
+
+    func run() async throws {
+        let console: Console = json ? TranscriptConsole() : TerminalConsole()
+        let engine = Engine(console: console, store: try openStore())
+        engine.defaultModel = model
+        guard FileManager.default.isReadableFile(atPath: script) else { throw UsageError("\(script): cannot read script") }
+        try engine.runScript(script)
+        if let transcript = console as? TranscriptConsole {
+            try printJSON([
+                "session": engine.sessionID.map { Int($0) } as Any? ?? NSNull(),
+                "sessions": engine.sessionsCreated.map { Int($0) },
+                "replies": engine.replies, "output": transcript.output, "errors": transcript.errors,
+            ])
+        }
+    }
+}
+
+struct ReplayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "replay", abstract: "Re-run a stored session; --check compares every reply.")
+    @Argument(help: "Session id or name.") var session: String
+    @Flag(name: .long, help: "Compare each reply with the recorded one.") var check = false
+    @Flag(name: .long, help: "Print one JSON object.") var json = false
+
+    func run() async throws {
+        let store = try openStore()
+        let console: Console = json ? TranscriptConsole() : TerminalConsole()
+        let id = try Engine(console: console, store: store).sessionID(session)
+        let report = try Replay(store: store, console: console).run(id, check: check)
+        if json {
+            try printJSON([
+                "session": Int(report.session), "original": Int(id), "notes": report.notes,
+                "turns": report.turns.map { ["index": $0.index, "identical": $0.identical] as [String: Any] },
+            ])
+        } else {
+            print(report.summary)
+        }
+        if check && report.turns.contains(where: { !$0.identical }) { throw ExitCode(2) }
+    }
+}
+
+struct SessionsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sessions", abstract: "List stored sessions.")
+    @Flag(name: .long, help: "Print one JSON object.") var json = false
+
+    func run() async throws {
+        let sessions = try openStore().sessions()
+        if json {
+            let formatter = ISO8601DateFormatter()
+            try printJSON(["sessions": sessions.map {
+                ["id": Int($0.id), "name": $0.name as Any? ?? NSNull(), "created": formatter.string(from: $0.created),
+                 "model": $0.modelPath as Any? ?? NSNull(), "turns": $0.turnCount] as [String: Any]
+            }])
+        } else {
+            for s in sessions { print("\(s.id)\t\(s.name ?? "-")\t\(Engine.date(s.created))\t\(s.turnCount) turns\t\(s.modelPath ?? "")") }
+        }
+    }
+}
+
+struct ShowCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "show", abstract: "Print a stored session as a transcript.")
+    @Argument(help: "Session id or name.") var session: String
+
+    func run() async throws {
+        let store = try openStore()
+        let id = try Engine(console: TerminalConsole(), store: store).sessionID(session)
+        print(try store.export(session: id, format: .md))
+    }
+}
+
+struct ExportCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "export", abstract: "Export a session as md, jsonl, or LLaVA training data.")
+    @Argument(help: "Session id or name.") var session: String
+    @Option(name: .long, help: "md, jsonl or llava.") var format = "md"
+
+    func run() async throws {
+        guard let f = ExportFormat(rawValue: format) else { throw ValidationError("--format must be md, jsonl or llava") }
+        let store = try openStore()
+        let id = try Engine(console: TerminalConsole(), store: store).sessionID(session)
+        print(try store.export(session: id, format: f))
+    }
+}
