@@ -167,7 +167,9 @@ public struct ChatTemplate: Sendable {
     public static func defaultDirectory() -> String {
         let environment = ProcessInfo.processInfo.environment
         if let explicit = environment["VLMSH_PROMPTS"], !explicit.isEmpty { return explicit }
-        let executable = URL(fileURLWithPath: CommandLine.arguments.first ?? ".").resolvingSymlinksInPath()
+        // /proc/self/exe names the binary even when argv[0] is a bare name found through PATH.
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments.first ?? "."
+        let executable = URL(fileURLWithPath: exe).resolvingSymlinksInPath()
         let starts = [executable.deletingLastPathComponent(), URL(fileURLWithPath: FileManager.default.currentDirectoryPath)]
         for start in starts {
             var dir = start.standardizedFileURL

@@ -43,7 +43,9 @@ final class CLITests: XCTestCase {
                       stderr: String(decoding: stderr.data, as: UTF8.self))
     }
 
-    func defaultModel() throws -> String {
+    func defaultModel() throws -> String { try Self.defaultModel() }
+
+    static func defaultModel() throws -> String {
         let home = ProcessInfo.processInfo.environment["VLMSH_HOME"] ?? (NSHomeDirectory() + "/.vlmsh")
         let path = home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
         if FileManager.default.fileExists(atPath: path) { return path }
