@@ -76,8 +76,14 @@ public enum VectorMath {
     /// ±88.3, so large negatives give ~0 and large positives a big finite value, never inf.
     @inline(__always)
     public static func exp(_ x: SIMD8<Float>) -> SIMD8<Float> {
-        let x = x.clamped(lowerBound: SIMD8(repeating: -87.3), upperBound: SIMD8(repeating: 88.3))
-        let n = (x * 1.44269504088896341).rounded(.toNearestOrEven)
+        var x = x
+        x.replace(with: SIMD8(repeating: -87.3), where: x .< -87.3)
+        x.replace(with: SIMD8(repeating: 88.3), where: x .> 88.3)
+        // Adding 1.5·2²³ rounds to the nearest integer and leaves it in the low mantissa bits:
+        // no float-to-int conversion (Swift's generic one is scalar and slow).
+        let magic = SIMD8<Float>(repeating: 12582912)
+        let shifted = x * 1.44269504088896341 + magic
+        let n = shifted - magic
         let r = x - n * 0.693359375 + n * 2.12194440e-4
         var p = SIMD8<Float>(repeating: 1.9875691500e-4)
         p = p * r + 1.3981999507e-3
@@ -87,7 +93,8 @@ public enum VectorMath {
         p = p * r + 5.0000001201e-1
         p = p * r * r + r + 1
         // 2ⁿ built straight into the exponent bits; n + 127 stays within 1...254 after the clamp.
-        let exponent = (SIMD8<Int32>(n, rounding: .towardZero) &+ 127) &<< 23
+        let integer = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000
+        let exponent = (integer &+ 127) &<< 23
         return p * unsafeBitCast(exponent, to: SIMD8<Float>.self)
     }
 
@@ -95,7 +102,8 @@ public enum VectorMath {
     /// q·e^(−z²) for z < 0 rather than 1 + erf(z), so the negative tail keeps relative accuracy.
     @inline(__always)
     public static func onePlusErf(_ z: SIMD8<Float>) -> SIMD8<Float> {
-        let a = pointwiseMax(z, -z)
+        var a = z
+        a.replace(with: -z, where: z .< 0)
         let t = 1 / (1 + 0.3275911 * a)
         var q = SIMD8<Float>(repeating: 1.061405429)
         q = q * t - 1.453152027
@@ -122,7 +130,12 @@ extension Kernels {
         var mx = -Float.infinity
         var vmax = SIMD8<Float>(repeating: -.infinity)
         var i = 0
-        while i + 8 <= n { vmax = pointwiseMax(vmax, raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)); i += 8 }
+        while i + 8 <= n {
+            // `replace(where:)` compiles to vmaxps; `pointwiseMax` is an out-of-line generic call.
+            let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+            vmax.replace(with: v, where: v .> vmax)
+            i += 8
+        }
         mx = vmax.max()
         while i < n { mx = Swift.max(mx, x[i]); i += 1 }
 
