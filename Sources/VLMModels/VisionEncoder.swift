@@ -87,8 +87,10 @@ struct VisionShape: Sendable {
         guard hidden > 0, heads > 0, hidden % heads == 0 else {
             throw FormatError(file, "hidden_size \(hidden) is not a multiple of num_attention_heads \(heads)")
         }
-        guard patchSize > 0, imageSize >= patchSize, imageSize % patchSize == 0 else {
-            throw FormatError(file, "image_size \(imageSize) is not a multiple of patch_size \(patchSize)")
+        // Not necessarily a multiple: SigLIP-so400m is 384 with patch 14, and the conv's valid
+        // padding drops the last 384 mod 14 pixel rows and columns.
+        guard patchSize > 0, imageSize >= patchSize else {
+            throw FormatError(file, "image_size \(imageSize) is smaller than patch_size \(patchSize)")
         }
         guard layers >= 0, intermediate > 0, channels > 0 else {
             throw FormatError(file, "vision config has a non-positive size")

@@ -3,7 +3,8 @@
 clip/, siglip/: save_pretrained folders of CLIPVisionModel / SiglipVisionModel (f32).
 projector-*.safetensors: LlavaMultiModalProjector-shaped state dicts (linear_1.*, linear_2.*).
 golden.json: the pixels, every hidden state (output_hidden_states indexing) of both towers, and
-each projector's output on CLIP's hidden_states[-2] without the class token (LLaVA's default).
+each projector's output on CLIP's hidden_states[-2] without the class token (LLaVA's default);
+siglip-36: the SigLIP tower on a 36×36 image (not a multiple of the patch, like so400m's 384/14).
 clip-vit-large-patch14-336.json: the ViT-L/14-336 vision config, for the speed comparison only.
 """
 import json
@@ -77,6 +78,13 @@ def generate(out_dir):
                         "last_hidden_state": out.last_hidden_state[0].flatten().tolist()}
         if name == "clip":
             features = out.hidden_states[-2][0, 1:]
+        else:
+            # 36 is not a multiple of the patch: the conv drops the last 4 rows and columns.
+            wide = torch.randn(1, 3, 36, 36, generator=gen)
+            with torch.no_grad():
+                ragged = model(pixel_values=wide, output_hidden_states=True)
+            golden["siglip-36"] = {"pixels": wide[0].flatten().tolist(),
+                                   "hidden_states": [h[0].flatten().tolist() for h in ragged.hidden_states]}
 
     golden["projector_input"] = features.flatten().tolist()
     for i, (name, (kind, bias, act)) in enumerate(PROJECTORS.items()):

@@ -68,6 +68,23 @@ final class VisionTowerTests: XCTestCase {
         XCTAssertLessThan(diff, 1e-4, "siglip last_hidden_state")
     }
 
+    /// Image sizes that are not a multiple of the patch (so400m: 384 / 14) drop the remainder.
+    func testSiglipImageSizeNotAMultipleOfThePatch() throws {
+        var config = try config(SiglipVisionConfiguration.self, "siglip")
+        config.imageSize = 36
+        let tower = try SiglipVisionTower(config: config, weights: weights("siglip"))
+        XCTAssertEqual(tower.tokenCount, 16)
+        let expected = try XCTUnwrap(golden()["siglip-36"] as? [String: Any])
+        let pixels = Tensor(shape: [3, 36, 36], values: try floats(expected["pixels"]))
+        let states = try XCTUnwrap(expected["hidden_states"] as? [Any])
+        let got = try tower.hiddenStates(pixels: pixels, layers: [0, -1])
+        for (key, index) in [(0, 0), (-1, states.count - 1)] {
+            let diff = maxDifference(try XCTUnwrap(got[key]).array, try floats(states[index]))
+            print("siglip 36x36 hidden state \(index): max diff \(diff)")
+            XCTAssertLessThan(diff, 1e-4)
+        }
+    }
+
     /// Hub checkpoints (transformers 4.x, CLIPModel, LLaVA's vision_tower) nest the tower under
     /// `vision_model.`, sometimes with the position-id buffer; both layouts load the same.
     func testVisionModelPrefixAndNegativeIndices() throws {
