@@ -119,9 +119,10 @@ struct VisionEncoderLayer: @unchecked Sendable {
         for (i, part) in [q, k, v].enumerated() {
             guard let bias = part.bias else { continue }   // loaded with bias above
             let factor: Float = i == 0 ? scale : 1
+            let wIn = part.weight.data, bIn = bias.data
             let wOut = w.data + i * d * d, bOut = b.data + i * d
-            for j in 0..<(d * d) { wOut[j] = part.weight.data[j] * factor }
-            for j in 0..<d { bOut[j] = bias.data[j] * factor }
+            for j in 0..<(d * d) { wOut[j] = wIn[j] * factor }
+            for j in 0..<d { bOut[j] = bIn[j] * factor }
         }
         qkv = DenseLinear(weight: w, bias: b)
         out = try DenseLinear(weights, p + "self_attn.out_proj", out: d, in: d)
