@@ -55,4 +55,14 @@ final class SHA256Tests: XCTestCase {
             XCTAssertTrue("\(error)".contains("missing"), "\(error)")
         }
     }
+
+    /// Prints throughput: hashing a checkpoint or an image should never dominate a command.
+    func testThroughputYardstick() {
+        let bytes = [UInt8](repeating: 0x5a, count: 64 << 20)
+        let start = Date()
+        let digest = SHA256.hex(bytes)
+        let seconds = Date().timeIntervalSince(start)
+        print("SHA256: \(Int(64 / seconds)) MB/s")
+        XCTAssertEqual(digest.count, 64)
+    }
 }
