@@ -49,6 +49,6 @@ let package = Package(
         .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore"]),
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
-        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI"]),
+        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMStore"]),
     ]
 )

@@ -21,6 +21,10 @@ final class CLITests: XCTestCase {
         .deletingLastPathComponent().appendingPathComponent("Fixtures/data")
 
     func vlmsh(_ arguments: [String], timeout: TimeInterval = 120) throws -> Result {
+        try Self.vlmsh(arguments, timeout: timeout)
+    }
+
+    static func vlmsh(_ arguments: [String], timeout: TimeInterval = 120) throws -> Result {
         let process = Process()
         process.executableURL = Self.binary
         process.arguments = arguments
