@@ -108,7 +108,7 @@ final class REPLTests: XCTestCase {
         // A """ block is one message.
         t.type("\"\"\"\rSay only\rthe word yes.\r\"\"\"\r")
         t.type("/history\r")
-        t.expect("user: Say only\nthe word yes.")
+        t.expect("user: Say only\r\nthe word yes.")   // the terminal turns \n into \r\n
 
         // A bad command or file keeps the REPL going.
         t.type("/image /no/such/file.png\r")

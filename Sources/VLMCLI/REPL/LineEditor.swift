@@ -14,6 +14,8 @@ final class LineEditor {
         // Our SIGINT handler decides what Ctrl-C means (clear the line or stop a reply).
         rl_catch_signals = 0
         using_history()
+        // append_history only appends to a file that exists.
+        if !FileManager.default.fileExists(atPath: historyPath) { _ = write_history(historyPath) }
         _ = read_history(historyPath)
     }
 
