@@ -18,7 +18,7 @@ struct BenchCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let m = try model.load()
+        let m = try model.loadText()
         // Fixed pseudo-random prompt over ordinary tokens, the same every run.
         var random = SeededRandom(seed: 42)
         let vocab = m.decoder.vocabularySize

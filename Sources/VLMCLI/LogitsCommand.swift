@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VLMGeneration
 import VLMModels
 
 struct LogitsCommand: AsyncParsableCommand {
@@ -14,8 +15,9 @@ struct LogitsCommand: AsyncParsableCommand {
         let m = try model.load()
         let ids = try prompt.promptIDs(m)
         guard !ids.isEmpty else { throw ValidationError("the prompt has no tokens") }
-        let cache = m.decoder.makeCache(capacity: ids.count)
-        let logits = try m.decoder.forward(tokens: ids, cache: cache)
+        let images = try prompt.images(m)
+        let cache = m.decoder.makeCache(capacity: prompt.positions(m, ids: ids, images: images))
+        let logits = try prompt.prefill(m, ids: ids, images: images, cache: cache)
         let top = (0..<logits.count).sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }.prefix(max(topK, 0))
         if json {
             try printJSON(["prompt_ids": ids, "top": top.map { [$0, Double(logits[$0])] as [Any] }])

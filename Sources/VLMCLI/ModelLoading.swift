@@ -5,7 +5,12 @@ import VLMStore
 
 /// Loads whatever a path holds as a chat model: a text model (GGUF or HF folder) or a LLaVA folder.
 func loadChatModel(path: String, template: String? = nil) throws -> ChatModel {
-    try TextModel(path: path, template: template)
+    var isDirectory: ObjCBool = false
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue,
+       LlavaModel.isLlava(folder: path) {
+        return try VisionLanguageModel(path: path, template: template)
+    }
+    return try TextModel(path: path, template: template)
 }
 
 /// A cheap identity for a model file or folder: size and the first and last MB of each weight

@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
+import VLMGeneration
+import VLMImage
 import VLMModels
+import VLMTensor
 import VLMTokenizers
 
 /// Which model to load and how to talk to it.
@@ -11,7 +14,11 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Chat template name from prompts/ (default: detected from the model).")
     var template: String?
 
-    func load() throws -> TextModel {
+    func load() throws -> ChatModel {
+        try loadChatModel(path: ModelStore.resolve(model), template: template)
+    }
+
+    func loadText() throws -> TextModel {
         try TextModel(path: ModelStore.resolve(model), template: template)
     }
 }
@@ -34,18 +41,55 @@ struct PromptOptions: ParsableArguments {
         if (prompt == nil) == (ids == nil) { throw ValidationError("give exactly one of --prompt and --ids") }
     }
 
-    func promptIDs(_ model: TextModel) throws -> [Int] {
+    @Option(name: .long, help: "An image for the prompt (repeatable): attached to the user turn, or placed at the image tokens with --raw / --ids.")
+    var image: [String] = []
+
+    func promptIDs(_ model: ChatModel) throws -> [Int] {
         if let ids {
             let parsed = ids.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
             guard !parsed.isEmpty, parsed.allSatisfy({ $0 != nil }) else { throw ValidationError("--ids must be comma-separated integers") }
             return parsed.map { $0! }
         }
-        let text = prompt ?? ""
-        if raw { return model.tokenizer.encode(text, addSpecialTokens: true) }
+        var text = prompt ?? ""
+        if raw { return model.encodePrompt(text, addSpecialTokens: true) }
+        // ChatSession's rule: without a placeholder, the images go first in the user's turn.
+        if !image.isEmpty, let support = model.images, !text.contains(support.tokenText) {
+            text = String(repeating: support.tokenText + "\n", count: image.count) + text
+        }
         var messages: [ChatMessage] = []
         if let system { messages.append(ChatMessage(role: .system, text: system)) }
         messages.append(ChatMessage(role: .user, text: text))
-        return model.chatPromptIDs(messages)
+        return model.encodePrompt(model.template.render(messages, addGenerationPrompt: true), addSpecialTokens: false)
+    }
+
+    /// The prompt's images, preprocessed for `model`.
+    func images(_ model: ChatModel) throws -> [ImageInput] {
+        guard !image.isEmpty else { return [] }
+        guard let support = model.images else { throw ValidationError("this model takes no images (--image)") }
+        return try image.map { ImageInput(hash: $0, pixels: support.preprocess(try ImageLoader.load(path: $0))) }
+    }
+
+    /// Runs the prompt (`ids` with `images` spliced in at the image tokens) through a fresh cache.
+    func prefill(_ model: ChatModel, ids: [Int], images: [ImageInput], cache: KVCache) throws -> UnsafeBufferPointer<Float> {
+        guard !images.isEmpty, let support = model.images else { return try model.decoder.forward(tokens: ids, cache: cache) }
+        let slots = try ChatSession.expand(ids: ids, images: images, support: support)
+        var features: [String: Tensor] = [:]
+        for input in images where features[input.hash] == nil { features[input.hash] = try support.encode(input.pixels) }
+        let d = model.decoder.config.hiddenSize
+        let x = Tensor(shape: [slots.count, d], zeroed: false)
+        for (i, slot) in slots.enumerated() {
+            switch slot {
+            case .token(let id): try model.decoder.embed([id], into: x.data + i * d)
+            case .image(let hash, let row): (x.data + i * d).update(from: features[hash]!.data + row * d, count: d)
+            }
+        }
+        return withExtendedLifetime(x) { model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }
+    }
+
+    /// Positions the prompt takes once images are expanded.
+    func positions(_ model: ChatModel, ids: [Int], images: [ImageInput]) -> Int {
+        guard let support = model.images, !images.isEmpty else { return ids.count }
+        return (try? ChatSession.expand(ids: ids, images: images, support: support).count) ?? ids.count
     }
 }
 

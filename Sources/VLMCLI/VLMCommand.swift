@@ -7,6 +7,7 @@ public struct VLMCommand: AsyncParsableCommand {
         subcommands: [
             ChatCommand.self, GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self, RunCommand.self,
             ReplayCommand.self, SessionsCommand.self, ShowCommand.self, ExportCommand.self, BenchCommand.self,
+            PreprocessCommand.self,
         ],
         defaultSubcommand: ChatCommand.self
     )

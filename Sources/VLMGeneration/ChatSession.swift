@@ -17,6 +17,14 @@ public protocol ChatModel: AnyObject {
     var tokenizer: Tokenizer { get }
     var template: ChatTemplate { get }
     var images: ImageSupport? { get }
+    /// Prompt text → ids; models whose image placeholder is no vocabulary token override this.
+    func encodePrompt(_ text: String, addSpecialTokens: Bool) -> [Int]
+}
+
+extension ChatModel {
+    public func encodePrompt(_ text: String, addSpecialTokens: Bool) -> [Int] {
+        tokenizer.encode(text, addSpecialTokens: addSpecialTokens)
+    }
 }
 
 /// How a model sees images: the placeholder token, how many positions one image takes, its
@@ -120,7 +128,7 @@ public final class ChatSession {
     func inputSlots(addGenerationPrompt: Bool) throws -> [InputSlot] {
         var all = messages
         if let system, all.first?.role != .system { all.insert(ChatMessage(role: .system, text: system), at: 0) }
-        let ids = model.tokenizer.encode(model.template.render(all, addGenerationPrompt: addGenerationPrompt), addSpecialTokens: false)
+        let ids = model.encodePrompt(model.template.render(all, addGenerationPrompt: addGenerationPrompt), addSpecialTokens: false)
         return try Self.expand(ids: ids, images: messageImages.flatMap { $0 }, support: model.images)
     }
 

@@ -1,0 +1,59 @@
+import Foundation
+import VLMImage
+import VLMModels
+import VLMTensor
+import VLMTokenizers
+
+/// A LLaVA model ready to chat: the composition, its tokenizer and chat template, and the
+/// image support ChatSession expands placeholders with.
+public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
+    public let path: String
+    public let llava: LlavaModel
+    public let tokenizer: Tokenizer
+    public let template: ChatTemplate
+    public let imageTokenText = "<image>"
+    /// The id placeholders get in prompt ids: the vocabulary's `<image>`, or LLaVA's -200 sentinel
+    /// when the tokenizer has none (original checkpoints).
+    public let imageTokenID: Int
+
+    public var decoder: LlamaModel { llava.decoder }
+
+    public init(path: String, template: String? = nil) throws {
+        self.path = path
+        llava = try LlavaModel.load(folder: path)
+        tokenizer = try Tokenizer.load(folder: path)
+        if llava.imageTokenInVocabulary {
+            imageTokenID = tokenizer.tokenID(imageTokenText) ?? llava.imageTokenID
+        } else {
+            imageTokenID = llava.imageTokenID
+        }
+        let name = template ?? ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: "llava")
+        self.template = try ChatTemplate.load(name: name, directory: ChatTemplate.defaultDirectory(), jinja: tokenizer.chatTemplateSource)
+    }
+
+    /// Whether the tokenizer itself maps `<image>` to the image token id.
+    var tokenizerKnowsImageToken: Bool { tokenizer.tokenID(imageTokenText) == imageTokenID }
+
+    public var images: ImageSupport? {
+        let llava = self.llava
+        return ImageSupport(tokenID: imageTokenID, tokenText: imageTokenText, featureCount: llava.featureCount,
+                            preprocess: { llava.preprocess($0) }, encode: { try llava.imageFeatures(pixels: $0) })
+    }
+
+    /// Prompt text → ids. Without `<image>` in the vocabulary, the text is split at each `<image>`,
+    /// the pieces tokenized separately (BOS only on the first) and joined with the sentinel id, as
+    /// LLaVA's `tokenizer_image_token` does.
+    public func encodePrompt(_ text: String, addSpecialTokens: Bool) -> [Int] {
+        if tokenizerKnowsImageToken || !text.contains(imageTokenText) {
+            return tokenizer.encode(text, addSpecialTokens: addSpecialTokens)
+        }
+        var ids: [Int] = []
+        for (i, chunk) in text.components(separatedBy: imageTokenText).enumerated() {
+            if i > 0 { ids.append(imageTokenID) }
+            ids += tokenizer.encode(chunk, addSpecialTokens: addSpecialTokens && i == 0)
+        }
+        return ids
+    }
+
+    public var stopTokens: Set<Int> { tokenizer.eosTokenIDs }
+}
