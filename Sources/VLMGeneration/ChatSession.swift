@@ -80,7 +80,8 @@ public final class ChatSession {
         guard !messages.isEmpty else { return }
         let slots = try inputSlots(addGenerationPrompt: false)
         let embeddings = try embed(slots)
-        model.decoder.forward(embeddings: embeddings.data, count: slots.count, cache: cache)
+        // The pointer is only valid while the tensor is alive.
+        withExtendedLifetime(embeddings) { _ = model.decoder.forward(embeddings: embeddings.data, count: slots.count, cache: cache) }
         cachedSlots = slots
     }
 
@@ -174,7 +175,9 @@ public final class ChatSession {
         return Generator(
             tokenizer: model.tokenizer, parameters: parameters, promptIDs: promptIDs, stopTokens: model.tokenizer.eosTokenIDs,
             prefill: { [unowned self] in
-                let logits = decoder.forward(embeddings: embeddings.data, count: newSlots.count, cache: cache)
+                let logits = withExtendedLifetime(embeddings) {
+                    decoder.forward(embeddings: embeddings.data, count: newSlots.count, cache: cache)
+                }
                 self.cachedSlots += newSlots
                 return logits
             },
