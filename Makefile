@@ -18,6 +18,7 @@ test: deps model
 
 bench: deps model build reference-venv
 	$(VLMSH_VENV)/bin/python bench/bench.py --vlmsh $(BIN) --model $(VLMSH_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+	$(VLMSH_VENV)/bin/python bench/vision.py --vlmsh $(BIN)
 
 build:
 	swift build -c release --product vlmsh

@@ -159,6 +159,15 @@ final class LlavaTests: XCTestCase {
             let third = try chat.send("Compare.", images: [wide], parameters: greedy(2))
             while try third.next() != nil {}
             XCTAssertEqual(chat.encoderRuns, 2, name)
+
+            // The third turn through prefix reuse equals the whole conversation run from scratch.
+            let fresh = ChatSession(model: model, history: Array(chat.messages.prefix(4)), historyImages: [[square], [], [square], []])
+            let again = try fresh.send("Compare.", images: [wide], parameters: greedy(2))
+            while try again.next() != nil {}
+            XCTAssertEqual(fresh.reusedPositions, 0)
+            let diff = maxDifference(third.promptLogits, again.promptLogits)
+            XCTAssertLessThan(diff, 1e-4, "\(name): prefix reuse vs from scratch, max diff \(diff)")
+            XCTAssertEqual(third.ids, again.ids, name)
         }
     }
 
