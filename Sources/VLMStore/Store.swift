@@ -35,10 +35,18 @@ public final class Store: Sendable {
         var config = Configuration()
         config.busyMode = .timeout(busyTimeout)
         config.label = "vlmsh.store"
-        do {
-            pool = try DatabasePool(path: path, configuration: config)
-        } catch {
-            throw StoreError(.open, path: path, "cannot open database: \(Store.message(error))")
+        // Switching a new file to WAL takes a lock the busy handler does not wait for, so
+        // processes opening the same fresh file at once retry here within the busy timeout.
+        let deadline = Date().addingTimeInterval(busyTimeout)
+        while true {
+            do {
+                pool = try DatabasePool(path: path, configuration: config)
+                break
+            } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && Date() < deadline {
+                usleep(20_000)
+            } catch {
+                throw StoreError(.open, path: path, "cannot open database: \(Store.message(error))")
+            }
         }
         appliedMigrations = try Store.migrate(pool, path: path)
     }
