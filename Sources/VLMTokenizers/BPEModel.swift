@@ -140,9 +140,9 @@ final class BPEModel: @unchecked Sendable {
         var next = Array(1...n)  // n = none
         var prev = Array(-1..<(n - 1))
         var alive = [Bool](repeating: true, count: n)
-        var heap = MergeHeap()
+        var heap = PriorityQueue<MergeCandidate>()
         for i in 0..<(n - 1) {
-            if let m = merge(ids[i], ids[i + 1]) { heap.push(rank: m >> 32, position: i, left: ids[i], right: ids[i + 1]) }
+            if let m = merge(ids[i], ids[i + 1]) { heap.push(MergeCandidate(rank: m >> 32, position: i, left: ids[i], right: ids[i + 1])) }
         }
         while let top = heap.pop() {
             let p = top.position
@@ -154,10 +154,10 @@ final class BPEModel: @unchecked Sendable {
             next[p] = next[q]
             if next[q] < n { prev[next[q]] = p }
             if prev[p] >= 0, let lm = merge(ids[prev[p]], ids[p]) {
-                heap.push(rank: lm >> 32, position: prev[p], left: ids[prev[p]], right: ids[p])
+                heap.push(MergeCandidate(rank: lm >> 32, position: prev[p], left: ids[prev[p]], right: ids[p]))
             }
             if next[p] < n, let rm = merge(ids[p], ids[next[p]]) {
-                heap.push(rank: rm >> 32, position: p, left: ids[p], right: ids[next[p]])
+                heap.push(MergeCandidate(rank: rm >> 32, position: p, left: ids[p], right: ids[next[p]]))
             }
         }
         symbols.removeAll(keepingCapacity: true)
@@ -167,42 +167,11 @@ final class BPEModel: @unchecked Sendable {
 }
 
 /// Min-heap of candidate merges ordered by (rank, position).
-struct MergeHeap {
-    struct Entry { var rank: UInt64; var position: Int; var left: Int32; var right: Int32 }
-    private var items: [Entry] = []
+/// A candidate merge: lowest rank first, then leftmost.
+struct MergeCandidate: QueueOrdered {
+    var rank: UInt64, position: Int, left: Int32, right: Int32
 
-    private static func less(_ a: Entry, _ b: Entry) -> Bool {
+    static func precedes(_ a: MergeCandidate, _ b: MergeCandidate) -> Bool {
         a.rank != b.rank ? a.rank < b.rank : a.position < b.position
-    }
-
-    mutating func push(rank: UInt64, position: Int, left: Int32, right: Int32) {
-        items.append(Entry(rank: rank, position: position, left: left, right: right))
-        var child = items.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard Self.less(items[child], items[parent]) else { break }
-            items.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func pop() -> Entry? {
-        guard !items.isEmpty else { return nil }
-        let top = items[0]
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            var parent = 0
-            while true {
-                let l = 2 * parent + 1, r = l + 1
-                var smallest = parent
-                if l < items.count && Self.less(items[l], items[smallest]) { smallest = l }
-                if r < items.count && Self.less(items[r], items[smallest]) { smallest = r }
-                if smallest == parent { break }
-                items.swapAt(parent, smallest)
-                parent = smallest
-            }
-        }
-        return top
     }
 }

@@ -22,7 +22,7 @@ final class SentencePieceScoreModel: Sendable {
         let scalars = Array(text.unicodeScalars)
         guard !scalars.isEmpty else { return }
         var symbols = scalars.indices.map { Symbol(start: $0, end: $0 + 1, prev: $0 - 1, next: $0 + 1) }
-        var queue = BigramQueue()
+        var queue = PriorityQueue<Bigram>()
 
         func piece(_ start: Int, _ end: Int) -> String {
             var view = String.UnicodeScalarView()
@@ -33,7 +33,7 @@ final class SentencePieceScoreModel: Sendable {
             guard left >= 0, right < symbols.count else { return }
             let start = symbols[left].start, end = symbols[right].end
             guard let id = vocab[piece(start, end)], id < scores.count else { return }
-            queue.push((score: scores[id], left: left, length: end - start))
+            queue.push(Bigram(score: scores[id], left: left, length: end - start))
         }
 
         for i in 1..<symbols.count { addBigram(i - 1, i) }
@@ -68,43 +68,11 @@ final class SentencePieceScoreModel: Sendable {
     }
 }
 
-/// Max-heap of bigrams: highest score first, then leftmost.
-private struct BigramQueue {
-    typealias Bigram = (score: Float, left: Int, length: Int)
-    private var items: [Bigram] = []
+/// A candidate merge of two adjacent symbols: highest score first, then leftmost.
+private struct Bigram: QueueOrdered {
+    var score: Float, left: Int, length: Int
 
-    private static func before(_ a: Bigram, _ b: Bigram) -> Bool {
+    static func precedes(_ a: Bigram, _ b: Bigram) -> Bool {
         a.score != b.score ? a.score > b.score : a.left < b.left
-    }
-
-    mutating func push(_ item: Bigram) {
-        items.append(item)
-        var child = items.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard Self.before(items[child], items[parent]) else { break }
-            items.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func pop() -> Bigram? {
-        guard !items.isEmpty else { return nil }
-        let top = items[0]
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            var parent = 0
-            while true {
-                let l = 2 * parent + 1, r = l + 1
-                var best = parent
-                if l < items.count && Self.before(items[l], items[best]) { best = l }
-                if r < items.count && Self.before(items[r], items[best]) { best = r }
-                if best == parent { break }
-                items.swapAt(parent, best)
-                parent = best
-            }
-        }
-        return top
     }
 }
