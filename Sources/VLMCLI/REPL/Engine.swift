@@ -244,7 +244,8 @@ public final class Engine {
         let session = try ensureSession()
         var p = parameters
         p.seed = fixedSeed ?? UInt64.random(in: 0...UInt64(UInt32.max))
-        p.stopStrings += model!.template.stopStrings
+        // Recorded parameters (replays) already hold the template's stop strings.
+        p.stopStrings += model!.template.stopStrings.filter { !p.stopStrings.contains($0) }
         let images = pendingImages
         pendingImages = []
         let generator = try chat.send(text, images: images.map(\.input), parameters: p)
@@ -271,7 +272,6 @@ public final class Engine {
         for path in images { try attach(path) }
         let saved = (parameters, fixedSeed)
         parameters = recorded
-        parameters.stopStrings = recorded.stopStrings.filter { !model!.template.stopStrings.contains($0) }
         fixedSeed = recorded.seed
         defer { (parameters, fixedSeed) = saved }
         try send(text)
