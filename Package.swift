@@ -33,11 +33,13 @@ let package = Package(
         .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Sampling and the generation iterator.
         .target(name: "VLMGeneration", dependencies: ["VLMTensor", "VLMModels", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
+        // Fine-tuning: reverse-mode autodiff, LoRA and projector training, data, optimizer, evaluation.
+        .target(name: "VLMTraining", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration"], swiftSettings: fast),
         // SQLite session store.
         .target(name: "VLMStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         // Command-line interface (subcommands and REPL).
         .target(name: "VLMCLI", dependencies: [
-            "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMStore",
+            "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMTraining", "VLMStore",
             "CReadline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: fast),
         .executableTarget(name: "vlmsh", dependencies: ["VLMCLI"]),
@@ -49,6 +51,7 @@ let package = Package(
         .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore"]),
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
+        .testTarget(name: "VLMTrainingTests", dependencies: ["VLMTraining", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMStore"]),
     ]
 )

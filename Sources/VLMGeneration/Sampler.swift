@@ -22,8 +22,9 @@ public struct GenerationParameters: Codable, Sendable, Equatable {
     }
 }
 
-/// SplitMix64: tiny, fast, and the same sequence on every machine for a given seed.
-public struct SeededRandom: Sendable {
+/// SplitMix64: tiny, fast, and the same sequence on every machine for a given seed. Codable so a
+/// training checkpoint can store the stream's position and resume it.
+public struct SeededRandom: Sendable, Codable, Equatable {
     private var state: UInt64
     public init(seed: UInt64) { state = seed }
 
@@ -37,6 +38,16 @@ public struct SeededRandom: Sendable {
 
     /// Uniform in [0, 1) with 24 bits.
     public mutating func nextUnit() -> Float { Float(next() >> 40) / Float(1 << 24) }
+
+    /// Uniform in 0..<n.
+    public mutating func next(below n: Int) -> Int { Int(next() % UInt64(n)) }
+
+    /// A Fisher–Yates shuffle of 0..<n.
+    public mutating func permutation(_ n: Int) -> [Int] {
+        var p = Array(0..<n)
+        if n > 1 { for i in stride(from: n - 1, to: 0, by: -1) { p.swapAt(i, next(below: i + 1)) } }
+        return p
+    }
 }
 
 /// Picks the next token from logits. Order as transformers applies its processors: repetition

@@ -6,6 +6,8 @@ import VLMTensor
 public struct Linear: @unchecked Sendable {
     public let weight: QuantizedMatrix
     public let bias: Tensor?
+    /// A LoRA adapter applied on top of the stored weight, if one is loaded.
+    public var adapter: LowRankAdapter?
 
     public init(weight: QuantizedMatrix, bias: Tensor? = nil) { self.weight = weight; self.bias = bias }
 
@@ -27,5 +29,6 @@ public struct Linear: @unchecked Sendable {
             let b = bias.data, out = outFeatures
             for t in 0..<n { Kernels.axpy(1, b, y + t * out, out) }
         }
+        adapter?.apply(x, y, tokens: n)
     }
 }

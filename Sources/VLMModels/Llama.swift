@@ -155,19 +155,19 @@ public enum LlamaWeights {
 // MARK: - Model
 
 public final class LlamaModel: @unchecked Sendable {
-    struct Layer {
-        let inputNorm: Tensor
-        let q, k, v, o: Linear
-        let postAttentionNorm: Tensor
-        let gate, up, down: Linear
+    package struct Layer {
+        package let inputNorm: Tensor
+        package var q, k, v, o: Linear
+        package let postAttentionNorm: Tensor
+        package var gate, up, down: Linear
     }
 
     public let config: LlamaConfiguration
-    let embedTokens: QuantizedMatrix   // [vocab, hidden]
-    let layers: [Layer]
-    let norm: Tensor
-    let lmHead: Linear
-    let rope: RoPE
+    package let embedTokens: QuantizedMatrix   // [vocab, hidden]
+    package var layers: [Layer]
+    package let norm: Tensor
+    package let lmHead: Linear
+    package let rope: RoPE
     /// Dequantized weight of the linear being applied to several tokens.
     let weightScratch: FloatStorage
     /// Buffers for one-token steps, kept so decode does not allocate.
@@ -217,6 +217,51 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     public var vocabularySize: Int { config.vocabSize }
+
+    /// The linear layers LoRA can target, by their Hugging Face module names
+    /// (`model.layers.0.self_attn.q_proj`, ...), in layer order.
+    public var linearModuleNames: [String] {
+        (0..<layers.count).flatMap { i in
+            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"].map { "model.layers.\(i).\($0)" }
+        }
+    }
+
+    /// The linear layer of a module name from `linearModuleNames`.
+    package func linear(named name: String) -> Linear? {
+        guard let (i, path) = Self.splitModuleName(name), i < layers.count else { return nil }
+        return layers[i][keyPath: Self.linearPaths[path]!]
+    }
+
+    /// Replaces every adapter: modules not in `adapters` run without one. Names are from
+    /// `linearModuleNames`; an unknown name is an error.
+    public func setAdapters(_ adapters: [String: LowRankAdapter]) throws {
+        for name in adapters.keys {
+            guard let (i, path) = Self.splitModuleName(name), i < layers.count else { throw ModelError("no linear layer '\(name)' in this model") }
+            let l = layers[i][keyPath: Self.linearPaths[path]!]
+            let a = adapters[name]!
+            guard a.inFeatures == l.inFeatures, a.outFeatures == l.outFeatures else {
+                throw ModelError("adapter for '\(name)' is \(a.outFeatures)×\(a.inFeatures); the layer is \(l.outFeatures)×\(l.inFeatures)")
+            }
+        }
+        for i in layers.indices {
+            for (path, keyPath) in Self.linearPaths {
+                layers[i][keyPath: keyPath].adapter = adapters["model.layers.\(i).\(path)"]
+            }
+        }
+    }
+
+    nonisolated(unsafe) static let linearPaths: [String: WritableKeyPath<Layer, Linear>] = [
+        "self_attn.q_proj": \.q, "self_attn.k_proj": \.k, "self_attn.v_proj": \.v, "self_attn.o_proj": \.o,
+        "mlp.gate_proj": \.gate, "mlp.up_proj": \.up, "mlp.down_proj": \.down,
+    ]
+
+    static func splitModuleName(_ name: String) -> (Int, String)? {
+        let parts = name.split(separator: ".", maxSplits: 3).map(String.init)
+        guard parts.count == 4, parts[0] == "model", parts[1] == "layers", let i = Int(parts[2]),
+              linearPaths[parts[3]] != nil else { return nil }
+        return (i, parts[3])
+    }
 
     public func makeCache(capacity: Int = 256) -> KVCache {
         KVCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim, capacity: capacity)

@@ -16,8 +16,8 @@ public final class MultiModalProjector: @unchecked Sendable {
     public let activation: Activation
     public let inputSize: Int
     public let outputSize: Int
-    let linear1: DenseLinear
-    let linear2: DenseLinear?
+    package var linear1: DenseLinear
+    package var linear2: DenseLinear?
 
     /// `weights` is scoped to the projector (`linear_1.weight`, ...). `inputSize` is the vision
     /// hidden size times the number of feature layers concatenated; `activation` is

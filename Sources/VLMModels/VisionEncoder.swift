@@ -26,13 +26,13 @@ public protocol VisionTower: AnyObject, Sendable {
 
 /// y = x·Wᵀ with W `[out, in]` in Float32; the bias is applied by the caller so it can be fused
 /// into the next pass over the output.
-struct DenseLinear: @unchecked Sendable {
-    let weight: Tensor
-    let bias: Tensor?
-    var outFeatures: Int { weight.shape[0] }
-    var inFeatures: Int { weight.shape[1] }
+package struct DenseLinear: @unchecked Sendable {
+    package let weight: Tensor
+    package let bias: Tensor?
+    package var outFeatures: Int { weight.shape[0] }
+    package var inFeatures: Int { weight.shape[1] }
 
-    init(weight: Tensor, bias: Tensor?) { self.weight = weight; self.bias = bias }
+    package init(weight: Tensor, bias: Tensor?) { self.weight = weight; self.bias = bias }
 
     init(_ weights: WeightMap, _ name: String, out: Int, in inp: Int, bias: Bool = true) throws {
         weight = try weights.floats(name + ".weight", shape: [out, inp])

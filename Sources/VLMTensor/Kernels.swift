@@ -25,12 +25,13 @@ public enum Kernels {
 
     /// General strided GEMM: c = a·b (b transposed when `transB`), leading dimensions explicit so
     /// per-head slices of a packed `[tokens, heads·headDim]` buffer need no copies.
+    /// `transA` reads a as `[k, m]` (gradients of weights: dW = dYᵀ·X).
     public static func gemm(
         m: Int, n: Int, k: Int,
-        _ a: UnsafePointer<Float>, lda: Int, _ b: UnsafePointer<Float>, ldb: Int, transB: Bool,
+        _ a: UnsafePointer<Float>, lda: Int, transA: Bool = false, _ b: UnsafePointer<Float>, ldb: Int, transB: Bool,
         _ c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false
     ) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
                     1, a, Int32(lda), b, Int32(ldb), accumulate ? 1 : 0, c, Int32(ldc))
     }
 

@@ -1,0 +1,140 @@
+import Foundation
+import VLMGeneration
+import VLMTensor
+
+/// Elements per thread chunk for elementwise passes.
+let elementwiseChunk = 1 << 15
+
+extension Tape {
+    /// a + b (same shape): residual connections.
+    public func add(_ a: Variable, _ b: Variable) -> Variable {
+        checkShape(a.count == b.count, "add: \(a.shape) and \(b.shape)")
+        let y = Variable(Tensor(shape: a.shape, zeroed: false), requiresGrad: a.requiresGrad || b.requiresGrad)
+        let n = a.count, pa = a.data, pb = b.data, py = y.data
+        Parallel.forEach(n, minChunk: elementwiseChunk) { r in
+            for i in r { py[i] = pa[i] + pb[i] }
+        }
+        record(y) { dy in
+            if a.requiresGrad { Kernels.add(dy, into: a.gradBuffer(), n) }
+            if b.requiresGrad { Kernels.add(dy, into: b.gradBuffer(), n) }
+        }
+        return y
+    }
+
+    /// a ⊙ b (same shape).
+    public func multiply(_ a: Variable, _ b: Variable) -> Variable {
+        checkShape(a.count == b.count, "multiply: \(a.shape) and \(b.shape)")
+        let y = Variable(Tensor(shape: a.shape, zeroed: false), requiresGrad: a.requiresGrad || b.requiresGrad)
+        let n = a.count, pa = a.data, pb = b.data, py = y.data
+        Parallel.forEach(n, minChunk: elementwiseChunk) { r in
+            for i in r { py[i] = pa[i] * pb[i] }
+        }
+        record(y) { dy in
+            let ga = a.requiresGrad ? a.gradBuffer() : nil, gb = b.requiresGrad ? b.gradBuffer() : nil
+            Parallel.forEach(n, minChunk: elementwiseChunk) { r in
+                for i in r {
+                    ga?[i] += dy[i] * pb[i]
+                    gb?[i] += dy[i] * pa[i]
+                }
+            }
+        }
+        return y
+    }
+
+    /// s · x.
+    public func scale(_ x: Variable, _ s: Float) -> Variable {
+        let y = Variable(Tensor(shape: x.shape, zeroed: false), requiresGrad: x.requiresGrad)
+        let n = x.count, px = x.data, py = y.data
+        Parallel.forEach(n, minChunk: elementwiseChunk) { r in
+            for i in r { py[i] = s * px[i] }
+        }
+        record(y) { dy in Kernels.axpyThreaded(s, dy, x.gradBuffer(), n) }
+        return y
+    }
+
+    /// act(x) for the activations configs name (`hidden_act`, `projector_hidden_act`).
+    public func activation(_ x: Variable, _ kind: Activation) -> Variable {
+        let y = Variable(Tensor(shape: x.shape, zeroed: false), requiresGrad: x.requiresGrad)
+        let n = x.count
+        y.data.update(from: x.data, count: n)
+        kind.apply(y.data, count: n)
+        record(y) { dy in
+            let gx = x.gradBuffer(), px = x.data
+            Parallel.forEach(n, minChunk: elementwiseChunk) { r in
+                for i in r { gx[i] += dy[i] * kind.derivative(px[i]) }
+            }
+        }
+        return y
+    }
+
+    /// silu(gate) ⊙ up: the Llama MLP's SwiGLU, fused.
+    public func swiglu(_ gate: Variable, _ up: Variable) -> Variable {
+        checkShape(gate.count == up.count, "swiglu: \(gate.shape) and \(up.shape)")
+        let y = Variable(Tensor(shape: gate.shape, zeroed: false), requiresGrad: gate.requiresGrad || up.requiresGrad)
+        let n = gate.count, pg = gate.data, pu = up.data
+        y.data.update(from: pg, count: n)
+        Kernels.swiglu(y.data, pu, n)
+        record(y) { dy in
+            let gg = gate.requiresGrad ? gate.gradBuffer() : nil, gu = up.requiresGrad ? up.gradBuffer() : nil
+            Parallel.forEach(n, minChunk: elementwiseChunk) { r in
+                for i in r {
+                    let g = pg[i], sig = 1 / (1 + expf(-g))
+                    gu?[i] += dy[i] * g * sig
+                    gg?[i] += dy[i] * pu[i] * sig * (1 + g * (1 - sig))
+                }
+            }
+        }
+        return y
+    }
+
+    /// Inverted dropout: zeroes each element with probability `p` and scales the rest by 1/(1-p).
+    /// The identity when p is 0 (evaluation, or LoRA without dropout).
+    public func dropout(_ x: Variable, probability p: Float, random: inout SeededRandom) -> Variable {
+        guard p > 0 else { return x }
+        let n = x.count
+        let mask = FloatStorage(count: n, zeroed: false)
+        let keep = 1 / (1 - p)
+        for i in 0..<n { mask.pointer[i] = random.nextUnit() < p ? 0 : keep }
+        let y = Variable(Tensor(shape: x.shape, zeroed: false), requiresGrad: x.requiresGrad)
+        let px = x.data, py = y.data, pm = mask.pointer
+        for i in 0..<n { py[i] = px[i] * pm[i] }
+        record(y) { dy in
+            let gx = x.gradBuffer()
+            for i in 0..<n { gx[i] += dy[i] * pm[i] }
+            _ = mask
+        }
+        return y
+    }
+}
+
+extension Kernels {
+    /// y += alpha · x, threaded.
+    static func axpyThreaded(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        Parallel.forEach(n, minChunk: elementwiseChunk) { r in
+            Kernels.axpy(alpha, x + r.lowerBound, y + r.lowerBound, r.count)
+        }
+    }
+}
+
+extension Activation {
+    /// d act(x) / dx, in the same formulas as the forward pass.
+    public func derivative(_ x: Float) -> Float {
+        switch self {
+        case .quickGelu:
+            let s = 1 / (1 + expf(-1.702 * x))
+            return s + 1.702 * x * s * (1 - s)
+        case .gelu:
+            let cdf = 0.5 * (1 + erff(x / Float(2).squareRoot()))
+            let pdf = expf(-0.5 * x * x) / (2 * Float.pi).squareRoot()
+            return cdf + x * pdf
+        case .geluPytorchTanh, .geluNew:
+            let c = (2 / Float.pi).squareRoot()
+            let u = c * (x + 0.044715 * x * x * x)
+            let t = tanhf(u)
+            return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x)
+        case .silu:
+            let s = 1 / (1 + expf(-x))
+            return s * (1 + x * (1 - s))
+        }
+    }
+}
