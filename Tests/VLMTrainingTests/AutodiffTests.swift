@@ -1,13 +1,152 @@
 import XCTest
-@testable import VLMTraining
+import VLMTraining
+import VLMGeneration
+import VLMModels
 import VLMTensor
 
+/// Every op's backward pass against central finite differences of its forward pass: for
+/// L = Σ R ⊙ op(inputs) with a fixed random R, dL/dinput from the tape must match
+/// (L(x + ε) − L(x − ε)) / 2ε element by element.
 final class AutodiffTests: XCTestCase {
+    var random = SeededRandom(seed: 7)
+
+    func randomVariable(_ shape: [Int], scale: Float = 1, trainable: Bool = true) -> Variable {
+        let n = shape.reduce(1, *)
+        return Variable(Tensor(shape: shape, values: (0..<n).map { _ in (random.nextUnit() * 2 - 1) * scale }), requiresGrad: trainable)
+    }
+
+    /// Checks the gradients of `inputs` (all trainable) for `op`, which builds its output on a tape.
+    func checkGradients(_ name: String, _ inputs: [Variable], tolerance: Float = 2e-2, epsilon: Float = 1e-2,
+                        file: StaticString = #filePath, line: UInt = #line, _ op: (Tape) -> Variable) {
+        let tape = Tape()
+        let out = op(tape)
+        let weights = (0..<out.count).map { _ in random.nextUnit() * 2 - 1 }
+        for v in inputs { v.zeroGrad() }
+        tape.backward(out, outputGradient: weights)
+
+        func objective() -> Double {
+            let t = Tape()
+            let y = op(t)
+            var s = 0.0
+            for i in 0..<y.count { s += Double(weights[i]) * Double(y.data[i]) }
+            return s
+        }
+        for (k, v) in inputs.enumerated() {
+            guard let grad = v.grad else { XCTFail("\(name): input \(k) got no gradient", file: file, line: line); continue }
+            var worst: Float = 0, scale: Float = 1e-3
+            for i in 0..<v.count { scale = max(scale, abs(grad.data[i])) }
+            for i in 0..<v.count {
+                let saved = v.data[i]
+                v.data[i] = saved + epsilon; let plus = objective()
+                v.data[i] = saved - epsilon; let minus = objective()
+                v.data[i] = saved
+                let numeric = Float((plus - minus) / Double(2 * epsilon))
+                worst = max(worst, abs(numeric - grad.data[i]) / scale)
+            }
+            XCTAssertLessThan(worst, tolerance, "\(name): input \(k) max relative gradient error \(worst)", file: file, line: line)
+        }
+    }
+
     func testTapeRecordsOnlyTrainablePaths() {
         let tape = Tape()
         let frozen = Variable(shape: [2, 2], values: [1, 2, 3, 4])
         let y = tape.scale(frozen, 2)
         XCTAssertEqual(tape.count, 0)
         XCTAssertEqual(y.value.array, [2, 4, 6, 8])
+        XCTAssertFalse(y.requiresGrad)
+    }
+
+    func testGradientFlowsThroughFrozenLayers() {
+        // A frozen weight passes dL/dx back without storing a gradient of its own.
+        let x = randomVariable([3, 4]), w = randomVariable([5, 4], trainable: false)
+        checkGradients("linear with frozen weight", [x]) { $0.linear(x, w) }
+        XCTAssertNil(w.grad)
+    }
+
+    func testLinear() {
+        let x = randomVariable([3, 4]), w = randomVariable([5, 4]), b = randomVariable([5])
+        checkGradients("linear", [x, w, b]) { $0.linear(x, w, bias: b) }
+    }
+
+    func testLoRALinear() {
+        let x = randomVariable([3, 6]), w = randomVariable([5, 6], trainable: false)
+        let a = randomVariable([2, 6]), b = randomVariable([5, 2])
+        var noDropout = SeededRandom(seed: 1)
+        checkGradients("lora", [x, a, b]) { $0.loraLinear(x, w, bias: nil, a: a, b: b, scale: 2, dropout: 0, random: &noDropout) }
+        // With dropout: the same mask for every evaluation (the stream restarts).
+        checkGradients("lora dropout", [x, a, b]) { tape in
+            var r = SeededRandom(seed: 3)
+            return tape.loraLinear(x, w, bias: nil, a: a, b: b, scale: 2, dropout: 0.3, random: &r)
+        }
+    }
+
+    func testElementwise() {
+        let a = randomVariable([4, 5]), b = randomVariable([4, 5])
+        checkGradients("add", [a, b]) { $0.add(a, b) }
+        checkGradients("multiply", [a, b]) { $0.multiply(a, b) }
+        checkGradients("scale", [a]) { $0.scale(a, -1.5) }
+        checkGradients("swiglu", [a, b]) { $0.swiglu(a, b) }
+        for kind in Activation.allCases {
+            let x = randomVariable([3, 7], scale: 3)
+            checkGradients("activation \(kind)", [x]) { $0.activation(x, kind) }
+        }
+    }
+
+    func testNorms() {
+        let x = randomVariable([4, 8], scale: 2), w = randomVariable([8]), b = randomVariable([8])
+        checkGradients("rmsNorm", [x, w]) { $0.rmsNorm(x, weight: w, eps: 1e-5) }
+        checkGradients("layerNorm", [x, w, b]) { $0.layerNorm(x, weight: w, bias: b, eps: 1e-5) }
+    }
+
+    func testRoPE() {
+        for pairing in [RoPE.Pairing.halves, .interleaved] {
+            let rope = RoPE(headDim: 8, base: 10000, scaling: nil, pairing: pairing)
+            let x = randomVariable([6, 16])
+            checkGradients("rope \(pairing)", [x]) { $0.rope(x, rope, heads: 2, layout: SequenceLayout(batch: 2, length: 3)) }
+        }
+    }
+
+    func testAttention() {
+        let layout = SequenceLayout(batch: 2, length: 5)
+        for causal in [true, false] {
+            // 4 query heads sharing 2 key/value heads (grouped-query attention).
+            let q = randomVariable([10, 4 * 3]), k = randomVariable([10, 2 * 3]), v = randomVariable([10, 2 * 3])
+            checkGradients("attention causal=\(causal)", [q, k, v]) {
+                $0.attention(q: q, k: k, v: v, heads: 4, kvHeads: 2, headDim: 3, layout: layout, causal: causal)
+            }
+        }
+    }
+
+    func testCausalAttentionIgnoresLaterPositions() {
+        // Right padding is safe: changing a later position never changes an earlier output.
+        let layout = SequenceLayout(batch: 1, length: 4)
+        let q = randomVariable([4, 4], trainable: false), k = randomVariable([4, 4], trainable: false), v = randomVariable([4, 4], trainable: false)
+        let before = Tape().attention(q: q, k: k, v: v, heads: 2, kvHeads: 2, headDim: 2, layout: layout, causal: true).value.array
+        for i in 12..<16 { k.data[i] += 5; v.data[i] -= 3 }
+        let after = Tape().attention(q: q, k: k, v: v, heads: 2, kvHeads: 2, headDim: 2, layout: layout, causal: true).value.array
+        XCTAssertEqual(Array(before[0..<12]), Array(after[0..<12]))
+        XCTAssertNotEqual(Array(before[12..<16]), Array(after[12..<16]))
+    }
+
+    func testSpliceAndGather() {
+        let base = randomVariable([5, 3]), features = randomVariable([2, 3]), table = randomVariable([6, 3])
+        checkGradients("scatterRows", [base, features]) { $0.scatterRows(base, positions: [1, 3], source: features) }
+        checkGradients("gather", [table]) { $0.gather(table, indices: [4, 0, 4, 2]) }
+    }
+
+    func testCrossEntropy() {
+        let logits = randomVariable([5, 7], scale: 3)
+        let targets = [3, ignoreIndex, 0, 6, ignoreIndex]
+        checkGradients("crossEntropy", [logits]) { $0.crossEntropy(logits, targets: targets, normalizer: 3).loss }
+        // The value: mean over counted rows of −log softmax[target], here against a plain formula.
+        let (loss, stats) = Tape().crossEntropy(logits, targets: targets, normalizer: 3)
+        var expected = 0.0
+        for (r, t) in targets.enumerated() where t != ignoreIndex {
+            let row = (0..<7).map { Double(logits.data[r * 7 + $0]) }
+            let lse = log(row.map { exp($0) }.reduce(0, +))
+            expected += lse - row[t]
+        }
+        XCTAssertEqual(Double(loss.data[0]), expected / 3, accuracy: 1e-5)
+        XCTAssertEqual(stats.tokens, 3)
     }
 }

@@ -96,12 +96,11 @@ extension Tape {
         let keep = 1 / (1 - p)
         for i in 0..<n { mask.pointer[i] = random.nextUnit() < p ? 0 : keep }
         let y = Variable(Tensor(shape: x.shape, zeroed: false), requiresGrad: x.requiresGrad)
-        let px = x.data, py = y.data, pm = mask.pointer
-        for i in 0..<n { py[i] = px[i] * pm[i] }
+        let px = x.data, py = y.data
+        for i in 0..<n { py[i] = px[i] * mask.pointer[i] }
         record(y) { dy in
-            let gx = x.gradBuffer()
+            let gx = x.gradBuffer(), pm = mask.pointer
             for i in 0..<n { gx[i] += dy[i] * pm[i] }
-            _ = mask
         }
         return y
     }

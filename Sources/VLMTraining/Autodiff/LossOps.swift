@@ -54,6 +54,7 @@ extension Tape {
         record(loss) { dy in
             // dlogits = dy/N · (softmax − onehot(target)) on counted rows.
             let g = logits.gradBuffer(), k = dy[0] / normalizer
+            let plse = logSumExp.pointer   // keeps the buffer alive until backward
             Parallel.forEach(n, minChunk: 4) { range in
                 for r in range where targets[r] != ignoreIndex {
                     let row = pl + r * v, gr = g + r * v, lse = plse[r]

@@ -18,6 +18,7 @@ extension Tape {
         }
         record(y) { dy in
             // dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x);  dw = Σ_rows dy⊙x·r
+            let pr = inverse.pointer   // captures the storage, keeping it alive until backward
             if x.requiresGrad {
                 let gx = x.gradBuffer()
                 Parallel.forEach(n, minChunk: 16) { range in
@@ -68,6 +69,7 @@ extension Tape {
         }
         record(y) { dy in
             // dx = r/d · (d·g − Σg − x̂·Σ(g⊙x̂)) with g = dy⊙w
+            let ph = normalized.pointer, pr = inverse.pointer   // keeps both buffers alive until backward
             if x.requiresGrad {
                 let gx = x.gradBuffer()
                 Parallel.forEach(n, minChunk: 16) { range in

@@ -67,7 +67,16 @@ public final class Tape {
     /// Gradients add into the leaves' buffers, so several backward passes accumulate.
     public func backward(_ loss: Variable, seed: Float = 1) {
         precondition(loss.count == 1, "backward starts from a scalar, got shape \(loss.shape)")
-        if loss.requiresGrad { loss.gradBuffer()[0] += seed }
+        backward(loss, outputGradient: [seed])
+    }
+
+    /// Back-propagates a given gradient of a non-scalar output (vector–Jacobian product).
+    public func backward(_ output: Variable, outputGradient: [Float]) {
+        precondition(output.count == outputGradient.count, "gradient of \(outputGradient.count) values for shape \(output.shape)")
+        if output.requiresGrad {
+            let g = output.gradBuffer()
+            for i in outputGradient.indices { g[i] += outputGradient[i] }
+        }
         for (output, step) in entries.reversed() {
             guard let g = output.grad else { continue }   // nothing flowed back into this op
             step(g.data)
