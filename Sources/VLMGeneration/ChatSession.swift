@@ -97,8 +97,11 @@ public final class ChatSession {
     public private(set) var reusedPositions = 0
 
     /// Adds a user message and returns the generator of the assistant's reply; call `commit`
-    /// with the final text once the reply is done (or cancelled).
-    public func send(_ text: String, images: [ImageInput] = [], parameters: GenerationParameters) throws -> Generator {
+    /// with the final text once the reply is done (or cancelled). `encodeProgress` is called with
+    /// (images encoded, images to encode) before the first and after each image the vision tower
+    /// runs on; images already encoded in this chat are not counted, and without any it is not called.
+    public func send(_ text: String, images: [ImageInput] = [], parameters: GenerationParameters,
+                     encodeProgress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> Generator {
         var text = text
         if !images.isEmpty {
             guard let support = model.images else { throw ModelError("this model takes no images") }
@@ -111,7 +114,7 @@ public final class ChatSession {
         messageImages.append(images)
         do {
             let slots = try inputSlots(addGenerationPrompt: true)
-            return try generator(for: slots, parameters: parameters)
+            return try generator(for: slots, parameters: parameters, encodeProgress: encodeProgress)
         } catch {
             messages.removeLast()
             messageImages.removeLast()
@@ -158,7 +161,8 @@ public final class ChatSession {
     }
 
     /// Runs `slots` after the longest prefix already in the cache and starts generating.
-    public func generator(for slots: [InputSlot], parameters: GenerationParameters) throws -> Generator {
+    public func generator(for slots: [InputSlot], parameters: GenerationParameters,
+                          encodeProgress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> Generator {
         guard !slots.isEmpty else { throw ModelError("empty prompt") }
         var common = 0
         while common < min(slots.count, cachedSlots.count) && slots[common] == cachedSlots[common] { common += 1 }
@@ -169,7 +173,7 @@ public final class ChatSession {
         reusedPositions = common
 
         let newSlots = Array(slots[common...])
-        let embeddings = try embed(newSlots)
+        let embeddings = try embed(newSlots, encodeProgress: encodeProgress)
         let decoder = model.decoder, cache = self.cache
         let promptIDs = slots.compactMap { if case .token(let id) = $0 { return id } else { return nil } }
         return Generator(
@@ -190,16 +194,23 @@ public final class ChatSession {
 
     /// Input embeddings `[slots, hidden]`: token rows from the embedding table, image rows from
     /// the (cached) encoder output.
-    private func embed(_ slots: [InputSlot]) throws -> Tensor {
+    private func embed(_ slots: [InputSlot], encodeProgress: ((Int, Int) -> Void)? = nil) throws -> Tensor {
         let hidden = model.decoder.config.hiddenSize
         let out = Tensor(shape: [slots.count, hidden], zeroed: false)
         let pending = Dictionary(messageImages.flatMap { $0 }.map { ($0.hash, $0) }, uniquingKeysWith: { a, _ in a })
+        let toEncode = Set(slots.compactMap { slot -> String? in
+            if case .image(let hash, _) = slot, features[hash] == nil { return hash } else { return nil }
+        }).count
+        var encoded = 0
+        if toEncode > 0 { encodeProgress?(0, toEncode) }
         for (i, slot) in slots.enumerated() {
             switch slot {
             case .token(let id):
                 try model.decoder.embed([id], into: out.data + i * hidden)
             case .image(let hash, let row):
+                let fresh = features[hash] == nil
                 let f = try features(hash: hash, input: pending[hash])
+                if fresh { encoded += 1; encodeProgress?(encoded, toEncode) }
                 (out.data + i * hidden).update(from: f.data + row * hidden, count: hidden)
             }
         }

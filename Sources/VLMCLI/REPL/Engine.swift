@@ -151,7 +151,9 @@ public final class Engine {
 
     public func load(_ reference: String) throws {
         let path = try ModelStore.resolve(reference)
-        let loaded = try loadChatModel(path: path, template: templateOverride)
+        let loaded = try ProgressBar.run("loading \((path as NSString).lastPathComponent)") { _ in
+            try loadChatModel(path: path, template: templateOverride)
+        }
         model = loaded
         modelPath = path
         modelRecord = try store.upsertModel(path: path, fingerprint: try ModelFingerprint.compute(path),
@@ -248,7 +250,9 @@ public final class Engine {
         p.stopStrings += model!.template.stopStrings.filter { !p.stopStrings.contains($0) }
         let images = pendingImages
         pendingImages = []
-        let generator = try chat.send(text, images: images.map(\.input), parameters: p)
+        let generator = try ProgressBar.steps({ $0 == 1 ? "encoding image" : "encoding \($0) images" }) { report in
+            try chat.send(text, images: images.map(\.input), parameters: p, encodeProgress: report)
+        }
         while let token = try generator.next() {
             console.write(token.text)
             if shouldStop() { generator.cancel() }
