@@ -1,0 +1,70 @@
+import Foundation
+import VLMFormats
+import VLMModels
+import VLMTensor
+
+/// A trained projector on disk, under both names users' tools expect: transformers'
+/// (`multi_modal_projector.linear_1.*` in `multi_modal_projector.safetensors`) and the LLaVA
+/// repo's (`model.mm_projector.0.*`/`.2.*` in `mm_projector.safetensors`, what
+/// `--pretrain_mm_mlp_adapter` reads once converted from .bin).
+public enum ProjectorFiles {
+    public static let hfFile = "multi_modal_projector.safetensors"
+    public static let llavaFile = "mm_projector.safetensors"
+
+    static func named(_ projector: MultiModalProjector) -> [(hf: String, llava: String, tensor: Tensor)] {
+        var out: [(String, String, Tensor)] = []
+        let llava1 = projector.linear2 == nil ? "model.mm_projector" : "model.mm_projector.0"
+        out.append(("multi_modal_projector.linear_1.weight", llava1 + ".weight", projector.linear1.weight))
+        if let b = projector.linear1.bias { out.append(("multi_modal_projector.linear_1.bias", llava1 + ".bias", b)) }
+        if let l2 = projector.linear2 {
+            out.append(("multi_modal_projector.linear_2.weight", "model.mm_projector.2.weight", l2.weight))
+            if let b = l2.bias { out.append(("multi_modal_projector.linear_2.bias", "model.mm_projector.2.bias", b)) }
+        }
+        return out
+    }
+
+    public static func save(_ projector: MultiModalProjector, directory: String) throws {
+        let tensors = named(projector)
+        try SafetensorsWriter.write(tensors.map { ($0.hf, $0.tensor, .f32) }, metadata: ["format": "pt"], to: directory + "/" + hfFile)
+        try SafetensorsWriter.write(tensors.map { ($0.llava, $0.tensor, .f32) }, metadata: ["format": "pt"], to: directory + "/" + llavaFile)
+    }
+
+    /// Whether `directory` holds projector weights.
+    public static func exists(in directory: String) -> Bool {
+        [hfFile, llavaFile].contains { FileManager.default.fileExists(atPath: directory + "/" + $0) }
+    }
+
+    /// Reads projector weights (either file; keys with or without the `model.` prefix), checked
+    /// against the projector's shapes. Returns the tensors in `named` order.
+    public static func load(directory: String, for projector: MultiModalProjector) throws -> [Tensor] {
+        let hf = directory + "/" + hfFile, llava = directory + "/" + llavaFile
+        let useHF = FileManager.default.fileExists(atPath: hf)
+        let path = useHF ? hf : llava
+        let file = try SafetensorsFile(path: path)
+        let available = Set(file.weightNames)
+        var out: [Tensor] = []
+        for entry in named(projector) {
+            let candidates = useHF ? [entry.hf] : [entry.llava, String(entry.llava.dropFirst("model.".count))]
+            guard let key = candidates.first(where: available.contains) else { throw FormatError(path, "missing tensor '\(candidates[0])'") }
+            let t = try file.floats(key)
+            guard t.shape == entry.tensor.shape else { throw FormatError(path, "'\(key)' has shape \(t.shape), expected \(entry.tensor.shape)") }
+            out.append(t)
+        }
+        guard available.count == out.count else { throw FormatError(path, "\(available.count - out.count) unexpected tensor(s) for this projector") }
+        return out
+    }
+
+    /// Overwrites the projector's weights in place with `tensors` (from `load`, or saved originals).
+    public static func apply(_ tensors: [Tensor], to projector: MultiModalProjector) {
+        for (entry, t) in zip(named(projector), tensors) { entry.tensor.data.update(from: t.data, count: t.count) }
+    }
+
+    /// A copy of the projector's current weights (to undo `apply`).
+    public static func snapshot(_ projector: MultiModalProjector) -> [Tensor] {
+        named(projector).map { entry in
+            let t = Tensor(shape: entry.tensor.shape, zeroed: false)
+            t.data.update(from: entry.tensor.data, count: t.count)
+            return t
+        }
+    }
+}

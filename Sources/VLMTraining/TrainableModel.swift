@@ -1,0 +1,186 @@
+import Foundation
+import VLMGeneration
+import VLMImage
+import VLMModels
+import VLMTensor
+
+// The model a fine-tune trains, as a graph on the tape: the Llama-family decoder (frozen weights
+// as Float32 constants, LoRA adapters as trainable leaves) and, for LLaVA, image features from the
+// frozen vision tower through the projector, spliced over the image token rows. Trainable tensors
+// share storage with the loaded model, so generation after (or during) a fine-tune uses them.
+
+public enum FineTuneMode: String, Sendable, Codable, CaseIterable {
+    /// LoRA on the language model's linear layers.
+    case lora
+    /// Only the multimodal projector (LLaVA's `tune_mm_mlp_adapter`).
+    case projector
+    /// LLaVA's LoRA recipe: LoRA on the language model, the projector trained in full.
+    case loraProjector = "lora+projector"
+
+    var trainsLoRA: Bool { self != .projector }
+    var trainsProjector: Bool { self != .lora }
+}
+
+public final class TrainableModel: @unchecked Sendable {
+    public let chat: ChatModel
+    public let llava: LlavaModel?
+    public let mode: FineTuneMode
+    public let lora: LoRA?
+    public let layout: ModuleLayout
+    public let parameters: [Parameter]
+    let decoder: LlamaModel
+    let frozen: FrozenDecoder
+    let projector: ProjectorParameters?
+    /// Vision-tower outputs by image path: the tower is frozen, so each image is encoded once.
+    private var visionCache: [String: Tensor] = [:]
+
+    /// Prepares `chat` for training in `mode`. `lora` is a fresh or loaded adapter set (required
+    /// for the LoRA modes); it is installed on the decoder.
+    public init(chat: ChatModel, mode: FineTuneMode, lora: LoRA?) throws {
+        self.chat = chat
+        self.mode = mode
+        decoder = chat.decoder
+        llava = (chat as? VisionLanguageModel)?.llava
+        layout = llava == nil ? .text : .llava
+        if mode.trainsProjector && llava == nil {
+            throw TrainingError("--mode \(mode.rawValue) needs a LLaVA model (this one has no projector)")
+        }
+        if mode.trainsLoRA && lora == nil { throw TrainingError("--mode \(mode.rawValue) needs LoRA settings") }
+        self.lora = mode.trainsLoRA ? lora : nil
+        try decoder.setAdapters(self.lora?.adapters ?? [:])
+        frozen = FrozenDecoder(decoder)
+        var parameters = self.lora?.parameters(layout: layout) ?? []
+        if mode.trainsProjector, let llava {
+            let p = ProjectorParameters(llava.projector, trainable: true)
+            projector = p
+            parameters += p.parameters
+        } else {
+            projector = llava.map { ProjectorParameters($0.projector, trainable: false) }
+        }
+        self.parameters = parameters
+    }
+
+    /// Σ CE over the batch's targets / `normalizer` (the accumulated batch's label count), built on
+    /// `tape`. LoRA dropout draws from `random`.
+    public func loss(_ batch: TrainingBatch, normalizer: Float, tape: Tape, random: inout SeededRandom) throws -> (loss: Variable, stats: TokenStatistics) {
+        let d = decoder.config.hiddenSize
+        let embeddings = Tensor(shape: [batch.layout.rows, d], zeroed: true)
+        let imageRows = Set(batch.imageRows)
+        for (i, id) in batch.inputIDs.enumerated() where !imageRows.contains(i) {
+            try decoder.embed([id], into: embeddings.data + i * d)
+        }
+        var x = Variable(embeddings)
+        if !imageRows.isEmpty {
+            guard let llava, let projector else { throw TrainingError("\(batch.sources.joined(separator: ", ")): an image row, but the model has no vision tower") }
+            let features = try visionFeatures(batch.imagePaths.compactMap { $0 }, llava: llava)
+            x = tape.scatterRows(x, positions: batch.imageRows, source: projector.forward(Variable(features), tape: tape, activation: llava.projector.activation))
+        }
+        let hidden = frozen.forward(x, layout: batch.layout, tape: tape, lora: lora, random: &random)
+        // Logits only where a target is: the other rows cannot change the loss.
+        let rows = batch.targets.indices.filter { batch.targets[$0] != ignoreIndex }
+        let picked = tape.gather(hidden, indices: rows)
+        let logits = tape.linear(tape.rmsNorm(picked, weight: frozen.norm, eps: decoder.config.rmsNormEps), frozen.lmHead)
+        return tape.crossEntropy(logits, targets: rows.map { batch.targets[$0] }, normalizer: normalizer)
+    }
+
+    /// Vision features `[images·featureCount, visionHidden]` stacked in order.
+    private func visionFeatures(_ paths: [String], llava: LlavaModel) throws -> Tensor {
+        let blocks = try paths.map { path -> Tensor in
+            if let cached = visionCache[path] { return cached }
+            let image: RGBImage
+            do { image = try ImageLoader.load(path: path) } catch { throw TrainingError("\(error)") }
+            let features = try llava.visionFeatures(pixels: llava.preprocess(image))
+            visionCache[path] = features
+            return features
+        }
+        let width = blocks[0].shape[1]
+        let rows = blocks.reduce(0) { $0 + $1.shape[0] }
+        let out = Tensor(shape: [rows, width], zeroed: false)
+        var offset = 0
+        for b in blocks { (out.data + offset).update(from: b.data, count: b.count); offset += b.count }
+        return out
+    }
+}
+
+/// The decoder's weights as Float32 graph constants (quantized matrices dequantized once) and
+/// the forward pass of `LlamaModel` written with taped ops.
+final class FrozenDecoder: @unchecked Sendable {
+    struct Layer {
+        let inputNorm, postAttentionNorm: Variable
+        let q, k, v, o, gate, up, down: (weight: Variable, bias: Variable?, name: String)
+    }
+    let config: LlamaConfiguration
+    let layers: [Layer]
+    let norm: Variable
+    let lmHead: Variable
+    let rope: RoPE
+
+    init(_ model: LlamaModel) {
+        config = model.config
+        rope = model.rope
+        func dense(_ linear: Linear) -> Variable {
+            let t = Tensor(shape: [linear.outFeatures, linear.inFeatures], zeroed: false)
+            linear.weight.dequantize(into: t.data)
+            return Variable(t)
+        }
+        func part(_ linear: Linear, _ name: String) -> (weight: Variable, bias: Variable?, name: String) {
+            (dense(linear), linear.bias.map { Variable($0) }, name)
+        }
+        layers = model.layers.enumerated().map { i, l in
+            let p = "model.layers.\(i)."
+            return Layer(inputNorm: Variable(l.inputNorm), postAttentionNorm: Variable(l.postAttentionNorm),
+                         q: part(l.q, p + "self_attn.q_proj"), k: part(l.k, p + "self_attn.k_proj"),
+                         v: part(l.v, p + "self_attn.v_proj"), o: part(l.o, p + "self_attn.o_proj"),
+                         gate: part(l.gate, p + "mlp.gate_proj"), up: part(l.up, p + "mlp.up_proj"),
+                         down: part(l.down, p + "mlp.down_proj"))
+        }
+        norm = Variable(model.norm)
+        lmHead = dense(model.lmHead)
+    }
+
+    /// Hidden states after the last layer (before the final norm), `[rows, hidden]`.
+    func forward(_ input: Variable, layout: SequenceLayout, tape: Tape, lora: LoRA?, random: inout SeededRandom) -> Variable {
+        let c = config
+        func project(_ x: Variable, _ p: (weight: Variable, bias: Variable?, name: String)) -> Variable {
+            guard let lora, let leaf = lora.leaves[p.name] else { return tape.linear(x, p.weight, bias: p.bias) }
+            return tape.loraLinear(x, p.weight, bias: p.bias, a: leaf.a, b: leaf.b, scale: lora.configuration.scale,
+                                   dropout: lora.configuration.dropout, random: &random)
+        }
+        var x = input
+        for layer in layers {
+            let h = tape.rmsNorm(x, weight: layer.inputNorm, eps: c.rmsNormEps)
+            let q = tape.rope(project(h, layer.q), rope, heads: c.numAttentionHeads, layout: layout)
+            let k = tape.rope(project(h, layer.k), rope, heads: c.numKeyValueHeads, layout: layout)
+            let v = project(h, layer.v)
+            let a = tape.attention(q: q, k: k, v: v, heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
+                                   headDim: c.headDim, layout: layout, causal: true)
+            x = tape.add(x, project(a, layer.o))
+            let h2 = tape.rmsNorm(x, weight: layer.postAttentionNorm, eps: c.rmsNormEps)
+            x = tape.add(x, project(tape.swiglu(project(h2, layer.gate), project(h2, layer.up)), layer.down))
+        }
+        return x
+    }
+}
+
+/// The projector's tensors as graph leaves: trainable (sharing storage with the model) or frozen.
+final class ProjectorParameters: @unchecked Sendable {
+    let linear1: (weight: Variable, bias: Variable?)
+    let linear2: (weight: Variable, bias: Variable?)?
+    let parameters: [Parameter]
+
+    init(_ projector: MultiModalProjector, trainable: Bool) {
+        func leaf(_ t: Tensor) -> Variable { Variable(t, requiresGrad: trainable) }
+        linear1 = (leaf(projector.linear1.weight), projector.linear1.bias.map(leaf))
+        linear2 = projector.linear2.map { (leaf($0.weight), $0.bias.map(leaf)) }
+        var named: [(String, Variable?)] = [("multi_modal_projector.linear_1.weight", linear1.weight), ("multi_modal_projector.linear_1.bias", linear1.bias)]
+        if let linear2 { named += [("multi_modal_projector.linear_2.weight", linear2.weight), ("multi_modal_projector.linear_2.bias", linear2.bias)] }
+        parameters = trainable ? named.compactMap { n, v in v.map { Parameter(name: n, variable: $0, isProjector: true) } } : []
+    }
+
+    /// linear_1 → act → linear_2 (or linear_1 alone for a `linear` projector).
+    func forward(_ x: Variable, tape: Tape, activation: Activation) -> Variable {
+        let first = tape.linear(x, linear1.weight, bias: linear1.bias)
+        guard let linear2 else { return first }
+        return tape.linear(tape.activation(first, activation), linear2.weight, bias: linear2.bias)
+    }
+}

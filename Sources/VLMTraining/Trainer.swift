@@ -1,0 +1,217 @@
+import Foundation
+import VLMFormats
+import VLMGeneration
+import VLMTensor
+
+// The training loop of the HF Trainer as LLaVA uses it: micro-batches accumulated into optimizer
+// steps with the loss normalized over every label token of the step, clipping, AdamW with the
+// LLaVA groups, a warmup-then-decay schedule, seeded data order, and checkpoints that resume to
+// the same losses.
+
+/// What a fine-tune was asked to do (recorded in the store and in every checkpoint).
+public struct FineTuneSettings: Codable, Sendable, Equatable {
+    public var mode: FineTuneMode = .lora
+    public var loraRank = 8
+    public var loraAlpha: Float = 16
+    public var loraDropout: Float = 0.05
+    public var loraTargets: LoRATargets = .all
+    public var adapterInit: String?
+    public var steps: Int?
+    public var epochs: Double?
+    public var batchSize = 1
+    public var gradientAccumulation = 1
+    public var learningRate: Float = 2e-4
+    public var projectorLearningRate: Float?
+    public var weightDecay: Float = 0
+    public var scheduler: LearningRateSchedule.Kind = .cosine
+    public var warmupSteps: Int?
+    public var warmupRatio: Double?
+    public var maxGradNorm: Float = 1
+    public var maxLength: Int?
+    public var seed: UInt64 = 42
+    public var saveSteps: Int?
+    public var groupByModalityLength = false
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case mode, loraRank = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout", loraTargets = "lora_targets"
+        case adapterInit = "adapter_init", steps, epochs, batchSize = "batch_size", gradientAccumulation = "grad_accum"
+        case learningRate = "lr", projectorLearningRate = "mm_projector_lr", weightDecay = "weight_decay", scheduler
+        case warmupSteps = "warmup_steps", warmupRatio = "warmup_ratio", maxGradNorm = "max_grad_norm"
+        case maxLength = "max_length", seed, saveSteps = "save_steps", groupByModalityLength = "group_by_modality_length"
+    }
+
+    public var loraConfiguration: LoRAConfiguration {
+        LoRAConfiguration(rank: loraRank, alpha: loraAlpha, dropout: loraDropout, targets: loraTargets)
+    }
+}
+
+/// One optimizer step's numbers.
+public struct StepMetrics: Codable, Sendable, Equatable {
+    public var step: Int
+    public var loss: Double
+    public var learningRate: Double
+    public var gradNorm: Double
+    public var tokensPerSecond: Double
+    public var labelTokens: Int
+    public var seconds: Double
+
+    enum CodingKeys: String, CodingKey {
+        case step, loss, learningRate = "lr", gradNorm = "grad_norm", tokensPerSecond = "tokens_per_second"
+        case labelTokens = "label_tokens", seconds
+    }
+}
+
+/// Where the loop is: enough to continue exactly (data position, dropout stream, log).
+public struct TrainerState: Codable, Sendable, Equatable {
+    public var step = 0
+    public var epoch = 0
+    /// Next micro-batch within the epoch's batches.
+    public var batchCursor = 0
+    public var dropoutRandom: SeededRandom
+    public var history: [StepMetrics] = []
+
+    enum CodingKeys: String, CodingKey {
+        case step = "global_step", epoch, batchCursor = "batch_cursor", dropoutRandom = "dropout_random", history = "log_history"
+    }
+}
+
+public final class Trainer {
+    public let model: TrainableModel
+    public let dataset: TrainingDataset
+    public let settings: FineTuneSettings
+    public let optimizer: AdamW
+    public let schedule: LearningRateSchedule
+    public private(set) var state: TrainerState
+    public let padID: Int
+    private let order: TrainingOrder
+    private var epochBatches: (epoch: Int, batches: [[Int]])?
+
+    public init(model: TrainableModel, dataset: TrainingDataset, settings: FineTuneSettings) throws {
+        guard settings.batchSize > 0, settings.gradientAccumulation > 0 else { throw TrainingError("--batch-size and --grad-accum must be positive") }
+        guard !model.parameters.isEmpty else { throw TrainingError("nothing to train") }
+        self.model = model
+        self.dataset = dataset
+        self.settings = settings
+        padID = TrainingBatch.padID(for: model.chat.tokenizer)
+        order = settings.groupByModalityLength
+            ? .modalityLengthGrouped(batchSize: settings.batchSize, gradientAccumulation: settings.gradientAccumulation)
+            : .shuffled
+        let batchesPerEpoch = (dataset.count + settings.batchSize - 1) / settings.batchSize
+        let stepsPerEpoch = max(1, batchesPerEpoch / settings.gradientAccumulation)
+        let total = settings.steps ?? Int((Double(stepsPerEpoch) * (settings.epochs ?? 1)).rounded(.up))
+        guard total > 0 else { throw TrainingError("--steps must be positive") }
+        schedule = LearningRateSchedule(kind: settings.scheduler,
+                                        warmupSteps: LearningRateSchedule.warmupSteps(steps: settings.warmupSteps, ratio: settings.warmupRatio, totalSteps: total),
+                                        totalSteps: total)
+        optimizer = AdamW(parameters: model.parameters, settings: OptimizerSettings(
+            learningRate: settings.learningRate, projectorLearningRate: settings.projectorLearningRate, weightDecay: settings.weightDecay))
+        state = TrainerState(dropoutRandom: SeededRandom(seed: settings.seed &+ 1))
+    }
+
+    public var totalSteps: Int { schedule.totalSteps }
+    public var isFinished: Bool { state.step >= totalSteps }
+
+    /// The next micro-batch's example indices, moving to the next epoch's order at the end of one.
+    private func nextMicroBatch() -> [Int] {
+        if epochBatches?.epoch != state.epoch {
+            let indices = order.indices(for: dataset, seed: settings.seed, epoch: state.epoch)
+            epochBatches = (state.epoch, TrainingOrder.batches(indices, batchSize: settings.batchSize))
+        }
+        let batches = epochBatches!.batches
+        let batch = batches[state.batchCursor]
+        state.batchCursor += 1
+        if state.batchCursor == batches.count { state.epoch += 1; state.batchCursor = 0 }
+        return batch
+    }
+
+    /// One optimizer step over `gradientAccumulation` micro-batches.
+    @discardableResult
+    public func step() throws -> StepMetrics {
+        let start = Date()
+        let batches = (0..<settings.gradientAccumulation).map { _ in dataset.batch(nextMicroBatch(), padID: padID) }
+        let labelTokens = batches.reduce(0) { $0 + $1.labelTokenCount }
+        guard labelTokens > 0 else { throw TrainingError("step \(state.step + 1): no label tokens in the batch") }
+        var loss = 0.0, tokens = 0
+        for batch in batches {
+            let tape = Tape()
+            let (l, _) = try model.loss(batch, normalizer: Float(labelTokens), tape: tape, random: &state.dropoutRandom)
+            tape.backward(l)
+            loss += Double(l.data[0])
+            tokens += batch.lengths.reduce(0, +)
+        }
+        let norm = optimizer.clipGradients(maxNorm: settings.maxGradNorm)
+        let factor = schedule.factor(at: state.step)
+        optimizer.update(learningRateFactor: factor)
+        optimizer.zeroGradients()
+        state.step += 1
+        let seconds = Date().timeIntervalSince(start)
+        let metrics = StepMetrics(step: state.step, loss: loss, learningRate: Double(settings.learningRate * factor),
+                                  gradNorm: Double(norm), tokensPerSecond: Double(tokens) / max(seconds, 1e-9),
+                                  labelTokens: labelTokens, seconds: seconds)
+        state.history.append(metrics)
+        return metrics
+    }
+
+    // MARK: - Checkpoints
+
+    /// Writes a checkpoint folder: the adapter (PEFT files), the projector (HF and LLaVA names),
+    /// optimizer moments and the trainer state. Built under a temporary name and renamed, so a
+    /// crash never leaves a half-written checkpoint.
+    public func save(to directory: String, baseModel: String?) throws {
+        let fm = FileManager.default
+        let parent = URL(fileURLWithPath: directory).deletingLastPathComponent().path
+        try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
+        let temp = directory + ".tmp-\(getpid())"
+        try? fm.removeItem(atPath: temp)
+        try fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
+        try writeWeights(to: temp, baseModel: baseModel)
+        try SafetensorsWriter.write(optimizer.stateTensors.map { ($0.name, $0.tensor, .f32) },
+                                    metadata: ["step": "\(optimizer.step)"], to: temp + "/optimizer.safetensors")
+        let record = CheckpointRecord(settings: settings, state: state, baseModel: baseModel, optimizerStep: optimizer.step)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try atomicWrite(try encoder.encode(record), to: temp + "/trainer_state.json")
+        if fm.fileExists(atPath: directory) { try fm.removeItem(atPath: directory) }
+        guard rename(temp, directory) == 0 else { throw FormatError(directory, "cannot rename checkpoint into place (errno \(errno))") }
+    }
+
+    /// The trained tensors alone (what `--adapter` and `/adapter load` read).
+    public func writeWeights(to directory: String, baseModel: String?) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        if let lora = model.lora { try lora.save(directory: directory, layout: model.layout, baseModel: baseModel) }
+        if model.mode.trainsProjector, let projector = model.llava?.projector { try ProjectorFiles.save(projector, directory: directory) }
+    }
+
+    /// Continues from a checkpoint written by `save`: optimizer moments and loop state. The
+    /// weights are loaded by the caller (they decide the model), the settings must agree.
+    public func restore(from directory: String) throws {
+        let record = try CheckpointRecord.read(directory: directory)
+        guard record.settings.mode == settings.mode else {
+            throw TrainingError("\(directory): the checkpoint was trained with --mode \(record.settings.mode.rawValue)")
+        }
+        let file = try SafetensorsFile(path: directory + "/optimizer.safetensors")
+        var tensors: [String: Tensor] = [:]
+        for name in file.weightNames { tensors[name] = try file.floats(name) }
+        try optimizer.restore(step: record.optimizerStep, tensors: tensors)
+        state = record.state
+        epochBatches = nil
+    }
+}
+
+/// `trainer_state.json`.
+struct CheckpointRecord: Codable {
+    var settings: FineTuneSettings
+    var state: TrainerState
+    var baseModel: String?
+    var optimizerStep: Int
+    enum CodingKeys: String, CodingKey {
+        case settings, state, baseModel = "base_model", optimizerStep = "optimizer_step"
+    }
+
+    static func read(directory: String) throws -> CheckpointRecord {
+        let statePath = directory + "/trainer_state.json"
+        guard let data = FileManager.default.contents(atPath: statePath) else { throw FormatError(statePath, "missing: not a vlmsh checkpoint") }
+        do { return try JSONDecoder().decode(CheckpointRecord.self, from: data) } catch { throw FormatError(statePath, "unreadable (\(error))") }
+    }
+}
