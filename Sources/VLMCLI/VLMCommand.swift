@@ -8,6 +8,7 @@ public struct VLMCommand: AsyncParsableCommand {
             ChatCommand.self, GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self, RunCommand.self,
             ReplayCommand.self, SessionsCommand.self, ShowCommand.self, ExportCommand.self, BenchCommand.self,
             PreprocessCommand.self,
+            DemoDataCommand.self,
         ],
         defaultSubcommand: ChatCommand.self
     )

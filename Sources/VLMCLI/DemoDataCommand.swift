@@ -1,0 +1,59 @@
+import ArgumentParser
+import Foundation
+import VLMImage
+import VLMTensor
+
+/// `vlmsh make-demo-data`: the synthetic shapes dataset (PNG images, LLaVA-format records) for
+/// training and evaluating a small demo vision-language model from scratch.
+struct DemoDataCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "make-demo-data",
+        abstract: "Write a synthetic shapes image dataset with LLaVA-format questions and answers.",
+        discussion: """
+            Writes DIR/images/<split>-NNNNNN.png, DIR/train.json, DIR/validation.json, DIR/test.json \
+            (LLaVA-format records, each tagged with its question kind: caption, colour, shape, count, \
+            where, exists) and DIR/dataset.json (counts, seeds, vocabulary, generator version). \
+            The same seed and sizes always give byte-identical files.
+            """)
+
+    @Option(name: .long, help: "Output folder (created if needed; existing files are overwritten).") var out: String
+    @Option(name: .long, help: "Training images.") var train = 5000
+    @Option(name: .long, help: "Validation images.") var validation = 500
+    @Option(name: .long, help: "Test images.") var test = 500
+    @Option(name: .long, help: "Dataset seed; each split derives its own.") var seed: UInt64 = 0
+    @Option(name: .long, help: "Image side in pixels.") var imageSize = 64
+    @Flag(name: .long, help: "Print one JSON object instead of the summary line.") var json = false
+
+    func validate() throws {
+        if train < 0 || validation < 0 || test < 0 { throw ValidationError("--train, --validation and --test must be ≥ 0") }
+        let sizes = ShapeScene.imageSizes
+        if !sizes.contains(imageSize) {
+            throw ValidationError("--image-size must be in \(sizes.lowerBound)...\(sizes.upperBound)")
+        }
+    }
+
+    func run() async throws {
+        let summary = try DemoDataset.write(
+            to: out, counts: [.train: train, .validation: validation, .test: test], seed: seed, imageSize: imageSize)
+        let rate = Double(summary.images) / max(summary.seconds, 1e-9)
+        if json {
+            var splits: [String: Any] = [:]
+            for s in summary.splits {
+                splits[s.split.rawValue] = [
+                    "images": s.images, "records": s.records,
+                    "kinds": Dictionary(uniqueKeysWithValues: s.kinds.map { ($0.key.rawValue, $0.value) }),
+                ] as [String: Any]
+            }
+            try printJSON([
+                "out": out, "seed": seed, "image_size": imageSize, "version": DemoDataset.version,
+                "images": summary.images, "records": summary.records, "splits": splits,
+                "seconds": summary.seconds, "images_per_second": rate, "threads": Parallel.threads,
+            ])
+        } else {
+            let parts = summary.splits.map { "\($0.split.rawValue) \($0.images)/\($0.records)" }.joined(separator: ", ")
+            print("\(summary.images) images, \(summary.records) records (\(parts) images/records), "
+                + "\(imageSize)x\(imageSize), seed \(seed), in \(out): "
+                + String(format: "%.2f s, %.0f images/s", summary.seconds, rate))
+        }
+    }
+}

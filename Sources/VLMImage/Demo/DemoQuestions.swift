@@ -1,0 +1,101 @@
+/// The kinds of demo questions; the raw values are the records' "kind" tags.
+public enum DemoQuestionKind: String, CaseIterable, Sendable, Codable {
+    /// "Describe the image." → "A large red star and a small blue circle on a white background."
+    case caption
+    /// "What colour is the star?" → "Red." (only when exactly one star is present)
+    case colour
+    /// "What shape is the green object?" → "Star." (only when exactly one object is green)
+    case shape
+    /// "How many shapes are there?" → "Three."
+    case count
+    /// "Where is the square?" → "Top left." (only when exactly one square is present)
+    case `where`
+    /// "Is there a triangle?" → "Yes." / "No." (asked about a present kind half the time)
+    case exists
+
+    /// The question's wording, `<shape>` / `<colour>` standing for the asked-about name.
+    public var template: String {
+        switch self {
+        case .caption: return "Describe the image."
+        case .colour: return "What colour is the <shape>?"
+        case .shape: return "What shape is the <colour> object?"
+        case .count: return "How many shapes are there?"
+        case .where: return "Where is the <shape>?"
+        case .exists: return "Is there a <shape>?"
+        }
+    }
+}
+
+/// One question about a scene with its canonical answer: capitalized, ending with ".", one word or
+/// a short fixed phrase, so evaluation can compare answers exactly.
+public struct DemoQuestion: Sendable, Equatable, Codable {
+    public let kind: DemoQuestionKind
+    public let question: String
+    public let answer: String
+
+    public init(kind: DemoQuestionKind, question: String, answer: String) {
+        self.kind = kind; self.question = question; self.answer = answer
+    }
+}
+
+extension ShapeScene {
+    /// "A large red star, a small blue circle and a small white square on a grey background." —
+    /// shapes left to right (top to bottom within a column).
+    public var caption: String {
+        let items = shapes.map { "a \($0.size.rawValue) \($0.colour.rawValue) \($0.kind.rawValue)" }
+        let list = items.count == 1 ? items[0] : items.dropLast().joined(separator: ", ") + " and " + items.last!
+        return DemoAnswers.sentence(list + " on a \(background.rawValue) background")
+    }
+
+    /// The questions asked about this scene, in the order caption, colour, shape, count, where,
+    /// exists. Caption, count and exists are always asked; colour, shape and where about one
+    /// random shape among those the question identifies uniquely, when there is one. `seed`
+    /// chooses which shape and which kind the existence question is about.
+    public func questions(seed: UInt64) -> [DemoQuestion] {
+        var rng = DemoRandom(seed: seed)
+        var out: [DemoQuestion] = []
+        func kindCount(_ k: ShapeKind) -> Int { shapes.filter { $0.kind == k }.count }
+        func colourCount(_ c: ShapeColour) -> Int { shapes.filter { $0.colour == c }.count }
+        let uniqueKind = shapes.filter { kindCount($0.kind) == 1 }
+        let uniqueColour = shapes.filter { colourCount($0.colour) == 1 }
+
+        out.append(DemoQuestion(kind: .caption, question: DemoQuestionKind.caption.template, answer: caption))
+        if !uniqueKind.isEmpty {
+            let s = rng.pick(uniqueKind)
+            out.append(DemoQuestion(kind: .colour, question: "What colour is the \(s.kind.rawValue)?",
+                                    answer: DemoAnswers.sentence(s.colour.rawValue)))
+        }
+        if !uniqueColour.isEmpty {
+            let s = rng.pick(uniqueColour)
+            out.append(DemoQuestion(kind: .shape, question: "What shape is the \(s.colour.rawValue) object?",
+                                    answer: DemoAnswers.sentence(s.kind.rawValue)))
+        }
+        out.append(DemoQuestion(kind: .count, question: DemoQuestionKind.count.template,
+                                answer: DemoAnswers.number(shapes.count)))
+        if !uniqueKind.isEmpty {
+            let s = rng.pick(uniqueKind)
+            out.append(DemoQuestion(kind: .where, question: "Where is the \(s.kind.rawValue)?",
+                                    answer: DemoAnswers.sentence(s.cell.name)))
+        }
+        let present = ShapeKind.allCases.filter { kindCount($0) > 0 }
+        let absent = ShapeKind.allCases.filter { kindCount($0) == 0 }
+        let yes = absent.isEmpty || rng.coin()
+        let asked = rng.pick(yes ? present : absent)
+        out.append(DemoQuestion(kind: .exists, question: "Is there a \(asked.rawValue)?", answer: yes ? "Yes." : "No."))
+        return out
+    }
+}
+
+/// The answer spellings.
+public enum DemoAnswers {
+    /// Capitalized first letter and a final full stop: "top left" → "Top left.".
+    public static func sentence(_ text: String) -> String {
+        text.prefix(1).uppercased() + text.dropFirst() + "."
+    }
+
+    /// "One." … "Four." (digits beyond the words the generator needs).
+    public static func number(_ n: Int) -> String {
+        let words = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
+        return (words.indices.contains(n) ? words[n] : String(n)) + "."
+    }
+}

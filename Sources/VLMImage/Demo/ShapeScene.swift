@@ -1,0 +1,348 @@
+import Foundation
+
+// Synthetic "shapes" scenes for the demo dataset (`vlmsh make-demo-data`): one to four flat-coloured
+// shapes on a plain, graded or lightly noisy background, each alone in one cell of a 3×3 grid, so
+// that kind, colour, size, position and count are unambiguous and can be asked about.
+
+/// SplitMix64: tiny, fast, the same sequence on every machine for a given seed. (VLMImage cannot
+/// use VLMGeneration's `SeededRandom`; this one only drives the demo-data generator.)
+public struct DemoRandom: Sendable {
+    public var state: UInt64
+
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        return Self.mix(state)
+    }
+
+    /// SplitMix64's output function: a bijective 64-bit mixer, also used to derive seeds.
+    public static func mix(_ x: UInt64) -> UInt64 {
+        var z = x
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..<n` (multiply-high; the bias of at most n/2⁶⁴ is irrelevant here).
+    public mutating func below(_ n: Int) -> Int {
+        precondition(n > 0)
+        return Int(next().multipliedFullWidth(by: UInt64(n)).high)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    public mutating func unit() -> Double { Double(next() >> 11) * 0x1p-53 }
+
+    public mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
+
+    public mutating func coin() -> Bool { next() >> 63 == 1 }
+
+    /// Fisher–Yates.
+    public mutating func shuffle<T>(_ items: inout [T]) {
+        guard items.count > 1 else { return }
+        for i in stride(from: items.count - 1, to: 0, by: -1) { items.swapAt(i, below(i + 1)) }
+    }
+}
+
+/// The shape kinds, each drawn inside the unit box |u|, |v| ≤ 1 (v pointing down), upright.
+public enum ShapeKind: String, CaseIterable, Sendable, Codable {
+    case circle, square, triangle, star, cross, heart, diamond
+
+    /// Whether the point (u, v) of the unit box is inside the shape.
+    @inlinable
+    public func contains(_ u: Double, _ v: Double) -> Bool {
+        switch self {
+        case .circle:
+            return u * u + v * v <= 1
+        case .square:
+            return abs(u) <= 0.86 && abs(v) <= 0.86
+        case .diamond:
+            return abs(u) + abs(v) <= 1
+        case .triangle:
+            // Apex at the top, base at v = 0.85 spanning the box's width.
+            return v <= 0.85 && abs(u) <= (v + 1) / 1.85
+        case .cross:
+            let arm = 0.34
+            return (abs(u) <= arm && abs(v) <= 1) || (abs(v) <= arm && abs(u) <= 1)
+        case .heart:
+            // (x² + y² − 1)³ − x²y³ ≤ 0 spans x ∈ ±1.139, y ∈ [−1, 1.236]; mapped onto the box.
+            let x = 1.14 * u, y = 0.118 - 1.118 * v
+            let s = x * x + y * y - 1
+            return s * s * s - x * x * y * y * y <= 0
+        case .star:
+            return ShapeKind.insideStar(u, v)
+        }
+    }
+
+    /// (inner, outer): every point of the unit box closer to the centre than `inner` is inside
+    /// the shape, every point farther than `outer` outside (measured, then rounded to be safe).
+    @inlinable
+    public var radii: (inner: Double, outer: Double) {
+        switch self {
+        case .circle: return (0.999, 1.001)
+        case .square: return (0.859, 1.22)
+        case .diamond: return (0.7, 1.001)
+        case .triangle: return (0.47, 1.32)
+        case .cross: return (0.47, 1.06)
+        case .heart: return (0.77, 1.19)
+        case .star: return (0.37, 1.08)
+        }
+    }
+
+    /// Five-pointed star, point up, inner radius 0.45 of the outer, moved down so that its
+    /// vertical extent [−1, 0.809] is centred in the box.
+    @usableFromInline static let starX: [Double] = starVertices.map(\.0)
+    @usableFromInline static let starY: [Double] = starVertices.map(\.1)
+    static let starVertices: [(Double, Double)] = (0..<10).map { (k: Int) -> (Double, Double) in
+        let angle: Double = (-90.0 + 36.0 * Double(k)) * Double.pi / 180
+        let radius: Double = k % 2 == 0 ? 1.0 : 0.45
+        return (radius * cos(angle), radius * sin(angle) + 0.0955)
+    }
+
+    @usableFromInline static func insideStar(_ u: Double, _ v: Double) -> Bool {
+        // Even–odd crossing test over the ten edges.
+        var inside = false
+        starX.withUnsafeBufferPointer { xs in
+            starY.withUnsafeBufferPointer { ys in
+                var j = 9
+                for i in 0..<10 {
+                    let xi = xs[i], yi = ys[i], xj = xs[j], yj = ys[j]
+                    if (yi > v) != (yj > v), u < (xj - xi) * (v - yi) / (yj - yi) + xi { inside.toggle() }
+                    j = i
+                }
+            }
+        }
+        return inside
+    }
+}
+
+/// Named colours, well apart in RGB. The first eight are shape colours; white, black, grey and
+/// beige are backgrounds (a shape never has its background's colour).
+public enum ShapeColour: String, CaseIterable, Sendable, Codable {
+    case red, green, blue, yellow, purple, orange, white, black, grey, beige
+
+    public static let shapeColours: [ShapeColour] = [.red, .green, .blue, .yellow, .purple, .orange, .white, .black]
+    public static let backgrounds: [ShapeColour] = [.white, .grey, .black, .beige]
+
+    public var rgb: (UInt8, UInt8, UInt8) {
+        switch self {
+        case .red: return (220, 30, 30)
+        case .green: return (40, 170, 60)
+        case .blue: return (40, 80, 220)
+        case .yellow: return (240, 210, 40)
+        case .purple: return (140, 60, 190)
+        case .orange: return (245, 140, 30)
+        case .white: return (250, 250, 250)
+        case .black: return (20, 20, 20)
+        case .grey: return (128, 128, 128)
+        case .beige: return (220, 200, 160)
+        }
+    }
+}
+
+public enum ShapeSize: String, CaseIterable, Sendable, Codable {
+    case small, large
+
+    /// Half the shape's extent as a fraction of a grid cell's side.
+    public var fractionOfCell: Double { self == .small ? 0.27 : 0.40 }
+}
+
+/// How the background is filled around its base colour.
+public enum BackgroundStyle: String, CaseIterable, Sendable, Codable {
+    /// The base colour everywhere.
+    case plain
+    /// Top to bottom from 14 levels brighter to 14 darker (clamped).
+    case gradient
+    /// A per-pixel grey offset in −8...8 (clamped).
+    case noise
+}
+
+/// One cell of the 3×3 grid: column 0...2 left to right, row 0...2 top to bottom.
+public struct GridCell: Hashable, Sendable, Codable, Comparable {
+    public let column: Int
+    public let row: Int
+
+    public init(column: Int, row: Int) {
+        precondition((0..<3).contains(column) && (0..<3).contains(row))
+        self.column = column
+        self.row = row
+    }
+
+    public static let all: [GridCell] = (0..<3).flatMap { row in (0..<3).map { GridCell(column: $0, row: row) } }
+
+    /// "top left", "top center", …, "center", …, "bottom right".
+    public var name: String {
+        if column == 1 && row == 1 { return "center" }
+        return ["top", "middle", "bottom"][row] + " " + ["left", "center", "right"][column]
+    }
+
+    /// Left to right, then top to bottom: the order shapes are listed in captions.
+    public static func < (a: GridCell, b: GridCell) -> Bool {
+        (a.column, a.row) < (b.column, b.row)
+    }
+}
+
+/// A shape in a scene. Its square extent (centre ± radius) lies inside its grid cell with at least
+/// one pixel to spare on every side, so no pixel is touched by two shapes.
+public struct PlacedShape: Sendable, Equatable, Codable {
+    public let kind: ShapeKind
+    public let colour: ShapeColour
+    public let size: ShapeSize
+    public let cell: GridCell
+    /// Centre in pixel coordinates (pixel (x, y) covers [x, x+1) × [y, y+1)); multiples of 1/4.
+    public let centerX: Double
+    public let centerY: Double
+    /// Half the side of the shape's square extent, in pixels.
+    public let radius: Double
+
+    public init(kind: ShapeKind, colour: ShapeColour, size: ShapeSize, cell: GridCell,
+                centerX: Double, centerY: Double, radius: Double) {
+        self.kind = kind; self.colour = colour; self.size = size; self.cell = cell
+        self.centerX = centerX; self.centerY = centerY; self.radius = radius
+    }
+
+    /// Subsamples per pixel side for antialiasing: coverage is counted on a 4×4 grid.
+    public static let subsamples = 4
+
+    /// How many of the pixel's 16 subsamples fall inside the shape (0...16). Pixels whose
+    /// subsamples all lie within the shape's inscribed disc, or all beyond its circumscribed
+    /// one, are settled without sampling; the result always equals `sampledCoverage`.
+    @inlinable
+    public func coverage(pixelX x: Int, pixelY y: Int) -> Int {
+        let n = Self.subsamples
+        let h = 0.5 / Double(n)
+        let x0 = (Double(x) + h - centerX) / radius, x1 = (Double(x) + 1 - h - centerX) / radius
+        let y0 = (Double(y) + h - centerY) / radius, y1 = (Double(y) + 1 - h - centerY) / radius
+        let nearX = x0 > 0 ? x0 : (x1 < 0 ? x1 : 0), nearY = y0 > 0 ? y0 : (y1 < 0 ? y1 : 0)
+        let farX = max(abs(x0), abs(x1)), farY = max(abs(y0), abs(y1))
+        let (inner, outer) = kind.radii
+        if farX * farX + farY * farY < inner * inner { return n * n }
+        if nearX * nearX + nearY * nearY > outer * outer { return 0 }
+        return sampledCoverage(pixelX: x, pixelY: y)
+    }
+
+    /// `coverage` by testing every subsample.
+    @inlinable
+    public func sampledCoverage(pixelX x: Int, pixelY y: Int) -> Int {
+        let n = Self.subsamples
+        let step = 1.0 / Double(n)
+        var count = 0
+        for j in 0..<n {
+            let v = (Double(y) + (Double(j) + 0.5) * step - centerY) / radius
+            for i in 0..<n {
+                let u = (Double(x) + (Double(i) + 0.5) * step - centerX) / radius
+                if kind.contains(u, v) { count += 1 }
+            }
+        }
+        return count
+    }
+
+    /// The pixels that may be covered: columns and rows overlapping [centre − radius, centre + radius].
+    public var pixelBounds: (x: Range<Int>, y: Range<Int>) {
+        (Int((centerX - radius).rounded(.down))..<Int((centerX + radius).rounded(.up)),
+         Int((centerY - radius).rounded(.down))..<Int((centerY + radius).rounded(.up)))
+    }
+}
+
+/// A scene: background and one to four shapes in distinct grid cells, listed left to right
+/// (then top to bottom). Everything, down to the noise, follows from `random(seed:imageSize:)`.
+public struct ShapeScene: Sendable, Equatable, Codable {
+    public let imageSize: Int
+    public let background: ShapeColour
+    public let backgroundStyle: BackgroundStyle
+    /// Seeds the background noise (unused by the other styles).
+    public let noiseSeed: UInt64
+    public let shapes: [PlacedShape]
+
+    /// Image sides the layout is made for (the cross's arms and the small star need a few pixels).
+    public static let imageSizes = 48...1024
+
+    public init(imageSize: Int, background: ShapeColour, backgroundStyle: BackgroundStyle,
+                noiseSeed: UInt64, shapes: [PlacedShape]) {
+        self.imageSize = imageSize; self.background = background; self.backgroundStyle = backgroundStyle
+        self.noiseSeed = noiseSeed; self.shapes = shapes
+    }
+
+    /// A random scene: background colour and style, 1...4 shapes (uniformly), distinct cells, and
+    /// for each shape a kind, a colour other than the background's, a size and a jittered centre.
+    /// Kinds and colours may repeat within a scene.
+    public static func random(seed: UInt64, imageSize: Int) -> ShapeScene {
+        precondition(imageSizes.contains(imageSize), "image size \(imageSize) is outside \(imageSizes)")
+        var rng = DemoRandom(seed: seed)
+        let background = rng.pick(ShapeColour.backgrounds)
+        let style = rng.pick(BackgroundStyle.allCases)
+        let noiseSeed = rng.next()
+        let count = 1 + rng.below(4)
+        var cells = GridCell.all
+        rng.shuffle(&cells)
+        let colours = ShapeColour.shapeColours.filter { $0 != background }
+        let cellSide = Double(imageSize) / 3
+        var shapes: [PlacedShape] = []
+        for cell in cells.prefix(count) {
+            let kind = rng.pick(ShapeKind.allCases)
+            let colour = rng.pick(colours)
+            let size = rng.pick(ShapeSize.allCases)
+            let radius = size.fractionOfCell * cellSide
+            func coordinate(_ index: Int) -> Double {
+                // Centre anywhere (in quarter pixels) leaving a pixel between extent and cell edge.
+                let lo = ((Double(index) * cellSide + radius + 1) * 4).rounded(.up)
+                let hi = ((Double(index + 1) * cellSide - radius - 1) * 4).rounded(.down)
+                if hi <= lo { return ((lo + hi) / 2).rounded(.down) / 4 }
+                return (lo + Double(rng.below(Int(hi - lo) + 1))) / 4
+            }
+            let x = coordinate(cell.column), y = coordinate(cell.row)
+            shapes.append(PlacedShape(kind: kind, colour: colour, size: size, cell: cell,
+                                      centerX: x, centerY: y, radius: radius))
+        }
+        shapes.sort { $0.cell < $1.cell }
+        return ShapeScene(imageSize: imageSize, background: background, backgroundStyle: style,
+                          noiseSeed: noiseSeed, shapes: shapes)
+    }
+
+    /// The scene as pixels: background, then each shape blended by its 4×4 subsample coverage
+    /// (pixels fully inside a shape have exactly the shape's colour).
+    public func render() -> RGBImage {
+        let side = imageSize
+        var pixels = [UInt8](repeating: 0, count: side * side * 3)
+        let base = background.rgb
+        pixels.withUnsafeMutableBufferPointer { p in
+            var rng = DemoRandom(seed: noiseSeed)
+            for y in 0..<side {
+                var rowOffset = 0
+                if backgroundStyle == .gradient {
+                    rowOffset = Int((14.0 - 28.0 * Double(y) / Double(max(side - 1, 1))).rounded())
+                }
+                for x in 0..<side {
+                    let offset = backgroundStyle == .noise ? rng.below(17) - 8 : rowOffset
+                    let i = 3 * (y * side + x)
+                    p[i] = clamp(Int(base.0) + offset)
+                    p[i + 1] = clamp(Int(base.1) + offset)
+                    p[i + 2] = clamp(Int(base.2) + offset)
+                }
+            }
+            let full = PlacedShape.subsamples * PlacedShape.subsamples
+            for shape in shapes {
+                let (fr, fg, fb) = shape.colour.rgb
+                let bounds = shape.pixelBounds
+                for y in max(bounds.y.lowerBound, 0)..<min(bounds.y.upperBound, side) {
+                    for x in max(bounds.x.lowerBound, 0)..<min(bounds.x.upperBound, side) {
+                        let a = shape.coverage(pixelX: x, pixelY: y)
+                        if a == 0 { continue }
+                        let i = 3 * (y * side + x)
+                        if a == full {
+                            p[i] = fr; p[i + 1] = fg; p[i + 2] = fb
+                        } else {
+                            func blend(_ under: UInt8, _ over: UInt8) -> UInt8 {
+                                UInt8((Int(under) * (full - a) + Int(over) * a + full / 2) / full)
+                            }
+                            p[i] = blend(p[i], fr); p[i + 1] = blend(p[i + 1], fg); p[i + 2] = blend(p[i + 2], fb)
+                        }
+                    }
+                }
+            }
+        }
+        return RGBImage(width: side, height: side, pixels: pixels)
+    }
+}
+
+@inline(__always) private func clamp(_ v: Int) -> UInt8 { UInt8(min(max(v, 0), 255)) }

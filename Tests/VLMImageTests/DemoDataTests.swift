@@ -1,0 +1,433 @@
+import Foundation
+import VLMFormats
+import VLMImage
+import VLMTensor
+import XCTest
+
+/// The synthetic shapes dataset of `vlmsh make-demo-data`: determinism, PNG round trips, scene
+/// constraints, answers re-derived from the scenes, split seeds, and the command end to end.
+final class DemoDataTests: XCTestCase {
+    // MARK: helpers
+
+    static func scratchDir(_ name: String) -> String {
+        let dir = FileManager.default.temporaryDirectory
+            .appendingPathComponent("vlmsh-demo-tests-\(getpid())-\(name)-\(UInt32.random(in: 0...UInt32.max))")
+        try? FileManager.default.removeItem(at: dir)
+        return dir.path
+    }
+
+    /// Every file under `dir`, by relative path.
+    static func contents(_ dir: String) throws -> [String: Data] {
+        var out: [String: Data] = [:]
+        let enumerator = FileManager.default.enumerator(atPath: dir)!
+        while let relative = enumerator.nextObject() as? String {
+            let path = (dir as NSString).appendingPathComponent(relative)
+            var isDirectory: ObjCBool = false
+            _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
+            if !isDirectory.boolValue { out[relative] = try Data(contentsOf: URL(fileURLWithPath: path)) }
+        }
+        return out
+    }
+
+    /// Scenes over many seeds and a few image sizes.
+    static func scenes(count: Int = 1500, sizes: [Int] = [64, 48, 100]) -> [ShapeScene] {
+        sizes.flatMap { size in (0..<count).map { ShapeScene.random(seed: UInt64($0) &* 7919 &+ UInt64(size), imageSize: size) } }
+    }
+
+    static func rgb(_ c: ShapeColour) -> [UInt8] { let t = c.rgb; return [t.0, t.1, t.2] }
+
+    // MARK: determinism
+
+    func testSameSeedGivesIdenticalFiles() throws {
+        let a = Self.scratchDir("a"), b = Self.scratchDir("b"), c = Self.scratchDir("c")
+        defer { for d in [a, b, c] { try? FileManager.default.removeItem(atPath: d) } }
+        let counts: [DemoDataset.Split: Int] = [.train: 40, .validation: 9, .test: 7]
+        let saved = Parallel.threads
+        defer { Parallel.threads = saved }
+        // One thread and several: the files must not depend on how the work is shared out.
+        Parallel.threads = 1
+        _ = try DemoDataset.write(to: a, counts: counts, seed: 123, imageSize: 64)
+        Parallel.threads = max(saved, 3)
+        _ = try DemoDataset.write(to: b, counts: counts, seed: 123, imageSize: 64)
+        _ = try DemoDataset.write(to: c, counts: counts, seed: 124, imageSize: 64)
+        let fa = try Self.contents(a), fb = try Self.contents(b), fc = try Self.contents(c)
+        XCTAssertEqual(fa.count, 40 + 9 + 7 + 4)
+        XCTAssertEqual(Set(fa.keys), Set(fb.keys))
+        for (name, data) in fa { XCTAssertEqual(data, fb[name], "\(name) differs between two runs with the same seed") }
+        // Another seed changes the images and the records.
+        XCTAssertNotEqual(fa["images/train-000000.png"], fc["images/train-000000.png"])
+        XCTAssertNotEqual(fa["train.json"], fc["train.json"])
+        // No temporary files are left behind.
+        XCTAssertFalse(fa.keys.contains { ($0 as NSString).lastPathComponent.hasPrefix(".") })
+
+        // The in-memory encoding is deterministic too.
+        let scene = ShapeScene.random(seed: 99, imageSize: 64)
+        XCTAssertEqual(try PNGEncoder.encode(scene.render()), try PNGEncoder.encode(ShapeScene.random(seed: 99, imageSize: 64).render()))
+    }
+
+    // MARK: PNG
+
+    func testPNGRoundTripThroughImageLoaderIsExact() throws {
+        let dir = Self.scratchDir("png")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var rng = DemoRandom(seed: 5)
+        var images = (0..<20).map { ShapeScene.random(seed: UInt64($0), imageSize: [48, 64, 97][$0 % 3]).render() }
+        // Incompressible and odd-sized images too (zlib cannot shrink noise: the buffer-growing path).
+        for (w, h) in [(1, 1), (7, 5), (64, 64), (301, 17)] {
+            images.append(RGBImage(width: w, height: h, pixels: (0..<(w * h * 3)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }))
+        }
+        images.append(RGBImage(width: 33, height: 20, filledWith: (0, 255, 7)))
+        for (i, image) in images.enumerated() {
+            let path = dir + "/image-\(i).png"
+            try PNGEncoder.write(image, to: path)
+            let back = try ImageLoader.load(path: path)
+            XCTAssertEqual(back, image, "image \(i) \(image.width)x\(image.height) does not round-trip")
+            let bytes = try PNGEncoder.encode(image)
+            XCTAssertEqual(bytes, [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))))
+            XCTAssertEqual(try bytes.withUnsafeBytes { try ImageLoader.decode($0, path: "memory") }, image)
+        }
+        // Overwriting keeps the file whole and leaves no temporary files.
+        try PNGEncoder.write(images[1], to: dir + "/image-0.png")
+        XCTAssertEqual(try ImageLoader.load(path: dir + "/image-0.png"), images[1])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix(".") }, [])
+    }
+
+    func testPNGWriteErrorIsOneLineNamingTheFile() {
+        let path = "/nonexistent-vlmsh-folder/x.png"
+        XCTAssertThrowsError(try PNGEncoder.write(RGBImage(width: 2, height: 2, filledWith: (1, 2, 3)), to: path)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.hasPrefix(path + ": "), text)
+            XCTAssertFalse(text.contains("\n"), text)
+        }
+    }
+
+    // MARK: scenes
+
+    func testSceneConstraints() {
+        var shapeCounts = [Int](repeating: 0, count: 5)
+        var kinds = Set<ShapeKind>(), colours = Set<ShapeColour>(), backgrounds = Set<ShapeColour>()
+        var styles = Set<BackgroundStyle>(), sizes = Set<ShapeSize>()
+        for scene in Self.scenes() {
+            let n = scene.shapes.count
+            XCTAssertTrue((1...4).contains(n), "\(n) shapes")
+            shapeCounts[n] += 1
+            XCTAssertTrue(ShapeColour.backgrounds.contains(scene.background))
+            backgrounds.insert(scene.background); styles.insert(scene.backgroundStyle)
+            XCTAssertEqual(Set(scene.shapes.map(\.cell)).count, n, "two shapes share a cell")
+            XCTAssertEqual(scene.shapes.map(\.cell), scene.shapes.map(\.cell).sorted(), "shapes not listed left to right")
+            let cellSide = Double(scene.imageSize) / 3
+            for s in scene.shapes {
+                kinds.insert(s.kind); colours.insert(s.colour); sizes.insert(s.size)
+                XCTAssertNotEqual(s.colour, scene.background, "a shape has the background's colour")
+                XCTAssertTrue(ShapeColour.shapeColours.contains(s.colour))
+                // The extent lies inside the shape's cell with a pixel to spare.
+                XCTAssertGreaterThanOrEqual(s.centerX - s.radius, Double(s.cell.column) * cellSide + 1 - 1e-9)
+                XCTAssertLessThanOrEqual(s.centerX + s.radius, Double(s.cell.column + 1) * cellSide - 1 + 1e-9)
+                XCTAssertGreaterThanOrEqual(s.centerY - s.radius, Double(s.cell.row) * cellSide + 1 - 1e-9)
+                XCTAssertLessThanOrEqual(s.centerY + s.radius, Double(s.cell.row + 1) * cellSide - 1 + 1e-9)
+            }
+            // No overlap: extents are disjoint, and no pixel is touched by two shapes.
+            var owner = [Int](repeating: -1, count: scene.imageSize * scene.imageSize)
+            for (k, s) in scene.shapes.enumerated() {
+                for t in scene.shapes[(k + 1)...] {
+                    let apart = abs(s.centerX - t.centerX) >= s.radius + t.radius || abs(s.centerY - t.centerY) >= s.radius + t.radius
+                    XCTAssertTrue(apart, "extents of \(s.kind) and \(t.kind) overlap")
+                }
+                for y in 0..<scene.imageSize {
+                    for x in 0..<scene.imageSize where s.coverage(pixelX: x, pixelY: y) > 0 {
+                        XCTAssertEqual(owner[y * scene.imageSize + x], -1, "pixel (\(x), \(y)) is in two shapes")
+                        owner[y * scene.imageSize + x] = k
+                    }
+                }
+            }
+        }
+        // Every option occurs.
+        XCTAssertTrue(shapeCounts[1...4].allSatisfy { $0 > 500 }, "\(shapeCounts)")
+        XCTAssertEqual(kinds, Set(ShapeKind.allCases))
+        XCTAssertGreaterThanOrEqual(kinds.count, 5)
+        XCTAssertEqual(colours, Set(ShapeColour.shapeColours))
+        XCTAssertEqual(backgrounds, Set(ShapeColour.backgrounds))
+        XCTAssertEqual(styles, Set(BackgroundStyle.allCases))
+        XCTAssertEqual(sizes, Set(ShapeSize.allCases))
+    }
+
+    func testPixelAtEachShapeCentreHasTheShapeColour() {
+        for scene in Self.scenes(count: 600) {
+            let image = scene.render()
+            XCTAssertEqual(image.width, scene.imageSize)
+            XCTAssertEqual(image.height, scene.imageSize)
+            for s in scene.shapes {
+                let x = Int(s.centerX), y = Int(s.centerY)
+                let i = 3 * (y * image.width + x)
+                XCTAssertEqual(Array(image.pixels[i..<(i + 3)]), Self.rgb(s.colour),
+                               "\(s.size) \(s.colour) \(s.kind) at (\(x), \(y)) in a \(scene.imageSize)-pixel image")
+            }
+            // A corner of the image is background (no cell's shape reaches it), near its base colour.
+            let base = Self.rgb(scene.background)
+            for c in 0..<3 { XCTAssertLessThanOrEqual(abs(Int(image.pixels[c]) - Int(base[c])), 14) }
+        }
+    }
+
+    func testCoverageShortcutsAreExact() {
+        for kind in ShapeKind.allCases {
+            for radius in [2.9, 4.32, 5.76, 8.53, 13.5, 40.0] {
+                for offset in 0..<16 {
+                    let s = PlacedShape(kind: kind, colour: .red, size: .large, cell: GridCell(column: 1, row: 1),
+                                        centerX: 60 + Double(offset % 4) / 4, centerY: 60 + Double(offset / 4) / 4, radius: radius)
+                    let b = s.pixelBounds
+                    for y in (b.y.lowerBound - 1)...(b.y.upperBound) {
+                        for x in (b.x.lowerBound - 1)...(b.x.upperBound) {
+                            let fast = s.coverage(pixelX: x, pixelY: y), slow = s.sampledCoverage(pixelX: x, pixelY: y)
+                            if fast != slow {
+                                XCTFail("\(kind) r=\(radius) offset \(offset) pixel (\(x), \(y)): \(fast) vs \(slow)")
+                                return
+                            }
+                            if !b.x.contains(x) || !b.y.contains(y) { XCTAssertEqual(slow, 0, "\(kind) outside its bounds") }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    func testShapesAreDistinguishable() {
+        // Each kind's mask at a large size differs from every other's in a good number of pixels.
+        func mask(_ kind: ShapeKind) -> [Bool] {
+            let s = PlacedShape(kind: kind, colour: .red, size: .large, cell: GridCell(column: 1, row: 1),
+                                centerX: 32, centerY: 32, radius: 8.5)
+            return (0..<(64 * 64)).map { s.coverage(pixelX: $0 % 64, pixelY: $0 / 64) >= 8 }
+        }
+        let masks = ShapeKind.allCases.map { ($0, mask($0)) }
+        for (i, (a, ma)) in masks.enumerated() {
+            XCTAssertGreaterThan(ma.filter { $0 }.count, 60, "\(a) is too small")
+            for (b, mb) in masks[(i + 1)...] {
+                let differing = zip(ma, mb).filter { $0 != $1 }.count
+                XCTAssertGreaterThan(differing, 25, "\(a) and \(b) look alike")
+            }
+        }
+    }
+
+    // MARK: questions
+
+    /// The answers worked out from the scene's geometry, independently of the generator's text.
+    func testEveryAnswerMatchesItsScene() throws {
+        let words = ["One.", "Two.", "Three.", "Four."]
+        let rows = ["Top", "Middle", "Bottom"], columns = ["left", "center", "right"]
+        var asked: [DemoQuestionKind: Int] = [:]
+        var yes = 0, no = 0
+        for split in DemoDataset.Split.allCases {
+            for index in 0..<1500 {
+                let item = DemoDataset.item(split: split, index: index, seed: 77, imageSize: 64)
+                let scene = item.scene
+                XCTAssertEqual(scene, ShapeScene.random(
+                    seed: DemoDataset.imageSeed(splitSeed: DemoDataset.splitSeed(77, split), index: index), imageSize: 64))
+                let cellSide = Double(scene.imageSize) / 3
+                func column(_ s: PlacedShape) -> Int { Int(s.centerX / cellSide) }
+                func row(_ s: PlacedShape) -> Int { Int(s.centerY / cellSide) }
+                func ofKind(_ name: Substring) -> [PlacedShape] { scene.shapes.filter { $0.kind.rawValue == name } }
+                func capitalized(_ s: String) -> String { s.prefix(1).uppercased() + s.dropFirst() + "." }
+
+                var kindsHere: [DemoQuestionKind] = []
+                for q in item.questions {
+                    kindsHere.append(q.kind)
+                    asked[q.kind, default: 0] += 1
+                    XCTAssertTrue(q.answer.hasSuffix("."), q.answer)
+                    XCTAssertEqual(q.answer.first.map { $0.isUppercase }, true, q.answer)
+                    let text = q.question
+                    switch q.kind {
+                    case .caption:
+                        XCTAssertEqual(text, "Describe the image.")
+                        let ordered = scene.shapes.sorted { (column($0), row($0)) < (column($1), row($1)) }
+                        let parts = ordered.map { "a \($0.size.rawValue) \($0.colour.rawValue) \($0.kind.rawValue)" }
+                        var list = parts[0]
+                        if parts.count > 1 { list = parts.dropLast().joined(separator: ", ") + " and " + parts.last! }
+                        XCTAssertEqual(q.answer, capitalized("\(list) on a \(scene.background.rawValue) background"))
+                    case .colour:
+                        XCTAssertTrue(text.hasPrefix("What colour is the ") && text.hasSuffix("?"), text)
+                        let matches = ofKind(text.dropFirst("What colour is the ".count).dropLast())
+                        XCTAssertEqual(matches.count, 1, "\(text) is ambiguous")
+                        if let s = matches.first { XCTAssertEqual(q.answer, capitalized(s.colour.rawValue)) }
+                    case .shape:
+                        XCTAssertTrue(text.hasPrefix("What shape is the ") && text.hasSuffix(" object?"), text)
+                        let colour = text.dropFirst("What shape is the ".count).dropLast(" object?".count)
+                        let matches = scene.shapes.filter { $0.colour.rawValue == colour }
+                        XCTAssertEqual(matches.count, 1, "\(text) is ambiguous")
+                        if let s = matches.first { XCTAssertEqual(q.answer, capitalized(s.kind.rawValue)) }
+                    case .count:
+                        XCTAssertEqual(text, "How many shapes are there?")
+                        XCTAssertEqual(q.answer, words[scene.shapes.count - 1])
+                    case .where:
+                        XCTAssertTrue(text.hasPrefix("Where is the ") && text.hasSuffix("?"), text)
+                        let matches = ofKind(text.dropFirst("Where is the ".count).dropLast())
+                        XCTAssertEqual(matches.count, 1, "\(text) is ambiguous")
+                        if let s = matches.first {
+                            let place = (column(s), row(s)) == (1, 1) ? "Center." : "\(rows[row(s)]) \(columns[column(s)])."
+                            XCTAssertEqual(q.answer, place)
+                        }
+                    case .exists:
+                        XCTAssertTrue(text.hasPrefix("Is there a ") && text.hasSuffix("?"), text)
+                        let name = text.dropFirst("Is there a ".count).dropLast()
+                        XCTAssertNotNil(ShapeKind(rawValue: String(name)), text)
+                        XCTAssertEqual(q.answer, ofKind(name).isEmpty ? "No." : "Yes.")
+                        if q.answer == "Yes." { yes += 1 } else { no += 1 }
+                    }
+                }
+                // Which questions are asked: the unambiguous ones, one of each kind.
+                let uniqueKind = scene.shapes.contains { s in scene.shapes.filter { $0.kind == s.kind }.count == 1 }
+                let uniqueColour = scene.shapes.contains { s in scene.shapes.filter { $0.colour == s.colour }.count == 1 }
+                var expected: [DemoQuestionKind] = [.caption]
+                if uniqueKind { expected.append(.colour) }
+                if uniqueColour { expected.append(.shape) }
+                expected.append(.count)
+                if uniqueKind { expected.append(.where) }
+                expected.append(.exists)
+                XCTAssertEqual(kindsHere, expected)
+                XCTAssertEqual(Set(item.questions.map { item.id($0) }).count, item.questions.count)
+            }
+        }
+        XCTAssertEqual(Set(asked.keys), Set(DemoQuestionKind.allCases))
+        let share = Double(yes) / Double(yes + no)
+        XCTAssertTrue((0.45...0.55).contains(share), "existence answers are \(Int(share * 100))% yes")
+    }
+
+    // MARK: splits
+
+    func testSplitsUseDisjointSeeds() {
+        for seed: UInt64 in [0, 1, 42, .max] {
+            let splitSeeds = DemoDataset.Split.allCases.map { DemoDataset.splitSeed(seed, $0) }
+            XCTAssertEqual(Set(splitSeeds).count, 3)
+            var seen = Set<UInt64>()
+            for s in splitSeeds {
+                for i in 0..<5000 { XCTAssertTrue(seen.insert(DemoDataset.imageSeed(splitSeed: s, index: i)).inserted) }
+            }
+            XCTAssertNotEqual(DemoDataset.item(split: .train, index: 0, seed: seed, imageSize: 64).scene,
+                              DemoDataset.item(split: .test, index: 0, seed: seed, imageSize: 64).scene)
+        }
+        XCTAssertNotEqual(DemoDataset.splitSeed(0, .train), DemoDataset.splitSeed(1, .train))
+        // The seeds of a dataset's splits are not those of a neighbouring dataset seed's splits either.
+        let a = Set(DemoDataset.Split.allCases.map { DemoDataset.splitSeed(7, $0) })
+        let b = Set(DemoDataset.Split.allCases.map { DemoDataset.splitSeed(8, $0) })
+        XCTAssertTrue(a.isDisjoint(with: b))
+    }
+
+    // MARK: files
+
+    func testFilesAreLLaVAFormat() throws {
+        let dir = Self.scratchDir("files")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let summary = try DemoDataset.write(to: dir, counts: [.train: 30, .validation: 6, .test: 0], seed: 3, imageSize: 64)
+        XCTAssertEqual(summary.images, 36)
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/dataset.json"))) as! [String: Any]
+        XCTAssertEqual(manifest["version"] as? Int, DemoDataset.version)
+        XCTAssertEqual(manifest["image_size"] as? Int, 64)
+        XCTAssertEqual(manifest["seed"] as? Int, 3)
+        let splits = manifest["splits"] as! [String: [String: Any]]
+        var ids = Set<String>()
+        for split in DemoDataset.Split.allCases {
+            let data = try Data(contentsOf: URL(fileURLWithPath: dir + "/\(split.rawValue).json"))
+            let records = try JSONSerialization.jsonObject(with: data) as! [[String: Any]]
+            let info = splits[split.rawValue]!
+            XCTAssertEqual(info["records"] as? Int, records.count)
+            XCTAssertEqual(info["images"] as? Int, summary.splits.first { $0.split == split }!.images)
+            var kinds: [String: Int] = [:]
+            var images = Set<String>()
+            for r in records {
+                XCTAssertEqual(Set(r.keys), ["id", "image", "kind", "conversations"])
+                let id = r["id"] as! String, image = r["image"] as! String, kind = r["kind"] as! String
+                XCTAssertTrue(ids.insert(id).inserted, "duplicate id \(id)")
+                XCTAssertTrue(id.hasPrefix(split.rawValue + "-") && image.hasPrefix("images/\(split.rawValue)-"), id)
+                XCTAssertNotNil(DemoQuestionKind(rawValue: kind))
+                kinds[kind, default: 0] += 1
+                let turns = r["conversations"] as! [[String: String]]
+                XCTAssertEqual(turns.map { $0["from"]! }, ["human", "gpt"])
+                XCTAssertTrue(turns[0]["value"]!.hasPrefix("<image>\n"))
+                XCTAssertFalse(turns[1]["value"]!.contains("<image>"))
+                if images.insert(image).inserted {
+                    let loaded = try ImageLoader.load(path: dir + "/" + image)
+                    XCTAssertEqual(loaded.width, 64)
+                    XCTAssertEqual(loaded.height, 64)
+                }
+            }
+            XCTAssertEqual(images.count, info["images"] as? Int)
+            XCTAssertEqual(kinds, (info["kinds"] as! [String: Int]).filter { $0.value > 0 })
+        }
+        XCTAssertEqual(try String(contentsOfFile: dir + "/test.json", encoding: .utf8), "[]\n")
+    }
+
+    func testWriteRefusesAFileAsTheFolder() throws {
+        let path = Self.scratchDir("file")
+        try Data("x".utf8).write(to: URL(fileURLWithPath: path))
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        XCTAssertThrowsError(try DemoDataset.write(to: path, counts: [.train: 1], seed: 0, imageSize: 64)) { error in
+            XCTAssertTrue("\(error)".hasPrefix(path + ": "), "\(error)")
+        }
+    }
+
+    // MARK: command line
+
+    static let binary: URL? = {
+        let dir = Bundle.main.executableURL?.deletingLastPathComponent()
+            ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        // The test bundle sits next to the executable in the build folder.
+        for candidate in [dir, dir.deletingLastPathComponent()] {
+            let url = candidate.appendingPathComponent("vlmsh")
+            if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+        }
+        return nil
+    }()
+
+    func vlmsh(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        guard let binary = Self.binary else { throw XCTSkip("the vlmsh executable is not built next to the tests") }
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        final class Box: @unchecked Sendable { var data = Data() }
+        let stdout = Box(), stderr = Box()
+        let group = DispatchGroup()
+        DispatchQueue.global().async(group: group) { stdout.data = out.fileHandleForReading.readDataToEndOfFile() }
+        DispatchQueue.global().async(group: group) { stderr.data = err.fileHandleForReading.readDataToEndOfFile() }
+        process.waitUntilExit()
+        group.wait()
+        return (process.terminationStatus, String(decoding: stdout.data, as: UTF8.self), String(decoding: stderr.data, as: UTF8.self))
+    }
+
+    func testMakeDemoDataCommandEndToEnd() throws {
+        let dir = Self.scratchDir("cli")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let r = try vlmsh(["make-demo-data", "--out", dir, "--train", "24", "--validation", "5", "--test", "4", "--seed", "9"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(r.stdout.split(separator: "\n").count, 1, r.stdout)
+        XCTAssertTrue(r.stdout.hasPrefix("33 images, "), r.stdout)
+        let files = try Self.contents(dir)
+        XCTAssertEqual(files.keys.filter { $0.hasPrefix("images/") }.count, 33)
+
+        // The command writes what the library writes for the same arguments.
+        let same = Self.scratchDir("lib")
+        defer { try? FileManager.default.removeItem(atPath: same) }
+        _ = try DemoDataset.write(to: same, counts: [.train: 24, .validation: 5, .test: 4], seed: 9, imageSize: 64)
+        XCTAssertEqual(files, try Self.contents(same))
+
+        // --json: one object with the counts.
+        let j = try vlmsh(["make-demo-data", "--out", dir, "--train", "3", "--validation", "1", "--test", "1",
+                           "--image-size", "48", "--json"])
+        XCTAssertEqual(j.status, 0, j.stderr)
+        let object = try JSONSerialization.jsonObject(with: Data(j.stdout.utf8)) as! [String: Any]
+        XCTAssertEqual(object["images"] as? Int, 5)
+        XCTAssertEqual(try ImageLoader.load(path: dir + "/images/train-000000.png").width, 48)
+
+        // Bad arguments: non-zero exit, a short message.
+        let bad = try vlmsh(["make-demo-data", "--out", dir, "--image-size", "8"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("--image-size"), bad.stderr)
+        let file = dir + "/train.json"
+        let notFolder = try vlmsh(["make-demo-data", "--out", file, "--train", "1"])
+        XCTAssertNotEqual(notFolder.status, 0)
+        XCTAssertEqual(notFolder.stderr.trimmingCharacters(in: .newlines).split(separator: "\n").count, 1, notFolder.stderr)
+        XCTAssertTrue(notFolder.stderr.contains(file), notFolder.stderr)
+    }
+}
