@@ -6,7 +6,7 @@ public struct VLMCommand: AsyncParsableCommand {
         abstract: "Load, chat with, fine-tune and evaluate vision-language models from a terminal.",
         subcommands: [
             ChatCommand.self, GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self, RunCommand.self,
-            ReplayCommand.self, SessionsCommand.self, ShowCommand.self, ExportCommand.self, BenchCommand.self,
+            ReplayCommand.self, SessionsCommand.self, ShowCommand.self, ExportCommand.self, BenchCommand.self, FinetuneCommand.self,
             PreprocessCommand.self,
             DemoDataCommand.self,
         ],

@@ -18,6 +18,7 @@ public enum RunStatus: String, Sendable, Codable, CaseIterable {
 
 public enum CheckpointKind: String, Sendable, Codable, CaseIterable {
     case lora, projector, full
+    case loraProjector = "lora+projector"
 }
 
 public enum ExportFormat: String, Sendable, CaseIterable {

@@ -61,8 +61,9 @@ public final class TrainableModel: @unchecked Sendable {
     }
 
     /// Σ CE over the batch's targets / `normalizer` (the accumulated batch's label count), built on
-    /// `tape`. LoRA dropout draws from `random`.
-    public func loss(_ batch: TrainingBatch, normalizer: Float, tape: Tape, random: inout SeededRandom) throws -> (loss: Variable, stats: TokenStatistics) {
+    /// `tape`. LoRA dropout draws from `random` when `training` (evaluation runs without it).
+    public func loss(_ batch: TrainingBatch, normalizer: Float, tape: Tape, random: inout SeededRandom,
+                     training: Bool = true) throws -> (loss: Variable, stats: TokenStatistics) {
         let d = decoder.config.hiddenSize
         let embeddings = Tensor(shape: [batch.layout.rows, d], zeroed: true)
         let imageRows = Set(batch.imageRows)
@@ -75,7 +76,7 @@ public final class TrainableModel: @unchecked Sendable {
             let features = try visionFeatures(batch.imagePaths.compactMap { $0 }, llava: llava)
             x = tape.scatterRows(x, positions: batch.imageRows, source: projector.forward(Variable(features), tape: tape, activation: llava.projector.activation))
         }
-        let hidden = frozen.forward(x, layout: batch.layout, tape: tape, lora: lora, random: &random)
+        let hidden = frozen.forward(x, layout: batch.layout, tape: tape, lora: lora, dropout: training, random: &random)
         // Logits only where a target is: the other rows cannot change the loss.
         let rows = batch.targets.indices.filter { batch.targets[$0] != ignoreIndex }
         let picked = tape.gather(hidden, indices: rows)
@@ -139,12 +140,12 @@ final class FrozenDecoder: @unchecked Sendable {
     }
 
     /// Hidden states after the last layer (before the final norm), `[rows, hidden]`.
-    func forward(_ input: Variable, layout: SequenceLayout, tape: Tape, lora: LoRA?, random: inout SeededRandom) -> Variable {
+    func forward(_ input: Variable, layout: SequenceLayout, tape: Tape, lora: LoRA?, dropout: Bool, random: inout SeededRandom) -> Variable {
         let c = config
         func project(_ x: Variable, _ p: (weight: Variable, bias: Variable?, name: String)) -> Variable {
             guard let lora, let leaf = lora.leaves[p.name] else { return tape.linear(x, p.weight, bias: p.bias) }
             return tape.loraLinear(x, p.weight, bias: p.bias, a: leaf.a, b: leaf.b, scale: lora.configuration.scale,
-                                   dropout: lora.configuration.dropout, random: &random)
+                                   dropout: dropout ? lora.configuration.dropout : 0, random: &random)
         }
         var x = input
         for layer in layers {

@@ -153,6 +153,21 @@ public final class Trainer {
         return metrics
     }
 
+    /// Teacher-forced loss and token accuracy over `data` (no dropout, no gradients kept).
+    public func evaluate(_ data: TrainingDataset) throws -> TokenStatistics {
+        var total = TokenStatistics()
+        var random = SeededRandom(seed: 0)
+        for indices in TrainingOrder.batches(Array(0..<data.count), batchSize: settings.batchSize) {
+            let batch = data.batch(indices, padID: padID)
+            guard batch.labelTokenCount > 0 else { continue }
+            let tape = Tape()
+            let (_, stats) = try model.loss(batch, normalizer: Float(batch.labelTokenCount), tape: tape, random: &random, training: false)
+            tape.reset()
+            total += stats
+        }
+        return total
+    }
+
     // MARK: - Checkpoints
 
     /// Writes a checkpoint folder: the adapter (PEFT files), the projector (HF and LLaVA names),
@@ -196,6 +211,14 @@ public final class Trainer {
         try optimizer.restore(step: record.optimizerStep, tensors: tensors)
         state = record.state
         epochBatches = nil
+    }
+}
+
+/// What a checkpoint folder says about its run.
+public enum TrainingCheckpoint {
+    /// The settings the checkpoint's run was started with.
+    public static func settings(directory: String) throws -> FineTuneSettings {
+        try CheckpointRecord.read(directory: directory).settings
     }
 }
 
