@@ -120,7 +120,9 @@ public final class Engine {
             let all = try store.checkpoints()
             if all.isEmpty { console.line("no checkpoints yet") }
             for c in all { console.line("run \(c.run)\tstep \(c.step)\t\(c.kind.rawValue)\t\(c.path)") }
-        case "/adapter", "/finetune", "/eval":
+        case "/finetune":
+            try finetune(args)
+        case "/adapter", "/eval":
             console.line("\(name) is not available yet")
         default:
             throw UsageError("unknown command \(name); /help lists them")
@@ -142,7 +144,9 @@ public final class Engine {
         /replay ID [--check]   re-run a stored session; --check compares replies
         /run FILE.vlm          run a notebook script
         /checkpoints           fine-tune checkpoints in the store
-        /adapter, /finetune, /eval
+        /finetune --data F --out DIR [--mode lora|projector|lora+projector] [--steps N] …
+                               fine-tune the loaded model (vlmsh finetune --help lists the options)
+        /adapter, /eval
         /help, /quit           (Ctrl-D also quits; Ctrl-C stops a reply)
         \"\"\"                    starts and ends a multi-line message
         """
@@ -164,12 +168,26 @@ public final class Engine {
         console.line("loaded \(path)")
     }
 
+    /// Starts a new chat on the same model and session, e.g. after its weights changed (cached
+    /// image features and KV prefixes no longer match them).
+    func restartChat() {
+        guard let model else { return }
+        chat = ChatSession(model: model, system: system)
+        sessionID = nil
+        pendingImages = []
+    }
+
+    /// The store id of the current session, created on first need.
+    var currentSession: Int64? { sessionID }
+
     /// Loaded on first use when nothing else was: scripts may start with a message.
     public var defaultModel = "smollm2"
 
     private func requireModel() throws {
         if model == nil { try load(defaultModel) }
     }
+
+    func requireLoadedModel() throws { try requireModel() }
 
     private func set(_ key: String, _ value: String) throws {
         func number<T: LosslessStringConvertible>(_: T.Type) throws -> T {
