@@ -1,6 +1,7 @@
 import XCTest
 import VLMFormats
 import VLMGeneration
+import VLMImage
 import VLMModels
 import VLMTensor
 import VLMTraining
@@ -149,6 +150,40 @@ final class TrainingParityTests: XCTestCase {
             let losses = try (0..<1).map { _ in try trainer.step().loss }
             assertLosses(losses, [c["loss"] as! Double], name)
         }
+    }
+
+    /// Last-position logits of example A through the inference path (KV-cache forward).
+    func inferenceLogits(_ model: VisionLanguageModel) throws -> [Float] {
+        let example = try dataset(model, names: ["A"])[0]
+        let llava = model.llava, d = model.decoder.config.hiddenSize
+        let features = try llava.imageFeatures(pixels: llava.preprocess(try ImageLoader.load(path: example.imagePath!)))
+        let x = Tensor(shape: [example.length, d], zeroed: false)
+        let range = example.imageRange!
+        for (i, id) in example.inputIDs.enumerated() {
+            if range.contains(i) { (x.data + i * d).update(from: features.data + (i - range.lowerBound) * d, count: d) }
+            else { try model.decoder.embed([id], into: x.data + i * d) }
+        }
+        return Array(model.decoder.forward(embeddings: x.data, count: example.length, cache: model.decoder.makeCache()))
+    }
+
+    func assertLogits(_ got: [Float], _ key: String, file: StaticString = #filePath, line: UInt = #line) {
+        let want = (Self.golden[key] as! [Double]).map(Float.init)
+        let worst = zip(got, want).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertEqual(got.count, want.count, key, file: file, line: line)
+        XCTAssertLessThan(worst, 1e-4, "\(key): max abs logit diff \(worst)", file: file, line: line)
+    }
+
+    /// An adapter vlmsh wrote (Tests/Fixtures/data/train/vlmsh-adapter) loads in PEFT with PEFT's
+    /// own key names (checked by gen_train.py), and both give the same logits; PEFT's own adapter
+    /// changes vlmsh's inference exactly as it changes transformers'.
+    func testAdaptersAgreeWithPEFTInBothDirections() throws {
+        XCTAssertEqual(Self.golden["vlmsh_adapter_canonical_key_names"] as? Bool, true)
+        let model = try loadModel()
+        assertLogits(try inferenceLogits(model), "base_logits")
+        try model.decoder.setAdapters(try LoRA.load(directory: Self.fixtures + "/lora-init", decoder: model.decoder).adapters)
+        assertLogits(try inferenceLogits(model), "lora_init_logits")
+        try model.decoder.setAdapters(try LoRA.load(directory: Self.fixtures + "/vlmsh-adapter", decoder: model.decoder).adapters)
+        assertLogits(try inferenceLogits(model), "vlmsh_adapter_logits")
     }
 
     func testSchedulesMatchTransformers() {
