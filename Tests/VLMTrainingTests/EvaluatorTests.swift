@@ -162,7 +162,7 @@ final class EvaluatorTests: XCTestCase {
         }
         func reply(_ chat: ChatSession, _ text: String, images: [ImageInput] = []) throws -> String {
             let g = try chat.send(text, images: images, parameters: parameters)
-            while try g.next() != nil {}
+            try withExtendedLifetime(chat) { while try g.next() != nil {} }
             return g.text
         }
         let multiTurn = ChatSession(model: model, history: [ChatMessage(role: .user, text: "<image>\nWhat shape is this?"),
@@ -240,7 +240,7 @@ final class EvaluatorTests: XCTestCase {
         var p = GenerationParameters()
         p.temperature = 0; p.maxTokens = 1
         let g = try chat.generator(for: slots, parameters: p)
-        _ = try g.next()
+        _ = try withExtendedLifetime(chat) { try g.next() }
         return g.promptLogits
     }
 
@@ -416,6 +416,54 @@ final class EvaluatorTests: XCTestCase {
         XCTAssertEqual(try SafetensorsFile(path: half + "/model.safetensors").dtype("language_model.lm_head.weight"), "BF16")
         let logits = try chatLogits(try loadModel(half))
         assertClose(logits, Self.golden["lora_init_logits"] as! [Double], tolerance: 0.1, "bf16 merge")
+    }
+
+    /// Last-position logits of a chat turn with an image (any LLaVA layout).
+    func turnLogits(_ model: VisionLanguageModel) throws -> [Float] {
+        let image = ImageInput(hash: "wide", pixels: model.llava.preprocess(try ImageLoader.load(path: Self.data + "/llava/images/wide.png")))
+        var p = GenerationParameters()
+        p.temperature = 0; p.maxTokens = 1
+        // The generator reaches its session unowned: keep the session alive.
+        let chat = ChatSession(model: model)
+        let g = try chat.send("What is in the picture?", images: [image], parameters: p)
+        _ = try withExtendedLifetime(chat) { try g.next() }
+        return g.promptLogits
+    }
+
+    /// Original LLaVA layout (`llava_llama`, mm_projector keys, vision tower in a subfolder) with
+    /// a LoRA + projector folder: the merged folder keeps the layout and gives the adapted logits.
+    func testMergedOriginalLLaVAWithLoRAAndProjector() throws {
+        let original = Self.data + "/llava/original-llava"
+        let dir = try temporaryDirectory()
+        let adapterDir = dir + "/adapter"
+        try FileManager.default.createDirectory(atPath: adapterDir, withIntermediateDirectories: true)
+        for file in ["adapter_config.json", "adapter_model.safetensors"] {
+            try FileManager.default.copyItem(atPath: Self.loraInit + "/" + file, toPath: adapterDir + "/" + file)
+        }
+        let donor = try loadModel(original)
+        let weights = ProjectorFiles.snapshot(donor.llava.projector)
+        for t in weights { for i in 0..<t.count { t.data[i] *= 1.5 } }
+        ProjectorFiles.apply(weights, to: donor.llava.projector)
+        try ProjectorFiles.save(donor.llava.projector, directory: adapterDir)
+
+        let model = try loadModel(original)
+        let base = try turnLogits(model)
+        let adapter = try AppliedAdapter.apply(directory: adapterDir, to: model)
+        let expected = try turnLogits(model)
+        XCTAssertGreaterThan(zip(base, expected).map { abs($0 - $1) }.max()!, 1e-3)
+        adapter.unload()
+        XCTAssertEqual(try turnLogits(model), base)
+
+        let out = dir + "/merged"
+        let report = try Merge.run(model: original, adapter: adapterDir, output: out)
+        XCTAssertEqual(report.kind, .loraProjector)
+        XCTAssertEqual(report.mergedWeights, 14)
+        XCTAssertEqual(report.projectorTensors, 4)
+        XCTAssertTrue(report.copiedFiles.contains("clip-vision"))
+        let input = try SafetensorsFile(path: original + "/model.safetensors")
+        XCTAssertEqual(Set(try SafetensorsFile(path: out + "/model.safetensors").weightNames), Set(input.weightNames))
+        let merged = try turnLogits(try loadModel(out))
+        XCTAssertLessThan(zip(merged, expected).map { abs($0 - $1) }.max()!, 1e-4)
     }
 
     func testMergeFusesW_plus_scaledBA() {
