@@ -9,6 +9,7 @@ public struct VLMCommand: AsyncParsableCommand {
             ReplayCommand.self, SessionsCommand.self, ShowCommand.self, ExportCommand.self, BenchCommand.self, FinetuneCommand.self,
             PreprocessCommand.self,
             DemoDataCommand.self,
+            EvalCommand.self, MergeCommand.self,
         ],
         defaultSubcommand: ChatCommand.self
     )

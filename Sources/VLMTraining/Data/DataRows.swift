@@ -40,8 +40,10 @@ enum DataRows {
         }
         guard let array = parsed as? [Any] else { throw TrainingDataError("\(path): expected a JSON array of rows") }
         let lines = elementLines(bytes, from: start)
+        // Rows sharing a line (a one-line array) are told apart by index instead.
+        let unique = Set(lines).count == lines.count
         return array.enumerated().map { index, element in
-            let location = lines.count == array.count ? "\(path):\(lines[index])" : "\(path): element \(index)"
+            let location = lines.count == array.count && unique ? "\(path):\(lines[index])" : "\(path): element \(index)"
             return DataRow(location: location, value: .success(element))
         }
     }

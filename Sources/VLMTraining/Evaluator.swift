@@ -1,0 +1,380 @@
+import Foundation
+import VLMGeneration
+import VLMImage
+import VLMModels
+import VLMTensor
+import VLMTokenizers
+
+// Evaluation of a model (with whatever adapter is applied to it) on fine-tuning data: the
+// teacher-forced loss, perplexity and token accuracy on the assistant tokens, and exact match of
+// greedy answers. Everything runs through the inference path — `LlamaModel.forward` with the
+// adapters installed on its linear layers, image features from the model's own encoder, prompts
+// rendered and expanded as `ChatSession` does them, replies from `Generator` — so an evaluated
+// adapter behaves exactly as it does in chat.
+
+/// One evaluated row.
+public struct EvalRowResult: Sendable, Equatable, Codable {
+    /// Where the row came from, "file:line".
+    public var source: String
+    /// The row's "id", if it has one.
+    public var id: String?
+    /// The row's "kind" tag, if it has one (the demo data's colour, shape, count, where, exists, caption).
+    public var kind: String?
+    public var hasImage: Bool
+    /// Teacher-forced statistics over the row's target tokens.
+    public var tokens: Int
+    public var lossSum: Double
+    public var correct: Int
+    /// The reference reply (the last assistant turn) and the greedy answer; nil when nothing was
+    /// generated (max new tokens 0).
+    public var reference: String?
+    public var generated: String?
+    /// Trimmed strings equal.
+    public var exactMatch: Bool
+    /// Equal after `Evaluator.normalizedAnswer` (case and trailing punctuation ignored).
+    public var normalizedMatch: Bool
+
+    public init(source: String, id: String? = nil, kind: String? = nil, hasImage: Bool, tokens: Int, lossSum: Double, correct: Int,
+                reference: String? = nil, generated: String? = nil, exactMatch: Bool = false, normalizedMatch: Bool = false) {
+        self.source = source; self.id = id; self.kind = kind; self.hasImage = hasImage
+        self.tokens = tokens; self.lossSum = lossSum; self.correct = correct
+        self.reference = reference; self.generated = generated; self.exactMatch = exactMatch; self.normalizedMatch = normalizedMatch
+    }
+
+    /// Mean cross-entropy over the row's target tokens.
+    public var loss: Double { tokens > 0 ? lossSum / Double(tokens) : 0 }
+
+    enum CodingKeys: String, CodingKey {
+        case source, id, kind, hasImage = "has_image", tokens, lossSum = "loss_sum", correct, reference, generated
+        case exactMatch = "exact_match", normalizedMatch = "normalized_match"
+    }
+}
+
+/// Tallies of the rows sharing one "kind" tag.
+public struct KindScore: Sendable, Equatable {
+    public var rows = 0
+    public var generated = 0
+    public var exactMatches = 0
+    public var normalizedMatches = 0
+    public var tokens = 0
+    public var lossSum: Double = 0
+    public var correct = 0
+    public init() {}
+
+    public var exactMatch: Double { generated > 0 ? Double(exactMatches) / Double(generated) : 0 }
+    public var normalizedMatch: Double { generated > 0 ? Double(normalizedMatches) / Double(generated) : 0 }
+    public var meanLoss: Double { tokens > 0 ? lossSum / Double(tokens) : 0 }
+    public var tokenAccuracy: Double { tokens > 0 ? Double(correct) / Double(tokens) : 0 }
+
+    mutating func add(_ row: EvalRowResult) {
+        rows += 1
+        tokens += row.tokens; lossSum += row.lossSum; correct += row.correct
+        if row.generated != nil {
+            generated += 1
+            if row.exactMatch { exactMatches += 1 }
+            if row.normalizedMatch { normalizedMatches += 1 }
+        }
+    }
+}
+
+/// What `Evaluator.run` measured.
+public struct EvalResult: Sendable {
+    /// The data file, as given.
+    public var dataset: String
+    public var rows: [EvalRowResult]
+    /// Bad rows skipped at load ("file:line: message"), when skipping was asked for.
+    public var skippedRows: [String]
+    /// Every image was replaced by a mid-grey one of the same size (the image ablation baseline).
+    public var blankImages: Bool
+    public var maxNewTokens: Int
+
+    public init(dataset: String, rows: [EvalRowResult], skippedRows: [String] = [], blankImages: Bool, maxNewTokens: Int) {
+        self.dataset = dataset; self.rows = rows; self.skippedRows = skippedRows
+        self.blankImages = blankImages; self.maxNewTokens = maxNewTokens
+    }
+
+    /// Everything, pooled over rows.
+    public var total: KindScore { rows.reduce(into: KindScore()) { $0.add($1) } }
+    /// Target tokens scored.
+    public var tokens: Int { total.tokens }
+    /// Mean cross-entropy per target token (token-weighted over all rows).
+    public var meanLoss: Double { total.meanLoss }
+    /// exp(mean loss).
+    public var perplexity: Double { exp(meanLoss) }
+    /// Share of target tokens whose argmax (teacher-forced) is the target.
+    public var tokenAccuracy: Double { total.tokenAccuracy }
+    /// Rows with a greedy answer.
+    public var generatedRows: Int { total.generated }
+    /// Share of generated rows whose answer equals the reference (trimmed); nil without generation.
+    public var exactMatch: Double? { generatedRows > 0 ? total.exactMatch : nil }
+    /// The same, case- and trailing-punctuation-insensitive.
+    public var normalizedMatch: Double? { generatedRows > 0 ? total.normalizedMatch : nil }
+
+    /// Rows by their "kind" tag (rows without one are left out).
+    public var byKind: [String: KindScore] {
+        var out: [String: KindScore] = [:]
+        for row in rows { if let kind = row.kind { out[kind, default: KindScore()].add(row) } }
+        return out
+    }
+
+    /// Metric name/value pairs, as stored one row each in the evals table: loss, perplexity,
+    /// token_accuracy, then (when answers were generated) exact_match, exact_match_normalized and
+    /// exact_match/<kind>, exact_match_normalized/<kind>. With blank images every name is
+    /// prefixed "blank_images/", so the ablation never mixes with the real scores.
+    public var metrics: [(name: String, value: Double)] {
+        var out: [(String, Double)] = [("loss", meanLoss), ("perplexity", perplexity), ("token_accuracy", tokenAccuracy)]
+        if let exactMatch, let normalizedMatch {
+            out += [("exact_match", exactMatch), ("exact_match_normalized", normalizedMatch)]
+            for (kind, score) in byKind.sorted(by: { $0.key < $1.key }) where score.generated > 0 {
+                out += [("exact_match/\(kind)", score.exactMatch), ("exact_match_normalized/\(kind)", score.normalizedMatch)]
+            }
+        }
+        return blankImages ? out.map { ("blank_images/" + $0.0, $0.1) } : out
+    }
+}
+
+public enum Evaluator {
+    /// The grey every image becomes with `blankImages`.
+    public static let blankColour: (UInt8, UInt8, UInt8) = (128, 128, 128)
+
+    /// Evaluates `chat` (adapters as currently applied) on the training-format data file `path`
+    /// (LLaVA JSON or JSON Lines, conversation or pre-tokenized rows, as `TrainingDataset.load`
+    /// reads them; images against `imageFolder` or the file's folder).
+    ///
+    /// Per row: the teacher-forced cross-entropy and argmax accuracy of every target (assistant)
+    /// token, and — unless `maxNewTokens` is 0 — a greedy answer to the conversation up to its
+    /// last assistant turn (with the image), compared with that turn's text. Pre-tokenized rows
+    /// use their ids before the last labelled span as the prompt and that span, decoded, as the
+    /// reference. `limit` keeps the first rows; `blankImages` replaces each image with a mid-grey
+    /// one of the same size. Each image is encoded once. `progress` gets (rows done, rows).
+    public static func run(chat: ChatModel, dataset path: String, imageFolder: String? = nil, maxNewTokens: Int = 32,
+                           limit: Int? = nil, blankImages: Bool = false, skipBadRows: Bool = false,
+                           progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> EvalResult {
+        let support = chat.images
+        let dataset = try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template,
+                                               image: support.map { ($0.tokenID, $0.featureCount) },
+                                               imageFolder: imageFolder, skipBadRows: skipBadRows)
+        // The raw rows again, for the fields the dataset does not keep (kind, id, the reply text).
+        var raw: [String: [String: Any]] = [:]
+        for row in try DataRows.read(path: path) {
+            if case .success(let value) = row.value, let object = value as? [String: Any] { raw[row.location] = object }
+        }
+        var examples = dataset.examples
+        if let limit { examples = Array(examples.prefix(max(limit, 0))) }
+
+        let images = ImageFeatureCache(chat: chat, blank: blankImages)
+        var rows: [EvalRowResult] = []
+        progress?(0, examples.count)
+        for (n, example) in examples.enumerated() {
+            let object = raw[example.source] ?? [:]
+            let features = try example.imagePath.map { try images.features(path: $0) }
+            let stats = try teacherForced(example, chat: chat, imageFeatures: features)
+            var row = EvalRowResult(source: example.source, id: object["id"].flatMap(Self.string), kind: object["kind"].flatMap(Self.string),
+                                    hasImage: example.hasImage, tokens: stats.tokens, lossSum: stats.lossSum, correct: stats.correct,
+                                    reference: nil, generated: nil, exactMatch: false, normalizedMatch: false)
+            if maxNewTokens > 0, let prompt = try answerPrompt(example, row: object, chat: chat) {
+                let answer = try generate(promptIDs: prompt.ids, imageFeatures: prompt.hasImage ? features : nil, chat: chat, maxNewTokens: maxNewTokens)
+                row.reference = prompt.reference
+                row.generated = answer
+                row.exactMatch = isExactMatch(answer, prompt.reference)
+                row.normalizedMatch = normalizedAnswer(answer) == normalizedAnswer(prompt.reference)
+            }
+            rows.append(row)
+            progress?(n + 1, examples.count)
+        }
+        return EvalResult(dataset: path, rows: rows, skippedRows: dataset.problems, blankImages: blankImages, maxNewTokens: maxNewTokens)
+    }
+
+    // MARK: - Scoring
+
+    /// Trimmed (whitespace and newlines) strings are equal.
+    public static func isExactMatch(_ answer: String, _ reference: String) -> Bool {
+        answer.trimmingCharacters(in: .whitespacesAndNewlines) == reference.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Lower-cased, trimmed, trailing punctuation dropped: "Red." and " red" compare equal.
+    public static func normalizedAnswer(_ text: String) -> String {
+        var t = text.trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+        while let last = t.last, last.isPunctuation || last.isWhitespace { t.removeLast() }
+        return t
+    }
+
+    // MARK: - Teacher forcing
+
+    /// Cross-entropy and argmax accuracy of every target of `example` (position i predicts
+    /// `labels[i + 1]`, as the trainer's loss), through `LlamaModel.forward`: the input embeddings
+    /// (image rows from `imageFeatures`, `[featureCount, hidden]`) run in chunks that end at each
+    /// position whose logits are needed, on one KV cache.
+    public static func teacherForced(_ example: TrainingExample, chat: ChatModel, imageFeatures: Tensor?) throws -> TokenStatistics {
+        let decoder = chat.decoder
+        let d = decoder.config.hiddenSize
+        let embeddings = try embed(example.inputIDs, imageRange: example.imageRange, features: imageFeatures, chat: chat,
+                                   source: example.source)
+        let wanted = (0..<max(example.length - 1, 0)).filter { example.labels[$0 + 1] != ignoreIndex }
+        var stats = TokenStatistics()
+        let cache = decoder.makeCache(capacity: example.length)
+        var cursor = 0
+        withExtendedLifetime(embeddings) {
+            for position in wanted {
+                let logits = decoder.forward(embeddings: embeddings.data + cursor * d, count: position - cursor + 1, cache: cache)
+                cursor = position + 1
+                let target = example.labels[position + 1]
+                stats.lossSum += crossEntropy(logits, target: target)
+                stats.tokens += 1
+                if Sampler.argmax(logits) == target { stats.correct += 1 }
+            }
+        }
+        return stats
+    }
+
+    /// −log softmax(logits)[target], in Double.
+    static func crossEntropy(_ logits: UnsafeBufferPointer<Float>, target: Int) -> Double {
+        var top = -Float.infinity
+        for x in logits where x > top { top = x }
+        var sum = 0.0
+        for x in logits { sum += Foundation.exp(Double(x - top)) }
+        return Foundation.log(sum) + Double(top) - Double(logits[target])
+    }
+
+    /// Input embeddings `[ids, hidden]`: token rows from the table, `imageRange` from `features`.
+    static func embed(_ ids: [Int], imageRange: Range<Int>?, features: Tensor?, chat: ChatModel, source: String) throws -> Tensor {
+        let d = chat.decoder.config.hiddenSize
+        let out = Tensor(shape: [ids.count, d], zeroed: false)
+        for (i, id) in ids.enumerated() where !(imageRange?.contains(i) ?? false) {
+            try chat.decoder.embed([id], into: out.data + i * d)
+        }
+        if let imageRange {
+            guard let features, features.shape == [imageRange.count, d] else {
+                throw TrainingError("\(source): image features of shape \(features?.shape ?? []) for \(imageRange.count) image positions")
+            }
+            (out.data + imageRange.lowerBound * d).update(from: features.data, count: features.count)
+        }
+        return out
+    }
+
+    // MARK: - Greedy answers
+
+    /// The prompt ids of a row's last assistant turn, whether the image is in them, and the
+    /// reference reply; nil when the row has no prompt before that turn.
+    static func answerPrompt(_ example: TrainingExample, row: [String: Any], chat: ChatModel) throws
+        -> (ids: [Int], hasImage: Bool, reference: String)? {
+        if let conversations = row["conversations"] as? [Any] {
+            guard let (prompt, reference) = conversationPrompt(conversations, hasImage: example.hasImage, chat: chat) else { return nil }
+            // ChatSession.inputSlots: the rendered chat with the generation prompt, no added specials.
+            let ids = chat.encodePrompt(chat.template.render(prompt, addGenerationPrompt: true), addSpecialTokens: false)
+            let placeholder = chat.images?.tokenText ?? ConversationEncoder.imagePlaceholder
+            return (ids, example.hasImage && prompt.contains { $0.text.contains(placeholder) }, reference)
+        }
+        // Pre-tokenized: the ids before the last labelled span, and that span as text.
+        guard let end = example.labels.lastIndex(where: { $0 != ignoreIndex }) else { return nil }
+        var start = end
+        while start > 0 && example.labels[start - 1] != ignoreIndex { start -= 1 }
+        guard start > 0 else { return nil }
+        var reply = Array(example.inputIDs[start...end])
+        while let last = reply.last, chat.tokenizer.eosTokenIDs.contains(last) { reply.removeLast() }
+        var reference = chat.tokenizer.decode(reply)
+        for stop in chat.template.stopStrings where !stop.isEmpty {
+            if let r = reference.range(of: stop) { reference = String(reference[..<r.lowerBound]) }
+        }
+        let hasImage = example.imageRange.map { $0.lowerBound < start } ?? false
+        return (Array(example.inputIDs[..<start]), hasImage, reference)
+    }
+
+    /// The messages before the last assistant turn and that turn's text, with the image
+    /// placeholder where training puts it (`ConversationEncoder`): where the row has it, else at
+    /// the start of the first user turn.
+    static func conversationPrompt(_ turns: [Any], hasImage: Bool, chat: ChatModel) -> (prompt: [ChatMessage], reference: String)? {
+        let placeholder = ConversationEncoder.imagePlaceholder
+        var messages: [ChatMessage] = []
+        for turn in turns {
+            guard let object = turn as? [String: Any], let from = (object["from"] as? String)?.lowercased(),
+                  let text = object["value"] as? String else { return nil }
+            switch from {
+            case "human", "user": messages.append(ChatMessage(role: .user, text: text))
+            case "gpt", "assistant": messages.append(ChatMessage(role: .assistant, text: text))
+            case "system": messages.append(ChatMessage(role: .system, text: text))
+            default: return nil
+            }
+        }
+        // LLaVA skips assistant turns before the first human one.
+        guard let firstUser = messages.firstIndex(where: { $0.role == .user }) else { return nil }
+        messages = messages.enumerated().filter { !($0.element.role == .assistant && $0.offset < firstUser) }.map(\.element)
+        if hasImage {
+            if !messages.contains(where: { $0.text.contains(placeholder) }), let i = messages.firstIndex(where: { $0.role == .user }) {
+                messages[i].text = placeholder + "\n" + messages[i].text
+            }
+            if chat.template.name == "plain", let i = messages.firstIndex(where: { $0.text.contains(placeholder) }) {
+                messages[i].text = placeholder
+            }
+        }
+        guard let last = messages.lastIndex(where: { $0.role == .assistant }), messages[..<last].contains(where: { $0.role == .user }) else {
+            return nil
+        }
+        return (Array(messages[..<last]), messages[last].text)
+    }
+
+    /// A greedy reply to `promptIDs` (image token runs expanded as `ChatSession.expand` does, with
+    /// rows of `imageFeatures`), driven by `Generator` on a fresh KV cache as `ChatSession` drives
+    /// it: temperature 0, at most `maxNewTokens`, the template's stop strings, stopping at EOS.
+    public static func generate(promptIDs: [Int], imageFeatures: Tensor?, chat: ChatModel, maxNewTokens: Int) throws -> String {
+        let decoder = chat.decoder
+        let d = decoder.config.hiddenSize
+        let hash = "eval-image"
+        let images = imageFeatures == nil ? [] : [ImageInput(hash: hash, pixels: Tensor(shape: [1]))]
+        let slots = try ChatSession.expand(ids: promptIDs, images: images, support: imageFeatures == nil ? nil : chat.images)
+        guard !slots.isEmpty else { throw TrainingError("empty prompt") }
+        let embeddings = Tensor(shape: [slots.count, d], zeroed: false)
+        for (i, slot) in slots.enumerated() {
+            switch slot {
+            case .token(let id): try decoder.embed([id], into: embeddings.data + i * d)
+            case .image(_, let row): (embeddings.data + i * d).update(from: imageFeatures!.data + row * d, count: d)
+            }
+        }
+        var parameters = GenerationParameters()
+        parameters.temperature = 0
+        parameters.maxTokens = maxNewTokens
+        parameters.stopStrings = chat.template.stopStrings
+        let cache = decoder.makeCache(capacity: slots.count + maxNewTokens + 1)
+        let promptTokens = slots.compactMap { if case .token(let id) = $0 { return id } else { return nil } }
+        let generator = Generator(
+            tokenizer: chat.tokenizer, parameters: parameters, promptIDs: promptTokens, stopTokens: chat.tokenizer.eosTokenIDs,
+            prefill: { withExtendedLifetime(embeddings) { decoder.forward(embeddings: embeddings.data, count: slots.count, cache: cache) } },
+            step: { id in try decoder.forward(tokens: [id], cache: cache) })
+        while try generator.next() != nil {}
+        return generator.text
+    }
+
+    static func string(_ value: Any) -> String? {
+        if let s = value as? String { return s }
+        if let n = value as? NSNumber { return n.stringValue }
+        return nil
+    }
+}
+
+/// Image features by path, each image encoded once (`ImageSupport.encode`: vision tower and
+/// projector as applied now). With `blank`, each image is replaced by a mid-grey image of its size.
+final class ImageFeatureCache {
+    let chat: ChatModel
+    let blank: Bool
+    private var cache: [String: Tensor] = [:]
+
+    init(chat: ChatModel, blank: Bool) { self.chat = chat; self.blank = blank }
+
+    func features(path: String) throws -> Tensor {
+        if let f = cache[path] { return f }
+        guard let support = chat.images else { throw TrainingError("\(path): the model takes no images") }
+        var image: RGBImage
+        do { image = try ImageLoader.load(path: path) } catch { throw TrainingError("\(error)") }
+        if blank { image = Evaluator.blankImage(like: image) }
+        let f = try support.encode(support.preprocess(image))
+        cache[path] = f
+        return f
+    }
+}
+
+extension Evaluator {
+    /// A mid-grey image of `image`'s size.
+    public static func blankImage(like image: RGBImage) -> RGBImage {
+        RGBImage(width: image.width, height: image.height, filledWith: blankColour)
+    }
+}

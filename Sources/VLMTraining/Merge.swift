@@ -1,0 +1,247 @@
+import Foundation
+import VLMFormats
+import VLMModels
+import VLMTensor
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// `vlmsh merge`: a base model and an adapter folder fused into a new Hugging Face model folder
+// that loads (in vlmsh or transformers) without PEFT. Each LoRA-adapted linear weight becomes
+// W' = W + scale · B · A, computed in Float32; a trained projector replaces the base's. Every
+// other tensor is copied under its original name, so the output keeps the input's key layout
+// (llava-hf, transformers 5 or original LLaVA), and the non-weight files (config.json,
+// tokenizer and preprocessor files, an original LLaVA's vision tower folder) are copied as is.
+//
+// Hugging Face folders only: a GGUF file has no tokenizer.json to copy, and llama.cpp stores
+// Llama Q/K rows permuted for interleaved RoPE, so it cannot be written back as HF weights here.
+
+/// The tensor encoding of a merged checkpoint.
+public enum MergeDType: String, Sendable, CaseIterable {
+    case f32, f16, bf16
+
+    var ggml: GGMLType {
+        switch self { case .f32: return .f32; case .f16: return .f16; case .bf16: return .bf16 }
+    }
+    var bytes: Int { self == .f32 ? 4 : 2 }
+    var safetensorsName: String { rawValue.uppercased() }
+}
+
+/// What `Merge.run` wrote.
+public struct MergeReport: Sendable {
+    public var output: String
+    public var kind: AdapterKind
+    public var isLlava: Bool
+    /// Tensors written, linear weights LoRA was fused into, projector tensors replaced.
+    public var tensors: Int
+    public var mergedWeights: Int
+    public var projectorTensors: Int
+    /// Non-weight files and folders copied from the base.
+    public var copiedFiles: [String]
+    public var dtype: MergeDType
+    public var bytes: Int
+}
+
+public enum Merge {
+    /// Fuses the adapter in `adapter` into the model folder `model` and writes the result to
+    /// `output` (which must not exist): built in `output.tmp`, then renamed into place, so
+    /// `output` is either complete or absent.
+    public static func run(model: String, adapter: String, output: String, dtype: MergeDType = .f32) throws -> MergeReport {
+        let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        guard fm.fileExists(atPath: model, isDirectory: &isDirectory) else { throw FormatError(model, "no such file or folder") }
+        guard isDirectory.boolValue else {
+            throw FormatError(model, "merge needs a Hugging Face model folder: a GGUF file has no tokenizer.json to write, and its Llama Q/K rows are permuted for llama.cpp; use the model's original Hugging Face folder")
+        }
+        if fm.fileExists(atPath: output) { throw FormatError(output, "already exists; choose a new --out folder") }
+        let kind = try AdapterKind.detect(directory: adapter)
+
+        // The base, loaded to check the adapter against (names and shapes).
+        let isLlava = LlavaModel.isLlava(folder: model)
+        let decoder: LlamaModel
+        let projector: MultiModalProjector?
+        let sanitize: (String) -> String?
+        let languagePrefix: String
+        if isLlava {
+            let llava = try LlavaModel.load(folder: model)
+            decoder = llava.decoder
+            projector = llava.projector
+            if llava.config.modelType == "llava_llama" {
+                sanitize = { LlavaWeights.sanitizeOriginal($0) }
+            } else {
+                sanitize = { LlavaWeights.sanitizeHF($0) }
+            }
+            languagePrefix = "language_model."
+        } else {
+            decoder = try loadTextDecoder(folder: model)
+            projector = nil
+            sanitize = { LlamaWeights.sanitizeHF($0) }
+            languagePrefix = ""
+        }
+        let lora = kind.hasLoRA ? try LoRA.load(directory: adapter, decoder: decoder) : nil
+        var projectorTensors: [String: Tensor] = [:]
+        if kind.hasProjector {
+            guard let projector else {
+                throw FormatError(adapter + "/" + ProjectorFiles.hfFile, "projector weights, but \(model) is a text model with no multimodal projector")
+            }
+            let loaded = try ProjectorFiles.load(directory: adapter, for: projector)
+            for (entry, tensor) in zip(ProjectorFiles.named(projector), loaded) { projectorTensors[entry.hf] = tensor }
+        }
+
+        // What each stored tensor becomes.
+        let source = try openCheckpoint(folder: model)
+        var plan: [(name: String, shape: [Int], adapter: LowRankAdapter?, replacement: Tensor?)] = []
+        var usedAdapters = Set<String>(), usedProjector = Set<String>()
+        for name in source.weightNames.sorted() {
+            guard let canonical = sanitize(name) else { continue }
+            guard let info = source.info(name) else { throw FormatError(model, "tensor '\(name)' has a dtype vlmsh cannot read (F32, F16, BF16 only)") }
+            var entry: (name: String, shape: [Int], adapter: LowRankAdapter?, replacement: Tensor?) = (name, info.shape, nil, nil)
+            if let lora, canonical.hasPrefix(languagePrefix + "model.layers."), canonical.hasSuffix(".weight") {
+                let module = String(canonical.dropFirst(languagePrefix.count).dropLast(".weight".count))
+                if let a = lora.adapters[module] {
+                    guard info.shape == [a.outFeatures, a.inFeatures] else {
+                        throw FormatError(model, "'\(name)' has shape \(info.shape); the adapter for \(module) is \(a.outFeatures)×\(a.inFeatures)")
+                    }
+                    entry.adapter = a
+                    usedAdapters.insert(module)
+                }
+            }
+            if let t = projectorTensors[canonical] {
+                entry.replacement = t
+                usedProjector.insert(canonical)
+            }
+            plan.append(entry)
+        }
+        if let lora, let missing = Set(lora.adapters.keys).subtracting(usedAdapters).sorted().first {
+            throw FormatError(model, "no stored weight for \(missing), which the adapter changes")
+        }
+        if let missing = Set(projectorTensors.keys).subtracting(usedProjector).sorted().first {
+            throw FormatError(model, "no stored tensor \(missing) for the adapter's projector to replace")
+        }
+
+        // Build the folder beside the target, then move it into place.
+        let temp = output + ".tmp"
+        if fm.fileExists(atPath: temp) { try fm.removeItem(atPath: temp) }
+        do {
+            try fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
+            let copied = try copyNonWeightFiles(from: model, to: temp)
+            var metadata = ["format": "pt", "vlmsh_merged_base": model, "vlmsh_merged_adapter": adapter]
+            if let lora { metadata["vlmsh_lora_scale"] = String(lora.configuration.scale) }
+            let bytes = try writeSafetensors(plan.map { ($0.name, $0.shape) }, dtype: dtype, metadata: metadata,
+                                             to: temp + "/model.safetensors") { i in
+                let p = plan[i]
+                if let r = p.replacement { return r }
+                let w = try source.floats(p.name)
+                if let a = p.adapter { fuse(a, into: w) }
+                return w
+            }
+            guard rename(temp, output) == 0 else {
+                throw FormatError(output, "cannot move the merged folder into place: \(String(cString: strerror(errno)))")
+            }
+            return MergeReport(output: output, kind: kind, isLlava: isLlava, tensors: plan.count, mergedWeights: usedAdapters.count,
+                               projectorTensors: usedProjector.count, copiedFiles: copied, dtype: dtype, bytes: bytes)
+        } catch {
+            try? fm.removeItem(atPath: temp)
+            throw error
+        }
+    }
+
+    /// W `[out, in]` += scale · B · A, in Float32.
+    public static func fuse(_ adapter: LowRankAdapter, into weight: Tensor) {
+        precondition(weight.shape == [adapter.outFeatures, adapter.inFeatures], "weight \(weight.shape) does not fit the adapter")
+        let r = adapter.rank
+        let scaledB = Tensor(shape: [adapter.outFeatures, r], zeroed: false)
+        for i in 0..<scaledB.count { scaledB.data[i] = adapter.b.data[i] * adapter.scale }
+        Kernels.matmul(scaledB.data, adapter.a.data, weight.data, m: adapter.outFeatures, n: adapter.inFeatures, k: r, accumulate: true)
+    }
+
+    /// The decoder of a Hugging Face text model folder (no tokenizer needed).
+    static func loadTextDecoder(folder: String) throws -> LlamaModel {
+        let configPath = folder + "/config.json"
+        guard let data = FileManager.default.contents(atPath: configPath) else {
+            throw FormatError(configPath, "missing: a model folder needs config.json")
+        }
+        let config: LlamaConfiguration
+        do { config = try JSONDecoder().decode(LlamaConfiguration.self, from: data) } catch {
+            throw FormatError(configPath, "not a supported text model config (\(error))")
+        }
+        guard LlamaConfiguration.supportedTypes.contains(config.modelType) else {
+            throw FormatError(configPath, "unsupported model_type '\(config.modelType)'")
+        }
+        let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
+        weights.rename(LlamaWeights.sanitizeHF)
+        return try LlamaModel(config: config, weights: weights, ropePairing: .halves)
+    }
+
+    /// Files that are weights (replaced by the merged model.safetensors), not copied.
+    static func isWeightFile(_ name: String) -> Bool {
+        name == "model.safetensors.index.json" || name == "pytorch_model.bin.index.json"
+            || [".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack"].contains { name.hasSuffix($0) }
+    }
+
+    /// Copies everything but top-level weight files (subfolders whole: an original LLaVA's vision
+    /// tower lives in one). Returns the names copied.
+    static func copyNonWeightFiles(from source: String, to destination: String) throws -> [String] {
+        let fm = FileManager.default
+        var copied: [String] = []
+        for name in try fm.contentsOfDirectory(atPath: source).sorted() where !name.hasPrefix(".") {
+            let path = source + "/" + name
+            var isDirectory: ObjCBool = false
+            _ = fm.fileExists(atPath: path, isDirectory: &isDirectory)
+            if !isDirectory.boolValue && isWeightFile(name) { continue }
+            do { try fm.copyItem(atPath: path, toPath: destination + "/" + name) } catch {
+                throw FormatError(path, "cannot copy into the merged folder (\(error.localizedDescription))")
+            }
+            copied.append(name)
+        }
+        return copied
+    }
+
+    /// Writes a safetensors file one tensor at a time (`tensor(i)` is asked for each entry in
+    /// order and dropped after writing), so a model is never held whole in Float32. Returns the
+    /// file size.
+    static func writeSafetensors(_ entries: [(name: String, shape: [Int])], dtype: MergeDType, metadata: [String: String],
+                                 to path: String, tensor: (Int) throws -> Tensor) throws -> Int {
+        var header: [String: Any] = [:]
+        var offset = 0
+        for e in entries {
+            let bytes = e.shape.reduce(1, *) * dtype.bytes
+            header[e.name] = ["dtype": dtype.safetensorsName, "shape": e.shape, "data_offsets": [offset, offset + bytes]] as [String: Any]
+            offset += bytes
+        }
+        if !metadata.isEmpty { header["__metadata__"] = metadata }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        json.append(contentsOf: [UInt8](repeating: 0x20, count: (8 - (8 + json.count) % 8) % 8))
+
+        guard let file = fopen(path, "wb") else { throw FormatError(path, "cannot create: \(String(cString: strerror(errno)))") }
+        var open = true
+        defer { if open { fclose(file) } }
+        func put(_ p: UnsafeRawPointer, _ n: Int) throws {
+            guard n == 0 || fwrite(p, 1, n, file) == n else { throw FormatError(path, "write failed: \(String(cString: strerror(errno)))") }
+        }
+        var length = UInt64(json.count).littleEndian
+        try put(&length, 8)
+        try json.withUnsafeBytes { try put($0.baseAddress!, $0.count) }
+        var chunk = [UInt16](repeating: 0, count: 1 << 16)
+        for (i, e) in entries.enumerated() {
+            let t = try tensor(i)
+            guard t.shape == e.shape else { throw FormatError(path, "'\(e.name)' came out as \(t.shape), expected \(e.shape)") }
+            let n = t.count
+            if dtype == .f32 { try put(t.data, 4 * n); continue }
+            var j = 0
+            while j < n {
+                let m = min(chunk.count, n - j)
+                for k in 0..<m {
+                    let x = t.data[j + k]
+                    chunk[k] = (dtype == .f16 ? Half.floatToF16(x) : Half.floatToBF16(x)).littleEndian
+                }
+                try chunk.withUnsafeBytes { try put($0.baseAddress!, 2 * m) }
+                j += m
+            }
+        }
+        guard fflush(file) == 0, fsync(fileno(file)) == 0 else { throw FormatError(path, "write failed: \(String(cString: strerror(errno)))") }
+        open = false
+        guard fclose(file) == 0 else { throw FormatError(path, "write failed: \(String(cString: strerror(errno)))") }
+        return 8 + json.count + offset
+    }
+}
