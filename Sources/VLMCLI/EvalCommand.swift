@@ -45,17 +45,22 @@ struct EvalCommand: AsyncParsableCommand {
         }
         let applied = try adapter.map { try AppliedAdapter.apply(directory: $0, to: chat) }
         defer { applied?.unload() }
+        try evaluate(chat, modelPath: modelPath, applied: applied, store: noStore ? nil : try openStore(), print: { print($0) })
+    }
+
+    /// Scores `chat` as it is (with `applied` for the record), stores and prints the result.
+    /// The REPL's /eval calls this on its loaded model.
+    func evaluate(_ chat: ChatModel, modelPath: String, applied: AppliedAdapter?, store: Store?, print: (String) -> Void) throws {
         let result = try ProgressBar.steps({ "evaluating \($0) rows" }) { report in
             try Evaluator.run(chat: chat, dataset: data, imageFolder: imageFolder, maxNewTokens: maxNewTokens, limit: limit,
                               blankImages: blankImages, skipBadRows: skipBadRows, progress: report)
         }
 
         var stored: [Int64] = []
-        if !noStore {
-            let store = try openStore()
+        if let store {
             _ = try store.upsertModel(path: modelPath, fingerprint: try ModelFingerprint.compute(modelPath),
                                       architecture: (chat as? TextModel)?.architecture ?? "llava")
-            let checkpoint = try adapter.flatMap { path in
+            let checkpoint = try (adapter ?? applied?.directory).flatMap { path in
                 try store.checkpoints().first { Self.samePath($0.path, path) }?.id
             }
             let details = try Self.jsonText(detailsObject(result, applied: applied))

@@ -114,3 +114,46 @@ final class FinetuneCLITests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: home + "/x/adapter_model.safetensors"))
     }
 }
+
+/// sessions/finetune-eval.vlm on the real model: eval before, /finetune, eval after, /adapter unload.
+final class FinetuneSessionScriptTests: XCTestCase {
+    func testFinetuneThenEvalScript() throws {
+        let model = try CLITests.defaultModel()
+        let home = NSTemporaryDirectory() + "vlmsh-fte-\(getpid())"
+        try? FileManager.default.removeItem(atPath: home)
+        try FileManager.default.createDirectory(atPath: home + "/models", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: home + "/models/" + (model as NSString).lastPathComponent, withDestinationPath: model)
+        defer { try? FileManager.default.removeItem(atPath: home) }
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let script = try String(contentsOf: repo.appendingPathComponent("sessions/finetune-eval.vlm"), encoding: .utf8)
+            .replacingOccurrences(of: "/tmp/vlmsh-facts-lora", with: home + "/lora")
+            .replacingOccurrences(of: "sessions/data/", with: repo.path + "/sessions/data/")
+        try script.write(toFile: home + "/script.vlm", atomically: true, encoding: .utf8)
+
+        let p = Process()
+        p.executableURL = CLITests.binary
+        p.arguments = ["run", home + "/script.vlm", "--json"]
+        var env = ProcessInfo.processInfo.environment
+        env["VLMSH_HOME"] = home
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let result = try XCTUnwrap(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        XCTAssertEqual((result["errors"] as? [String]) ?? [], [])
+        let replies = try XCTUnwrap(result["replies"] as? [String])
+        XCTAssertEqual(replies.first, "A terminal shell for vision-language models.")
+        XCTAssertNotEqual(replies.last, replies.first, "after /adapter unload the base model answers")
+
+        let store = try Store(path: home + "/vlmsh.sqlite")
+        let exact = try store.evals().filter { $0.metric == "exact_match" }.map(\.value)
+        XCTAssertEqual(exact.count, 2)
+        XCTAssertLessThan(exact[0], 0.5, "before fine-tuning")
+        XCTAssertEqual(exact[1], 1, "after fine-tuning")
+        XCTAssertEqual(try store.runs().first?.status, .completed)
+        XCTAssertEqual(try store.checkpoints().count, 1)
+    }
+}

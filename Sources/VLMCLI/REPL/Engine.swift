@@ -4,6 +4,7 @@ import VLMImage
 import VLMModels
 import VLMStore
 import VLMTokenizers
+import VLMTraining
 
 /// The REPL's brain, shared by the interactive terminal, `vlmsh run` scripts and replays:
 /// holds the model, the chat, the parameters and the attached images, and records every turn.
@@ -33,6 +34,8 @@ public final class Engine {
     public private(set) var replies: [String] = []
     /// For a replay: the session this one re-runs.
     public var parentSession: Int64?
+    /// The adapter `/adapter load` applied, until `/adapter unload` or another model.
+    var activeAdapter: AppliedAdapter?
 
     public init(console: Console, store: Store) {
         self.console = console
@@ -122,8 +125,10 @@ public final class Engine {
             for c in all { console.line("run \(c.run)\tstep \(c.step)\t\(c.kind.rawValue)\t\(c.path)") }
         case "/finetune":
             try finetune(args)
-        case "/adapter", "/eval":
-            console.line("\(name) is not available yet")
+        case "/adapter":
+            try adapter(args)
+        case "/eval":
+            try evaluate(args)
         default:
             throw UsageError("unknown command \(name); /help lists them")
         }
@@ -146,7 +151,8 @@ public final class Engine {
         /checkpoints           fine-tune checkpoints in the store
         /finetune --data F --out DIR [--mode lora|projector|lora+projector] [--steps N] …
                                fine-tune the loaded model (vlmsh finetune --help lists the options)
-        /adapter, /eval
+        /adapter load|unload PATH  apply a LoRA / projector folder (PEFT or vlmsh), or remove it
+        /eval --data F [--limit N] [--blank-images] …  score the loaded model (vlmsh eval --help)
         /help, /quit           (Ctrl-D also quits; Ctrl-C stops a reply)
         \"\"\"                    starts and ends a multi-line message
         """
@@ -158,6 +164,7 @@ public final class Engine {
         let loaded = try ProgressBar.run("loading \((path as NSString).lastPathComponent)") { _ in
             try loadChatModel(path: path, template: templateOverride)
         }
+        activeAdapter = nil   // it belonged to the previous model
         model = loaded
         modelPath = path
         modelRecord = try store.upsertModel(path: path, fingerprint: try ModelFingerprint.compute(path),

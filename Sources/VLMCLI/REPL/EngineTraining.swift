@@ -8,6 +8,46 @@ import VLMTraining
 // active for the following chat), with the same options and store records as `vlmsh finetune`.
 
 extension Engine {
+    /// `/adapter load PATH` applies an adapter folder to the loaded model (one at a time);
+    /// `/adapter unload` restores the model. The chat restarts on the changed weights.
+    func adapter(_ args: [String]) throws {
+        let usage = UsageError("/adapter load PATH | /adapter unload")
+        guard let verb = args.first else { throw usage }
+        switch verb {
+        case "load":
+            guard args.count == 2 else { throw usage }
+            try requireLoadedModel()
+            guard let model else { return }
+            activeAdapter?.unload()
+            activeAdapter = nil
+            activeAdapter = try AppliedAdapter.apply(directory: args[1], to: model)
+            restartChat()
+            console.line("applied \(activeAdapter!.summary); new chat")
+        case "unload":
+            guard args.count <= 2 else { throw usage }
+            guard let applied = activeAdapter else { console.line("no adapter loaded"); return }
+            applied.unload()
+            activeAdapter = nil
+            restartChat()
+            console.line("adapter removed; new chat")
+        default:
+            throw usage
+        }
+    }
+
+    /// `/eval --data F …`: `vlmsh eval` on the loaded model as it is (with its adapter).
+    func evaluate(_ args: [String]) throws {
+        let command: EvalCommand
+        do { command = try EvalCommand.parse(args) } catch {
+            throw UsageError("/eval: \(EvalCommand.message(for: error)) (usage: /eval --data F [--limit N] [--max-new-tokens N] [--blank-images])")
+        }
+        guard command.adapter == nil else { throw UsageError("/eval evaluates the loaded model; apply an adapter with /adapter load PATH first") }
+        try requireLoadedModel()
+        guard let model, let path = modelPath else { return }
+        try command.evaluate(model, modelPath: path, applied: activeAdapter, store: command.noStore ? nil : store,
+                             print: { [console] in console.line($0) })
+    }
+
     func finetune(_ args: [String]) throws {
         let options: FineTuneOptions
         do { options = try FineTuneOptions.parse(args) } catch {
@@ -20,10 +60,28 @@ extension Engine {
                                     store: store, output: interactive ? .interactive : .lines)
         runner.session = currentSession
         runner.printLine = { [console] in console.line($0) }
-        let summary = try runner.run(shouldStop: shouldStop)
-        // The weights changed under the chat: cached features and KV prefixes are stale.
+        // Training starts from the model as loaded: an applied adapter is taken off first.
+        activeAdapter?.unload()
+        activeAdapter = nil
+        // Training changes the loaded weights in place; afterwards they are put back and the
+        // result applied as an adapter, so /adapter unload returns to the base model.
+        let projector = (model as? VisionLanguageModel)?.llava.projector
+        let original = projector.map(ProjectorFiles.snapshot)
+        func restoreBase() throws {
+            try model.decoder.setAdapters([:])
+            if let projector, let original { ProjectorFiles.apply(original, to: projector) }
+        }
+        let summary: FineTuneRunner.Summary
+        do { summary = try runner.run(shouldStop: shouldStop) } catch {
+            try? restoreBase()
+            restartChat()
+            throw error
+        }
+        try restoreBase()
+        activeAdapter = try AppliedAdapter.apply(directory: options.out, to: model)
+        // Cached image features and KV prefixes belong to the old weights.
         restartChat()
         console.line(summary.text)
-        console.line("the fine-tuned weights are active in this chat")
+        console.line("applied \(activeAdapter!.summary); new chat (/adapter unload returns to the base model)")
     }
 }
