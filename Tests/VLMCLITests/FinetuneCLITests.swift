@@ -104,6 +104,31 @@ final class FinetuneCLITests: XCTestCase {
         XCTAssertEqual(try store.integrityCheck(), "ok")
     }
 
+    func testCtrlCStopsAtAStepBoundaryWithACheckpoint() throws {
+        let out = home + "/interrupted"
+        let (p, stdout, _) = process(["finetune", "--model", Self.fixtures + "/llava/clip-llama", "--data", Self.fixtures + "/train/examples.jsonl",
+                                      "--mode", "lora", "--steps", "100000", "--out", out, "--json"])
+        try p.run()
+        // Wait for the first step line, then interrupt as Ctrl-C would.
+        let reader = stdout.fileHandleForReading
+        var text = ""
+        let deadline = Date().addingTimeInterval(60)
+        while !text.contains("\"step\"") && Date() < deadline { text += String(decoding: reader.availableData, as: UTF8.self) }
+        kill(p.processIdentifier, SIGINT)
+        text += String(decoding: reader.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        let summary = try XCTUnwrap(text.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .last?["summary"] as? [String: Any])
+        XCTAssertEqual(summary["status"] as? String, "stopped")
+        let steps = try XCTUnwrap(summary["steps"] as? Int)
+        XCTAssertLessThan(steps, 100000)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/checkpoint-\(steps)/trainer_state.json"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/adapter_model.safetensors"))
+        let store = try Store(path: home + "/vlmsh.sqlite")
+        XCTAssertEqual(try store.runs().first?.status, .stopped)
+    }
+
     func testBadDataStopsBeforeTheFirstStep() throws {
         let data = home + "/bad.jsonl"
         try "{\"input_ids\": [1, 2, 3], \"labels\": [1, 2]}\n".write(toFile: data, atomically: true, encoding: .utf8)

@@ -186,6 +186,27 @@ final class TrainingParityTests: XCTestCase {
         assertLogits(try inferenceLogits(model), "vlmsh_adapter_logits")
     }
 
+    /// The transformers 4.x layout (`base_model.model.language_model.model.layers…`) loads to the
+    /// same adapter as the 5.x one.
+    func testTransformers4AdapterKeysLoad() throws {
+        let model = try loadModel()
+        let source = Self.fixtures + "/lora-init"
+        let dir = NSTemporaryDirectory() + "vlmsh-peft4-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.copyItem(atPath: source + "/adapter_config.json", toPath: dir + "/adapter_config.json")
+        let file = try SafetensorsFile(path: source + "/adapter_model.safetensors")
+        let renamed = try file.weightNames.map { name -> (name: String, tensor: Tensor, dtype: GGMLType) in
+            (name.replacingOccurrences(of: "base_model.model.model.language_model.layers", with: "base_model.model.language_model.model.layers"),
+             try file.floats(name), .f32)
+        }
+        XCTAssertTrue(renamed.allSatisfy { $0.name.contains("language_model.model.layers") })
+        try SafetensorsWriter.write(renamed, to: dir + "/adapter_model.safetensors")
+        try model.decoder.setAdapters(try LoRA.load(directory: dir, decoder: model.decoder).adapters)
+        assertLogits(try inferenceLogits(model), "lora_init_logits")
+    }
+
     func testSchedulesMatchTransformers() {
         let c = cases["schedules"]!
         let lrs = c["lrs"] as! [String: [Double]]
