@@ -67,7 +67,7 @@ extension Tape {
         let scale = 1 / Float(hd).squareRoot()
         let out = Variable(Tensor(shape: q.shape, zeroed: false),
                            requiresGrad: q.requiresGrad || k.requiresGrad || v.requiresGrad)
-        // Row blocks [start, end) and the keys they see, [0, visibleEnd).
+        // Row blocks [start, end); a block sees keys [0, keysEnd(end)).
         let blockSize = causal ? attentionBlock : max(t, 1)
         let blocks = stride(from: 0, to: t, by: blockSize).map { ($0, min($0 + blockSize, t)) }
         func keysEnd(_ blockEnd: Int) -> Int { causal ? blockEnd : t }
