@@ -19,6 +19,7 @@ test: deps model
 bench: deps model build reference-venv
 	$(VLMSH_VENV)/bin/python bench/bench.py --vlmsh $(BIN) --model $(VLMSH_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 	$(VLMSH_VENV)/bin/python bench/vision.py --vlmsh $(BIN)
+	$(VLMSH_VENV)/bin/python bench/train.py --vlmsh $(BIN) --model $(VLMSH_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 build:
 	swift build -c release --product vlmsh

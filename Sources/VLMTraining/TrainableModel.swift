@@ -80,8 +80,9 @@ public final class TrainableModel: @unchecked Sendable {
         // Logits only where a target is: the other rows cannot change the loss.
         let rows = batch.targets.indices.filter { batch.targets[$0] != ignoreIndex }
         let picked = tape.gather(hidden, indices: rows)
-        let logits = tape.linear(tape.rmsNorm(picked, weight: frozen.norm, eps: decoder.config.rmsNormEps), frozen.lmHead)
-        return tape.crossEntropy(logits, targets: rows.map { batch.targets[$0] }, normalizer: normalizer)
+        // The head and the loss together, in chunks of rows (the logits are never all in memory).
+        return tape.linearCrossEntropy(tape.rmsNorm(picked, weight: frozen.norm, eps: decoder.config.rmsNormEps), frozen.lmHead,
+                                       targets: rows.map { batch.targets[$0] }, normalizer: normalizer, gradientInForward: training)
     }
 
     /// Vision features `[images·featureCount, visionHidden]` stacked in order.

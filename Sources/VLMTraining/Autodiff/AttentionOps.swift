@@ -1,5 +1,20 @@
+import CBLAS
 import VLMModels
 import VLMTensor
+
+/// Query rows per block of causal attention.
+let attentionBlock = 64
+
+/// Runs `body` with OpenBLAS on one thread, for work that is already spread over the threads
+/// (several GEMMs at once); a plain call when vlmsh runs on one thread.
+func withSingleThreadedBLAS<T>(_ body: () -> T) -> T {
+    guard Parallel.threads > 1 else { return body() }
+    let previous = openblas_get_num_threads()
+    guard previous > 1 else { return body() }
+    openblas_set_num_threads(1)
+    defer { openblas_set_num_threads(previous) }
+    return body()
+}
 
 /// How rows of a `[batch·length, width]` activation are laid out: `batch` sequences of `length`
 /// positions each (right-padded; padding sits after every real token, so a causal mask keeps it
@@ -24,13 +39,15 @@ extension Tape {
             for r in range { rope.apply(py + r * width, heads: heads, position: r % layout.length) }
         }
         record(y) { dy in
-            let gx = x.gradBuffer()
-            let back = FloatStorage(count: x.count, zeroed: false)
-            back.pointer.update(from: dy, count: x.count)
+            // A first gradient is rotated in place in x's new buffer; a later one via a temporary.
+            let (gx, accumulate) = x.gradDestination()
+            let back = accumulate ? FloatStorage(count: x.count, zeroed: false) : nil
+            let target = back?.pointer ?? gx
             Parallel.forEach(layout.rows, minChunk: 32) { range in
-                for r in range { rope.apply(back.pointer + r * width, heads: heads, position: -(r % layout.length)) }
+                (target + range.lowerBound * width).update(from: dy + range.lowerBound * width, count: range.count * width)
+                for r in range { rope.apply(target + r * width, heads: heads, position: -(r % layout.length)) }
             }
-            Kernels.add(back.pointer, into: gx, x.count)
+            if let back { Kernels.add(back.pointer, into: gx, x.count) }
         }
         return y
     }
@@ -38,6 +55,10 @@ extension Tape {
     /// Scaled dot-product attention per sequence and head: softmax(Q·Kᵀ/√d [+ causal mask])·V.
     /// q `[rows, heads·headDim]`, k and v `[rows, kvHeads·headDim]` (grouped-query attention:
     /// each key/value head serves heads/kvHeads query heads).
+    ///
+    /// Sequences × heads are spread over the threads, each running single-threaded GEMMs. With the
+    /// causal mask, rows go in blocks of `attentionBlock`: a block's scores and products stop at
+    /// its last visible key, so the masked half of each product is mostly skipped.
     public func attention(q: Variable, k: Variable, v: Variable, heads: Int, kvHeads: Int, headDim hd: Int,
                           layout: SequenceLayout, causal: Bool) -> Variable {
         let t = layout.length, qw = heads * hd, kw = kvHeads * hd, group = heads / kvHeads
@@ -46,52 +67,94 @@ extension Tape {
         let scale = 1 / Float(hd).squareRoot()
         let out = Variable(Tensor(shape: q.shape, zeroed: false),
                            requiresGrad: q.requiresGrad || k.requiresGrad || v.requiresGrad)
-        // P[b, h] = softmax(S), kept for backward: [batch, heads, t, t].
+        // Row blocks [start, end); a block sees keys [0, keysEnd(end)).
+        let blockSize = causal ? attentionBlock : max(t, 1)
+        let blocks = stride(from: 0, to: t, by: blockSize).map { ($0, min($0 + blockSize, t)) }
+        func keysEnd(_ blockEnd: Int) -> Int { causal ? blockEnd : t }
+        // P[b, h] = softmax(S), kept for backward: [batch, heads, t, t]; within a row, entries
+        // past its block's last key are never written nor read.
         let probabilities = FloatStorage(count: layout.batch * heads * t * t, zeroed: false)
         let pq = q.data, pk = k.data, pv = v.data, po = out.data
-        for b in 0..<layout.batch {
-            for h in 0..<heads {
-                let p = probabilities.pointer + (b * heads + h) * t * t
-                let qh = pq + b * t * qw + h * hd, kh = pk + b * t * kw + (h / group) * hd, vh = pv + b * t * kw + (h / group) * hd
-                Kernels.gemm(m: t, n: t, k: hd, qh, lda: qw, kh, ldb: kw, transB: true, p, ldc: t)
-                Parallel.forEach(t, minChunk: 16) { range in
-                    for i in range {
-                        let row = p + i * t, visible = causal ? i + 1 : t
-                        for j in 0..<visible { row[j] *= scale }
-                        Kernels.softmax(row, visible)
-                        for j in visible..<t { row[j] = 0 }
+        withSingleThreadedBLAS {
+            Parallel.forEach(layout.batch * heads) { tasks in
+                for task in tasks {
+                    let b = task / heads, h = task % heads
+                    let p = probabilities.pointer + task * t * t
+                    let qh = pq + b * t * qw + h * hd, kh = pk + b * t * kw + (h / group) * hd, vh = pv + b * t * kw + (h / group) * hd
+                    let oh = po + b * t * qw + h * hd
+                    for (start, end) in blocks {
+                        let keys = keysEnd(end)
+                        Kernels.gemm(m: end - start, n: keys, k: hd, qh + start * qw, lda: qw, kh, ldb: kw, transB: true, p + start * t, ldc: t)
+                        for i in start..<end {
+                            let row = p + i * t, visible = causal ? i + 1 : t
+                            for j in 0..<visible { row[j] *= scale }
+                            Kernels.softmax(row, visible)
+                            for j in visible..<keys { row[j] = 0 }
+                        }
+                        Kernels.gemm(m: end - start, n: hd, k: keys, p + start * t, lda: t, vh, ldb: kw, transB: false, oh + start * qw, ldc: qw)
                     }
                 }
-                Kernels.gemm(m: t, n: hd, k: t, p, lda: t, vh, ldb: kw, transB: false, po + b * t * qw + h * hd, ldc: qw)
             }
         }
 
         record(out) { dOut in
-            let dP = FloatStorage(count: t * t, zeroed: false)
-            let gq = q.requiresGrad ? q.gradBuffer() : nil
-            let gk = k.requiresGrad ? k.gradBuffer() : nil
-            let gv = v.requiresGrad ? v.gradBuffer() : nil
-            for b in 0..<layout.batch {
-                for h in 0..<heads {
-                    let p = probabilities.pointer + (b * heads + h) * t * t
-                    let qOff = b * t * qw + h * hd, kvOff = b * t * kw + (h / group) * hd
-                    let dO = dOut + qOff
-                    // dV += Pᵀ·dO
-                    if let gv { Kernels.gemm(m: t, n: hd, k: t, p, lda: t, transA: true, dO, ldb: qw, transB: false, gv + kvOff, ldc: kw, accumulate: true) }
-                    // dP = dO·Vᵀ; dS = P ⊙ (dP − Σ_j dP⊙P) · scale
-                    Kernels.gemm(m: t, n: t, k: hd, dO, lda: qw, pv + kvOff, ldb: kw, transB: true, dP.pointer, ldc: t)
-                    let ds = dP.pointer
-                    Parallel.forEach(t, minChunk: 16) { range in
-                        for i in range {
-                            let pr = p + i * t, dr = ds + i * t, visible = causal ? i + 1 : t
-                            let dotPD = Kernels.dot(pr, dr, visible)
-                            for j in 0..<visible { dr[j] = pr[j] * (dr[j] - dotPD) * scale }
-                            for j in visible..<t { dr[j] = 0 }
+            let gq = q.requiresGrad ? q.gradDestination() : nil
+            let gk = k.requiresGrad ? k.gradDestination() : nil
+            let gv = v.requiresGrad ? v.gradDestination() : nil
+            withSingleThreadedBLAS {
+                // One task per sequence and key/value head: its query heads add into the same
+                // dK and dV slices, so they run one after another in the task.
+                Parallel.forEach(layout.batch * kvHeads) { tasks in
+                    let dS = FloatStorage(count: t * t, zeroed: false)
+                    let ds = dS.pointer
+                    for task in tasks {
+                        let b = task / kvHeads, kvh = task % kvHeads
+                        let kvOff = b * t * kw + kvh * hd
+                        for h in kvh * group..<(kvh + 1) * group {
+                            let p = probabilities.pointer + (b * heads + h) * t * t
+                            let qOff = b * t * qw + h * hd
+                            let dO = dOut + qOff
+                            // The first head of a group writes fresh dK/dV buffers, the rest add.
+                            let firstOfGroup = h == kvh * group
+                            // dV += Pᵀ·dO, by key blocks: keys [start, end) are seen by rows ≥ start.
+                            if let (gv, accumulate) = gv {
+                                for (start, end) in blocks {
+                                    let rows = causal ? start : 0
+                                    Kernels.gemm(m: end - start, n: hd, k: t - rows, p + rows * t + start, lda: t, transA: true,
+                                                 dO + rows * qw, ldb: qw, transB: false, gv + kvOff + start * kw, ldc: kw,
+                                                 accumulate: accumulate || !firstOfGroup)
+                                }
+                            }
+                            // dP = dO·Vᵀ; dS = P ⊙ (dP − Σ_j dP⊙P) · scale
+                            for (start, end) in blocks {
+                                let keys = keysEnd(end)
+                                Kernels.gemm(m: end - start, n: keys, k: hd, dO + start * qw, lda: qw, pv + kvOff, ldb: kw, transB: true,
+                                             ds + start * t, ldc: t)
+                                for i in start..<end {
+                                    let pr = p + i * t, dr = ds + i * t, visible = causal ? i + 1 : t
+                                    let dotPD = Kernels.dot(pr, dr, visible)
+                                    for j in 0..<visible { dr[j] = pr[j] * (dr[j] - dotPD) * scale }
+                                    for j in visible..<keys { dr[j] = 0 }
+                                }
+                            }
+                            // dQ += dS·K (each head its own columns: written once)
+                            if let (gq, accumulate) = gq {
+                                for (start, end) in blocks {
+                                    Kernels.gemm(m: end - start, n: hd, k: keysEnd(end), ds + start * t, lda: t, pk + kvOff, ldb: kw,
+                                                 transB: false, gq + qOff + start * qw, ldc: qw, accumulate: accumulate)
+                                }
+                            }
+                            // dK += dSᵀ·Q, by key blocks as dV
+                            if let (gk, accumulate) = gk {
+                                for (start, end) in blocks {
+                                    let rows = causal ? start : 0
+                                    Kernels.gemm(m: end - start, n: hd, k: t - rows, ds + rows * t + start, lda: t, transA: true,
+                                                 pq + qOff + rows * qw, ldb: qw, transB: false, gk + kvOff + start * kw, ldc: kw,
+                                                 accumulate: accumulate || !firstOfGroup)
+                                }
+                            }
                         }
                     }
-                    // dQ += dS·K;  dK += dSᵀ·Q
-                    if let gq { Kernels.gemm(m: t, n: hd, k: t, ds, lda: t, pk + kvOff, ldb: kw, transB: false, gq + qOff, ldc: qw, accumulate: true) }
-                    if let gk { Kernels.gemm(m: t, n: hd, k: t, ds, lda: t, transA: true, pq + qOff, ldb: qw, transB: false, gk + kvOff, ldc: kw, accumulate: true) }
                 }
             }
         }

@@ -15,8 +15,14 @@ extension Tape {
             for i in r { py[i] = pa[i] + pb[i] }
         }
         record(y) { dy in
-            if a.requiresGrad { Kernels.add(dy, into: a.gradBuffer(), n) }
-            if b.requiresGrad { Kernels.add(dy, into: b.gradBuffer(), n) }
+            // The first input with no gradient yet takes dy's buffer itself (y's gradient is
+            // released after this step), the other gets a copy or adds it.
+            var adopted = false
+            for v in [a, b] where v.requiresGrad {
+                if !adopted, let g = y.grad, v.adoptGrad(g) { adopted = true; continue }
+                let (gv, accumulate) = v.gradDestination()
+                if accumulate { Kernels.add(dy, into: gv, n) } else { copyThreaded(dy, gv, n) }
+            }
         }
         return y
     }
@@ -67,20 +73,50 @@ extension Tape {
         return y
     }
 
-    /// silu(gate) ⊙ up: the Llama MLP's SwiGLU, fused.
+    /// silu(gate) ⊙ up: the Llama MLP's SwiGLU, fused. σ(gate) is kept for the backward pass
+    /// (which then has no exponentials to compute and vectorizes).
     public func swiglu(_ gate: Variable, _ up: Variable) -> Variable {
         checkShape(gate.count == up.count, "swiglu: \(gate.shape) and \(up.shape)")
         let y = Variable(Tensor(shape: gate.shape, zeroed: false), requiresGrad: gate.requiresGrad || up.requiresGrad)
-        let n = gate.count, pg = gate.data, pu = up.data
-        y.data.update(from: pg, count: n)
-        Kernels.swiglu(y.data, pu, n)
+        let n = gate.count, pg = gate.data, pu = up.data, py = y.data
+        guard y.requiresGrad else {
+            y.data.update(from: pg, count: n)
+            Kernels.swiglu(y.data, pu, n)
+            return y
+        }
+        let sigmoid = FloatStorage(count: n, zeroed: false)
+        let ps = sigmoid.pointer
+        Parallel.forEach(n, minChunk: 1 << 14) { r in
+            // y as Kernels.swiglu computes it: g / (1 + e^-g) · up.
+            for i in r {
+                let g = pg[i], e = 1 + expf(-g)
+                py[i] = g / e * pu[i]
+                ps[i] = 1 / e
+            }
+        }
         record(y) { dy in
-            let gg = gate.requiresGrad ? gate.gradBuffer() : nil, gu = up.requiresGrad ? up.gradBuffer() : nil
+            // d up = dy·g·σ;  d gate = dy·up·σ·(1 + g·(1 − σ)). Fresh buffers are written, not added
+            // to (unless gate and up are one value).
+            let ps = sigmoid.pointer
+            func destination(_ v: Variable) -> (UnsafeMutablePointer<Float>?, Bool) {
+                guard v.requiresGrad else { return (nil, false) }
+                return gate === up ? (v.gradBuffer(), true) : v.gradDestination()
+            }
+            let (gg, accumulateGate) = destination(gate), (gu, accumulateUp) = destination(up)
             Parallel.forEach(n, minChunk: elementwiseChunk) { r in
-                for i in r {
-                    let g = pg[i], sig = 1 / (1 + expf(-g))
-                    gu?[i] += dy[i] * g * sig
-                    gg?[i] += dy[i] * pu[i] * sig * (1 + g * (1 - sig))
+                if let gu {
+                    if accumulateUp {
+                        for i in r { gu[i] += dy[i] * pg[i] * ps[i] }
+                    } else {
+                        for i in r { gu[i] = dy[i] * pg[i] * ps[i] }
+                    }
+                }
+                if let gg {
+                    if accumulateGate {
+                        for i in r { let g = pg[i], s = ps[i]; gg[i] += dy[i] * pu[i] * s * (1 + g * (1 - s)) }
+                    } else {
+                        for i in r { let g = pg[i], s = ps[i]; gg[i] = dy[i] * pu[i] * s * (1 + g * (1 - s)) }
+                    }
                 }
             }
         }
@@ -103,6 +139,13 @@ extension Tape {
             for i in 0..<n { gx[i] += dy[i] * pm[i] }
         }
         return y
+    }
+}
+
+/// y = x, threaded.
+func copyThreaded(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    Parallel.forEach(n, minChunk: elementwiseChunk) { r in
+        (y + r.lowerBound).update(from: x + r.lowerBound, count: r.count)
     }
 }
 

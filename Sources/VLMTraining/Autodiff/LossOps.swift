@@ -65,4 +65,110 @@ extension Tape {
         }
         return (loss, stats)
     }
+
+    /// `crossEntropy(linear(x, weight), …)` (a language-model head and its loss) without holding
+    /// the `[rows, vocab]` logits: rows go through in chunks of `lossChunkRows`, and each chunk's
+    /// logits become its softmax, then its gradient, in place. With `gradientInForward` (training:
+    /// a backward pass follows) dL/dx (and dL/dW for a trainable weight) are computed chunk by chunk
+    /// in the forward pass while the logits are at hand, and the backward pass only scales them by
+    /// the incoming gradient; without it (evaluation) a backward pass recomputes the logits.
+    public func linearCrossEntropy(_ x: Variable, _ weight: Variable, targets: [Int], normalizer: Float,
+                                   gradientInForward: Bool = true) -> (loss: Variable, stats: TokenStatistics) {
+        let n = x.rows, d = x.columns, v = weight.shape[0]
+        checkShape(weight.shape.count == 2 && weight.shape[1] == d, "linearCrossEntropy: x \(x.shape), weight \(weight.shape)")
+        checkShape(targets.count == n, "linearCrossEntropy: \(n) rows, \(targets.count) targets")
+        for t in targets where t != ignoreIndex {
+            precondition(t >= 0 && t < v, "crossEntropy: target \(t) outside the vocabulary of \(v)")
+        }
+        let requiresGrad = x.requiresGrad || weight.requiresGrad
+        let chunk = max(1, min(n, lossChunkRows))
+        let logits = FloatStorage(count: chunk * v, zeroed: false)
+        let k = 1 / normalizer
+
+        /// Logits of rows [r0, r1) → loss per row (and whether the argmax hits); with `gradient`,
+        /// dL/dlogits / dL (= (softmax − onehot) / normalizer) and from it dx rows / dW.
+        func pass(_ r0: Int, _ r1: Int, losses: UnsafeMutablePointer<Double>, hits: UnsafeMutablePointer<Bool>,
+                  gradient: Bool, dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?) {
+            let m = r1 - r0, pl = logits.pointer
+            matmulTransposed(x.data + r0 * d, weight.data, pl, m: m, n: v, k: d)
+            Parallel.forEach(m) { range in
+                for i in range {
+                    let r = r0 + i, row = pl + i * v, target = targets[r]
+                    guard target != ignoreIndex else {
+                        if gradient { row.update(repeating: 0, count: v) }
+                        continue
+                    }
+                    var mx = -Float.infinity, arg = 0
+                    for j in 0..<v where row[j] > mx { mx = row[j]; arg = j }
+                    let targetLogit = row[target]
+                    var sum: Float = 0
+                    if gradient {
+                        for j in 0..<v { let e = expf(row[j] - mx); row[j] = e; sum += e }
+                    } else {
+                        for j in 0..<v { sum += expf(row[j] - mx) }
+                    }
+                    losses[r] = Double(mx + logf(sum) - targetLogit)
+                    hits[r] = arg == target
+                    if gradient {
+                        let scale = k / sum
+                        for j in 0..<v { row[j] *= scale }
+                        row[target] -= k
+                    }
+                }
+            }
+            guard gradient else { return }
+            // dx[r0..<r1] = dlogits · W;  dW += dlogitsᵀ · x[r0..<r1]
+            if let dx { matmul(pl, weight.data, dx + r0 * d, m: m, n: d, k: v) }
+            if let dw {
+                sgemm(m: v, n: d, k: m, alpha: 1, pl, lda: v, transA: true, x.data + r0 * d, ldb: d, transB: false, beta: 1, dw, ldc: d)
+            }
+        }
+
+        let eager = requiresGrad && gradientInForward
+        let dX = eager && x.requiresGrad ? FloatStorage(count: n * d, zeroed: false) : nil
+        let dW = eager && weight.requiresGrad ? FloatStorage(count: v * d, zeroed: true) : nil
+        var losses = [Double](repeating: 0, count: n), hits = [Bool](repeating: false, count: n)
+        losses.withUnsafeMutableBufferPointer { l in
+            hits.withUnsafeMutableBufferPointer { h in
+                for r0 in stride(from: 0, to: n, by: chunk) {
+                    pass(r0, min(r0 + chunk, n), losses: l.baseAddress!, hits: h.baseAddress!, gradient: eager, dx: dX?.pointer, dw: dW?.pointer)
+                }
+            }
+        }
+        var stats = TokenStatistics()
+        for r in 0..<n where targets[r] != ignoreIndex {
+            stats.lossSum += losses[r]; stats.tokens += 1; stats.correct += hits[r] ? 1 : 0
+        }
+        let loss = Variable(Tensor(shape: [1], values: [Float(stats.lossSum / Double(normalizer))]), requiresGrad: requiresGrad)
+        record(loss) { dy in
+            var dX = dX, dW = dW
+            if !eager {
+                // Evaluation graph asked for gradients after all: recompute the logits.
+                dX = x.requiresGrad ? FloatStorage(count: n * d, zeroed: false) : nil
+                dW = weight.requiresGrad ? FloatStorage(count: v * d, zeroed: true) : nil
+                let scratch = UnsafeMutablePointer<Double>.allocate(capacity: n), hit = UnsafeMutablePointer<Bool>.allocate(capacity: n)
+                defer { scratch.deallocate(); hit.deallocate() }
+                for r0 in stride(from: 0, to: n, by: chunk) {
+                    pass(r0, min(r0 + chunk, n), losses: scratch, hits: hit, gradient: true, dx: dX?.pointer, dw: dW?.pointer)
+                }
+            }
+            let g = dy[0]
+            if let dX {
+                let (gx, accumulate) = x.gradDestination()
+                let px = dX.pointer
+                Parallel.forEach(n * d, minChunk: elementwiseChunk) { range in
+                    if accumulate {
+                        Kernels.axpy(g, px + range.lowerBound, gx + range.lowerBound, range.count)
+                    } else {
+                        for i in range { gx[i] = g * px[i] }
+                    }
+                }
+            }
+            if let dW { Kernels.axpyThreaded(g, dW.pointer, weight.gradBuffer(), v * d) }
+        }
+        return (loss, stats)
+    }
 }
+
+/// Rows of logits per chunk in `linearCrossEntropy` (256 × a 49152-token vocabulary is 48 MiB).
+let lossChunkRows = 256

@@ -20,22 +20,29 @@ extension Tape {
             // dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x);  dw = Σ_rows dy⊙x·r
             let pr = inverse.pointer   // captures the storage, keeping it alive until backward
             if x.requiresGrad {
-                let gx = x.gradBuffer()
+                let (gx, accumulate) = x.gradDestination()
                 Parallel.forEach(n, minChunk: 16) { range in
                     for row in range {
                         let xr = px + row * d, dyr = dy + row * d, gr = gx + row * d, r = pr[row]
                         var s: Float = 0
                         for i in 0..<d { s += pw[i] * dyr[i] * xr[i] }
                         let c = r * r * r * s / Float(d)
-                        for i in 0..<d { gr[i] += r * pw[i] * dyr[i] - c * xr[i] }
+                        if accumulate {
+                            for i in 0..<d { gr[i] += r * pw[i] * dyr[i] - c * xr[i] }
+                        } else {
+                            for i in 0..<d { gr[i] = r * pw[i] * dyr[i] - c * xr[i] }
+                        }
                     }
                 }
             }
             if weight.requiresGrad {
+                // Σ over rows, each thread over a slice of the columns (same order of rows).
                 let gw = weight.gradBuffer()
-                for row in 0..<n {
-                    let xr = px + row * d, dyr = dy + row * d, r = pr[row]
-                    for i in 0..<d { gw[i] += dyr[i] * xr[i] * r }
+                Parallel.forEach(d, minChunk: 64) { columns in
+                    for row in 0..<n {
+                        let xr = px + row * d, dyr = dy + row * d, r = pr[row]
+                        for i in columns { gw[i] += dyr[i] * xr[i] * r }
+                    }
                 }
             }
         }

@@ -1,3 +1,4 @@
+import Foundation
 import VLMTensor
 
 // Reverse-mode automatic differentiation. A forward pass records one closure per op on a `Tape`;
@@ -38,6 +39,24 @@ public final class Variable: @unchecked Sendable {
         return g.data
     }
 
+    /// Where an op puts its share of the gradient: the existing buffer (`accumulate` true: add
+    /// into it) or, for the first share, a new uninitialized buffer the op must overwrite entirely
+    /// (`accumulate` false), which spares zero-filling it and adding to zeros.
+    func gradDestination() -> (pointer: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        if let grad { return (grad.data, true) }
+        let g = Tensor(shape: value.shape, zeroed: false)
+        grad = g
+        return (g.data, false)
+    }
+
+    /// Takes `gradient` (same shape) as this value's gradient when none has arrived yet, without
+    /// copying; returns false when there is one already (the caller then adds into it).
+    func adoptGrad(_ gradient: Tensor) -> Bool {
+        guard grad == nil, gradient.shape == value.shape else { return false }
+        grad = gradient
+        return true
+    }
+
     /// Clears the accumulated gradient (after an optimizer step), keeping the buffer.
     public func zeroGrad() {
         if let grad { grad.data.update(repeating: 0, count: grad.count) }
@@ -49,7 +68,9 @@ public final class Variable: @unchecked Sendable {
 
 /// Records the backward closures of one forward pass.
 public final class Tape {
-    private var entries: [(output: Variable, backward: (UnsafeMutablePointer<Float>) -> Void)] = []
+    private var entries: [(output: Variable, op: String, backward: (UnsafeMutablePointer<Float>) -> Void)] = []
+    /// When profiling: the end of the previous op's forward pass.
+    private var mark = TrainingProfile.enabled ? DispatchTime.now().uptimeNanoseconds : 0
 
     public init() {}
 
@@ -58,9 +79,18 @@ public final class Tape {
 
     /// Registers `backward(dOutput)` for an op whose output is `output`. Nothing is recorded when
     /// no gradient can reach a trainable value through it.
-    func record(_ output: Variable, _ backward: @escaping (UnsafeMutablePointer<Float>) -> Void) {
+    /// When `VLMSH_PROFILE_TRAINING` is set, the time since the previous op recorded is counted
+    /// as this op's forward time (every op records, frozen ones too, just before returning).
+    func record(_ output: Variable, op: String = #function, _ backward: @escaping (UnsafeMutablePointer<Float>) -> Void) {
+        var key = ""
+        if TrainingProfile.enabled {
+            key = TrainingProfile.key(op, output)
+            let now = DispatchTime.now().uptimeNanoseconds
+            TrainingProfile.add("forward  " + key, seconds: Double(now - mark) / 1e9)
+            mark = now
+        }
         guard output.requiresGrad else { return }
-        entries.append((output, backward))
+        entries.append((output, key, backward))
     }
 
     /// Back-propagates from the scalar `loss` (dLoss = `seed`), then forgets the graph.
@@ -77,10 +107,13 @@ public final class Tape {
             let g = output.gradBuffer()
             for i in outputGradient.indices { g[i] += outputGradient[i] }
         }
-        for (output, step) in entries.reversed() {
+        let profiling = TrainingProfile.enabled
+        for (output, op, step) in entries.reversed() {
             guard let g = output.grad else { continue }   // nothing flowed back into this op
+            let t0 = profiling ? DispatchTime.now().uptimeNanoseconds : 0
             step(g.data)
             output.releaseGrad()
+            if profiling { TrainingProfile.add("backward " + op, seconds: Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9) }
         }
         entries.removeAll()
     }
@@ -92,4 +125,40 @@ public final class Tape {
 /// Shapes an op was given that it cannot combine: a programming error in a model graph.
 func checkShape(_ condition: Bool, _ message: @autoclosure () -> String) {
     precondition(condition, message())
+}
+
+/// Time per op kind across a training run, for finding hot paths: on when the environment variable
+/// `VLMSH_PROFILE_TRAINING` is set (to anything but 0). Ops are keyed by name and output shape.
+public enum TrainingProfile {
+    public static let enabled: Bool = {
+        guard let v = ProcessInfo.processInfo.environment["VLMSH_PROFILE_TRAINING"] else { return false }
+        return !v.isEmpty && v != "0"
+    }()
+    nonisolated(unsafe) private static var totals: [String: (seconds: Double, calls: Int)] = [:]
+    private static let lock = NSLock()
+
+    static func key(_ function: String, _ output: Variable) -> String {
+        let name = function.prefix { $0 != "(" }
+        return "\(name) \(output.shape)"
+    }
+
+    /// Adds `seconds` to `name` (when profiling).
+    public static func add(_ name: String, seconds: Double) {
+        guard enabled else { return }
+        lock.lock(); defer { lock.unlock() }
+        let t = totals[name] ?? (0, 0)
+        totals[name] = (t.seconds + seconds, t.calls + 1)
+    }
+
+    /// The totals as a table, slowest first; nil when not profiling.
+    public static func report() -> String? {
+        guard enabled else { return nil }
+        lock.lock(); defer { lock.unlock() }
+        let sum = totals.values.reduce(0) { $0 + $1.seconds }
+        var out = String(format: "training profile: %.3f s in all\n", sum)
+        for (name, t) in totals.sorted(by: { $0.value.seconds > $1.value.seconds }) {
+            out += String(format: "%9.3f s %5.1f%% %7d  ", t.seconds, 100 * t.seconds / max(sum, 1e-12), t.calls) + name + "\n"
+        }
+        return out
+    }
 }
