@@ -19,16 +19,7 @@ extension Tape {
                 let (gx, accumulate) = x.gradDestination()
                 matmul(dy, weight.data, gx, m: n, n: inp, k: out, accumulate: accumulate)
             }
-            // dW[out, in] += dyᵀ · x
-            if weight.requiresGrad {
-                sgemm(m: out, n: inp, k: n, alpha: 1, dy, lda: out, transA: true, x.data, ldb: inp, transB: false,
-                             beta: 1, weight.gradBuffer(), ldc: inp)
-            }
-            // db[out] += Σ_rows dy
-            if let bias, bias.requiresGrad {
-                let db = bias.gradBuffer()
-                for r in 0..<n { Kernels.axpy(1, dy + r * out, db, out) }
-            }
+            accumulateWeightGradients(dy, x, weight, bias)
         }
         return y
     }
@@ -87,14 +78,7 @@ extension Tape {
                 let (gx, accumulate) = x.gradDestination()
                 matmul(dy, weight.data, gx, m: n, n: inp, k: out, accumulate: accumulate)
             }
-            if weight.requiresGrad {
-                sgemm(m: out, n: inp, k: n, alpha: 1, dy, lda: out, transA: true, x.data, ldb: inp, transB: false,
-                             beta: 1, weight.gradBuffer(), ldc: inp)
-            }
-            if let bias, bias.requiresGrad {
-                let db = bias.gradBuffer()
-                for row in 0..<n { Kernels.axpy(1, dy + row * out, db, out) }
-            }
+            accumulateWeightGradients(dy, x, weight, bias)
         }
         return y
     }
@@ -154,5 +138,19 @@ func matmul(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMut
 func addRowVector(_ v: UnsafePointer<Float>, to y: UnsafeMutablePointer<Float>, rows: Int, width: Int) {
     Parallel.forEach(rows, minChunk: max(1, 32768 / max(width, 1))) { range in
         for r in range { Kernels.axpy(1, v, y + r * width, width) }
+    }
+}
+
+/// The frozen-or-trainable linear's own gradients, shared by `linear` and `lowRankLinear`:
+/// dW[out, in] += dyᵀ·x and db[out] += Σ_rows dy.
+private func accumulateWeightGradients(_ dy: UnsafeMutablePointer<Float>, _ x: Variable, _ weight: Variable, _ bias: Variable?) {
+    let n = x.rows, inp = weight.shape[1], out = weight.shape[0]
+    if weight.requiresGrad {
+        sgemm(m: out, n: inp, k: n, alpha: 1, dy, lda: out, transA: true, x.data, ldb: inp, transB: false,
+              beta: 1, weight.gradBuffer(), ldc: inp)
+    }
+    if let bias, bias.requiresGrad {
+        let db = bias.gradBuffer()
+        for row in 0..<n { Kernels.axpy(1, dy + row * out, db, out) }
     }
 }
