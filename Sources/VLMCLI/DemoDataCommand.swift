@@ -22,9 +22,21 @@ struct DemoDataCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Test images.") var test = 500
     @Option(name: .long, help: "Dataset seed; each split derives its own.") var seed: UInt64 = 0
     @Option(name: .long, help: "Image side in pixels.") var imageSize = 64
+    @Option(name: .long, help: "Only questions of these kinds (a comma list; caption alone is pretraining data).") var kinds: String?
+    @Flag(name: .long, help: "train.json: one multi-turn conversation per image (every question, caption last) instead of one record per question.") var multiTurn = false
     @Flag(name: .long, help: "Print one JSON object instead of the summary line.") var json = false
 
+    static func parseKinds(_ text: String) throws -> Set<DemoQuestionKind> {
+        Set(try text.split(separator: ",").map { name in
+            guard let kind = DemoQuestionKind(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
+                throw ValidationError("--kinds: unknown kind '\(name)' (kinds: \(DemoQuestionKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            return kind
+        })
+    }
+
     func validate() throws {
+        if let kinds { _ = try Self.parseKinds(kinds) }
         if train < 0 || validation < 0 || test < 0 { throw ValidationError("--train, --validation and --test must be ≥ 0") }
         let sizes = ShapeScene.imageSizes
         if !sizes.contains(imageSize) {
@@ -32,9 +44,19 @@ struct DemoDataCommand: AsyncParsableCommand {
         }
     }
 
-    func run() async throws {
+    /// Writes the dataset; returns it with the summary line.
+    func execute() throws -> (summary: DemoDataset.Summary, line: String) {
         let summary = try DemoDataset.write(
-            to: out, counts: [.train: train, .validation: validation, .test: test], seed: seed, imageSize: imageSize)
+            to: out, counts: [.train: train, .validation: validation, .test: test], seed: seed, imageSize: imageSize,
+            multiTurnTrain: multiTurn, kinds: try kinds.map(Self.parseKinds))
+        let rate = Double(summary.images) / max(summary.seconds, 1e-9)
+        let parts = summary.splits.map { "\($0.split.rawValue) \($0.images)/\($0.records)" }.joined(separator: ", ")
+        return (summary, "\(summary.images) images, \(summary.records) records (\(parts) images/records), "
+            + "\(imageSize)x\(imageSize), seed \(seed), in \(out): " + String(format: "%.2f s, %.0f images/s", summary.seconds, rate))
+    }
+
+    func run() async throws {
+        let (summary, line) = try execute()
         let rate = Double(summary.images) / max(summary.seconds, 1e-9)
         if json {
             var splits: [String: Any] = [:]
@@ -50,10 +72,7 @@ struct DemoDataCommand: AsyncParsableCommand {
                 "seconds": summary.seconds, "images_per_second": rate, "threads": Parallel.threads,
             ])
         } else {
-            let parts = summary.splits.map { "\($0.split.rawValue) \($0.images)/\($0.records)" }.joined(separator: ", ")
-            print("\(summary.images) images, \(summary.records) records (\(parts) images/records), "
-                + "\(imageSize)x\(imageSize), seed \(seed), in \(out): "
-                + String(format: "%.2f s, %.0f images/s", summary.seconds, rate))
+            print(line)
         }
     }
 }

@@ -27,6 +27,7 @@ struct EvalCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Evaluation data: LLaVA JSON or JSON Lines (conversation or pre-tokenized rows).") var data: String
     @Option(name: .long, help: "Folder image paths are relative to (default: the data file's folder).") var imageFolder: String?
     @Option(name: .long, help: "Evaluate only the first N rows.") var limit: Int?
+    @Option(name: .long, help: "Evaluate only rows of these kinds (a comma list of \"kind\" tags).") var kinds: String?
     @Option(name: .long, help: "Most tokens of each greedy answer (0: loss only, no answers).") var maxNewTokens = 32
     @Flag(name: .long, help: "Replace every image with a mid-grey image of the same size (image ablation).") var blankImages = false
     @Flag(name: .long, help: "Skip rows that cannot be used instead of stopping at the first.") var skipBadRows = false
@@ -53,6 +54,7 @@ struct EvalCommand: AsyncParsableCommand {
     func evaluate(_ chat: ChatModel, modelPath: String, applied: AppliedAdapter?, store: Store?, print: (String) -> Void) throws {
         let result = try ProgressBar.steps({ "evaluating \($0) rows" }) { report in
             try Evaluator.run(chat: chat, dataset: data, imageFolder: imageFolder, maxNewTokens: maxNewTokens, limit: limit,
+                              kinds: kinds.map { Set($0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) },
                               blankImages: blankImages, skipBadRows: skipBadRows, progress: report)
         }
 
@@ -103,7 +105,8 @@ struct EvalCommand: AsyncParsableCommand {
 
     /// The fields stored as each eval row's details (and the start of --json).
     func detailsObject(_ result: EvalResult, applied: AppliedAdapter?) -> [String: Any] {
-        ["adapter": adapter.map(Self.absolute) ?? NSNull(), "adapter_kind": applied?.kind.rawValue ?? NSNull(),
+        ["adapter": (adapter ?? applied?.directory).map(Self.absolute) ?? NSNull(), "adapter_kind": applied?.kind.rawValue ?? NSNull(),
+         "kinds": kinds ?? NSNull(),
          "rows": result.rows.count, "tokens": result.tokens, "generated_rows": result.generatedRows,
          "max_new_tokens": maxNewTokens, "limit": limit ?? NSNull(), "blank_images": blankImages,
          "skipped": result.skippedRows.count, "image_folder": imageFolder ?? NSNull()]

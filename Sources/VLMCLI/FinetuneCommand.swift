@@ -8,19 +8,20 @@ import VLMTraining
 /// The fine-tune arguments, shared by `vlmsh finetune` and the REPL's `/finetune`.
 struct FineTuneOptions: ParsableArguments {
     @Option(name: .long, help: "Training data: LLaVA JSON/JSONL conversations or pre-tokenized JSONL rows.") var data: String
-    @Option(name: .long, help: "lora, projector or lora+projector.") var mode: String = "lora"
+    @Option(name: .long, help: "What trains: \(FineTuneMode.allCases.map(\.rawValue).joined(separator: ", ")).") var mode: String = "lora"
     @Option(name: .long, help: "Output folder (checkpoints, final adapter, loss.svg).") var out: String
     @Option(name: .customLong("lora-r"), help: "LoRA rank.") var loraR = 8
     @Option(name: .long, help: "LoRA alpha (scale = alpha / r).") var loraAlpha: Float = 16
     @Option(name: .long, help: "LoRA dropout.") var loraDropout: Float = 0.05
     @Option(name: .long, help: "LoRA targets: all, a comma list (q_proj,v_proj) or a regular expression.") var loraTargets = "all"
-    @Option(name: .long, help: "Start LoRA from this PEFT adapter folder instead of PEFT's init.") var adapterInit: String?
+    @Option(name: .long, help: "Start from this adapter folder: its LoRA instead of PEFT's init, its projector and vision tower over the model's.") var adapterInit: String?
     @Option(name: .long, help: "Optimizer steps (default: one epoch).") var steps: Int?
     @Option(name: .long, help: "Epochs (when --steps is not given).") var epochs: Double?
     @Option(name: .long, help: "Examples per micro-batch.") var batchSize = 1
     @Option(name: .long, help: "Micro-batches per optimizer step.") var gradAccum = 1
     @Option(name: .long, help: "Learning rate.") var lr: Float = 2e-4
     @Option(name: .long, help: "Learning rate of the projector's parameters (LLaVA's mm_projector_lr).") var mmProjectorLr: Float?
+    @Option(name: .long, help: "Learning rate of the vision tower's parameters (LLaVA-NeXT's mm_vision_tower_lr).") var mmVisionTowerLr: Float?
     @Option(name: .long, help: "AdamW weight decay (not on biases and norms).") var weightDecay: Float = 0
     @Option(name: .long, help: "constant, linear or cosine.") var scheduler = "cosine"
     @Option(name: .long, help: "Warmup steps.") var warmupSteps: Int?
@@ -38,7 +39,9 @@ struct FineTuneOptions: ParsableArguments {
 
     func settings() throws -> FineTuneSettings {
         var s = FineTuneSettings()
-        guard let m = FineTuneMode(rawValue: mode) else { throw UsageError("--mode must be lora, projector or lora+projector") }
+        guard let m = FineTuneMode(rawValue: mode) else {
+            throw UsageError("--mode must be one of \(FineTuneMode.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         guard let kind = LearningRateSchedule.Kind(rawValue: scheduler) else { throw UsageError("--scheduler must be constant, linear or cosine") }
         guard loraR > 0, batchSize > 0, gradAccum > 0, lr > 0 else { throw UsageError("--lora-r, --batch-size, --grad-accum and --lr must be positive") }
         if let steps, steps < 1 { throw UsageError("--steps must be ≥ 1") }
@@ -46,7 +49,8 @@ struct FineTuneOptions: ParsableArguments {
         s.mode = m; s.loraRank = loraR; s.loraAlpha = loraAlpha; s.loraDropout = loraDropout
         s.loraTargets = try LoRATargets(argument: loraTargets); s.adapterInit = adapterInit
         s.steps = steps; s.epochs = epochs; s.batchSize = batchSize; s.gradientAccumulation = gradAccum
-        s.learningRate = lr; s.projectorLearningRate = mmProjectorLr; s.weightDecay = weightDecay; s.scheduler = kind
+        s.learningRate = lr; s.projectorLearningRate = mmProjectorLr
+        s.visionTowerLearningRate = mmVisionTowerLr; s.weightDecay = weightDecay; s.scheduler = kind
         s.warmupSteps = warmupSteps; s.warmupRatio = warmupRatio; s.maxGradNorm = maxGradNorm; s.maxLength = maxLength
         s.seed = seed; s.saveSteps = saveSteps; s.groupByModalityLength = groupByModalityLength
         return s
@@ -117,19 +121,25 @@ final class FineTuneRunner {
             if let steps { settings.steps = steps }
         }
 
-        // Model: LoRA from the checkpoint, an init adapter or PEFT's init; projector from the checkpoint.
-        var lora: LoRA?
-        if settings.mode != .projector {
-            if let resume { lora = try LoRA.load(directory: resume, decoder: chat.decoder) }
-            else if let initial = settings.adapterInit { lora = try LoRA.load(directory: initial, decoder: chat.decoder) }
-            else {
-                var random = SeededRandom(seed: settings.seed)
-                lora = try LoRA.create(settings.loraConfiguration, decoder: chat.decoder,
-                                       layout: chat is VisionLanguageModel ? .llava : .text, random: &random)
+        // A model folder with its own LoRA is continued, not replaced.
+        if resume == nil, settings.adapterInit == nil, hasOwnAdapter(modelPath) {
+            guard settings.mode.trainsLoRA else {
+                throw UsageError("\(modelPath)/adapter_config.json: this model carries a LoRA; train with a --mode that includes lora (it continues from it)")
             }
+            settings.adapterInit = modelPath
+            note("continuing the model's own LoRA (\(modelPath)/adapter_config.json)")
         }
-        if let resume, settings.mode != .lora, let projector = (chat as? VisionLanguageModel)?.llava.projector {
-            ProjectorFiles.apply(try ProjectorFiles.load(directory: resume, for: projector), to: projector)
+        // Model: everything from the checkpoint or the init folder; otherwise a fresh LoRA with PEFT's init.
+        var lora: LoRA?
+        if let start = resume ?? settings.adapterInit {
+            let applied = try AppliedAdapter.apply(directory: start, to: chat)
+            if settings.mode.trainsLoRA { lora = applied.lora }
+            else if applied.lora != nil { throw UsageError("\(start): holds a LoRA, but --mode \(settings.mode.rawValue) does not train one") }
+        }
+        if settings.mode.trainsLoRA && lora == nil {
+            var random = SeededRandom(seed: settings.seed)
+            lora = try LoRA.create(settings.loraConfiguration, decoder: chat.decoder,
+                                   layout: chat is VisionLanguageModel ? .llava : .text, random: &random)
         }
         let model = try TrainableModel(chat: chat, mode: settings.mode, lora: lora)
         let image = chat.images.map { (tokenID: $0.tokenID, featureCount: $0.featureCount) }
@@ -152,7 +162,7 @@ final class FineTuneRunner {
         if let e = options.evalData { args["eval_data"] = e }
         let argsText = String(decoding: try JSONSerialization.data(withJSONObject: args, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self)
         let run = try store.startRun(session: session, args: argsText, outDir: options.out)
-        let kind: CheckpointKind = settings.mode == .lora ? .lora : settings.mode == .projector ? .projector : .loraProjector
+        guard let kind = CheckpointKind(rawValue: settings.mode.rawValue) else { throw UsageError("no checkpoint kind for --mode \(settings.mode.rawValue)") }
         let total = trainer.totalSteps
 
         let bar = output == .interactive ? ProgressBar(label: "fine-tuning", total: total) : nil
@@ -160,7 +170,7 @@ final class FineTuneRunner {
         var evaluations: [(step: Int, loss: Double)] = []
         func checkpoint(_ directory: String) throws {
             try trainer.save(to: directory, baseModel: modelPath)
-            let main = settings.mode == .projector ? ProjectorFiles.hfFile : "adapter_model.safetensors"
+            let main = settings.mode.trainsLoRA ? "adapter_model.safetensors" : ProjectorFiles.hfFile
             try store.addCheckpoint(run: run, step: trainer.state.step, path: directory, kind: kind,
                                     sha256: try SHA256.hex(file: directory + "/" + main))
         }

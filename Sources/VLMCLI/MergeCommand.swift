@@ -13,8 +13,10 @@ struct MergeCommand: AsyncParsableCommand {
             adapter folder replaces the base's. The output has the base's layout: config.json, \
             tokenizer and preprocessor files copied, one model.safetensors with every other tensor \
             unchanged, so `--model OUT` (or transformers) loads it without the adapter. The base must be \
-            a Hugging Face folder (text or LLaVA), not a GGUF file. The folder is built as OUT.tmp and \
-            renamed, so OUT is complete or absent.
+            a Hugging Face folder (text or LLaVA), not a GGUF file. A composed LLaVA folder (its \
+            config.json names a text_model) gets the adapter's vision tower and projector, and keeps a \
+            LoRA as adapter files that load with it. The folder is built as OUT.tmp and renamed, so OUT \
+            is complete or absent.
             """)
 
     @Option(name: .long, help: "The base model: a Hugging Face folder or a name in the model store.") var model: String
@@ -27,24 +29,34 @@ struct MergeCommand: AsyncParsableCommand {
         if MergeDType(rawValue: dtype.lowercased()) == nil { throw ValidationError("--dtype must be f32, f16 or bf16") }
     }
 
-    func run() async throws {
+    /// Merges; returns the report and the summary line.
+    func execute() throws -> (report: MergeReport, base: String, line: String) {
         let base = try ModelStore.resolve(model)
         let report = try ProgressBar.run("merging into \((out as NSString).lastPathComponent)") { _ in
             try Merge.run(model: base, adapter: adapter, output: out, dtype: MergeDType(rawValue: dtype.lowercased())!)
         }
+        var what: [String] = []
+        if report.mergedWeights > 0 { what.append("LoRA into \(report.mergedWeights) weights") }
+        if report.keptLoRA { what.append("LoRA (kept as adapter files: the language model is a reference)") }
+        if report.visionTowerTensors > 0 { what.append("vision tower (\(report.visionTowerTensors) tensors)") }
+        if report.projectorTensors > 0 { what.append("projector (\(report.projectorTensors) tensors)") }
+        let line = "merged \(what.joined(separator: " + ")) → \(report.output): \(report.tensors) tensors, \(report.dtype.rawValue), "
+            + String(format: "%.1f MB", Double(report.bytes) / 1e6) + "; copied \(report.copiedFiles.joined(separator: ", "))"
+        return (report, base, line)
+    }
+
+    func run() async throws {
+        let (report, base, line) = try execute()
         if json {
             try printJSON([
                 "out": report.output, "model": base, "adapter": adapter, "adapter_kind": report.kind.rawValue,
                 "llava": report.isLlava, "tensors": report.tensors, "merged_weights": report.mergedWeights,
-                "projector_tensors": report.projectorTensors, "copied": report.copiedFiles, "dtype": report.dtype.rawValue,
+                "projector_tensors": report.projectorTensors, "vision_tower_tensors": report.visionTowerTensors,
+                "kept_lora": report.keptLoRA, "copied": report.copiedFiles, "dtype": report.dtype.rawValue,
                 "bytes": report.bytes,
             ])
         } else {
-            var what: [String] = []
-            if report.mergedWeights > 0 { what.append("LoRA into \(report.mergedWeights) weights") }
-            if report.projectorTensors > 0 { what.append("projector (\(report.projectorTensors) tensors)") }
-            print("merged \(what.joined(separator: " + ")) → \(report.output): \(report.tensors) tensors, \(report.dtype.rawValue), "
-                  + String(format: "%.1f MB", Double(report.bytes) / 1e6) + "; copied \(report.copiedFiles.joined(separator: ", "))")
+            print(line)
         }
     }
 }

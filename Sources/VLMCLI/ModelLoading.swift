@@ -2,15 +2,25 @@ import Foundation
 import VLMGeneration
 import VLMModels
 import VLMStore
+import VLMTraining
 
 /// Loads whatever a path holds as a chat model: a text model (GGUF or HF folder) or a LLaVA folder.
+/// A LLaVA folder that carries a PEFT LoRA (as LLaVA's LoRA checkpoints and composed folders do)
+/// gets it installed.
 func loadChatModel(path: String, template: String? = nil) throws -> ChatModel {
     var isDirectory: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue,
        LlavaModel.isLlava(folder: path) {
-        return try VisionLanguageModel(path: path, template: template)
+        let model = try VisionLanguageModel(path: path, template: template)
+        if hasOwnAdapter(path) { _ = try AppliedAdapter.apply(directory: path, to: model) }
+        return model
     }
     return try TextModel(path: path, template: template)
+}
+
+/// Whether a model folder carries its own LoRA (`adapter_config.json` beside config.json).
+func hasOwnAdapter(_ path: String) -> Bool {
+    FileManager.default.fileExists(atPath: path + "/config.json") && FileManager.default.fileExists(atPath: path + "/adapter_config.json")
 }
 
 /// A cheap identity for a model file or folder: the store's per-file fingerprint (size plus the

@@ -8,7 +8,7 @@ public struct VLMCommand: AsyncParsableCommand {
             ChatCommand.self, GenerateCommand.self, LogitsCommand.self, TokenizeCommand.self, RunCommand.self,
             ReplayCommand.self, SessionsCommand.self, ShowCommand.self, ExportCommand.self, BenchCommand.self, FinetuneCommand.self,
             PreprocessCommand.self,
-            DemoDataCommand.self,
+            DemoDataCommand.self, InitLlavaCommand.self,
             EvalCommand.self, MergeCommand.self,
         ],
         defaultSubcommand: ChatCommand.self

@@ -21,7 +21,12 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
     public init(path: String, template: String? = nil) throws {
         self.path = path
         llava = try LlavaModel.load(folder: path)
-        tokenizer = try Tokenizer.load(folder: path)
+        // A composed folder without tokenizer files talks with its language model's tokenizer.
+        if let text = llava.textModel, !FileManager.default.fileExists(atPath: path + "/tokenizer.json") {
+            tokenizer = text.tokenizer
+        } else {
+            tokenizer = try Tokenizer.load(folder: path)
+        }
         if llava.imageTokenInVocabulary {
             imageTokenID = tokenizer.tokenID(imageTokenText) ?? llava.imageTokenID
         } else {

@@ -65,7 +65,7 @@ public struct CLIPVisionConfiguration: Codable, Sendable, Equatable {
 
 public final class CLIPVisionTower: VisionTower, @unchecked Sendable {
     public let config: CLIPVisionConfiguration
-    let transformer: VisionTransformer
+    package let transformer: VisionTransformer
 
     /// Loads strictly from `weights` holding the tower under `vision_model.` (or at the top, as a
     /// transformers 5 `CLIPVisionModel` saves itself). Weights become Float32 here.

@@ -60,6 +60,11 @@ public struct LlavaConfiguration: Codable, Sendable {
     public var projectorHiddenAct: Activation
     public var multimodalProjectorBias: Bool
     public var imageSeqLength: Int?
+    /// vlmsh's composition of an existing language model: a GGUF file or text model folder (a
+    /// path relative to this folder, or a name in the model store) that supplies the decoder,
+    /// tokenizer and chat template; the folder's safetensors then hold only the vision tower and
+    /// the projector. nil for an ordinary LLaVA checkpoint.
+    public var textModel: String?
 
     enum CodingKeys: String, CodingKey {
         case modelType = "model_type"
@@ -72,16 +77,19 @@ public struct LlavaConfiguration: Codable, Sendable {
         case projectorHiddenAct = "projector_hidden_act"
         case multimodalProjectorBias = "multimodal_projector_bias"
         case imageSeqLength = "image_seq_length"
+        case textModel = "text_model"
     }
 
     public init(modelType: String = "llava", visionConfig: LlavaVisionConfiguration, textConfig: LlamaConfiguration,
                 imageTokenIndex: Int, visionFeatureLayers: [Int], visionFeatureSelectStrategy: VisionFeatureSelect,
-                projectorHiddenAct: Activation = .gelu, multimodalProjectorBias: Bool = true, imageSeqLength: Int? = nil) {
+                projectorHiddenAct: Activation = .gelu, multimodalProjectorBias: Bool = true, imageSeqLength: Int? = nil,
+                textModel: String? = nil) {
         self.modelType = modelType; self.visionConfig = visionConfig; self.textConfig = textConfig
         self.imageTokenIndex = imageTokenIndex; self.visionFeatureLayers = visionFeatureLayers
         featureLayerIsList = visionFeatureLayers.count != 1
         self.visionFeatureSelectStrategy = visionFeatureSelectStrategy; self.projectorHiddenAct = projectorHiddenAct
         self.multimodalProjectorBias = multimodalProjectorBias; self.imageSeqLength = imageSeqLength
+        self.textModel = textModel
     }
 
     public init(from decoder: Decoder) throws {
@@ -103,6 +111,7 @@ public struct LlavaConfiguration: Codable, Sendable {
         projectorHiddenAct = try c.decodeIfPresent(Activation.self, forKey: .projectorHiddenAct) ?? .gelu
         multimodalProjectorBias = try c.decodeIfPresent(Bool.self, forKey: .multimodalProjectorBias) ?? true
         imageSeqLength = try c.decodeIfPresent(Int.self, forKey: .imageSeqLength)
+        textModel = try c.decodeIfPresent(String.self, forKey: .textModel)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -117,6 +126,7 @@ public struct LlavaConfiguration: Codable, Sendable {
         try c.encode(projectorHiddenAct, forKey: .projectorHiddenAct)
         try c.encode(multimodalProjectorBias, forKey: .multimodalProjectorBias)
         try c.encodeIfPresent(imageSeqLength, forKey: .imageSeqLength)
+        try c.encodeIfPresent(textModel, forKey: .textModel)
     }
 }
 
@@ -199,6 +209,8 @@ public final class LlavaModel: @unchecked Sendable {
     public let imageTokenID: Int
     /// Whether the image token is a real vocabulary entry (`<image>`).
     public let imageTokenInVocabulary: Bool
+    /// The language model a composed folder (`text_model`) names, with its tokenizer and template.
+    public private(set) var textModel: TextModel?
 
     /// Composes already-loaded parts.
     public init(config: LlavaConfiguration, vision: VisionTower, projector: MultiModalProjector, decoder: LlamaModel,
@@ -211,20 +223,31 @@ public final class LlavaModel: @unchecked Sendable {
     /// Loads the parts from one strict weight map under canonical names (`LlavaWeights`).
     public convenience init(config: LlavaConfiguration, weights: WeightMap, visionWeights: WeightMap? = nil,
                             imageProcessor: ImageProcessor, padToSquare: Bool = false, imageTokenInVocabulary: Bool = true) throws {
-        let visionMap = visionWeights ?? weights.scoped("vision_tower.")
-        let vision: VisionTower
-        switch config.visionConfig {
-        case .clip(let c): vision = try CLIPVisionTower(config: c, weights: visionMap)
-        case .siglip(let s): vision = try SiglipVisionTower(config: s, weights: visionMap)
-        }
-        let projector = try MultiModalProjector(
-            kind: .mlp2xGelu, inputSize: vision.hiddenSize * config.visionFeatureLayers.count,
-            outputSize: config.textConfig.hiddenSize, activation: config.projectorHiddenAct,
-            bias: config.multimodalProjectorBias, weights: weights.scoped("multi_modal_projector."))
+        let (vision, projector) = try Self.visionParts(config, weights: weights, visionWeights: visionWeights)
         let decoder = try LlamaModel(config: config.textConfig, weights: weights.scoped("language_model."), ropePairing: .halves)
         try weights.finish()
         self.init(config: config, vision: vision, projector: projector, decoder: decoder, imageProcessor: imageProcessor,
                   padToSquare: padToSquare, imageTokenInVocabulary: imageTokenInVocabulary)
+    }
+
+    /// The vision tower a `vision_config` describes, from its weights.
+    static func tower(_ config: LlavaVisionConfiguration, weights: WeightMap) throws -> VisionTower {
+        switch config {
+        case .clip(let c): return try CLIPVisionTower(config: c, weights: weights)
+        case .siglip(let s): return try SiglipVisionTower(config: s, weights: weights)
+        }
+    }
+
+    /// The tower (from `visionWeights`, else `weights`' `vision_tower.`) and the mlp2x_gelu
+    /// projector of an HF-layout LLaVA.
+    static func visionParts(_ config: LlavaConfiguration, weights: WeightMap, visionWeights: WeightMap?) throws
+        -> (VisionTower, MultiModalProjector) {
+        let vision = try tower(config.visionConfig, weights: visionWeights ?? weights.scoped("vision_tower."))
+        let projector = try MultiModalProjector(
+            kind: .mlp2xGelu, inputSize: vision.hiddenSize * config.visionFeatureLayers.count,
+            outputSize: config.textConfig.hiddenSize, activation: config.projectorHiddenAct,
+            bias: config.multimodalProjectorBias, weights: weights.scoped("multi_modal_projector."))
+        return (vision, projector)
     }
 
     /// Whether `folder/config.json` describes a LLaVA model (`llava` or `llava_llama`).
@@ -252,7 +275,40 @@ public final class LlavaModel: @unchecked Sendable {
         }
         let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
         weights.rename(LlavaWeights.sanitizeHF)
+        if let reference = config.textModel { return try loadComposed(folder: folder, config: config, textModel: reference, weights: weights) }
         return try LlavaModel(config: config, weights: weights, imageProcessor: try ImageProcessor.load(folder: folder))
+    }
+
+    /// The path a `text_model` reference names: relative to `folder` first, then the model store.
+    public static func resolveTextModel(_ reference: String, folder: String) throws -> String {
+        let local = URL(fileURLWithPath: folder).appendingPathComponent(reference).standardizedFileURL.path
+        if !reference.hasPrefix("/"), FileManager.default.fileExists(atPath: local) { return local }
+        do { return try ModelStore.resolve(reference) } catch {
+            throw FormatError(folder + "/config.json", "text_model '\(reference)': not beside the folder and not in \(ModelStore.modelsDirectory) (`make model` installs smollm2)")
+        }
+    }
+
+    /// A folder that names its language model (`text_model`): the decoder, tokenizer and template
+    /// come from that model; the folder's own weights are the vision tower and the projector.
+    static func loadComposed(folder: String, config: LlavaConfiguration, textModel reference: String, weights: WeightMap) throws -> LlavaModel {
+        let configPath = folder + "/config.json"
+        let text = try TextModel(path: try resolveTextModel(reference, folder: folder))
+        let hidden = text.decoder.config.hiddenSize
+        guard hidden == config.textConfig.hiddenSize else {
+            throw FormatError(configPath, "text_config.hidden_size \(config.textConfig.hiddenSize) differs from text_model '\(reference)' (\(hidden))")
+        }
+        if let stray = weights.names.first(where: { $0.hasPrefix("language_model.") }) {
+            throw FormatError(folder, "'\(stray)': a folder with text_model holds only the vision tower and the projector")
+        }
+        let (vision, projector) = try visionParts(config, weights: weights, visionWeights: nil)
+        try weights.finish()
+        var composed = config
+        composed.textConfig = text.decoder.config
+        let model = LlavaModel(config: composed, vision: vision, projector: projector, decoder: text.decoder,
+                               imageProcessor: try ImageProcessor.load(folder: folder),
+                               imageTokenInVocabulary: text.tokenizer.tokenID("<image>") == config.imageTokenIndex)
+        model.textModel = text
+        return model
     }
 
     static func loadOriginal(folder: String, configData data: Data) throws -> LlavaModel {
@@ -310,11 +366,7 @@ public final class LlavaModel: @unchecked Sendable {
             visionWeights = WeightMap(file: visionFolder, source: try openCheckpoint(folder: visionFolder))
             visionWeights.rename(LlamaWeights.sanitizeHF)
         }
-        let vision: VisionTower
-        switch visionConfig {
-        case .clip(let c): vision = try CLIPVisionTower(config: c, weights: visionWeights)
-        case .siglip(let s): vision = try SiglipVisionTower(config: s, weights: visionWeights)
-        }
+        let vision = try LlavaModel.tower(visionConfig, weights: visionWeights)
         let projector = try MultiModalProjector(
             kind: kind, inputSize: vision.hiddenSize, outputSize: text.hiddenSize, activation: .gelu, bias: true,
             weights: weights.scoped("multi_modal_projector."))
@@ -330,7 +382,12 @@ public final class LlavaModel: @unchecked Sendable {
         vision.tokenCount - (dropsClassToken ? 1 : 0)
     }
 
-    var dropsClassToken: Bool { config.visionFeatureSelectStrategy == .default && vision.hasClassToken }
+    package var dropsClassToken: Bool { config.visionFeatureSelectStrategy == .default && vision.hasClassToken }
+
+    /// The ViT behind the tower (what a fine-tune trains), for the towers vlmsh implements.
+    package var visionTransformer: VisionTransformer? {
+        (vision as? CLIPVisionTower)?.transformer ?? (vision as? SiglipVisionTower)?.transformer
+    }
 
     /// The model input for one image, `[3, H, W]`.
     public func preprocess(_ image: RGBImage) -> Tensor {

@@ -66,7 +66,7 @@ public struct SiglipVisionConfiguration: Codable, Sendable, Equatable {
 
 public final class SiglipVisionTower: VisionTower, @unchecked Sendable {
     public let config: SiglipVisionConfiguration
-    let transformer: VisionTransformer
+    package let transformer: VisionTransformer
 
     /// Loads strictly from `weights` holding the tower under `vision_model.` (or at the top, as a
     /// transformers 5 `SiglipVisionModel` saves itself). Weights become Float32 here.

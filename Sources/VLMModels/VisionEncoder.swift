@@ -59,9 +59,9 @@ func addRowBias(_ y: UnsafeMutablePointer<Float>, _ bias: UnsafePointer<Float>, 
 }
 
 /// LayerNorm weight and bias.
-struct LayerNormParameters: @unchecked Sendable {
-    let weight: Tensor
-    let bias: Tensor
+package struct LayerNormParameters: @unchecked Sendable {
+    package let weight: Tensor
+    package let bias: Tensor
 
     init(_ weights: WeightMap, _ name: String, size: Int) throws {
         weight = try weights.floats(name + ".weight", shape: [size])
@@ -74,14 +74,14 @@ struct LayerNormParameters: @unchecked Sendable {
 }
 
 /// The hyperparameters both towers share, from their configurations.
-struct VisionShape: Sendable {
-    let hidden, intermediate, layers, heads, channels, imageSize, patchSize: Int
-    let eps: Float
-    let activation: Activation
-    var headDim: Int { hidden / heads }
-    var grid: Int { imageSize / patchSize }
-    var patches: Int { grid * grid }
-    var patchWidth: Int { channels * patchSize * patchSize }
+package struct VisionShape: Sendable {
+    package let hidden, intermediate, layers, heads, channels, imageSize, patchSize: Int
+    package let eps: Float
+    package let activation: Activation
+    package var headDim: Int { hidden / heads }
+    package var grid: Int { imageSize / patchSize }
+    package var patches: Int { grid * grid }
+    package var patchWidth: Int { channels * patchSize * patchSize }
 
     func validate(file: String) throws {
         guard hidden > 0, heads > 0, hidden % heads == 0 else {
@@ -99,42 +99,52 @@ struct VisionShape: Sendable {
 }
 
 /// One pre-norm encoder layer: x += out(attention(norm1 x)); x += fc2(act(fc1(norm2 x))).
-struct VisionEncoderLayer: @unchecked Sendable {
-    let norm1: LayerNormParameters
-    /// q, k and v stacked `[3·hidden, hidden]` so one sgemm produces all three; the q rows (and
-    /// bias) are pre-multiplied by 1/√headDim, which is exact for power-of-two head sizes.
-    let qkv: DenseLinear
-    let out: DenseLinear
-    let norm2: LayerNormParameters
-    let fc1, fc2: DenseLinear
+/// The tensors are the checkpoint's own (q, k and v apart, unscaled), so a fine-tune can train
+/// them in place.
+package struct VisionEncoderLayer: @unchecked Sendable {
+    package let norm1: LayerNormParameters
+    package let q, k, v, out: DenseLinear
+    package let norm2: LayerNormParameters
+    package let fc1, fc2: DenseLinear
 
     init(_ weights: WeightMap, _ p: String, shape s: VisionShape) throws {
         let d = s.hidden
         norm1 = try LayerNormParameters(weights, p + "layer_norm1", size: d)
-        let q = try DenseLinear(weights, p + "self_attn.q_proj", out: d, in: d)
-        let k = try DenseLinear(weights, p + "self_attn.k_proj", out: d, in: d)
-        let v = try DenseLinear(weights, p + "self_attn.v_proj", out: d, in: d)
-        let scale = 1 / Float(s.headDim).squareRoot()
-        let w = Tensor(shape: [3 * d, d], zeroed: false), b = Tensor(shape: [3 * d], zeroed: false)
-        for (i, part) in [q, k, v].enumerated() {
-            guard let bias = part.bias else { continue }   // loaded with bias above
-            let factor: Float = i == 0 ? scale : 1
-            let wIn = part.weight.data, bIn = bias.data
-            let wOut = w.data + i * d * d, bOut = b.data + i * d
-            for j in 0..<(d * d) { wOut[j] = wIn[j] * factor }
-            for j in 0..<d { bOut[j] = bIn[j] * factor }
-        }
-        qkv = DenseLinear(weight: w, bias: b)
+        q = try DenseLinear(weights, p + "self_attn.q_proj", out: d, in: d)
+        k = try DenseLinear(weights, p + "self_attn.k_proj", out: d, in: d)
+        v = try DenseLinear(weights, p + "self_attn.v_proj", out: d, in: d)
         out = try DenseLinear(weights, p + "self_attn.out_proj", out: d, in: d)
         norm2 = try LayerNormParameters(weights, p + "layer_norm2", size: d)
         fc1 = try DenseLinear(weights, p + "mlp.fc1", out: s.intermediate, in: d)
         fc2 = try DenseLinear(weights, p + "mlp.fc2", out: d, in: s.intermediate)
     }
 
+    /// The layer's tensors under their checkpoint names relative to the layer (`self_attn.q_proj.weight`, …).
+    var namedTensors: [(String, Tensor)] {
+        var out: [(String, Tensor)] = [("layer_norm1.weight", norm1.weight), ("layer_norm1.bias", norm1.bias)]
+        for (name, linear) in [("self_attn.q_proj", q), ("self_attn.k_proj", k), ("self_attn.v_proj", v), ("self_attn.out_proj", self.out)] {
+            out.append((name + ".weight", linear.weight))
+            if let b = linear.bias { out.append((name + ".bias", b)) }
+        }
+        out += [("layer_norm2.weight", norm2.weight), ("layer_norm2.bias", norm2.bias)]
+        for (name, linear) in [("mlp.fc1", fc1), ("mlp.fc2", fc2)] {
+            out.append((name + ".weight", linear.weight))
+            if let b = linear.bias { out.append((name + ".bias", b)) }
+        }
+        return out
+    }
+
     func forward(_ ws: VisionWorkspace, tokens n: Int, shape s: VisionShape) {
-        let x = ws.x.pointer, h = ws.h.pointer
+        let x = ws.x.pointer, h = ws.h.pointer, d = s.hidden
         norm1.apply(x, h, rows: n, eps: s.eps)
-        qkv.forward(h, ws.qkv.pointer, rows: n)
+        // q, k and v side by side in one [n, 3·hidden] buffer (per-head slices need no copies).
+        let qkv = ws.qkv.pointer
+        for (i, linear) in [q, k, v].enumerated() {
+            Kernels.gemm(m: n, n: d, k: d, h, lda: d, linear.weight.data, ldb: d, transB: true, qkv + i * d, ldc: 3 * d)
+            if let bias = linear.bias {
+                for r in 0..<n { Kernels.add(bias.data, into: qkv + r * 3 * d + i * d, d) }
+            }
+        }
         attention(ws, tokens: n, shape: s)
         out.forward(ws.attention.pointer, x, rows: n, accumulate: true)
 
@@ -144,14 +154,15 @@ struct VisionEncoderLayer: @unchecked Sendable {
         fc2.forward(ws.mlp.pointer, x, rows: n, accumulate: true)
     }
 
-    /// Bidirectional attention, per head through sgemm: S = Q·Kᵀ (already scaled), softmax by
-    /// rows, O = S·V straight into the head's columns of the output.
+    /// Bidirectional attention, per head through sgemm: S = Q·Kᵀ/√headDim, softmax by rows,
+    /// O = S·V straight into the head's columns of the output.
     private func attention(_ ws: VisionWorkspace, tokens n: Int, shape s: VisionShape) {
         let d = s.hidden, hd = s.headDim, stride = 3 * d
+        let scale = 1 / Float(hd).squareRoot()
         let qkv = ws.qkv.pointer, scores = ws.scores.pointer, out = ws.attention.pointer
         for head in 0..<s.heads {
             let q = qkv + head * hd, k = qkv + d + head * hd, v = qkv + 2 * d + head * hd
-            Kernels.gemm(m: n, n: n, k: hd, q, lda: stride, k, ldb: stride, transB: true, scores, ldc: n)
+            Kernels.gemm(m: n, n: n, k: hd, q, lda: stride, k, ldb: stride, transB: true, scores, ldc: n, alpha: scale)
             Kernels.softmaxRows(scores, rows: n, width: n)
             Kernels.gemm(m: n, n: hd, k: n, scores, lda: n, v, ldb: stride, transB: false, out + head * hd, ldc: d)
         }
@@ -174,18 +185,34 @@ final class VisionWorkspace {
 }
 
 /// The ViT both towers are: embeddings, optional class token and pre-norm, encoder layers.
-final class VisionTransformer: @unchecked Sendable {
-    let shape: VisionShape
+package final class VisionTransformer: @unchecked Sendable {
+    package let shape: VisionShape
     /// Conv weight `[hidden, channels, p, p]`, used as `[hidden, channels·p·p]`.
-    let patchWeight: Tensor
-    let patchBias: Tensor?
-    let classEmbedding: Tensor?
-    let positionEmbedding: Tensor   // [tokens, hidden]
-    let preNorm: LayerNormParameters?
-    let layers: [VisionEncoderLayer]
-    let postNorm: LayerNormParameters?
+    package let patchWeight: Tensor
+    package let patchBias: Tensor?
+    package let classEmbedding: Tensor?
+    package let positionEmbedding: Tensor   // [tokens, hidden]
+    package let preNorm: LayerNormParameters?
+    package let preNormName: String?
+    package let layers: [VisionEncoderLayer]
+    package let postNorm: LayerNormParameters?
 
-    var tokenCount: Int { shape.patches + (classEmbedding == nil ? 0 : 1) }
+    package var tokenCount: Int { shape.patches + (classEmbedding == nil ? 0 : 1) }
+
+    /// Every tensor under its checkpoint name relative to the tower (`embeddings.patch_embedding.weight`,
+    /// `encoder.layers.0.self_attn.q_proj.weight`, …), in checkpoint order. The tensors are the
+    /// ones the tower computes with.
+    package var namedTensors: [(String, Tensor)] {
+        var out: [(String, Tensor)] = []
+        if let classEmbedding { out.append(("embeddings.class_embedding", classEmbedding)) }
+        out.append(("embeddings.patch_embedding.weight", patchWeight))
+        if let patchBias { out.append(("embeddings.patch_embedding.bias", patchBias)) }
+        out.append(("embeddings.position_embedding.weight", positionEmbedding))
+        if let preNorm, let preNormName { out += [(preNormName + ".weight", preNorm.weight), (preNormName + ".bias", preNorm.bias)] }
+        for (i, layer) in layers.enumerated() { out += layer.namedTensors.map { ("encoder.layers.\(i)." + $0.0, $0.1) } }
+        if let postNorm { out += [("post_layernorm.weight", postNorm.weight), ("post_layernorm.bias", postNorm.bias)] }
+        return out
+    }
 
     /// `weights` is already scoped to the tower (keys like `embeddings.patch_embedding.weight`).
     init(shape s: VisionShape, weights: WeightMap, classToken: Bool, patchBias hasPatchBias: Bool, preNormName: String?) throws {
@@ -198,6 +225,7 @@ final class VisionTransformer: @unchecked Sendable {
         let tokens = s.patches + (classToken ? 1 : 0)
         positionEmbedding = try weights.floats("embeddings.position_embedding.weight", shape: [tokens, d])
         preNorm = try preNormName.map { try LayerNormParameters(weights, $0, size: d) }
+        self.preNormName = preNormName
         layers = try (0..<s.layers).map { try VisionEncoderLayer(weights, "encoder.layers.\($0).", shape: s) }
         // Only pooled / last_hidden_state outputs read it, never LLaVA; some exports drop it.
         postNorm = weights.contains("post_layernorm.weight") ? try LayerNormParameters(weights, "post_layernorm", size: d) : nil

@@ -19,6 +19,8 @@ public enum RunStatus: String, Sendable, Codable, CaseIterable {
 public enum CheckpointKind: String, Sendable, Codable, CaseIterable {
     case lora, projector, full
     case loraProjector = "lora+projector"
+    case visionProjector = "vision+projector"
+    case visionLoRAProjector = "vision+lora+projector"
 }
 
 public enum ExportFormat: String, Sendable, CaseIterable {

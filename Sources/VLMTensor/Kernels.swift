@@ -25,14 +25,14 @@ public enum Kernels {
 
     /// General strided GEMM: c = a·b (b transposed when `transB`), leading dimensions explicit so
     /// per-head slices of a packed `[tokens, heads·headDim]` buffer need no copies.
-    /// `transA` reads a as `[k, m]` (gradients of weights: dW = dYᵀ·X).
+    /// `transA` reads a as `[k, m]` (gradients of weights: dW = dYᵀ·X); the product is scaled by `alpha`.
     public static func gemm(
         m: Int, n: Int, k: Int,
         _ a: UnsafePointer<Float>, lda: Int, transA: Bool = false, _ b: UnsafePointer<Float>, ldb: Int, transB: Bool,
-        _ c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false
+        _ c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false, alpha: Float = 1
     ) {
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
-                    1, a, Int32(lda), b, Int32(ldb), accumulate ? 1 : 0, c, Int32(ldc))
+                    alpha, a, Int32(lda), b, Int32(ldb), accumulate ? 1 : 0, c, Int32(ldc))
     }
 
     /// Σ a[i]·b[i], eight lanes at a time.

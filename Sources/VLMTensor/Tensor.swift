@@ -32,6 +32,13 @@ public struct Tensor: @unchecked Sendable {
         values.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: values.count) }
     }
 
+    /// The same values under another shape with the same element count (storage is shared).
+    public init(reshaping other: Tensor, to shape: [Int]) {
+        precondition(shape.reduce(1, *) == other.count, "cannot view \(other.shape) as \(shape)")
+        self.shape = shape
+        storage = other.storage
+    }
+
     public var count: Int { storage.count }
     public var data: UnsafeMutablePointer<Float> { storage.pointer }
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: storage.pointer, count: storage.count) }

@@ -7,8 +7,9 @@ import VLMTensor
 // Putting a fine-tune's output on a loaded model for inference: `/adapter load|unload PATH` in
 // the REPL and `--adapter` on the commands. A folder is recognised by its files: a PEFT LoRA
 // (`adapter_config.json` + `adapter_model.safetensors`, transformers 4.x or 5 key names), a
-// trained projector (`multi_modal_projector.safetensors` / `mm_projector.safetensors`), or both
-// (what `--mode lora+projector` writes).
+// trained projector (`multi_modal_projector.safetensors` / `mm_projector.safetensors`), a trained
+// vision tower (`vision_tower.safetensors`, always with a projector), or what a `--mode` with
+// several parts writes.
 
 /// What an adapter folder holds.
 public enum AdapterKind: String, Sendable, Codable {
@@ -18,9 +19,14 @@ public enum AdapterKind: String, Sendable, Codable {
     case projector
     /// A PEFT LoRA and projector weights.
     case loraProjector = "lora+projector"
+    /// A trained vision tower and projector.
+    case visionProjector = "vision+projector"
+    /// A trained vision tower, projector and LoRA.
+    case visionLoRAProjector = "vision+lora+projector"
 
-    public var hasLoRA: Bool { self != .projector }
+    public var hasLoRA: Bool { self == .lora || self == .loraProjector || self == .visionLoRAProjector }
     public var hasProjector: Bool { self != .lora }
+    public var hasVisionTower: Bool { self == .visionProjector || self == .visionLoRAProjector }
 
     /// What `directory` holds, from its file names alone (nothing is read). Throws one line naming
     /// the file an adapter folder needs when it is not one.
@@ -34,6 +40,12 @@ public enum AdapterKind: String, Sendable, Codable {
         }
         let lora = FileManager.default.fileExists(atPath: directory + "/adapter_config.json")
         let projector = ProjectorFiles.exists(in: directory)
+        if VisionTowerFiles.exists(in: directory) {
+            guard projector else {
+                throw FormatError(directory + "/" + ProjectorFiles.hfFile, "missing: a trained vision tower comes with its projector")
+            }
+            return lora ? .visionLoRAProjector : .visionProjector
+        }
         switch (lora, projector) {
         case (true, true): return .loraProjector
         case (true, false): return .lora
@@ -65,14 +77,15 @@ public final class AppliedAdapter: @unchecked Sendable {
     public let model: ChatModel
     /// Decoder adapters present before `apply` (restored by `unload`).
     private let previousAdapters: [String: LowRankAdapter]
-    /// The projector's weights before `apply` (restored by `unload`).
+    /// The projector's and the vision tower's weights before `apply` (restored by `unload`).
     private let projectorSnapshot: [Tensor]?
+    private let towerSnapshot: [Tensor]?
     public private(set) var isApplied = true
 
     private init(directory: String, kind: AdapterKind, lora: LoRA?, model: ChatModel,
-                 previousAdapters: [String: LowRankAdapter], projectorSnapshot: [Tensor]?) {
+                 previousAdapters: [String: LowRankAdapter], projectorSnapshot: [Tensor]?, towerSnapshot: [Tensor]?) {
         self.directory = directory; self.kind = kind; self.lora = lora; self.model = model
-        self.previousAdapters = previousAdapters; self.projectorSnapshot = projectorSnapshot
+        self.previousAdapters = previousAdapters; self.projectorSnapshot = projectorSnapshot; self.towerSnapshot = towerSnapshot
     }
 
     /// Reads the adapter in `directory` and installs it on `chat` (replacing any LoRA the decoder
@@ -92,13 +105,23 @@ public final class AppliedAdapter: @unchecked Sendable {
             }
             projectorWeights = try ProjectorFiles.load(directory: directory, for: llava.projector)
         }
+        var towerWeights: [Tensor]?
+        if kind.hasVisionTower {
+            guard let tower = llava?.visionTransformer else {
+                throw FormatError(directory + "/" + VisionTowerFiles.file, "vision tower weights, but the model has no vision tower vlmsh can replace")
+            }
+            towerWeights = try VisionTowerFiles.load(directory: directory, for: tower)
+        }
         // Everything is read and checked: now change the model.
         let previous = installedAdapters(on: decoder)
         let snapshot = llava.flatMap { l in projectorWeights.map { _ in ProjectorFiles.snapshot(l.projector) } }
         try decoder.setAdapters(lora?.adapters ?? previous)
         if let llava, let projectorWeights { ProjectorFiles.apply(projectorWeights, to: llava.projector) }
+        let tower = llava?.visionTransformer
+        let towerSnapshot = towerWeights.flatMap { _ in tower.map(VisionTowerFiles.snapshot) }
+        if let tower, let towerWeights { VisionTowerFiles.apply(towerWeights, to: tower) }
         return AppliedAdapter(directory: directory, kind: kind, lora: lora, model: chat,
-                              previousAdapters: previous, projectorSnapshot: snapshot)
+                              previousAdapters: previous, projectorSnapshot: snapshot, towerSnapshot: towerSnapshot)
     }
 
     /// Takes the adapter off: the decoder's earlier adapters (normally none) and the projector's
@@ -110,6 +133,9 @@ public final class AppliedAdapter: @unchecked Sendable {
         if let projectorSnapshot, let llava = (model as? VisionLanguageModel)?.llava {
             ProjectorFiles.apply(projectorSnapshot, to: llava.projector)
         }
+        if let towerSnapshot, let tower = (model as? VisionLanguageModel)?.llava.visionTransformer {
+            VisionTowerFiles.apply(towerSnapshot, to: tower)
+        }
     }
 
     /// One line for the REPL: "lora r=4 alpha=8 on 14 layers + projector (PATH)".
@@ -119,6 +145,7 @@ public final class AppliedAdapter: @unchecked Sendable {
             let c = lora.configuration
             parts.append("lora r=\(c.rank) alpha=\(Self.number(c.alpha))\(c.useRSLoRA ? " rslora" : "") on \(lora.adapters.count) layers")
         }
+        if kind.hasVisionTower { parts.append("vision tower") }
         if kind.hasProjector { parts.append("projector") }
         return parts.joined(separator: " + ") + " (\(directory))"
     }

@@ -148,7 +148,7 @@ public enum Evaluator {
     /// reference. `limit` keeps the first rows; `blankImages` replaces each image with a mid-grey
     /// one of the same size. Each image is encoded once. `progress` gets (rows done, rows).
     public static func run(chat: ChatModel, dataset path: String, imageFolder: String? = nil, maxNewTokens: Int = 32,
-                           limit: Int? = nil, blankImages: Bool = false, skipBadRows: Bool = false,
+                           limit: Int? = nil, kinds: Set<String>? = nil, blankImages: Bool = false, skipBadRows: Bool = false,
                            progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> EvalResult {
         let support = chat.images
         let dataset = try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template,
@@ -160,6 +160,7 @@ public enum Evaluator {
             if case .success(let value) = row.value, let object = value as? [String: Any] { raw[row.location] = object }
         }
         var examples = dataset.examples
+        if let kinds { examples = examples.filter { raw[$0.source]?["kind"].flatMap(Self.string).map(kinds.contains) ?? false } }
         if let limit { examples = Array(examples.prefix(max(limit, 0))) }
 
         let images = ImageFeatureCache(chat: chat, blank: blankImages)
@@ -168,17 +169,21 @@ public enum Evaluator {
         for (n, example) in examples.enumerated() {
             let object = raw[example.source] ?? [:]
             let features = try example.imagePath.map { try images.features(path: $0) }
-            let stats = try teacherForced(example, chat: chat, imageFeatures: features)
             var row = EvalRowResult(source: example.source, id: object["id"].flatMap(Self.string), kind: object["kind"].flatMap(Self.string),
-                                    hasImage: example.hasImage, tokens: stats.tokens, lossSum: stats.lossSum, correct: stats.correct,
+                                    hasImage: example.hasImage, tokens: 0, lossSum: 0, correct: 0,
                                     reference: nil, generated: nil, exactMatch: false, normalizedMatch: false)
+            var prefix: Prefix?
             if maxNewTokens > 0, let prompt = try answerPrompt(example, row: object, chat: chat) {
-                let answer = try generate(promptIDs: prompt.ids, imageFeatures: prompt.hasImage ? features : nil, chat: chat, maxNewTokens: maxNewTokens)
+                let reply = try generateKeepingPrompt(promptIDs: prompt.ids, imageFeatures: prompt.hasImage ? features : nil,
+                                                      chat: chat, maxNewTokens: maxNewTokens)
                 row.reference = prompt.reference
-                row.generated = answer
-                row.exactMatch = isExactMatch(answer, prompt.reference)
-                row.normalizedMatch = normalizedAnswer(answer) == normalizedAnswer(prompt.reference)
+                row.generated = reply.text
+                row.exactMatch = isExactMatch(reply.text, prompt.reference)
+                row.normalizedMatch = normalizedAnswer(reply.text) == normalizedAnswer(prompt.reference)
+                prefix = reply.prompt
             }
+            let stats = try teacherForced(example, chat: chat, imageFeatures: features, prefix: prefix)
+            row.tokens = stats.tokens; row.lossSum = stats.lossSum; row.correct = stats.correct
             rows.append(row)
             progress?(n + 1, examples.count)
         }
@@ -205,26 +210,47 @@ public enum Evaluator {
     /// `labels[i + 1]`, as the trainer's loss), through `LlamaModel.forward`: the input embeddings
     /// (image rows from `imageFeatures`, `[featureCount, hidden]`) run in chunks that end at each
     /// position whose logits are needed, on one KV cache.
-    public static func teacherForced(_ example: TrainingExample, chat: ChatModel, imageFeatures: Tensor?) throws -> TokenStatistics {
+    /// With `prefix` (the greedy answer's prompt, when it is the example's ids up to its first
+    /// target), that prompt's cache and last logits stand in for the first chunk, which is the
+    /// same computation.
+    public static func teacherForced(_ example: TrainingExample, chat: ChatModel, imageFeatures: Tensor?,
+                                     prefix: Prefix? = nil) throws -> TokenStatistics {
         let decoder = chat.decoder
         let d = decoder.config.hiddenSize
         let embeddings = try embed(example.inputIDs, imageRange: example.imageRange, features: imageFeatures, chat: chat,
                                    source: example.source)
         let wanted = (0..<max(example.length - 1, 0)).filter { example.labels[$0 + 1] != ignoreIndex }
         var stats = TokenStatistics()
-        let cache = decoder.makeCache(capacity: example.length)
+        let reuse = prefix.flatMap { p in wanted.first == p.ids.count - 1 && example.inputIDs.starts(with: p.ids) ? p : nil }
+        let cache = reuse?.cache ?? decoder.makeCache(capacity: example.length)
         var cursor = 0
+        func score(_ logits: UnsafeBufferPointer<Float>, _ target: Int) {
+            stats.lossSum += crossEntropy(logits, target: target)
+            stats.tokens += 1
+            if Sampler.argmax(logits) == target { stats.correct += 1 }
+        }
         withExtendedLifetime(embeddings) {
             for position in wanted {
+                if let reuse, position == reuse.ids.count - 1 {
+                    cache.truncate(to: reuse.ids.count)
+                    reuse.logits.withUnsafeBufferPointer { score($0, example.labels[position + 1]) }
+                    cursor = position + 1
+                    continue
+                }
                 let logits = decoder.forward(embeddings: embeddings.data + cursor * d, count: position - cursor + 1, cache: cache)
                 cursor = position + 1
-                let target = example.labels[position + 1]
-                stats.lossSum += crossEntropy(logits, target: target)
-                stats.tokens += 1
-                if Sampler.argmax(logits) == target { stats.correct += 1 }
+                score(logits, example.labels[position + 1])
             }
         }
         return stats
+    }
+
+    /// A prompt already run: its ids (image rows as the image token), the KV cache after it (and
+    /// perhaps more), and the logits at its last position.
+    public struct Prefix {
+        let ids: [Int]
+        let cache: KVCache
+        let logits: [Float]
     }
 
     /// −log softmax(logits)[target], in Double.
@@ -317,6 +343,12 @@ public enum Evaluator {
     /// rows of `imageFeatures`), driven by `Generator` on a fresh KV cache as `ChatSession` drives
     /// it: temperature 0, at most `maxNewTokens`, the template's stop strings, stopping at EOS.
     public static func generate(promptIDs: [Int], imageFeatures: Tensor?, chat: ChatModel, maxNewTokens: Int) throws -> String {
+        try generateKeepingPrompt(promptIDs: promptIDs, imageFeatures: imageFeatures, chat: chat, maxNewTokens: maxNewTokens).text
+    }
+
+    /// `generate`, also returning the prompt's run for `teacherForced` to continue from.
+    static func generateKeepingPrompt(promptIDs: [Int], imageFeatures: Tensor?, chat: ChatModel, maxNewTokens: Int) throws
+        -> (text: String, prompt: Prefix) {
         let decoder = chat.decoder
         let d = decoder.config.hiddenSize
         let hash = "eval-image"
@@ -336,12 +368,23 @@ public enum Evaluator {
         parameters.stopStrings = chat.template.stopStrings
         let cache = decoder.makeCache(capacity: slots.count + maxNewTokens + 1)
         let promptTokens = slots.compactMap { if case .token(let id) = $0 { return id } else { return nil } }
+        var promptLogits: [Float] = []
         let generator = Generator(
             tokenizer: chat.tokenizer, parameters: parameters, promptIDs: promptTokens, stopTokens: chat.tokenizer.eosTokenIDs,
-            prefill: { withExtendedLifetime(embeddings) { decoder.forward(embeddings: embeddings.data, count: slots.count, cache: cache) } },
+            prefill: {
+                let logits = withExtendedLifetime(embeddings) { decoder.forward(embeddings: embeddings.data, count: slots.count, cache: cache) }
+                promptLogits = Array(logits)
+                return logits
+            },
             step: { id in try decoder.forward(tokens: [id], cache: cache) })
         while try generator.next() != nil {}
-        return generator.text
+        let ids = slots.map { slot -> Int in
+            switch slot {
+            case .token(let id): return id
+            case .image: return chat.images?.tokenID ?? -1
+            }
+        }
+        return (generator.text, Prefix(ids: ids, cache: cache, logits: promptLogits))
     }
 
     static func string(_ value: Any) -> String? {

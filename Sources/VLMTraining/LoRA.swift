@@ -221,8 +221,8 @@ public final class LoRA: @unchecked Sendable {
     public func parameters(layout: ModuleLayout) -> [Parameter] {
         leaves.keys.sorted().flatMap { name -> [Parameter] in
             let leaf = leaves[name]!
-            return [Parameter(name: Self.key(name, "A", layout: layout), variable: leaf.a, isProjector: false),
-                    Parameter(name: Self.key(name, "B", layout: layout), variable: leaf.b, isProjector: false)]
+            return [Parameter(name: Self.key(name, "A", layout: layout), variable: leaf.a, group: .languageModel),
+                    Parameter(name: Self.key(name, "B", layout: layout), variable: leaf.b, group: .languageModel)]
         }
     }
 

@@ -15,6 +15,9 @@ import Glibc
 //
 // Hugging Face folders only: a GGUF file has no tokenizer.json to copy, and llama.cpp stores
 // Llama Q/K rows permuted for interleaved RoPE, so it cannot be written back as HF weights here.
+// A composed LLaVA folder (`text_model` names its language model) keeps that reference: its
+// vision tower and projector are replaced, and a LoRA stays a LoRA — the adapter files are
+// written beside the weights and installed whenever the folder is loaded.
 
 /// The tensor encoding of a merged checkpoint.
 public enum MergeDType: String, Sendable, CaseIterable {
@@ -32,10 +35,13 @@ public struct MergeReport: Sendable {
     public var output: String
     public var kind: AdapterKind
     public var isLlava: Bool
-    /// Tensors written, linear weights LoRA was fused into, projector tensors replaced.
+    /// Tensors written, linear weights LoRA was fused into, projector and vision tower tensors replaced.
     public var tensors: Int
     public var mergedWeights: Int
     public var projectorTensors: Int
+    public var visionTowerTensors: Int
+    /// A composed folder's LoRA, written as adapter files instead of fused.
+    public var keptLoRA: Bool
     /// Non-weight files and folders copied from the base.
     public var copiedFiles: [String]
     public var dtype: MergeDType
@@ -60,12 +66,16 @@ public enum Merge {
         let isLlava = LlavaModel.isLlava(folder: model)
         let decoder: LlamaModel
         let projector: MultiModalProjector?
+        var tower: VisionTransformer?
+        var composed = false
         let sanitize: (String) -> String?
         let languagePrefix: String
         if isLlava {
             let llava = try LlavaModel.load(folder: model)
             decoder = llava.decoder
             projector = llava.projector
+            tower = llava.visionTransformer
+            composed = llava.config.textModel != nil
             if llava.config.modelType == "llava_llama" {
                 sanitize = { LlavaWeights.sanitizeOriginal($0) }
             } else {
@@ -87,16 +97,26 @@ public enum Merge {
             let loaded = try ProjectorFiles.load(directory: adapter, for: projector)
             for (entry, tensor) in zip(ProjectorFiles.named(projector), loaded) { projectorTensors[entry.hf] = tensor }
         }
+        var towerTensors: [String: Tensor] = [:]
+        if kind.hasVisionTower {
+            guard let tower else {
+                throw FormatError(adapter + "/" + VisionTowerFiles.file, "vision tower weights, but \(model) has no vision tower vlmsh can replace")
+            }
+            let loaded = try VisionTowerFiles.load(directory: adapter, for: tower)
+            for ((name, _), tensor) in zip(tower.namedTensors, loaded) { towerTensors[VisionTowerFiles.prefix + name] = tensor }
+        }
+        // A composed folder's language model is elsewhere: its LoRA is kept as files, not fused.
+        let fusedLoRA = composed ? nil : lora
 
         // What each stored tensor becomes.
         let source = try openCheckpoint(folder: model)
         var plan: [(name: String, shape: [Int], adapter: LowRankAdapter?, replacement: Tensor?)] = []
-        var usedAdapters = Set<String>(), usedProjector = Set<String>()
+        var usedAdapters = Set<String>(), usedProjector = Set<String>(), usedTower = Set<String>()
         for name in source.weightNames.sorted() {
             guard let canonical = sanitize(name) else { continue }
             guard let info = source.info(name) else { throw FormatError(model, "tensor '\(name)' has a dtype vlmsh cannot read (F32, F16, BF16 only)") }
             var entry: (name: String, shape: [Int], adapter: LowRankAdapter?, replacement: Tensor?) = (name, info.shape, nil, nil)
-            if let lora, canonical.hasPrefix(languagePrefix + "model.layers."), canonical.hasSuffix(".weight") {
+            if let lora = fusedLoRA, canonical.hasPrefix(languagePrefix + "model.layers."), canonical.hasSuffix(".weight") {
                 let module = String(canonical.dropFirst(languagePrefix.count).dropLast(".weight".count))
                 if let a = lora.adapters[module] {
                     guard info.shape == [a.outFeatures, a.inFeatures] else {
@@ -110,13 +130,20 @@ public enum Merge {
                 entry.replacement = t
                 usedProjector.insert(canonical)
             }
+            if let t = towerTensors[canonical] {
+                entry.replacement = t
+                usedTower.insert(canonical)
+            }
             plan.append(entry)
         }
-        if let lora, let missing = Set(lora.adapters.keys).subtracting(usedAdapters).sorted().first {
+        if let lora = fusedLoRA, let missing = Set(lora.adapters.keys).subtracting(usedAdapters).sorted().first {
             throw FormatError(model, "no stored weight for \(missing), which the adapter changes")
         }
         if let missing = Set(projectorTensors.keys).subtracting(usedProjector).sorted().first {
             throw FormatError(model, "no stored tensor \(missing) for the adapter's projector to replace")
+        }
+        if let missing = Set(towerTensors.keys).subtracting(usedTower).sorted().first {
+            throw FormatError(model, "no stored tensor \(missing) for the adapter's vision tower to replace")
         }
 
         // Build the folder beside the target, then move it into place.
@@ -126,7 +153,7 @@ public enum Merge {
             try fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
             let copied = try copyNonWeightFiles(from: model, to: temp)
             var metadata = ["format": "pt", "vlmsh_merged_base": model, "vlmsh_merged_adapter": adapter]
-            if let lora { metadata["vlmsh_lora_scale"] = String(lora.configuration.scale) }
+            if let lora = fusedLoRA { metadata["vlmsh_lora_scale"] = String(lora.configuration.scale) }
             let bytes = try writeSafetensors(plan.map { ($0.name, $0.shape) }, dtype: dtype, metadata: metadata,
                                              to: temp + "/model.safetensors") { i in
                 let p = plan[i]
@@ -135,11 +162,24 @@ public enum Merge {
                 if let a = p.adapter { fuse(a, into: w) }
                 return w
             }
+            var kept = false
+            if composed {
+                // The newest LoRA wins: the adapter's, else the one the base folder carries.
+                let loraSource = lora != nil ? adapter : (fm.fileExists(atPath: model + "/adapter_model.safetensors") ? model : nil)
+                if let loraSource {
+                    for name in ["adapter_config.json", "adapter_model.safetensors"] {
+                        try? fm.removeItem(atPath: temp + "/" + name)
+                        try fm.copyItem(atPath: loraSource + "/" + name, toPath: temp + "/" + name)
+                    }
+                    kept = true
+                }
+            }
             guard rename(temp, output) == 0 else {
                 throw FormatError(output, "cannot move the merged folder into place: \(String(cString: strerror(errno)))")
             }
             return MergeReport(output: output, kind: kind, isLlava: isLlava, tensors: plan.count, mergedWeights: usedAdapters.count,
-                               projectorTensors: usedProjector.count, copiedFiles: copied, dtype: dtype, bytes: bytes)
+                               projectorTensors: usedProjector.count, visionTowerTensors: usedTower.count, keptLoRA: kept,
+                               copiedFiles: copied, dtype: dtype, bytes: bytes)
         } catch {
             try? fm.removeItem(atPath: temp)
             throw error

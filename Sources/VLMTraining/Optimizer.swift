@@ -2,17 +2,22 @@ import Foundation
 import VLMTensor
 
 // AdamW as `torch.optim.AdamW`, with parameter groups as `LLaVATrainer.create_optimizer` makes
-// them: weight decay on every trainable weight but biases and norm weights, and the projector's
-// parameters at `mm_projector_lr` when one is given.
+// them: weight decay on every trainable weight but biases and norm weights, the projector's
+// parameters at `mm_projector_lr` and (LLaVA-NeXT) the vision tower's at `mm_vision_tower_lr`
+// when given.
+
+/// Which part of a LLaVA model a trainable tensor belongs to (the optimizer groups by it).
+public enum ParameterPart: Sendable, CaseIterable {
+    case languageModel, projector, visionTower
+}
 
 /// A trainable tensor under its canonical name (PEFT's key for LoRA, the HF name otherwise).
 public struct Parameter: @unchecked Sendable {
     public let name: String
     public let variable: Variable
-    /// Part of the multimodal projector (gets `mm_projector_lr`).
-    public let isProjector: Bool
-    public init(name: String, variable: Variable, isProjector: Bool) {
-        self.name = name; self.variable = variable; self.isProjector = isProjector
+    public let part: ParameterPart
+    public init(name: String, variable: Variable, group part: ParameterPart = .languageModel) {
+        self.name = name; self.variable = variable; self.part = part
     }
 
     /// LLaVA decays every parameter except biases and layer-norm weights.
@@ -29,12 +34,22 @@ public struct ParameterGroup: @unchecked Sendable {
 public struct OptimizerSettings: Sendable, Codable, Equatable {
     public var learningRate: Float
     public var projectorLearningRate: Float?
+    public var visionTowerLearningRate: Float?
     public var weightDecay: Float
     public var beta1: Float = 0.9
     public var beta2: Float = 0.999
     public var epsilon: Float = 1e-8
-    public init(learningRate: Float, projectorLearningRate: Float? = nil, weightDecay: Float = 0) {
-        self.learningRate = learningRate; self.projectorLearningRate = projectorLearningRate; self.weightDecay = weightDecay
+    public init(learningRate: Float, projectorLearningRate: Float? = nil, visionTowerLearningRate: Float? = nil, weightDecay: Float = 0) {
+        self.learningRate = learningRate; self.projectorLearningRate = projectorLearningRate
+        self.visionTowerLearningRate = visionTowerLearningRate; self.weightDecay = weightDecay
+    }
+
+    func learningRate(_ part: ParameterPart) -> Float {
+        switch part {
+        case .languageModel: return learningRate
+        case .projector: return projectorLearningRate ?? learningRate
+        case .visionTower: return visionTowerLearningRate ?? learningRate
+        }
     }
 }
 
@@ -50,10 +65,10 @@ public final class AdamW {
     public init(parameters: [Parameter], settings: OptimizerSettings) {
         self.settings = settings
         var groups: [ParameterGroup] = []
-        for projector in [false, true] {
-            let lr = projector ? (settings.projectorLearningRate ?? settings.learningRate) : settings.learningRate
+        for part in ParameterPart.allCases {
+            let lr = settings.learningRate(part)
             for decays in [true, false] {
-                let members = parameters.filter { $0.isProjector == projector && $0.decays == decays }
+                let members = parameters.filter { $0.part == part && $0.decays == decays }
                 if !members.isEmpty { groups.append(ParameterGroup(parameters: members, learningRate: lr, weightDecay: decays ? settings.weightDecay : 0)) }
             }
         }

@@ -6,8 +6,9 @@ import VLMTensor
 
 // The model a fine-tune trains, as a graph on the tape: the Llama-family decoder (frozen weights
 // as Float32 constants, LoRA adapters as trainable leaves) and, for LLaVA, image features from the
-// frozen vision tower through the projector, spliced over the image token rows. Trainable tensors
-// share storage with the loaded model, so generation after (or during) a fine-tune uses them.
+// vision tower (frozen and cached, or trained on the tape) through the projector, spliced over the
+// image token rows. Trainable tensors share storage with the loaded model, so generation after (or
+// during) a fine-tune uses them.
 
 public enum FineTuneMode: String, Sendable, Codable, CaseIterable {
     /// LoRA on the language model's linear layers.
@@ -16,9 +17,15 @@ public enum FineTuneMode: String, Sendable, Codable, CaseIterable {
     case projector
     /// LLaVA's LoRA recipe: LoRA on the language model, the projector trained in full.
     case loraProjector = "lora+projector"
+    /// The vision tower and the projector (LLaVA-NeXT's `mm_tunable_parts=mm_vision_tower,mm_mlp_adapter`):
+    /// how a tower trained from scratch learns to see.
+    case visionProjector = "vision+projector"
+    /// All three: the tower, the projector, and LoRA on the language model.
+    case visionLoRAProjector = "vision+lora+projector"
 
-    var trainsLoRA: Bool { self != .projector }
-    var trainsProjector: Bool { self != .lora }
+    public var trainsLoRA: Bool { self == .lora || self == .loraProjector || self == .visionLoRAProjector }
+    public var trainsProjector: Bool { self != .lora }
+    public var trainsVisionTower: Bool { self == .visionProjector || self == .visionLoRAProjector }
 }
 
 public final class TrainableModel: @unchecked Sendable {
@@ -31,7 +38,9 @@ public final class TrainableModel: @unchecked Sendable {
     let decoder: LlamaModel
     let frozen: FrozenDecoder
     let projector: ProjectorParameters?
-    /// Vision-tower outputs by image path: the tower is frozen, so each image is encoded once.
+    /// The tower on the tape, when it trains.
+    let visionGraph: VisionTowerGraph?
+    /// Vision-tower outputs by image path when the tower is frozen: each image is encoded once.
     private var visionCache: [String: Tensor] = [:]
 
     /// Prepares `chat` for training in `mode`. `lora` is a fresh or loaded adapter set (required
@@ -57,6 +66,17 @@ public final class TrainableModel: @unchecked Sendable {
         } else {
             projector = llava.map { ProjectorParameters($0.projector, trainable: false) }
         }
+        if mode.trainsVisionTower, let llava {
+            guard let tower = llava.visionTransformer else { throw TrainingError("--mode \(mode.rawValue): this vision tower cannot be trained") }
+            guard llava.config.visionFeatureLayers.count == 1 else {
+                throw TrainingError("--mode \(mode.rawValue) needs a single vision_feature_layer (this model concatenates \(llava.config.visionFeatureLayers.count))")
+            }
+            let graph = try VisionTowerGraph(tower, featureLayer: llava.config.visionFeatureLayers[0], trainable: true)
+            visionGraph = graph
+            parameters += graph.parameters
+        } else {
+            visionGraph = nil
+        }
         self.parameters = parameters
     }
 
@@ -73,8 +93,14 @@ public final class TrainableModel: @unchecked Sendable {
         var x = Variable(embeddings)
         if !imageRows.isEmpty {
             guard let llava, let projector else { throw TrainingError("\(batch.sources.joined(separator: ", ")): an image row, but the model has no vision tower") }
-            let features = try visionFeatures(batch.imagePaths.compactMap { $0 }, llava: llava)
-            x = tape.scatterRows(x, positions: batch.imageRows, source: projector.forward(Variable(features), tape: tape, activation: llava.projector.activation))
+            let paths = batch.imagePaths.compactMap { $0 }
+            let features: Variable
+            if let visionGraph {
+                features = try visionGraph.forward(paths.map { try pixels($0, llava: llava) }, dropClassToken: llava.dropsClassToken, tape: tape)
+            } else {
+                features = Variable(try visionFeatures(paths, llava: llava))
+            }
+            x = tape.scatterRows(x, positions: batch.imageRows, source: projector.forward(features, tape: tape, activation: llava.projector.activation))
         }
         let hidden = frozen.forward(x, layout: batch.layout, tape: tape, lora: lora, dropout: training, random: &random)
         // Logits only where a target is: the other rows cannot change the loss.
@@ -85,13 +111,16 @@ public final class TrainableModel: @unchecked Sendable {
                                        targets: rows.map { batch.targets[$0] }, normalizer: normalizer, gradientInForward: training)
     }
 
-    /// Vision features `[images·featureCount, visionHidden]` stacked in order.
+    /// The model input of the image at `path`.
+    private func pixels(_ path: String, llava: LlavaModel) throws -> Tensor {
+        do { return llava.preprocess(try ImageLoader.load(path: path)) } catch { throw TrainingError("\(error)") }
+    }
+
+    /// Frozen-tower features `[images·featureCount, visionHidden]` stacked in order.
     private func visionFeatures(_ paths: [String], llava: LlavaModel) throws -> Tensor {
         let blocks = try paths.map { path -> Tensor in
             if let cached = visionCache[path] { return cached }
-            let image: RGBImage
-            do { image = try ImageLoader.load(path: path) } catch { throw TrainingError("\(error)") }
-            let features = try llava.visionFeatures(pixels: llava.preprocess(image))
+            let features = try llava.visionFeatures(pixels: pixels(path, llava: llava))
             visionCache[path] = features
             return features
         }
@@ -176,7 +205,7 @@ final class ProjectorParameters: @unchecked Sendable {
         linear2 = projector.linear2.map { (leaf($0.weight), $0.bias.map(leaf)) }
         var named: [(String, Variable?)] = [("multi_modal_projector.linear_1.weight", linear1.weight), ("multi_modal_projector.linear_1.bias", linear1.bias)]
         if let linear2 { named += [("multi_modal_projector.linear_2.weight", linear2.weight), ("multi_modal_projector.linear_2.bias", linear2.bias)] }
-        parameters = trainable ? named.compactMap { n, v in v.map { Parameter(name: n, variable: $0, isProjector: true) } } : []
+        parameters = trainable ? named.compactMap { n, v in v.map { Parameter(name: n, variable: $0, group: .projector) } } : []
     }
 
     /// linear_1 → act → linear_2 (or linear_1 alone for a `linear` projector).

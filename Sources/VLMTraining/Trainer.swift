@@ -22,6 +22,7 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
     public var gradientAccumulation = 1
     public var learningRate: Float = 2e-4
     public var projectorLearningRate: Float?
+    public var visionTowerLearningRate: Float?
     public var weightDecay: Float = 0
     public var scheduler: LearningRateSchedule.Kind = .cosine
     public var warmupSteps: Int?
@@ -36,7 +37,7 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case mode, loraRank = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout", loraTargets = "lora_targets"
         case adapterInit = "adapter_init", steps, epochs, batchSize = "batch_size", gradientAccumulation = "grad_accum"
-        case learningRate = "lr", projectorLearningRate = "mm_projector_lr", weightDecay = "weight_decay", scheduler
+        case learningRate = "lr", projectorLearningRate = "mm_projector_lr", visionTowerLearningRate = "mm_vision_tower_lr", weightDecay = "weight_decay", scheduler
         case warmupSteps = "warmup_steps", warmupRatio = "warmup_ratio", maxGradNorm = "max_grad_norm"
         case maxLength = "max_length", seed, saveSteps = "save_steps", groupByModalityLength = "group_by_modality_length"
     }
@@ -105,7 +106,8 @@ public final class Trainer {
                                         warmupSteps: LearningRateSchedule.warmupSteps(steps: settings.warmupSteps, ratio: settings.warmupRatio, totalSteps: total),
                                         totalSteps: total)
         optimizer = AdamW(parameters: model.parameters, settings: OptimizerSettings(
-            learningRate: settings.learningRate, projectorLearningRate: settings.projectorLearningRate, weightDecay: settings.weightDecay))
+            learningRate: settings.learningRate, projectorLearningRate: settings.projectorLearningRate,
+            visionTowerLearningRate: settings.visionTowerLearningRate, weightDecay: settings.weightDecay))
         state = TrainerState(dropoutRandom: SeededRandom(seed: settings.seed &+ 1))
     }
 
@@ -196,6 +198,7 @@ public final class Trainer {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         if let lora = model.lora { try lora.save(directory: directory, layout: model.layout, baseModel: baseModel) }
         if model.mode.trainsProjector, let projector = model.llava?.projector { try ProjectorFiles.save(projector, directory: directory) }
+        if model.mode.trainsVisionTower, let tower = model.llava?.visionTransformer { try VisionTowerFiles.save(tower, directory: directory) }
     }
 
     /// Continues from a checkpoint written by `save`: optimizer moments and loop state. The

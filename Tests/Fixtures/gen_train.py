@@ -40,6 +40,7 @@ EPS = 1e-8
 LORA_TARGET = (r"model\.language_model\.layers\.\d+\."
                r"(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))")
 PROJECTOR = "multi_modal_projector"        # LLaVA's "mm_projector"
+TOWER = "vision_tower"
 
 
 # ------------------------------------------------------------------------------------------------ examples
@@ -122,6 +123,10 @@ def hub_key(name):
 
 
 def key_for(name):
+    if TOWER in name:
+        # transformers 5 names the tower's parameters without vision_model.; llava-hf checkpoints have it
+        rest = name[name.index(TOWER) + len(TOWER) + 1:]
+        return TOWER + ".vision_model." + rest.removeprefix("vision_model.")
     return hub_key(name) if PROJECTOR in name else peft_key(name)
 
 
@@ -155,7 +160,9 @@ def make_lora_init(base_dir, folder):
 
 
 def grads_of(model):
-    return {key_for(n): p.grad.detach().clone() for n, p in trainable(model)}
+    """Step-1 gradients; parameters the loss never reaches (tower layers past the feature layer,
+    its post-norm) have none and are left out."""
+    return {key_for(n): p.grad.detach().clone() for n, p in trainable(model) if p.grad is not None}
 
 
 def params_of(model):
@@ -232,6 +239,21 @@ def case_projector(base_dir, batch, out):
     return {"start": "base", "example": "A", "trainable": sorted(grads), "lr": 1e-2, "weight_decay": 0.0,
             "scheduler": "constant", "clip": None, "losses": losses, "grads_file": "grads-projector.safetensors",
             "final_file": "final-projector.safetensors"}
+
+
+def case_vision_projector(base_dir, batch, out):
+    """LLaVA-NeXT's mm_tunable_parts=mm_vision_tower,mm_mlp_adapter: the whole tower and the projector train."""
+    model = load_base(base_dir)
+    for n, p in model.named_parameters():
+        p.requires_grad_(PROJECTOR in n or TOWER in n)
+    opt = adamw([p for _, p in trainable(model)], 1e-2, 0.0)
+    losses, _, grads = run_steps(model, opt, batch)
+    save_tensors(out / "grads-vision+projector.safetensors", grads)
+    final = {k: v for k, v in params_of(model).items() if k in grads}
+    save_tensors(out / "final-vision+projector.safetensors", final)
+    return {"start": "base", "example": "A", "trainable": sorted(grads), "lr": 1e-2, "weight_decay": 0.0,
+            "scheduler": "constant", "clip": None, "losses": losses, "grads_file": "grads-vision+projector.safetensors",
+            "final_file": "final-vision+projector.safetensors"}
 
 
 def case_lora_projector(base_dir, adapter_dir, batch, out):
@@ -367,7 +389,7 @@ seeded; regenerating gives byte-identical files.
 | `pixel_values.safetensors` | `square.png`, `wide.png`: [1, 3, 32, 32] float32 from clip-llama's preprocessor_config.json (`AutoImageProcessor`, PIL backend) |
 | `check_input.json` | example A expanded (input_ids as the model sees them) + pixel values reference: the input of `check_peft_load.py` |
 | `lora-init/` | PEFT adapter (`adapter_config.json`, `adapter_model.safetensors`): r 4, alpha 8 (scale 2), dropout 0, LLaMA q/k/v/o/gate/up/down of both layers; lora_A = PEFT's kaiming init, lora_B = randn*0.05 (non-zero, so both get gradients). `base_model_name_or_path` is rewritten to `../../llava/clip-llama` (relative to the adapter folder). |
-| `grads-<case>.safetensors` | step-1 gradients: LoRA under the PEFT file keys, projector under `multi_modal_projector.linear_{1,2}.{weight,bias}` |
+| `grads-<case>.safetensors` | step-1 gradients: LoRA under the PEFT file keys, projector under `multi_modal_projector.linear_{1,2}.{weight,bias}`, vision tower under `vision_tower.vision_model.*` (only tensors the loss reaches: the feature layer is -2, so the last layer and the post-norm have none) |
 | `final-<case>.safetensors` | the trainable weights after the case's last optimizer step (same key names) |
 | `golden.json` | everything else (schema below) |
 | `vlmsh-adapter/` | optional, written by the Swift side; if present, `generate.py train` loads it with PEFT and stores its logits |
@@ -414,6 +436,7 @@ last-position logits of `IDS_JSON` (here `check_input.json`) plus whether the ke
  "cases": {
   "lora":           {start, example, lr, weight_decay, scheduler, clip, losses[3], grads_file, final_file},
   "projector":      {..., trainable [keys], losses[3], grads_file, final_file},
+  "vision+projector": {..., trainable [keys], losses[3], grads_file, final_file},
   "lora+projector": {..., mm_projector_lr, param_groups [{lr, weight_decay, params [keys]}], losses[3], grads_file, final_file},
   "lora-clip":      {..., clip 0.05, losses[3], grad_norms[3] (pre-clip total norms), clip_rule, final_file},
   "grad-accum":     {examples ["A","B"], micro_batch_size 1, gradient_accumulation_steps 2, label_counts [N_A, N_B],
@@ -500,6 +523,7 @@ def generate(out):
     cases["lora"] = case_lora(base_dir, lora_dir, batch_a, out)
     cases["projector"] = case_projector(base_dir, batch_a, out)
     cases["lora+projector"] = case_lora_projector(base_dir, lora_dir, batch_a, out)
+    cases["vision+projector"] = case_vision_projector(base_dir, batch_a, out)
     cases["lora-clip"] = case_lora_clip(base_dir, lora_dir, batch_a, out)
     cases["grad-accum"] = case_grad_accum(base_dir, lora_dir, by_name["A"], by_name["B"], pixels, "grad-accum", out)
     cases["grad-accum-text"] = case_grad_accum(base_dir, lora_dir, by_name["A"], by_name["B-text"], pixels,

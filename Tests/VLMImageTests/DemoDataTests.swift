@@ -218,7 +218,9 @@ final class DemoDataTests: XCTestCase {
         var yes = 0, no = 0
         for split in DemoDataset.Split.allCases {
             for index in 0..<1500 {
-                let item = DemoDataset.item(split: split, index: index, seed: 77, imageSize: 64)
+                let item = DemoDataset.item(split: split, index: index, seed: 77, imageSize: 64, kinds: Set(DemoQuestionKind.allCases))
+                XCTAssertEqual(item.questions.filter { $0.kind != .size },
+                               DemoDataset.item(split: split, index: index, seed: 77, imageSize: 64).questions, "size is asked on request only")
                 let scene = item.scene
                 XCTAssertEqual(scene, ShapeScene.random(
                     seed: DemoDataset.imageSeed(splitSeed: DemoDataset.splitSeed(77, split), index: index), imageSize: 64))
@@ -271,6 +273,11 @@ final class DemoDataTests: XCTestCase {
                         XCTAssertNotNil(ShapeKind(rawValue: String(name)), text)
                         XCTAssertEqual(q.answer, ofKind(name).isEmpty ? "No." : "Yes.")
                         if q.answer == "Yes." { yes += 1 } else { no += 1 }
+                    case .size:
+                        XCTAssertTrue(text.hasPrefix("What size is the ") && text.hasSuffix("?"), text)
+                        let matches = ofKind(text.dropFirst("What size is the ".count).dropLast())
+                        XCTAssertEqual(matches.count, 1, "\(text) is ambiguous")
+                        if let s = matches.first { XCTAssertEqual(q.answer, capitalized(s.size.rawValue)) }
                     }
                 }
                 // Which questions are asked: the unambiguous ones, one of each kind.
@@ -282,6 +289,7 @@ final class DemoDataTests: XCTestCase {
                 expected.append(.count)
                 if uniqueKind { expected.append(.where) }
                 expected.append(.exists)
+                if uniqueKind { expected.append(.size) }
                 XCTAssertEqual(kindsHere, expected)
                 XCTAssertEqual(Set(item.questions.map { item.id($0) }).count, item.questions.count)
             }
@@ -353,6 +361,35 @@ final class DemoDataTests: XCTestCase {
             XCTAssertEqual(kinds, (info["kinds"] as! [String: Int]).filter { $0.value > 0 })
         }
         XCTAssertEqual(try String(contentsOfFile: dir + "/test.json", encoding: .utf8), "[]\n")
+    }
+
+    /// --multi-turn: one record per training image holding exactly that image's questions, the
+    /// placeholder opening the first turn and the caption (which would give answers away) last;
+    /// validation and test stay one record per question.
+    func testMultiTurnTrainingRecords() throws {
+        let dir = Self.scratchDir("multi")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try DemoDataset.write(to: dir, counts: [.train: 20, .validation: 3, .test: 0], seed: 5, imageSize: 64, multiTurnTrain: true)
+        let records = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/train.json"))) as! [[String: Any]]
+        XCTAssertEqual(records.count, 20)
+        var firstKinds = Set<String>()
+        for (i, r) in records.enumerated() {
+            XCTAssertEqual(r["kind"] as? String, "conversation")
+            let item = DemoDataset.item(split: .train, index: i, seed: 5, imageSize: 64)
+            XCTAssertEqual(r["image"] as? String, item.image)
+            let turns = r["conversations"] as! [[String: String]]
+            XCTAssertEqual(turns.count, 2 * item.questions.count)
+            XCTAssertEqual(turns.enumerated().map { $0.element["from"]! == ($0.offset % 2 == 0 ? "human" : "gpt") }, [Bool](repeating: true, count: turns.count))
+            XCTAssertTrue(turns[0]["value"]!.hasPrefix("<image>\n"))
+            XCTAssertEqual(turns.filter { $0["value"]!.contains("<image>") }.count, 1)
+            let pairs = stride(from: 0, to: turns.count, by: 2).map { (turns[$0]["value"]!.replacingOccurrences(of: "<image>\n", with: ""), turns[$0 + 1]["value"]!) }
+            XCTAssertEqual(Set(pairs.map { "\($0.0)|\($0.1)" }), Set(item.questions.map { "\($0.question)|\($0.answer)" }))
+            XCTAssertEqual(pairs.last!.0, DemoQuestionKind.caption.template)
+            firstKinds.insert(pairs[0].0)
+        }
+        XCTAssertGreaterThan(firstKinds.count, 3, "the order of the other questions varies")
+        let validation = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/validation.json"))) as! [[String: Any]]
+        XCTAssertTrue(validation.allSatisfy { ($0["conversations"] as! [Any]).count == 2 })
     }
 
     func testWriteRefusesAFileAsTheFolder() throws {

@@ -269,6 +269,34 @@ final class EvaluatorTests: XCTestCase {
         assertClose(try chatLogits(model), base, "after a second unload")
     }
 
+    /// A vision tower folder (what `--mode vision+projector` writes): the tower's tensors replace
+    /// the model's, change the image rows, and come back on unload; without its projector the
+    /// folder is refused with one line.
+    func testVisionTowerFolderAppliesAndRestoresTheTower() throws {
+        let model = try loadModel()
+        let dir = try temporaryDirectory()
+        let tower = try XCTUnwrap(model.llava.visionTransformer)
+        let before = VisionTowerFiles.snapshot(tower)
+        let nudged = VisionTowerFiles.snapshot(tower)
+        for t in nudged { for i in 0..<t.count { t.data[i] += 0.02 * Float(i % 5) - 0.04 } }
+        VisionTowerFiles.apply(nudged, to: tower)
+        try VisionTowerFiles.save(tower, directory: dir)
+        VisionTowerFiles.apply(before, to: tower)
+        XCTAssertThrowsError(try AdapterKind.detect(directory: dir)) { error in
+            XCTAssertTrue("\(error)".contains(ProjectorFiles.hfFile), "\(error)")
+        }
+        try ProjectorFiles.save(model.llava.projector, directory: dir)
+        XCTAssertEqual(try AdapterKind.detect(directory: dir), .visionProjector)
+
+        let adapter = try AppliedAdapter.apply(directory: dir, to: model)
+        for (now, want) in zip(VisionTowerFiles.snapshot(tower), nudged) { XCTAssertEqual(now.array, want.array) }
+        XCTAssertGreaterThan(zip(try chatLogits(model), Self.golden["base_logits"] as! [Double]).map { abs(Double($0) - $1) }.max()!, 1e-4,
+                             "the tower changes the image rows")
+        adapter.unload()
+        for (now, then) in zip(VisionTowerFiles.snapshot(tower), before) { XCTAssertEqual(now.array, then.array) }
+        assertClose(try chatLogits(model), Self.golden["base_logits"] as! [Double], "after unload")
+    }
+
     /// A LoRA + projector folder: both change the logits, both come off again.
     func testLoRAProjectorFolderAppliesAndRestoresTheProjector() throws {
         let model = try loadModel()

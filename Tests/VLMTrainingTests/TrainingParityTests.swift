@@ -43,7 +43,7 @@ final class TrainingParityTests: XCTestCase {
 
     func makeTrainer(_ mode: FineTuneMode, settings s: FineTuneSettings, examples: [String] = ["A"]) throws -> Trainer {
         let model = try loadModel()
-        let lora = mode == .projector ? nil : try LoRA.load(directory: Self.fixtures + "/lora-init", decoder: model.decoder)
+        let lora = !mode.trainsLoRA ? nil : try LoRA.load(directory: Self.fixtures + "/lora-init", decoder: model.decoder)
         let trainable = try TrainableModel(chat: model, mode: mode, lora: lora)
         return try Trainer(model: trainable, dataset: try dataset(model, names: examples), settings: s)
     }
@@ -59,10 +59,15 @@ final class TrainingParityTests: XCTestCase {
         let expected = try SafetensorsFile(path: Self.fixtures + "/" + gradsFile)
         var worst: Float = 0, worstName = ""
         XCTAssertEqual(Set(expected.weightNames), Set(trainer.model.parameters.map(\.name)), "gradient names", file: file, line: line)
+        // Each tensor is compared relative to its largest entry, floored at 1e-3 of the largest
+        // gradient overall: a gradient that is zero in exact arithmetic (a key bias: softmax
+        // ignores a shift shared by all keys) holds only rounding noise on both sides.
+        var overall: Float = 0
+        for name in expected.weightNames { overall = max(overall, try expected.floats(name).array.map(abs).max() ?? 0) }
         for p in trainer.model.parameters {
             let want = try expected.floats(p.name)
             guard let got = p.variable.grad else { XCTFail("\(p.name): no gradient", file: file, line: line); continue }
-            var scale: Float = 1e-6
+            var scale: Float = max(1e-3 * overall, 1e-6)
             for i in 0..<want.count { scale = max(scale, abs(want.data[i])) }
             for i in 0..<want.count {
                 let d = abs(got.data[i] - want.data[i]) / scale
@@ -102,6 +107,19 @@ final class TrainingParityTests: XCTestCase {
         trainer.optimizer.zeroGradients()
         let losses = try (0..<3).map { _ in try trainer.step().loss }
         assertLosses(losses, c["losses"] as! [Double], "projector")
+    }
+
+    /// The vision tower on the tape: every gradient the loss reaches (layers up to the feature layer
+    /// -2, embeddings, pre-norm) and three AdamW steps, against PyTorch training the whole tower.
+    func testVisionTowerStepsMatchPyTorch() throws {
+        let c = cases["vision+projector"]!
+        let trainer = try makeTrainer(.visionProjector, settings: settings(.visionProjector))
+        XCTAssertEqual(Set(trainer.model.parameters.map(\.name)), Set(c["trainable"] as! [String]))
+        try gradients(trainer, examples: [[0]])
+        try assertGradients(trainer, file: c["grads_file"] as! String)
+        trainer.optimizer.zeroGradients()
+        let losses = try (0..<3).map { _ in try trainer.step().loss }
+        assertLosses(losses, c["losses"] as! [Double], "vision+projector")
     }
 
     func testLoRAProjectorGroupsMatchLLaVATrainer() throws {
@@ -225,7 +243,7 @@ final class TrainingParityTests: XCTestCase {
         let c = cases["adamw"]!
         let initial = (c["initial"] as! [Double]).map(Float.init)
         let p = Variable(Tensor(shape: [initial.count], values: initial), requiresGrad: true)
-        let optimizer = AdamW(parameters: [Parameter(name: "p", variable: p, isProjector: false)],
+        let optimizer = AdamW(parameters: [Parameter(name: "p", variable: p, group: .languageModel)],
                               settings: OptimizerSettings(learningRate: Float(c["lr"] as! Double), weightDecay: Float(c["weight_decay"] as! Double)))
         for (grads, after) in zip(c["grads"] as! [[Double]], c["params_after_step"] as! [[Double]]) {
             let g = p.gradBuffer()

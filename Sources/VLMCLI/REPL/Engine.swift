@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import VLMGeneration
 import VLMImage
@@ -59,7 +60,7 @@ public final class Engine {
 
     public static let commands = [
         "/load", "/image", "/clear", "/set", "/show", "/history", "/save", "/sessions", "/open", "/replay",
-        "/run", "/adapter", "/finetune", "/eval", "/checkpoints", "/stats", "/help", "/quit",
+        "/run", "/adapter", "/finetune", "/eval", "/checkpoints", "/evals", "/make-demo-data", "/init-llava", "/merge", "/stats", "/help", "/quit",
     ]
 
     public static let settable = ["temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens", "system", "template"]
@@ -129,10 +130,23 @@ public final class Engine {
             try adapter(args)
         case "/eval":
             try evaluate(args)
+        case "/evals":
+            try storedEvals(args)
+        case "/make-demo-data":
+            console.line(try parse(DemoDataCommand.self, args, usage: "/make-demo-data --out DIR [--train N] … (vlmsh make-demo-data --help)").execute().line)
+        case "/init-llava":
+            console.line(try parse(InitLlavaCommand.self, args, usage: "/init-llava --out DIR [--text-model M] … (vlmsh init-llava --help)").execute())
+        case "/merge":
+            console.line(try parse(MergeCommand.self, args, usage: "/merge --model M --adapter DIR --out DIR (vlmsh merge --help)").execute().line)
         default:
             throw UsageError("unknown command \(name); /help lists them")
         }
         return true
+    }
+
+    /// A subcommand's arguments parsed as `vlmsh` would, or one usage line.
+    private func parse<C: ParsableCommand>(_ type: C.Type, _ args: [String], usage: String) throws -> C {
+        do { return try C.parse(args) } catch { throw UsageError("\(C.configuration.commandName ?? ""): \(C.message(for: error)) (usage: \(usage))") }
     }
 
     static let help = """
@@ -149,10 +163,14 @@ public final class Engine {
         /replay ID [--check]   re-run a stored session; --check compares replies
         /run FILE.vlm          run a notebook script
         /checkpoints           fine-tune checkpoints in the store
-        /finetune --data F --out DIR [--mode lora|projector|lora+projector] [--steps N] …
+        /finetune --data F --out DIR [--mode lora|projector|lora+projector|vision+…] [--steps N] …
                                fine-tune the loaded model (vlmsh finetune --help lists the options)
         /adapter load|unload PATH  apply a LoRA / projector folder (PEFT or vlmsh), or remove it
         /eval --data F [--limit N] [--blank-images] …  score the loaded model (vlmsh eval --help)
+        /evals DATA                   stored evals of a data file, oldest first
+        /make-demo-data --out DIR …   write the synthetic shapes dataset (vlmsh make-demo-data --help)
+        /init-llava --out DIR …       a new LLaVA folder around a language model (vlmsh init-llava --help)
+        /merge --model M --adapter DIR --out DIR   an adapter merged into a new model folder
         /help, /quit           (Ctrl-D also quits; Ctrl-C stops a reply)
         \"\"\"                    starts and ends a multi-line message
         """

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import VLMGeneration
 import VLMModels
+import VLMStore
 import VLMTraining
 
 // The REPL's fine-tuning commands: /finetune trains the loaded model in place (the adapter is
@@ -48,10 +49,40 @@ extension Engine {
                              print: { [console] in console.line($0) })
     }
 
+    /// `/evals DATA`: the stored evaluations of a data file, oldest first, one line per /eval
+    /// (its exact-match scores overall and per kind), so a script can show before and after.
+    func storedEvals(_ args: [String]) throws {
+        guard args.count == 1 else { throw UsageError("/evals DATA (the data file an /eval scored)") }
+        let records = try store.evals(dataset: EvalCommand.absolute(args[0]))
+        if records.isEmpty { console.line("no stored evals of \(args[0])"); return }
+        // One /eval stores all its metrics with the same details; consecutive ids group them.
+        var groups: [[EvalRecord]] = []
+        for r in records {
+            if let last = groups.last?.last, last.id == r.id - 1, last.details == r.details, last.modelPath == r.modelPath { groups[groups.count - 1].append(r) }
+            else { groups.append([r]) }
+        }
+        for g in groups {
+            let blank = g.contains { $0.metric.hasPrefix("blank_images/") }
+            var scores: [String] = []
+            for r in g where r.metric.contains("exact_match") && !r.metric.contains("normalized") {
+                let name = r.metric.replacingOccurrences(of: "blank_images/", with: "").replacingOccurrences(of: "exact_match/", with: "")
+                scores.append((name == "exact_match" ? "all" : name) + String(format: " %.1f%%", 100 * r.value))
+            }
+            var what = URL(fileURLWithPath: g[0].modelPath).lastPathComponent
+            if let details = g[0].details, let object = try? JSONSerialization.jsonObject(with: Data(details.utf8)) as? [String: Any],
+               let adapter = object["adapter"] as? String {
+                what += " + " + URL(fileURLWithPath: adapter).lastPathComponent
+            }
+            if blank { what += " (blank images)" }
+            let line: String = "eval #\(g[0].id) \(Self.date(g[0].created)) \(what): exact match " + scores.joined(separator: ", ")
+            console.line(line)
+        }
+    }
+
     func finetune(_ args: [String]) throws {
         let options: FineTuneOptions
         do { options = try FineTuneOptions.parse(args) } catch {
-            throw UsageError("/finetune: \(FineTuneOptions.message(for: error)) (usage: /finetune --data F --out DIR [--mode lora|projector|lora+projector] [--steps N] …)")
+            throw UsageError("/finetune: \(FineTuneOptions.message(for: error)) (usage: /finetune --data F --out DIR [--mode lora|projector|lora+projector|vision+projector|vision+lora+projector] [--steps N] …)")
         }
         try requireLoadedModel()
         guard let model, let path = modelPath else { return }
@@ -65,11 +96,16 @@ extension Engine {
         activeAdapter = nil
         // Training changes the loaded weights in place; afterwards they are put back and the
         // result applied as an adapter, so /adapter unload returns to the base model.
+        // The model's own LoRA (a composed folder's) is part of the base.
+        let baseAdapters = AppliedAdapter.installedAdapters(on: model.decoder)
         let projector = (model as? VisionLanguageModel)?.llava.projector
         let original = projector.map(ProjectorFiles.snapshot)
+        let tower = (model as? VisionLanguageModel)?.llava.visionTransformer
+        let originalTower = tower.map(VisionTowerFiles.snapshot)
         func restoreBase() throws {
-            try model.decoder.setAdapters([:])
+            try model.decoder.setAdapters(baseAdapters)
             if let projector, let original { ProjectorFiles.apply(original, to: projector) }
+            if let tower, let originalTower { VisionTowerFiles.apply(originalTower, to: tower) }
         }
         let summary: FineTuneRunner.Summary
         do { summary = try runner.run(shouldStop: shouldStop) } catch {

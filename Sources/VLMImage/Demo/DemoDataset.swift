@@ -12,6 +12,11 @@ import VLMTensor
 ///                             {"from": "gpt", "value": "Red."}]}, …]
 ///     DIR/dataset.json                   generator, version, seed, image size, per-split counts
 ///
+/// With `multiTurnTrain`, train.json has one record per image instead (kind "conversation"): the
+/// image's questions as consecutive turns in a seeded order with the caption last, LLaVA's
+/// instruction-data layout. One pass over the image then trains every answer, and no earlier
+/// answer gives away a later one (the caption, which would, comes last).
+///
 /// Everything is a function of (seed, split, index, image size): each split has its own seed
 /// derived from the main one, each image its own seed derived from its split's, so the images can
 /// be made in any order, on any number of threads, and come out byte-identical.
@@ -60,6 +65,22 @@ public enum DemoDataset {
             "\(split.rawValue)-\(DemoDataset.padded(index))-\(question.kind.rawValue)"
         }
 
+        /// The item as one multi-turn record: the questions in a seeded order, caption last, the
+        /// image placeholder opening the first.
+        public var conversationJSON: String {
+            var rng = DemoRandom(seed: DemoRandom.mix(UInt64(index) ^ 0x434F_4E56))
+            var asked = questions.filter { $0.kind != .caption }
+            for i in stride(from: asked.count - 1, to: 0, by: -1) { asked.swapAt(i, rng.below(i + 1)) }
+            asked += questions.filter { $0.kind == .caption }
+            let turns = asked.enumerated().map { i, q in
+                "{\"from\": \"human\", \"value\": \(jsonString((i == 0 ? "<image>\n" : "") + q.question))}, "
+                    + "{\"from\": \"gpt\", \"value\": \(jsonString(q.answer))}"
+            }
+            let id = "\(split.rawValue)-\(DemoDataset.padded(index))"
+            return "{\"id\": \(jsonString(id)), \"image\": \(jsonString(image)), \"kind\": \"conversation\", "
+                + "\"conversations\": [\(turns.joined(separator: ", "))]}"
+        }
+
         /// The item's records, one JSON object per line.
         public var recordsJSON: [String] {
             questions.map { q in
@@ -70,11 +91,17 @@ public enum DemoDataset {
         }
     }
 
-    public static func item(split: Split, index: Int, seed: UInt64, imageSize: Int) -> Item {
+    /// Image `index` of a split with its questions: the standard kinds, or only `kinds` (which
+    /// may include `.size`, asked only on request).
+    public static func item(split: Split, index: Int, seed: UInt64, imageSize: Int, kinds: Set<DemoQuestionKind>? = nil) -> Item {
         let imageSeed = imageSeed(splitSeed: splitSeed(seed, split), index: index)
         let scene = ShapeScene.random(seed: imageSeed, imageSize: imageSize)
-        return Item(split: split, index: index, scene: scene,
-                    questions: scene.questions(seed: questionSeed(imageSeed: imageSeed)))
+        var questions = scene.questions(seed: questionSeed(imageSeed: imageSeed))
+        if let kinds {
+            questions = questions.filter { kinds.contains($0.kind) }
+            if kinds.contains(.size), let q = scene.sizeQuestion(seed: DemoRandom.mix(imageSeed ^ 0x53495A45)) { questions.append(q) }
+        }
+        return Item(split: split, index: index, scene: scene, questions: questions)
     }
 
     static func padded(_ index: Int) -> String {
@@ -99,7 +126,10 @@ public enum DemoDataset {
     /// Writes the dataset into `dir` (created if needed; files already there are overwritten).
     /// Images are made on all `Parallel.threads`; every file is written to a temporary name and
     /// renamed into place. Any failure is one FormatError naming the file.
-    public static func write(to dir: String, counts: [Split: Int], seed: UInt64, imageSize: Int) throws -> Summary {
+    /// `kinds` keeps only questions of those kinds (all when nil): `[.caption]` is the image–caption
+    /// data of LLaVA's pretraining stage.
+    public static func write(to dir: String, counts: [Split: Int], seed: UInt64, imageSize: Int, multiTurnTrain: Bool = false,
+                             kinds: Set<DemoQuestionKind>? = nil) throws -> Summary {
         guard ShapeScene.imageSizes.contains(imageSize) else {
             throw FormatError(dir, "image size \(imageSize) is outside \(ShapeScene.imageSizes.lowerBound)...\(ShapeScene.imageSizes.upperBound)")
         }
@@ -116,6 +146,7 @@ public enum DemoDataset {
         }
 
         var summaries: [SplitSummary] = []
+        let keep = kinds
         for split in Split.allCases {
             let n = counts[split] ?? 0
             precondition(n >= 0, "negative image count")
@@ -127,11 +158,11 @@ public enum DemoDataset {
                     failures.withUnsafeMutableBufferPointer { failures in
                         Parallel.forEach(n, minChunk: 16) { range in
                             for i in range {
-                                let item = item(split: split, index: i, seed: seed, imageSize: imageSize)
+                                let item = item(split: split, index: i, seed: seed, imageSize: imageSize, kinds: keep)
                                 do {
                                     let path = (dir as NSString).appendingPathComponent(item.image)
                                     try PNGEncoder.write(item.scene.render(), to: path)
-                                    records[i] = item.recordsJSON
+                                    records[i] = multiTurnTrain && split == .train ? [item.conversationJSON] : item.recordsJSON
                                     kinds[i] = item.questions.map(\.kind)
                                 } catch {
                                     failures[i] = error
@@ -150,14 +181,14 @@ public enum DemoDataset {
             summaries.append(SplitSummary(split: split, images: n, records: lines.count, kinds: tally))
         }
 
-        try writeFileAtomically(Array(manifest(summaries, seed: seed, imageSize: imageSize).utf8),
+        try writeFileAtomically(Array(manifest(summaries, seed: seed, imageSize: imageSize, multiTurnTrain: multiTurnTrain).utf8),
                                 to: (dir as NSString).appendingPathComponent("dataset.json"))
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         return Summary(splits: summaries, seconds: seconds)
     }
 
     /// dataset.json: what was generated, how, and what the vocabulary is.
-    static func manifest(_ splits: [SplitSummary], seed: UInt64, imageSize: Int) -> String {
+    static func manifest(_ splits: [SplitSummary], seed: UInt64, imageSize: Int, multiTurnTrain: Bool = false) -> String {
         func list(_ names: [String]) -> String { "[" + names.map(jsonString).joined(separator: ", ") + "]" }
         var s = "{\n"
         s += "  \"generator\": \(jsonString(generator)),\n"
@@ -165,6 +196,7 @@ public enum DemoDataset {
         s += "  \"seed\": \(seed),\n"
         s += "  \"image_size\": \(imageSize),\n"
         s += "  \"format\": \"llava\",\n"
+        if multiTurnTrain { s += "  \"train_records\": \"one multi-turn conversation per image\",\n" }
         s += "  \"splits\": {\n"
         s += splits.map { sp in
             let kinds = DemoQuestionKind.allCases.map { "\(jsonString($0.rawValue)): \(sp.kinds[$0] ?? 0)" }.joined(separator: ", ")

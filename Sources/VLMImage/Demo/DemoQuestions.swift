@@ -12,6 +12,13 @@ public enum DemoQuestionKind: String, CaseIterable, Sendable, Codable {
     case `where`
     /// "Is there a triangle?" → "Yes." / "No." (asked about a present kind half the time)
     case exists
+    /// "What size is the star?" → "Large." (only when exactly one star is present). Asked only
+    /// when requested: the demo model never trains on it, so it is the new skill
+    /// sessions/finetune-demo.vlm teaches.
+    case size
+
+    /// The kinds a dataset asks by default.
+    public static let standard: [DemoQuestionKind] = [.caption, .colour, .shape, .count, .where, .exists]
 
     /// The question's wording, `<shape>` / `<colour>` standing for the asked-about name.
     public var template: String {
@@ -22,6 +29,7 @@ public enum DemoQuestionKind: String, CaseIterable, Sendable, Codable {
         case .count: return "How many shapes are there?"
         case .where: return "Where is the <shape>?"
         case .exists: return "Is there a <shape>?"
+        case .size: return "What size is the <shape>?"
         }
     }
 }
@@ -83,6 +91,18 @@ extension ShapeScene {
         let asked = rng.pick(yes ? present : absent)
         out.append(DemoQuestion(kind: .exists, question: "Is there a \(asked.rawValue)?", answer: yes ? "Yes." : "No."))
         return out
+    }
+}
+
+extension ShapeScene {
+    /// "What size is the star?" about a random shape the question identifies uniquely (nil when
+    /// there is none), from its own seed so the standard questions stay as they are.
+    public func sizeQuestion(seed: UInt64) -> DemoQuestion? {
+        var rng = DemoRandom(seed: seed)
+        let unique = shapes.filter { s in shapes.filter { $0.kind == s.kind }.count == 1 }
+        guard !unique.isEmpty else { return nil }
+        let s = rng.pick(unique)
+        return DemoQuestion(kind: .size, question: "What size is the \(s.kind.rawValue)?", answer: DemoAnswers.sentence(s.size.rawValue))
     }
 }
 

@@ -1,0 +1,42 @@
+import ArgumentParser
+import Foundation
+import VLMModels
+import VLMTraining
+
+/// `vlmsh init-llava`: a new LLaVA folder (fresh CLIP tower and projector) around an existing
+/// language model, ready for `vlmsh finetune --mode vision+projector`.
+struct InitLlavaCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "init-llava",
+        abstract: "Create a LLaVA folder with a new vision tower and projector around an existing language model.",
+        discussion: """
+            Writes OUT/config.json (model_type llava; text_model names the language model, which \
+            supplies the decoder, tokenizer and chat template), OUT/preprocessor_config.json and \
+            OUT/model.safetensors with a CLIP ViT and an mlp2x_gelu projector initialized as \
+            transformers initializes them. Nothing can see yet: train the tower and projector with \
+            `vlmsh finetune --mode vision+projector`.
+            """)
+
+    @Option(name: .long, help: "The language model: a name in the model store (stored as is) or a path.") var textModel = "smollm2"
+    @Option(name: .long, help: "The new folder (must not exist).") var out: String
+    @Option(name: .long, help: "Vision tower width.") var visionHidden = 192
+    @Option(name: .long, help: "Vision tower layers.") var visionLayers = 4
+    @Option(name: .long, help: "Vision tower attention heads.") var visionHeads = 3
+    @Option(name: .long, help: "Vision tower MLP width.") var visionIntermediate = 768
+    @Option(name: .long, help: "Input image side in pixels.") var imageSize = 64
+    @Option(name: .long, help: "Patch side in pixels (image tokens = (image/patch)²).") var patchSize = 16
+    @Option(name: .long, help: "Seed of the initial weights.") var seed: UInt64 = 0
+
+    func run() async throws { print(try execute()) }
+
+    /// Writes the folder; returns the summary line.
+    func execute() throws -> String {
+        var o = LlavaInitOptions()
+        o.visionHidden = visionHidden; o.visionLayers = visionLayers; o.visionHeads = visionHeads
+        o.visionIntermediate = visionIntermediate; o.imageSize = imageSize; o.patchSize = patchSize; o.seed = seed
+        let path = try ModelStore.resolve(textModel)
+        let report = try LlavaInit.write(textModel: textModel, textModelPath: path, options: o, to: out)
+        return ("\(report.folder): CLIP tower \(report.visionParameters) parameters, projector \(report.projectorParameters), "
+              + "\(report.imageTokens) image tokens, language model \(textModel)")
+    }
+}

@@ -1,0 +1,134 @@
+import Foundation
+import VLMFormats
+import XCTest
+
+/// sessions/build-demo.vlm's recipe on the real SmolLM2, in miniature, as a user runs it: a new
+/// LLaVA folder around the GGUF (`init-llava`), the tower trained from scratch (`--mode
+/// vision+projector`), stage 2 continuing from it (`vision+lora+projector --adapter-init`), and
+/// `merge` into a composed folder that loads on its own.
+final class DemoModelTests: XCTestCase {
+
+    var home = ""
+    var work = ""
+
+    override func setUpWithError() throws {
+        let model = try CLITests.defaultModel()
+        home = try temporaryDirectory()
+        work = try temporaryDirectory()
+        try FileManager.default.createDirectory(atPath: home + "/models", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf", withDestinationPath: model)
+    }
+
+    func temporaryDirectory() throws -> String {
+        let dir = NSTemporaryDirectory() + "vlmsh-demo-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        return dir
+    }
+
+    func vlmsh(_ arguments: [String]) throws -> CLITests.Result {
+        let process = Process()
+        process.executableURL = CLITests.binary
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env["VLMSH_HOME"] = home
+        process.environment = env
+        let out = work + "/stdout-\(UUID().uuidString)", err = work + "/stderr-\(UUID().uuidString)"
+        _ = FileManager.default.createFile(atPath: out, contents: nil)
+        _ = FileManager.default.createFile(atPath: err, contents: nil)
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
+        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
+        try process.run()
+        process.waitUntilExit()
+        return CLITests.Result(status: process.terminationStatus,
+                               stdout: String(decoding: try Data(contentsOf: URL(fileURLWithPath: out)), as: UTF8.self),
+                               stderr: String(decoding: try Data(contentsOf: URL(fileURLWithPath: err)), as: UTF8.self))
+    }
+
+    @discardableResult
+    func ok(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let r = try vlmsh(arguments)
+        XCTAssertEqual(r.status, 0, "vlmsh \(arguments.joined(separator: " ")): \(r.stderr)", file: file, line: line)
+        return r.stdout
+    }
+
+    func tensors(_ path: String) throws -> [String: [Float]] {
+        let f = try SafetensorsFile(path: path)
+        var out: [String: [Float]] = [:]
+        for name in f.weightNames { out[name] = try f.floats(name).array }
+        return out
+    }
+
+    func testInitTrainTwoStagesAndMergeIntoAComposedFolder() throws {
+        let data = work + "/data", initial = work + "/init", stage1 = work + "/stage1", stage2 = work + "/stage2", merged = work + "/demo"
+        try ok(["make-demo-data", "--out", data, "--train", "4", "--validation", "0", "--test", "2", "--multi-turn", "--image-size", "48"])
+        let made = try ok(["init-llava", "--out", initial, "--vision-hidden", "32", "--vision-layers", "2", "--vision-heads", "2",
+                           "--vision-intermediate", "64", "--image-size", "48", "--patch-size", "16"])
+        XCTAssertTrue(made.contains("9 image tokens"), made)
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: initial + "/config.json"))) as! [String: Any]
+        XCTAssertEqual(config["text_model"] as? String, "smollm2")
+        XCTAssertEqual(config["image_token_index"] as? Int, 49152)
+        // A second init into the same folder is refused.
+        let again = try vlmsh(["init-llava", "--out", initial])
+        XCTAssertEqual(again.status, 1)
+        XCTAssertTrue(again.stderr.contains("already exists"), again.stderr)
+
+        // Stage 1: the tower and the projector; the tower file holds every tensor, trained ones changed.
+        try ok(["finetune", "--model", initial, "--data", data + "/train.json", "--mode", "vision+projector", "--out", stage1,
+                "--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--json"])
+        let before = try tensors(initial + "/model.safetensors"), tower1 = try tensors(stage1 + "/vision_tower.safetensors")
+        XCTAssertEqual(Set(tower1.keys), Set(before.keys.filter { $0.hasPrefix("vision_tower.") }))
+        XCTAssertNotEqual(tower1["vision_tower.vision_model.embeddings.patch_embedding.weight"],
+                          before["vision_tower.vision_model.embeddings.patch_embedding.weight"])
+        XCTAssertEqual(tower1["vision_tower.vision_model.post_layernorm.weight"], before["vision_tower.vision_model.post_layernorm.weight"],
+                       "the post-norm is not on LLaVA's path and does not train")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: stage1 + "/adapter_config.json"))
+
+        // Stage 2 starts from stage 1's tower and projector and adds a LoRA.
+        let s2 = try ok(["finetune", "--model", initial, "--data", data + "/train.json", "--mode", "vision+lora+projector",
+                         "--adapter-init", stage1, "--out", stage2, "--steps", "1", "--batch-size", "2", "--lr", "1e-3", "--json"])
+        XCTAssertTrue(s2.contains("\"summary\""), s2)
+        for file in ["adapter_config.json", "adapter_model.safetensors", "vision_tower.safetensors", "multi_modal_projector.safetensors"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: stage2 + "/" + file), file)
+        }
+
+        // Merge: the composed folder gets stage 2's tower and projector, and keeps its LoRA as files.
+        let m = try ok(["merge", "--model", initial, "--adapter", stage2, "--out", merged, "--json"])
+        let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(m.utf8)) as? [String: Any])
+        XCTAssertEqual(report["kept_lora"] as? Bool, true)
+        XCTAssertEqual(report["merged_weights"] as? Int, 0)
+        let weights = try tensors(merged + "/model.safetensors"), tower2 = try tensors(stage2 + "/vision_tower.safetensors")
+        for (name, value) in tower2 { XCTAssertEqual(weights[name], value, name) }
+        let projector2 = try tensors(stage2 + "/multi_modal_projector.safetensors")
+        for (name, value) in projector2 { XCTAssertEqual(weights[name], value, name) }
+        XCTAssertEqual(try tensors(merged + "/adapter_model.safetensors"), try tensors(stage2 + "/adapter_model.safetensors"))
+
+        // The merged folder alone scores and answers as the base with stage 2 applied.
+        func rows(_ arguments: [String]) throws -> [[String: Any]] {
+            let out = try ok(["eval", "--data", data + "/test.json", "--limit", "3", "--max-new-tokens", "6", "--no-store", "--json"] + arguments)
+            return try XCTUnwrap((JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])?["per_row"] as? [[String: Any]])
+        }
+        let viaAdapter = try rows(["--model", initial, "--adapter", stage2]), viaFolder = try rows(["--model", merged])
+        XCTAssertEqual(viaFolder.map { $0["generated"] as? String }, viaAdapter.map { $0["generated"] as? String })
+        XCTAssertEqual(viaFolder.map { $0["loss"] as? Double }, viaAdapter.map { $0["loss"] as? Double })
+
+        // A fine-tune of the merged folder continues its own LoRA; a mode without LoRA is refused.
+        let refused = try vlmsh(["finetune", "--model", merged, "--data", data + "/train.json", "--mode", "projector", "--out", work + "/x", "--steps", "1"])
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertTrue(refused.stderr.contains("carries a LoRA"), refused.stderr)
+    }
+
+    /// A composed folder whose language model is not there: one line naming config.json.
+    func testMissingTextModelIsOneLineNamingTheConfig() throws {
+        let folder = work + "/orphan"
+        try ok(["init-llava", "--out", folder, "--vision-hidden", "16", "--vision-layers", "1", "--vision-heads", "2",
+                "--vision-intermediate", "32", "--image-size", "32", "--patch-size", "16"])
+        let config = folder + "/config.json"
+        let text = try String(contentsOfFile: config, encoding: .utf8).replacingOccurrences(of: "\"smollm2\"", with: "\"no-such-model\"")
+        try text.write(toFile: config, atomically: true, encoding: .utf8)
+        let r = try vlmsh(["generate", "--model", folder, "--prompt", "hi", "--max-tokens", "1"])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.contains(config) && r.stderr.contains("no-such-model"), r.stderr)
+    }
+}
