@@ -24,10 +24,16 @@ final class CLITests: XCTestCase {
         try Self.vlmsh(arguments, timeout: timeout)
     }
 
-    static func vlmsh(_ arguments: [String], timeout: TimeInterval = 120) throws -> Result {
+    /// Runs the built binary; `home` becomes its VLMSH_HOME (a test's private store and models).
+    static func vlmsh(_ arguments: [String], home: String? = nil, timeout: TimeInterval = 120) throws -> Result {
         let process = Process()
         process.executableURL = Self.binary
         process.arguments = arguments
+        if let home {
+            var env = ProcessInfo.processInfo.environment
+            env["VLMSH_HOME"] = home
+            process.environment = env
+        }
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err
@@ -164,5 +170,15 @@ final class CLITests: XCTestCase {
 
     func testUnknownModelName() throws {
         assertOneLineError(try vlmsh(["generate", "--model", "no-such-model-here", "--prompt", "hi"]), mentions: ["no-such-model-here"])
+    }
+}
+
+extension XCTestCase {
+    /// A fresh folder under the temporary directory, removed when the test ends.
+    func scratchDirectory(_ prefix: String) throws -> String {
+        let dir = NSTemporaryDirectory() + "\(prefix)-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
+        return dir
     }
 }

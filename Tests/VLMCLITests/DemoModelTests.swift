@@ -13,36 +13,14 @@ final class DemoModelTests: XCTestCase {
 
     override func setUpWithError() throws {
         let model = try CLITests.defaultModel()
-        home = try temporaryDirectory()
-        work = try temporaryDirectory()
+        home = try scratchDirectory("vlmsh-demo-home")
+        work = try scratchDirectory("vlmsh-demo")
         try FileManager.default.createDirectory(atPath: home + "/models", withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf", withDestinationPath: model)
     }
 
-    func temporaryDirectory() throws -> String {
-        let dir = NSTemporaryDirectory() + "vlmsh-demo-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
-        return dir
-    }
-
     func vlmsh(_ arguments: [String]) throws -> CLITests.Result {
-        let process = Process()
-        process.executableURL = CLITests.binary
-        process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env["VLMSH_HOME"] = home
-        process.environment = env
-        let out = work + "/stdout-\(UUID().uuidString)", err = work + "/stderr-\(UUID().uuidString)"
-        _ = FileManager.default.createFile(atPath: out, contents: nil)
-        _ = FileManager.default.createFile(atPath: err, contents: nil)
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: out))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: err))
-        try process.run()
-        process.waitUntilExit()
-        return CLITests.Result(status: process.terminationStatus,
-                               stdout: String(decoding: try Data(contentsOf: URL(fileURLWithPath: out)), as: UTF8.self),
-                               stderr: String(decoding: try Data(contentsOf: URL(fileURLWithPath: err)), as: UTF8.self))
+        try CLITests.vlmsh(arguments, home: home, timeout: 600)
     }
 
     @discardableResult

@@ -26,32 +26,11 @@ final class EvalMergeCLITests: XCTestCase {
         home = try temporaryDirectory()
     }
 
-    func temporaryDirectory() throws -> String {
-        let dir = NSTemporaryDirectory() + "vlmsh-evalmerge-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
-        return dir
-    }
+    func temporaryDirectory() throws -> String { try scratchDirectory("vlmsh-evalmerge") }
 
-    /// Runs the built binary with VLMSH_HOME = `home`; output through files (no pipe stalls).
+    /// Runs the built binary with VLMSH_HOME = `home`.
     func vlmsh(_ arguments: [String]) throws -> CLITests.Result {
-        let process = Process()
-        process.executableURL = CLITests.binary
-        process.arguments = arguments
-        var env = ProcessInfo.processInfo.environment
-        env["VLMSH_HOME"] = home
-        process.environment = env
-        let dir = try temporaryDirectory()
-        let outPath = dir + "/stdout", errPath = dir + "/stderr"
-        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
-        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
-        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
-        process.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
-        try process.run()
-        process.waitUntilExit()
-        return CLITests.Result(status: process.terminationStatus,
-                               stdout: String(decoding: try Data(contentsOf: URL(fileURLWithPath: outPath)), as: UTF8.self),
-                               stderr: String(decoding: try Data(contentsOf: URL(fileURLWithPath: errPath)), as: UTF8.self))
+        try CLITests.vlmsh(arguments, home: home, timeout: 300)
     }
 
     func json(_ r: CLITests.Result, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
