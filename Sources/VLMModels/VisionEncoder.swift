@@ -83,6 +83,26 @@ package struct VisionShape: Sendable {
     package var patches: Int { grid * grid }
     package var patchWidth: Int { channels * patchSize * patchSize }
 
+    /// The conv's input as rows: patch (gy, gx) of `pixels` `[channels, imageSize, imageSize]`
+    /// becomes row gy·grid + gx of `out` `[patches, patchWidth]`, laid out (channel, ky, kx) like
+    /// the conv weight; pixels past the last whole patch are dropped (valid padding).
+    package func unfold(_ pixels: Tensor, into out: UnsafeMutablePointer<Float>) {
+        let p = patchSize, size = imageSize, grid = self.grid, rowWidth = patchWidth, channels = self.channels
+        let src = pixels.data
+        Parallel.forEach(patches, minChunk: 16) { range in
+            for patch in range {
+                let gy = patch / grid, gx = patch % grid
+                var dst = out + patch * rowWidth
+                for c in 0..<channels {
+                    for ky in 0..<p {
+                        dst.update(from: src + (c * size + gy * p + ky) * size + gx * p, count: p)
+                        dst += p
+                    }
+                }
+            }
+        }
+    }
+
     func validate(file: String) throws {
         guard hidden > 0, heads > 0, hidden % heads == 0 else {
             throw FormatError(file, "hidden_size \(hidden) is not a multiple of num_attention_heads \(heads)")
@@ -264,25 +284,13 @@ package final class VisionTransformer: @unchecked Sendable {
 
     /// Embeddings of `pixels` into a fresh workspace's `x`, pre-norm applied.
     private func embed(_ pixels: Tensor) throws -> VisionWorkspace {
-        let s = shape, d = s.hidden, p = s.patchSize, size = s.imageSize
+        let s = shape, d = s.hidden, size = s.imageSize
         guard pixels.shape == [s.channels, size, size] else {
             throw ModelError("pixels have shape \(pixels.shape); this vision tower takes [\(s.channels), \(size), \(size)]")
         }
         let ws = VisionWorkspace(shape: s, tokens: tokenCount)
-        // Unfold: patch (gy, gx) becomes one row laid out (channel, ky, kx) like the conv weight.
-        let src = pixels.data, patches = ws.patches.pointer, grid = s.grid, rowWidth = s.patchWidth
-        Parallel.forEach(s.patches, minChunk: 16) { range in
-            for patch in range {
-                let gy = patch / grid, gx = patch % grid
-                var dst = patches + patch * rowWidth
-                for c in 0..<s.channels {
-                    for ky in 0..<p {
-                        dst.update(from: src + (c * size + gy * p + ky) * size + gx * p, count: p)
-                        dst += p
-                    }
-                }
-            }
-        }
+        let patches = ws.patches.pointer, rowWidth = s.patchWidth
+        s.unfold(pixels, into: patches)
         let x = ws.x.pointer
         let first = classEmbedding == nil ? 0 : 1
         Kernels.matmulTransposed(patches, patchWeight.data, x + first * d, m: s.patches, n: d, k: rowWidth)

@@ -91,26 +91,15 @@ final class VisionTowerGraph: @unchecked Sendable {
         return tape.gather(x, indices: (0..<n).flatMap { i in (i * tokens + 1)..<((i + 1) * tokens) })
     }
 
-    /// The conv's input as rows: patch (gy, gx) of image i is row i·patches + gy·grid + gx, laid
-    /// out (channel, ky, kx) like the conv weight. Pixels past the last whole patch are dropped
-    /// (the conv's valid padding).
+    /// The conv's input for every image, `[images·patches, patchWidth]` (VisionShape.unfold).
     private func unfold(_ pixels: [Tensor]) throws -> Tensor {
-        let s = tower.shape, p = s.patchSize, size = s.imageSize, grid = s.grid, width = s.patchWidth
-        let out = Tensor(shape: [pixels.count * s.patches, width], zeroed: false)
+        let s = tower.shape
+        let out = Tensor(shape: [pixels.count * s.patches, s.patchWidth], zeroed: false)
         for (i, image) in pixels.enumerated() {
-            guard image.shape == [s.channels, size, size] else {
-                throw TrainingError("pixels have shape \(image.shape); this vision tower takes [\(s.channels), \(size), \(size)]")
+            guard image.shape == [s.channels, s.imageSize, s.imageSize] else {
+                throw TrainingError("pixels have shape \(image.shape); this vision tower takes [\(s.channels), \(s.imageSize), \(s.imageSize)]")
             }
-            for patch in 0..<s.patches {
-                let gy = patch / grid, gx = patch % grid
-                var dst = out.data + (i * s.patches + patch) * width
-                for c in 0..<s.channels {
-                    for ky in 0..<p {
-                        dst.update(from: image.data + (c * size + gy * p + ky) * size + gx * p, count: p)
-                        dst += p
-                    }
-                }
-            }
+            s.unfold(image, into: out.data + i * s.patches * s.patchWidth)
         }
         return out
     }
