@@ -32,9 +32,11 @@ deps:
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
 
-# The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into $(VLMSH_HOME)/models, once.
+# The models into $(VLMSH_HOME)/models: SmolLM2-135M-Instruct (Q4_1 GGUF, fetched once) and
+# the demo vision-language model built on it (models/vlmsh-demo, the REPL's default).
 model:
 	@scripts/fetch-model.sh
+	@scripts/install-demo.sh
 
 # Regenerates Tests/Fixtures/data with the reference implementations (torch, transformers, PEFT, PIL).
 fixtures: reference-venv model

@@ -22,6 +22,8 @@ struct DemoDataCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Test images.") var test = 500
     @Option(name: .long, help: "Dataset seed; each split derives its own.") var seed: UInt64 = 0
     @Option(name: .long, help: "Image side in pixels.") var imageSize = 64
+    @Option(name: .long, help: "scattered (one to four shapes) or tiles (one shape in all nine cells, for alignment).") var layout = "scattered"
+    @Option(name: .long, help: "How far shapes move within their cells: 0 centred … 1 anywhere.") var jitter = 1.0
     @Option(name: .long, help: "Only questions of these kinds (a comma list; caption alone is pretraining data).") var kinds: String?
     @Flag(name: .long, help: "train.json: one multi-turn conversation per image (every question, caption last) instead of one record per question.") var multiTurn = false
     @Flag(name: .long, help: "Print one JSON object instead of the summary line.") var json = false
@@ -35,8 +37,14 @@ struct DemoDataCommand: AsyncParsableCommand {
         })
     }
 
+    var style: SceneStyle { SceneStyle(layout: SceneLayout(rawValue: layout) ?? .scattered, jitter: jitter) }
+
     func validate() throws {
         if let kinds { _ = try Self.parseKinds(kinds) }
+        if SceneLayout(rawValue: layout) == nil {
+            throw ValidationError("--layout: unknown layout '\(layout)' (layouts: \(SceneLayout.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        if !(0...1).contains(jitter) { throw ValidationError("--jitter must be in 0...1") }
         if train < 0 || validation < 0 || test < 0 { throw ValidationError("--train, --validation and --test must be ≥ 0") }
         let sizes = ShapeScene.imageSizes
         if !sizes.contains(imageSize) {
@@ -48,7 +56,7 @@ struct DemoDataCommand: AsyncParsableCommand {
     func execute() throws -> (summary: DemoDataset.Summary, line: String) {
         let summary = try DemoDataset.write(
             to: out, counts: [.train: train, .validation: validation, .test: test], seed: seed, imageSize: imageSize,
-            multiTurnTrain: multiTurn, kinds: try kinds.map(Self.parseKinds))
+            style: style, multiTurnTrain: multiTurn, kinds: try kinds.map(Self.parseKinds))
         let rate = Double(summary.images) / max(summary.seconds, 1e-9)
         let parts = summary.splits.map { "\($0.split.rawValue) \($0.images)/\($0.records)" }.joined(separator: ", ")
         return (summary, "\(summary.images) images, \(summary.records) records (\(parts) images/records), "
@@ -67,7 +75,7 @@ struct DemoDataCommand: AsyncParsableCommand {
                 ] as [String: Any]
             }
             try printJSON([
-                "out": out, "seed": seed, "image_size": imageSize, "version": DemoDataset.version,
+                "out": out, "seed": seed, "image_size": imageSize, "layout": layout, "jitter": jitter, "version": DemoDataset.version,
                 "images": summary.images, "records": summary.records, "splits": splits,
                 "seconds": summary.seconds, "images_per_second": rate, "threads": Parallel.threads,
             ])

@@ -26,6 +26,7 @@ struct InitLlavaCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Input image side in pixels.") var imageSize = 64
     @Option(name: .long, help: "Patch side in pixels (image tokens = (image/patch)²).") var patchSize = 16
     @Option(name: .long, help: "Seed of the initial weights.") var seed: UInt64 = 0
+    @Option(name: .long, help: "Std of the projector's initial weights (transformers: 0.02).") var projectorStd: Float = 0.02
 
     func run() async throws { print(try execute()) }
 
@@ -34,6 +35,7 @@ struct InitLlavaCommand: AsyncParsableCommand {
         var o = LlavaInitOptions()
         o.visionHidden = visionHidden; o.visionLayers = visionLayers; o.visionHeads = visionHeads
         o.visionIntermediate = visionIntermediate; o.imageSize = imageSize; o.patchSize = patchSize; o.seed = seed
+        o.projectorStd = projectorStd
         let path = try ModelStore.resolve(textModel)
         let report = try LlavaInit.write(textModel: textModel, textModelPath: path, options: o, to: out)
         return ("\(report.folder): CLIP tower \(report.visionParameters) parameters, projector \(report.projectorParameters), "

@@ -11,7 +11,7 @@ func openStore() throws -> Store {
 
 struct ChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "chat", abstract: "The interactive REPL (the default command).")
-    @Option(name: .long, help: "Model to load first.") var model = "smollm2"
+    @Option(name: .long, help: "Model to load first (the demo vision-language model; smollm2 for text only).") var model = "vlmsh-demo"
 
     func run() async throws { try REPL(model: model).run() }
 }

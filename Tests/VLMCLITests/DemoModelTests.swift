@@ -96,6 +96,25 @@ final class DemoModelTests: XCTestCase {
         XCTAssertTrue(refused.stderr.contains("carries a LoRA"), refused.stderr)
     }
 
+    /// `--projector-std` sets the projector's initial spread (the tower's stays transformers').
+    func testProjectorStd() throws {
+        func std(_ values: [Float]) -> Double {
+            let mean = values.reduce(0.0) { $0 + Double($1) } / Double(values.count)
+            return (values.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(values.count)).squareRoot()
+        }
+        for (value, expected) in [(nil, 0.02), ("0.1", 0.1)] as [(String?, Double)] {
+            let folder = work + "/std-\(value ?? "default")"
+            try ok(["init-llava", "--out", folder, "--vision-hidden", "32", "--vision-layers", "1", "--vision-heads", "2",
+                    "--vision-intermediate", "64", "--image-size", "32", "--patch-size", "16"] + (value.map { ["--projector-std", $0] } ?? []))
+            let w = try tensors(folder + "/model.safetensors")
+            XCTAssertEqual(std(w["multi_modal_projector.linear_2.weight"]!), expected, accuracy: expected * 0.05)
+            XCTAssertEqual(std(w["vision_tower.vision_model.embeddings.patch_embedding.weight"]!), 0.02, accuracy: 0.002)
+        }
+        let bad = try vlmsh(["init-llava", "--out", work + "/std-bad", "--projector-std", "0"])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.stderr.contains("--projector-std"), bad.stderr)
+    }
+
     /// A composed folder whose language model is not there: one line naming config.json.
     func testMissingTextModelIsOneLineNamingTheConfig() throws {
         let folder = work + "/orphan"

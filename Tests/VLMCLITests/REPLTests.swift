@@ -179,7 +179,7 @@ final class REPLTests: XCTestCase {
     }
 
     func testMessageHistoryRecallCompletionAndMultiline() throws {
-        let t = try Terminal(home: try home())
+        let t = try Terminal(home: try home(), arguments: ["--model", "smollm2"])
         defer { t.stop() }
         guard t.expect(">>> ", timeout: 60) else { return }
         // The initial load draws a progress line on the terminal's stderr.
@@ -220,7 +220,7 @@ final class REPLTests: XCTestCase {
     /// Ctrl-C at the prompt drops the line; Ctrl-C mid-reply stops the reply, keeps what streamed,
     /// and leaves readline working (completion, next message, /quit).
     func testCtrlCClearsTheLineAndStopsAReply() throws {
-        let t = try Terminal(home: try home())
+        let t = try Terminal(home: try home(), arguments: ["--model", "smollm2"])
         defer { t.stop() }
         guard t.expect(">>> ", timeout: 60) else { return }
 
@@ -264,6 +264,27 @@ final class REPLTests: XCTestCase {
             .trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, t.output)
         t.type("/quit\r")
         XCTAssertEqual(t.waitForExit(), 0, t.output)
+    }
+
+    /// `vlmsh` alone (what `make run` opens) loads the demo model from the store, which answers
+    /// about an attached image.
+    func testBareREPLOpensTheDemoModel() throws {
+        let dir = try home()
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let install = Process()
+        install.executableURL = root.appendingPathComponent("scripts/install-demo.sh")
+        install.environment = ProcessInfo.processInfo.environment.merging(["VLMSH_HOME": dir]) { $1 }
+        try install.run()
+        install.waitUntilExit()
+        XCTAssertEqual(install.terminationStatus, 0)
+        let t = try Terminal(home: dir)
+        defer { t.stop() }
+        guard t.expect(">>> ", timeout: 60) else { return }
+        XCTAssertTrue(t.output.contains("loaded \(dir)/models/vlmsh-demo (it sees images"), t.output)
+        t.enter("/image " + root.appendingPathComponent("sessions/data/shapes/three.png").path)
+        t.enter("/set temperature 0")
+        t.enter("What colour is the star?")
+        XCTAssertTrue(t.text(after: "What colour is the star?").contains("\nWhite.\n"), t.output)
     }
 
     /// `/image` on a LLaVA model: Tab completes the path, the message's image is encoded (with a

@@ -115,7 +115,7 @@ final class DemoDataTests: XCTestCase {
             XCTAssertTrue(ShapeColour.backgrounds.contains(scene.background))
             backgrounds.insert(scene.background); styles.insert(scene.backgroundStyle)
             XCTAssertEqual(Set(scene.shapes.map(\.cell)).count, n, "two shapes share a cell")
-            XCTAssertEqual(scene.shapes.map(\.cell), scene.shapes.map(\.cell).sorted(), "shapes not listed left to right")
+            XCTAssertEqual(scene.shapes.map(\.cell), scene.shapes.map(\.cell).sorted(), "shapes not listed in reading order")
             let cellSide = Double(scene.imageSize) / 3
             for s in scene.shapes {
                 kinds.insert(s.kind); colours.insert(s.colour); sizes.insert(s.size)
@@ -150,6 +150,54 @@ final class DemoDataTests: XCTestCase {
         XCTAssertEqual(backgrounds, Set(ShapeColour.backgrounds))
         XCTAssertEqual(styles, Set(BackgroundStyle.allCases))
         XCTAssertEqual(sizes, Set(ShapeSize.allCases))
+    }
+
+    func testTilesAndJitter() throws {
+        let cellSide = 96.0 / 3
+        var kinds = Set<ShapeKind>()
+        for seed: UInt64 in 0..<300 {
+            // Tiles: one shape in all nine cells, captioned as such; the questions asked stay
+            // unambiguous.
+            let scene = ShapeScene.random(seed: seed, imageSize: 96, style: SceneStyle(layout: .tiles, jitter: 0))
+            let s = scene.shapes[0]
+            XCTAssertEqual(scene.shapes.map(\.cell), GridCell.all)
+            XCTAssertTrue(scene.shapes.allSatisfy { ($0.kind, $0.colour, $0.size) == (s.kind, s.colour, s.size) })
+            XCTAssertNotEqual(s.colour, scene.background)
+            kinds.insert(s.kind)
+            let plural = s.kind == .cross ? "crosses" : s.kind.rawValue + "s"
+            XCTAssertEqual(scene.caption, "Nine \(s.size.rawValue) \(s.colour.rawValue) \(plural) on a \(scene.background.rawValue) background.")
+            let asked = scene.questions(seed: seed)
+            XCTAssertEqual(asked.map(\.kind), [.caption, .count, .exists])
+            XCTAssertEqual(asked[1].answer, "Nine.")
+            // Jitter 0 centres every shape in its cell (to the quarter pixel).
+            for t in scene.shapes {
+                XCTAssertEqual(t.centerX, (Double(t.cell.column) + 0.5) * cellSide, accuracy: 0.25)
+                XCTAssertEqual(t.centerY, (Double(t.cell.row) + 0.5) * cellSide, accuracy: 0.25)
+            }
+            // The scattered layout with jitter 0: the same background and cells, shapes centred.
+            let free = ShapeScene.random(seed: seed, imageSize: 96), centred = ShapeScene.random(seed: seed, imageSize: 96, style: SceneStyle(jitter: 0))
+            XCTAssertEqual(free.shapes.map(\.cell), centred.shapes.map(\.cell))
+            XCTAssertEqual(free.background, centred.background)
+            for t in centred.shapes { XCTAssertEqual(t.centerX, (Double(t.cell.column) + 0.5) * cellSide, accuracy: 0.25) }
+        }
+        XCTAssertEqual(kinds, Set(ShapeKind.allCases))
+        // Full jitter moves centres off the middle.
+        let offCentre = Self.scenes(count: 200, sizes: [96]).flatMap(\.shapes).filter { abs($0.centerX - (Double($0.cell.column) + 0.5) * cellSide) > 1 }
+        XCTAssertGreaterThan(offCentre.count, 100)
+
+        // The options reach the files: dataset.json records them, and bad values are refused.
+        let dir = Self.scratchDir("tiles")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try DemoDataset.write(to: dir, counts: [.train: 3], seed: 1, imageSize: 96, style: SceneStyle(layout: .tiles, jitter: 0), kinds: [.caption])
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/dataset.json"))) as! [String: Any]
+        XCTAssertEqual(manifest["layout"] as? String, "tiles")
+        XCTAssertEqual(manifest["jitter"] as? Double, 0)
+        let train = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/train.json"))) as! [[String: Any]]
+        XCTAssertEqual(train.count, 3)
+        XCTAssertTrue(train.allSatisfy { ($0["conversations"] as! [[String: String]])[1]["value"]!.hasPrefix("Nine ") })
+        XCTAssertThrowsError(try DemoDataset.write(to: dir, counts: [.train: 1], seed: 0, imageSize: 96, style: SceneStyle(jitter: 2))) { error in
+            XCTAssertTrue("\(error)".hasPrefix(dir + ": "), "\(error)")
+        }
     }
 
     func testPixelAtEachShapeCentreHasTheShapeColour() {
@@ -240,7 +288,7 @@ final class DemoDataTests: XCTestCase {
                     switch q.kind {
                     case .caption:
                         XCTAssertEqual(text, "Describe the image.")
-                        let ordered = scene.shapes.sorted { (column($0), row($0)) < (column($1), row($1)) }
+                        let ordered = scene.shapes.sorted { (row($0), column($0)) < (row($1), column($1)) }
                         let parts = ordered.map { "a \($0.size.rawValue) \($0.colour.rawValue) \($0.kind.rawValue)" }
                         var list = parts[0]
                         if parts.count > 1 { list = parts.dropLast().joined(separator: ", ") + " and " + parts.last! }
@@ -461,6 +509,11 @@ final class DemoDataTests: XCTestCase {
         let bad = try vlmsh(["make-demo-data", "--out", dir, "--image-size", "8"])
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.stderr.contains("--image-size"), bad.stderr)
+        for (option, value) in [("--layout", "spiral"), ("--jitter", "1.5")] {
+            let refused = try vlmsh(["make-demo-data", "--out", dir, option, value])
+            XCTAssertNotEqual(refused.status, 0)
+            XCTAssertTrue(refused.stderr.contains(option), refused.stderr)
+        }
         let file = dir + "/train.json"
         let notFolder = try vlmsh(["make-demo-data", "--out", file, "--train", "1"])
         XCTAssertNotEqual(notFolder.status, 0)

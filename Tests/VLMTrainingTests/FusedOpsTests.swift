@@ -51,6 +51,15 @@ final class FusedOpsTests: GradientCheckCase {
             XCTAssertLessThan(zip(gx1, gx2).map { abs($0 - $1) }.max()!, 1e-6)
             XCTAssertLessThan(zip(gw1, gw2).map { abs($0 - $1) }.max()!, 1e-6)
         }
+        // No labelled row: zero loss, zero gradients.
+        let none = randomVariable([4, 3]), head = randomVariable([7, 3])
+        let t = Tape()
+        let (l, s) = t.linearCrossEntropy(none, head, targets: [Int](repeating: ignoreIndex, count: 4), normalizer: 1)
+        t.backward(l)
+        XCTAssertEqual(l.data[0], 0)
+        XCTAssertEqual(s.tokens, 0)
+        XCTAssertEqual(none.grad!.array, [Float](repeating: 0, count: 12))
+        XCTAssertEqual(head.grad!.array, [Float](repeating: 0, count: 21))
         // Gradient reaches x through a fresh buffer when x is an intermediate.
         let x = randomVariable([6, 4]), w = randomVariable([9, 4], trainable: false)
         checkGradients("linearCrossEntropy", [x]) { tape in

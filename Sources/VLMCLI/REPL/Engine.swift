@@ -190,7 +190,7 @@ public final class Engine {
         chat = ChatSession(model: loaded, system: system)
         sessionID = nil
         pendingImages = []
-        console.line("loaded \(path)")
+        console.line("loaded \(path)" + (loaded is TextModel ? "" : " (it sees images: /image PATH, then ask about them)"))
     }
 
     /// Starts a new chat on the same model and session, e.g. after its weights changed (cached

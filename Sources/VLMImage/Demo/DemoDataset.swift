@@ -23,7 +23,7 @@ import VLMTensor
 public enum DemoDataset {
     public static let generator = "vlmsh make-demo-data"
     /// Bumped whenever the same seed would give different images or records.
-    public static let version = 1
+    public static let version = 2
 
     public enum Split: String, CaseIterable, Sendable {
         case train, validation, test
@@ -93,9 +93,10 @@ public enum DemoDataset {
 
     /// Image `index` of a split with its questions: the standard kinds, or only `kinds` (which
     /// may include `.size`, asked only on request).
-    public static func item(split: Split, index: Int, seed: UInt64, imageSize: Int, kinds: Set<DemoQuestionKind>? = nil) -> Item {
+    public static func item(split: Split, index: Int, seed: UInt64, imageSize: Int, style: SceneStyle = SceneStyle(),
+                            kinds: Set<DemoQuestionKind>? = nil) -> Item {
         let imageSeed = imageSeed(splitSeed: splitSeed(seed, split), index: index)
-        let scene = ShapeScene.random(seed: imageSeed, imageSize: imageSize)
+        let scene = ShapeScene.random(seed: imageSeed, imageSize: imageSize, style: style)
         var questions = scene.questions(seed: questionSeed(imageSeed: imageSeed))
         if let kinds {
             questions = questions.filter { kinds.contains($0.kind) }
@@ -128,11 +129,12 @@ public enum DemoDataset {
     /// renamed into place. Any failure is one FormatError naming the file.
     /// `kinds` keeps only questions of those kinds (all when nil): `[.caption]` is the image–caption
     /// data of LLaVA's pretraining stage.
-    public static func write(to dir: String, counts: [Split: Int], seed: UInt64, imageSize: Int, multiTurnTrain: Bool = false,
-                             kinds: Set<DemoQuestionKind>? = nil) throws -> Summary {
+    public static func write(to dir: String, counts: [Split: Int], seed: UInt64, imageSize: Int, style: SceneStyle = SceneStyle(),
+                             multiTurnTrain: Bool = false, kinds: Set<DemoQuestionKind>? = nil) throws -> Summary {
         guard ShapeScene.imageSizes.contains(imageSize) else {
             throw FormatError(dir, "image size \(imageSize) is outside \(ShapeScene.imageSizes.lowerBound)...\(ShapeScene.imageSizes.upperBound)")
         }
+        guard (0...1).contains(style.jitter) else { throw FormatError(dir, "jitter \(style.jitter) is outside 0...1") }
         let start = DispatchTime.now().uptimeNanoseconds
         let images = (dir as NSString).appendingPathComponent("images")
         var isDirectory: ObjCBool = false
@@ -158,7 +160,7 @@ public enum DemoDataset {
                     failures.withUnsafeMutableBufferPointer { failures in
                         Parallel.forEach(n, minChunk: 16) { range in
                             for i in range {
-                                let item = item(split: split, index: i, seed: seed, imageSize: imageSize, kinds: keep)
+                                let item = item(split: split, index: i, seed: seed, imageSize: imageSize, style: style, kinds: keep)
                                 do {
                                     let path = (dir as NSString).appendingPathComponent(item.image)
                                     try PNGEncoder.write(item.scene.render(), to: path)
@@ -181,20 +183,22 @@ public enum DemoDataset {
             summaries.append(SplitSummary(split: split, images: n, records: lines.count, kinds: tally))
         }
 
-        try writeFileAtomically(Array(manifest(summaries, seed: seed, imageSize: imageSize, multiTurnTrain: multiTurnTrain).utf8),
+        try writeFileAtomically(Array(manifest(summaries, seed: seed, imageSize: imageSize, style: style, multiTurnTrain: multiTurnTrain).utf8),
                                 to: (dir as NSString).appendingPathComponent("dataset.json"))
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         return Summary(splits: summaries, seconds: seconds)
     }
 
     /// dataset.json: what was generated, how, and what the vocabulary is.
-    static func manifest(_ splits: [SplitSummary], seed: UInt64, imageSize: Int, multiTurnTrain: Bool = false) -> String {
+    static func manifest(_ splits: [SplitSummary], seed: UInt64, imageSize: Int, style: SceneStyle, multiTurnTrain: Bool) -> String {
         func list(_ names: [String]) -> String { "[" + names.map(jsonString).joined(separator: ", ") + "]" }
         var s = "{\n"
         s += "  \"generator\": \(jsonString(generator)),\n"
         s += "  \"version\": \(version),\n"
         s += "  \"seed\": \(seed),\n"
         s += "  \"image_size\": \(imageSize),\n"
+        s += "  \"layout\": \(jsonString(style.layout.rawValue)),\n"
+        s += "  \"jitter\": \(style.jitter),\n"
         s += "  \"format\": \"llava\",\n"
         if multiTurnTrain { s += "  \"train_records\": \"one multi-turn conversation per image\",\n" }
         s += "  \"splits\": {\n"

@@ -48,6 +48,9 @@ public struct DemoRandom: Sendable {
 public enum ShapeKind: String, CaseIterable, Sendable, Codable {
     case circle, square, triangle, star, cross, heart, diamond
 
+    /// "stars", "crosses": the name in a tiled scene's caption.
+    public var plural: String { self == .cross ? "crosses" : rawValue + "s" }
+
     /// Whether the point (u, v) of the unit box is inside the shape.
     @inlinable
     public func contains(_ u: Double, _ v: Double) -> Bool {
@@ -176,9 +179,10 @@ public struct GridCell: Hashable, Sendable, Codable, Comparable {
         return ["top", "middle", "bottom"][row] + " " + ["left", "center", "right"][column]
     }
 
-    /// Left to right, then top to bottom: the order shapes are listed in captions.
+    /// Reading order, row by row: the order shapes are listed in captions, and the order of a
+    /// row-major patch grid's image tokens.
     public static func < (a: GridCell, b: GridCell) -> Bool {
-        (a.column, a.row) < (b.column, b.row)
+        (a.row, a.column) < (b.row, b.column)
     }
 }
 
@@ -244,8 +248,30 @@ public struct PlacedShape: Sendable, Equatable, Codable {
     }
 }
 
-/// A scene: background and one to four shapes in distinct grid cells, listed left to right
-/// (then top to bottom). Everything, down to the noise, follows from `random(seed:imageSize:)`.
+/// How a scene's shapes fill the 3×3 grid.
+public enum SceneLayout: String, CaseIterable, Sendable, Codable {
+    /// One to four shapes (uniformly), each in its own random cell.
+    case scattered
+    /// One shape (kind, colour, size) in all nine cells. Every patch of a grid-aligned vision
+    /// tower then shows the object, so alignment on these captions teaches the tower shapes and
+    /// colours before the language model has to find which image token holds which object.
+    case tiles
+}
+
+/// What `ShapeScene.random` draws.
+public struct SceneStyle: Sendable, Equatable {
+    public var layout: SceneLayout
+    /// How far a shape's centre may move within its cell: 0 centres it, 1 lets it go anywhere
+    /// that keeps a pixel between the shape and the cell's edge.
+    public var jitter: Double
+
+    public init(layout: SceneLayout = .scattered, jitter: Double = 1) {
+        self.layout = layout; self.jitter = jitter
+    }
+}
+
+/// A scene: background and shapes in distinct grid cells, listed in reading order. Everything,
+/// down to the noise, follows from `random(seed:imageSize:style:)`.
 public struct ShapeScene: Sendable, Equatable, Codable {
     public let imageSize: Int
     public let background: ShapeColour
@@ -263,39 +289,49 @@ public struct ShapeScene: Sendable, Equatable, Codable {
         self.noiseSeed = noiseSeed; self.shapes = shapes
     }
 
-    /// A random scene: background colour and style, 1...4 shapes (uniformly), distinct cells, and
-    /// for each shape a kind, a colour other than the background's, a size and a jittered centre.
-    /// Kinds and colours may repeat within a scene.
-    public static func random(seed: UInt64, imageSize: Int) -> ShapeScene {
+    /// A random scene: background colour and style, then the shapes the layout asks for, each
+    /// with a colour other than the background's, a size, and a centre `jitter` lets move around
+    /// its cell. Scattered kinds and colours may repeat within a scene.
+    public static func random(seed: UInt64, imageSize: Int, style: SceneStyle = SceneStyle()) -> ShapeScene {
         precondition(imageSizes.contains(imageSize), "image size \(imageSize) is outside \(imageSizes)")
+        precondition((0...1).contains(style.jitter), "jitter \(style.jitter) is outside 0...1")
         var rng = DemoRandom(seed: seed)
         let background = rng.pick(ShapeColour.backgrounds)
-        let style = rng.pick(BackgroundStyle.allCases)
+        let backgroundStyle = rng.pick(BackgroundStyle.allCases)
         let noiseSeed = rng.next()
-        let count = 1 + rng.below(4)
-        var cells = GridCell.all
-        rng.shuffle(&cells)
         let colours = ShapeColour.shapeColours.filter { $0 != background }
         let cellSide = Double(imageSize) / 3
-        var shapes: [PlacedShape] = []
-        for cell in cells.prefix(count) {
-            let kind = rng.pick(ShapeKind.allCases)
-            let colour = rng.pick(colours)
-            let size = rng.pick(ShapeSize.allCases)
+        func place(_ kind: ShapeKind, _ colour: ShapeColour, _ size: ShapeSize, in cell: GridCell) -> PlacedShape {
             let radius = size.fractionOfCell * cellSide
             func coordinate(_ index: Int) -> Double {
-                // Centre anywhere (in quarter pixels) leaving a pixel between extent and cell edge.
+                // The centre (in quarter pixels) may range over the middle `jitter` fraction of the
+                // room that leaves a pixel between the shape's extent and the cell's edge.
                 let lo = ((Double(index) * cellSide + radius + 1) * 4).rounded(.up)
                 let hi = ((Double(index + 1) * cellSide - radius - 1) * 4).rounded(.down)
-                if hi <= lo { return ((lo + hi) / 2).rounded(.down) / 4 }
-                return (lo + Double(rng.below(Int(hi - lo) + 1))) / 4
+                let half = (hi - lo) / 2 * style.jitter
+                let first = ((lo + hi) / 2 - half).rounded(.up), last = ((lo + hi) / 2 + half).rounded(.down)
+                if last <= first { return ((lo + hi) / 2).rounded(.down) / 4 }
+                return (first + Double(rng.below(Int(last - first) + 1))) / 4
             }
             let x = coordinate(cell.column), y = coordinate(cell.row)
-            shapes.append(PlacedShape(kind: kind, colour: colour, size: size, cell: cell,
-                                      centerX: x, centerY: y, radius: radius))
+            return PlacedShape(kind: kind, colour: colour, size: size, cell: cell, centerX: x, centerY: y, radius: radius)
+        }
+        var shapes: [PlacedShape] = []
+        switch style.layout {
+        case .scattered:
+            let count = 1 + rng.below(4)
+            var cells = GridCell.all
+            rng.shuffle(&cells)
+            for cell in cells.prefix(count) {
+                let kind = rng.pick(ShapeKind.allCases), colour = rng.pick(colours), size = rng.pick(ShapeSize.allCases)
+                shapes.append(place(kind, colour, size, in: cell))
+            }
+        case .tiles:
+            let kind = rng.pick(ShapeKind.allCases), colour = rng.pick(colours), size = rng.pick(ShapeSize.allCases)
+            shapes = GridCell.all.map { place(kind, colour, size, in: $0) }
         }
         shapes.sort { $0.cell < $1.cell }
-        return ShapeScene(imageSize: imageSize, background: background, backgroundStyle: style,
+        return ShapeScene(imageSize: imageSize, background: background, backgroundStyle: backgroundStyle,
                           noiseSeed: noiseSeed, shapes: shapes)
     }
 

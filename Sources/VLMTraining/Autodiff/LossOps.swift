@@ -67,11 +67,12 @@ extension Tape {
     }
 
     /// `crossEntropy(linear(x, weight), …)` (a language-model head and its loss) without holding
-    /// the `[rows, vocab]` logits: rows go through in chunks of `lossChunkRows`, and each chunk's
-    /// logits become its softmax, then its gradient, in place. With `gradientInForward` (training:
-    /// a backward pass follows) dL/dx (and dL/dW for a trainable weight) are computed chunk by chunk
-    /// in the forward pass while the logits are at hand, and the backward pass only scales them by
-    /// the incoming gradient; without it (evaluation) a backward pass recomputes the logits.
+    /// the `[rows, vocab]` logits: the labelled rows (target ≠ ignoreIndex), gathered, go through
+    /// in chunks of `lossChunkRows`, and each chunk's logits become its softmax, then its
+    /// gradient, in place. With `gradientInForward` (training: a backward pass follows) dL/dx (and
+    /// dL/dW for a trainable weight) are computed chunk by chunk in the forward pass while the
+    /// logits are at hand, and the backward pass only scales them by the incoming gradient;
+    /// without it (evaluation) a backward pass recomputes the logits.
     public func linearCrossEntropy(_ x: Variable, _ weight: Variable, targets: [Int], normalizer: Float,
                                    gradientInForward: Bool = true) -> (loss: Variable, stats: TokenStatistics) {
         let n = x.rows, d = x.columns, v = weight.shape[0]
@@ -81,23 +82,24 @@ extension Tape {
             precondition(t >= 0 && t < v, "crossEntropy: target \(t) outside the vocabulary of \(v)")
         }
         let requiresGrad = x.requiresGrad || weight.requiresGrad
-        let chunk = max(1, min(n, lossChunkRows))
+        // Only labelled rows reach the head: prompt, image and padding rows (most of a chat
+        // batch) have no loss and no gradient, and their logits would be most of the work.
+        let labelled = (0..<n).filter { targets[$0] != ignoreIndex }
+        let chunk = max(1, min(labelled.count, lossChunkRows))
         let logits = FloatStorage(count: chunk * v, zeroed: false)
+        let rowsX = FloatStorage(count: chunk * d, zeroed: false), rowsDX = FloatStorage(count: chunk * d, zeroed: false)
         let k = 1 / normalizer
 
-        /// Logits of rows [r0, r1) → loss per row (and whether the argmax hits); with `gradient`,
-        /// dL/dlogits / dL (= (softmax − onehot) / normalizer) and from it dx rows / dW.
-        func pass(_ r0: Int, _ r1: Int, losses: UnsafeMutablePointer<Double>, hits: UnsafeMutablePointer<Bool>,
+        /// Logits of the labelled rows `rows` → loss per row (and whether the argmax hits); with
+        /// `gradient`, dL/dlogits (= (softmax − onehot) / normalizer) and from it dx rows / dW.
+        func pass(_ rows: ArraySlice<Int>, losses: UnsafeMutablePointer<Double>, hits: UnsafeMutablePointer<Bool>,
                   gradient: Bool, dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?) {
-            let m = r1 - r0, pl = logits.pointer
-            matmulTransposed(x.data + r0 * d, weight.data, pl, m: m, n: v, k: d)
+            let m = rows.count, pl = logits.pointer, px = rowsX.pointer
+            for (i, r) in rows.enumerated() { (px + i * d).update(from: x.data + r * d, count: d) }
+            matmulTransposed(px, weight.data, pl, m: m, n: v, k: d)
             Parallel.forEach(m) { range in
                 for i in range {
-                    let r = r0 + i, row = pl + i * v, target = targets[r]
-                    guard target != ignoreIndex else {
-                        if gradient { row.update(repeating: 0, count: v) }
-                        continue
-                    }
+                    let r = rows[rows.startIndex + i], row = pl + i * v, target = targets[r]
                     var mx = -Float.infinity, arg = 0
                     for j in 0..<v where row[j] > mx { mx = row[j]; arg = j }
                     let targetLogit = row[target]
@@ -117,21 +119,25 @@ extension Tape {
                 }
             }
             guard gradient else { return }
-            // dx[r0..<r1] = dlogits · W;  dW += dlogitsᵀ · x[r0..<r1]
-            if let dx { matmul(pl, weight.data, dx + r0 * d, m: m, n: d, k: v) }
+            // dx[rows] = dlogits · W;  dW += dlogitsᵀ · x[rows]
+            if let dx {
+                matmul(pl, weight.data, rowsDX.pointer, m: m, n: d, k: v)
+                for (i, r) in rows.enumerated() { (dx + r * d).update(from: rowsDX.pointer + i * d, count: d) }
+            }
             if let dw {
-                sgemm(m: v, n: d, k: m, alpha: 1, pl, lda: v, transA: true, x.data + r0 * d, ldb: d, transB: false, beta: 1, dw, ldc: d)
+                sgemm(m: v, n: d, k: m, alpha: 1, pl, lda: v, transA: true, px, ldb: d, transB: false, beta: 1, dw, ldc: d)
             }
         }
 
         let eager = requiresGrad && gradientInForward
-        let dX = eager && x.requiresGrad ? FloatStorage(count: n * d, zeroed: false) : nil
+        let dX = eager && x.requiresGrad ? FloatStorage(count: n * d, zeroed: true) : nil
         let dW = eager && weight.requiresGrad ? FloatStorage(count: v * d, zeroed: true) : nil
         var losses = [Double](repeating: 0, count: n), hits = [Bool](repeating: false, count: n)
         losses.withUnsafeMutableBufferPointer { l in
             hits.withUnsafeMutableBufferPointer { h in
-                for r0 in stride(from: 0, to: n, by: chunk) {
-                    pass(r0, min(r0 + chunk, n), losses: l.baseAddress!, hits: h.baseAddress!, gradient: eager, dx: dX?.pointer, dw: dW?.pointer)
+                for c in stride(from: 0, to: labelled.count, by: chunk) {
+                    pass(labelled[c..<min(c + chunk, labelled.count)], losses: l.baseAddress!, hits: h.baseAddress!,
+                         gradient: eager, dx: dX?.pointer, dw: dW?.pointer)
                 }
             }
         }
@@ -144,12 +150,12 @@ extension Tape {
             var dX = dX, dW = dW
             if !eager {
                 // Evaluation graph asked for gradients after all: recompute the logits.
-                dX = x.requiresGrad ? FloatStorage(count: n * d, zeroed: false) : nil
+                dX = x.requiresGrad ? FloatStorage(count: n * d, zeroed: true) : nil
                 dW = weight.requiresGrad ? FloatStorage(count: v * d, zeroed: true) : nil
                 let scratch = UnsafeMutablePointer<Double>.allocate(capacity: n), hit = UnsafeMutablePointer<Bool>.allocate(capacity: n)
                 defer { scratch.deallocate(); hit.deallocate() }
-                for r0 in stride(from: 0, to: n, by: chunk) {
-                    pass(r0, min(r0 + chunk, n), losses: scratch, hits: hit, gradient: true, dx: dX?.pointer, dw: dW?.pointer)
+                for c in stride(from: 0, to: labelled.count, by: chunk) {
+                    pass(labelled[c..<min(c + chunk, labelled.count)], losses: scratch, hits: hit, gradient: true, dx: dX?.pointer, dw: dW?.pointer)
                 }
             }
             let g = dy[0]
