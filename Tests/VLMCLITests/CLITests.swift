@@ -55,6 +55,18 @@ final class CLITests: XCTestCase {
 
     func defaultModel() throws -> String { try Self.defaultModel() }
 
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Installs the shipped demo model into `home`'s store, as `make model` does.
+    static func installDemo(home: String) throws {
+        let install = Process()
+        install.executableURL = root.appendingPathComponent("scripts/install-demo.sh")
+        install.environment = ProcessInfo.processInfo.environment.merging(["VLMSH_HOME": home]) { $1 }
+        try install.run()
+        install.waitUntilExit()
+        XCTAssertEqual(install.terminationStatus, 0, "scripts/install-demo.sh")
+    }
+
     static func defaultModel() throws -> String {
         let home = ProcessInfo.processInfo.environment["VLMSH_HOME"] ?? (NSHomeDirectory() + "/.vlmsh")
         let path = home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"

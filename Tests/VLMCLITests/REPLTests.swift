@@ -270,18 +270,12 @@ final class REPLTests: XCTestCase {
     /// about an attached image.
     func testBareREPLOpensTheDemoModel() throws {
         let dir = try home()
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let install = Process()
-        install.executableURL = root.appendingPathComponent("scripts/install-demo.sh")
-        install.environment = ProcessInfo.processInfo.environment.merging(["VLMSH_HOME": dir]) { $1 }
-        try install.run()
-        install.waitUntilExit()
-        XCTAssertEqual(install.terminationStatus, 0)
+        try CLITests.installDemo(home: dir)
         let t = try Terminal(home: dir)
         defer { t.stop() }
         guard t.expect(">>> ", timeout: 60) else { return }
         XCTAssertTrue(t.output.contains("loaded \(dir)/models/vlmsh-demo (it sees images"), t.output)
-        t.enter("/image " + root.appendingPathComponent("sessions/data/shapes/three.png").path)
+        t.enter("/image " + CLITests.root.appendingPathComponent("sessions/data/shapes/three.png").path)
         t.enter("/set temperature 0")
         t.enter("What colour is the star?")
         XCTAssertTrue(t.text(after: "What colour is the star?").contains("\nWhite.\n"), t.output)

@@ -5,8 +5,6 @@ import XCTest
 /// installed into a store by scripts/install-demo.sh as `make model` does, it answers questions
 /// about shapes images it never saw, and with a blank image it cannot.
 final class ShippedDemoTests: XCTestCase {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
     var home = ""
 
     override func setUpWithError() throws {
@@ -14,12 +12,7 @@ final class ShippedDemoTests: XCTestCase {
         home = try scratchDirectory("vlmsh-shipped-demo")
         try FileManager.default.createDirectory(atPath: home + "/models", withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf", withDestinationPath: model)
-        let install = Process()
-        install.executableURL = Self.root.appendingPathComponent("scripts/install-demo.sh")
-        install.environment = ProcessInfo.processInfo.environment.merging(["VLMSH_HOME": home]) { $1 }
-        try install.run()
-        install.waitUntilExit()
-        XCTAssertEqual(install.terminationStatus, 0)
+        try CLITests.installDemo(home: home)
     }
 
     func vlmsh(_ arguments: [String]) throws -> CLITests.Result {
