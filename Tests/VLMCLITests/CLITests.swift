@@ -193,4 +193,13 @@ extension XCTestCase {
         addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
         return dir
     }
+
+    /// A fresh VLMSH_HOME whose model store holds the default SmolLM2 GGUF (linked).
+    func scratchHomeWithDefaultModel(_ prefix: String) throws -> String {
+        let model = try CLITests.defaultModel()
+        let home = try scratchDirectory(prefix)
+        try FileManager.default.createDirectory(atPath: home + "/models", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf", withDestinationPath: model)
+        return home
+    }
 }

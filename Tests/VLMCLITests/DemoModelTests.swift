@@ -12,11 +12,8 @@ final class DemoModelTests: XCTestCase {
     var work = ""
 
     override func setUpWithError() throws {
-        let model = try CLITests.defaultModel()
-        home = try scratchDirectory("vlmsh-demo-home")
+        home = try scratchHomeWithDefaultModel("vlmsh-demo-home")
         work = try scratchDirectory("vlmsh-demo")
-        try FileManager.default.createDirectory(atPath: home + "/models", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf", withDestinationPath: model)
     }
 
     func vlmsh(_ arguments: [String]) throws -> CLITests.Result {

@@ -8,10 +8,7 @@ final class ShippedDemoTests: XCTestCase {
     var home = ""
 
     override func setUpWithError() throws {
-        let model = try CLITests.defaultModel()
-        home = try scratchDirectory("vlmsh-shipped-demo")
-        try FileManager.default.createDirectory(atPath: home + "/models", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf", withDestinationPath: model)
+        home = try scratchHomeWithDefaultModel("vlmsh-shipped-demo")
         try CLITests.installDemo(home: home)
     }
 

@@ -142,7 +142,7 @@ extension Tape {
             }
         }
         var stats = TokenStatistics()
-        for r in 0..<n where targets[r] != ignoreIndex {
+        for r in labelled {
             stats.lossSum += losses[r]; stats.tokens += 1; stats.correct += hits[r] ? 1 : 0
         }
         let loss = Variable(Tensor(shape: [1], values: [Float(stats.lossSum / Double(normalizer))]), requiresGrad: requiresGrad)
