@@ -22,7 +22,7 @@ struct DemoDataCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Test images.") var test = 500
     @Option(name: .long, help: "Dataset seed; each split derives its own.") var seed: UInt64 = 0
     @Option(name: .long, help: "Image side in pixels.") var imageSize = 64
-    @Option(name: .long, help: "scattered (one to four shapes) or tiles (one shape in all nine cells, for alignment).") var layout = "scattered"
+    @Option(name: .long, help: "scattered (one to four shapes), tiles (one shape in all nine cells) or copies (one shape in one to nine cells); the last two are for alignment.") var layout = "scattered"
     @Option(name: .long, help: "How far shapes move within their cells: 0 centred … 1 anywhere.") var jitter = 1.0
     @Option(name: .long, help: "Only questions of these kinds (a comma list; caption alone is pretraining data).") var kinds: String?
     @Flag(name: .long, help: "train.json: one multi-turn conversation per image (every question, caption last) instead of one record per question.") var multiTurn = false

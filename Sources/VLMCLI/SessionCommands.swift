@@ -27,14 +27,19 @@ struct RunCommand: AsyncParsableCommand {
         let engine = Engine(console: console, store: try openStore())
         engine.defaultModel = model
         guard FileManager.default.isReadableFile(atPath: script) else { throw UsageError("\(script): cannot read script") }
-        try engine.runScript(script)
-        if let transcript = console as? TranscriptConsole {
-            try printJSON([
-                "session": engine.sessionID.map { Int($0) } as Any? ?? NSNull(),
-                "sessions": engine.sessionsCreated.map { Int($0) },
-                "replies": engine.replies, "output": transcript.output, "errors": transcript.errors,
-            ])
+        var failure: Error?
+        do { try engine.runScript(script) } catch { failure = error }
+        guard let transcript = console as? TranscriptConsole else {
+            if let failure { throw failure }
+            return
         }
+        if let failure { transcript.error("\(failure)") }
+        try printJSON([
+            "session": engine.sessionID.map { Int($0) } as Any? ?? NSNull(),
+            "sessions": engine.sessionsCreated.map { Int($0) },
+            "replies": engine.replies, "output": transcript.output, "errors": transcript.errors,
+        ])
+        if failure != nil { throw ExitCode.failure }
     }
 }
 

@@ -110,6 +110,24 @@ public struct LoRAConfiguration: Codable, Sendable, Equatable {
         try c.encode(false, forKey: .useDora)
     }
 
+    /// `directory`/adapter_config.json, as PEFT writes it.
+    public static func read(directory: String) throws -> LoRAConfiguration {
+        let path = directory + "/adapter_config.json"
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw FormatError(path, "missing: an adapter folder needs adapter_config.json")
+        }
+        do { return try JSONDecoder().decode(LoRAConfiguration.self, from: data) } catch {
+            throw FormatError(path, "not a PEFT LoRA config (\(error))")
+        }
+    }
+
+    /// Writes `directory`/adapter_config.json atomically.
+    public func write(directory: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try atomicWrite(try encoder.encode(self), to: directory + "/adapter_config.json")
+    }
+
     public var scale: Float { useRSLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank) }
 }
 
@@ -173,13 +191,7 @@ public final class LoRA: @unchecked Sendable {
     /// any layout PEFT writes; every tensor must land on a layer of `decoder` with matching shape.
     public static func load(directory: String, decoder: LlamaModel) throws -> LoRA {
         let configPath = directory + "/adapter_config.json"
-        guard let data = FileManager.default.contents(atPath: configPath) else {
-            throw FormatError(configPath, "missing: an adapter folder needs adapter_config.json")
-        }
-        let configuration: LoRAConfiguration
-        do { configuration = try JSONDecoder().decode(LoRAConfiguration.self, from: data) } catch {
-            throw FormatError(configPath, "not a PEFT LoRA config (\(error))")
-        }
+        let configuration = try LoRAConfiguration.read(directory: directory)
         guard configuration.peftType == "LORA" else { throw FormatError(configPath, "peft_type \(configuration.peftType) is not LORA") }
         let weightsPath = directory + "/adapter_model.safetensors"
         guard FileManager.default.fileExists(atPath: weightsPath) else {
@@ -237,9 +249,7 @@ public final class LoRA: @unchecked Sendable {
             let escaped = names.map { NSRegularExpression.escapedPattern(for: $0) }.joined(separator: "|")
             config.targets = .pattern("model\\.language_model\\.layers\\.\\d+\\.(?:self_attn|mlp)\\.(?:\(escaped))")
         }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        try atomicWrite(try encoder.encode(config), to: directory + "/adapter_config.json")
+        try config.write(directory: directory)
         let tensors = adapters.keys.sorted().flatMap { name -> [(name: String, tensor: Tensor, dtype: GGMLType)] in
             [(Self.key(name, "A", layout: layout), adapters[name]!.a, .f32), (Self.key(name, "B", layout: layout), adapters[name]!.b, .f32)]
         }

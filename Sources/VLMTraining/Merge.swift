@@ -167,10 +167,13 @@ public enum Merge {
                 // The newest LoRA wins: the adapter's, else the one the base folder carries.
                 let loraSource = lora != nil ? adapter : (fm.fileExists(atPath: model + "/adapter_model.safetensors") ? model : nil)
                 if let loraSource {
-                    for name in ["adapter_config.json", "adapter_model.safetensors"] {
-                        try? fm.removeItem(atPath: temp + "/" + name)
-                        try fm.copyItem(atPath: loraSource + "/" + name, toPath: temp + "/" + name)
-                    }
+                    try? fm.removeItem(atPath: temp + "/adapter_model.safetensors")
+                    try fm.copyItem(atPath: loraSource + "/adapter_model.safetensors", toPath: temp + "/adapter_model.safetensors")
+                    // The LoRA now sits in the merged folder, which is its base (the folder it
+                    // was trained on may be gone, or on another machine).
+                    var config = try LoRAConfiguration.read(directory: loraSource)
+                    config.baseModel = (output as NSString).lastPathComponent
+                    try config.write(directory: temp)
                     kept = true
                 }
             }

@@ -77,6 +77,10 @@ final class DemoModelTests: XCTestCase {
         let projector2 = try tensors(stage2 + "/multi_modal_projector.safetensors")
         for (name, value) in projector2 { XCTAssertEqual(weights[name], value, name) }
         XCTAssertEqual(try tensors(merged + "/adapter_model.safetensors"), try tensors(stage2 + "/adapter_model.safetensors"))
+        // The kept LoRA's base is now the merged folder, not the init folder it trained on.
+        let keptConfig = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: merged + "/adapter_config.json"))) as? [String: Any])
+        XCTAssertEqual(keptConfig["base_model_name_or_path"] as? String, (merged as NSString).lastPathComponent)
+        XCTAssertEqual(keptConfig["r"] as? Int, 8)
 
         // The merged folder alone scores and answers as the base with stage 2 applied.
         func rows(_ arguments: [String]) throws -> [[String: Any]] {

@@ -122,4 +122,27 @@ final class SessionTests: XCTestCase {
             XCTAssertFalse(turn.text.isEmpty, "turn \(i) is whole")
         }
     }
+
+    func testAScriptStopsAtItsFirstError() throws {
+        let h = try home()
+        let path = try script(h, """
+            /set temperature 0
+            /set max_tokens 4
+            Say yes.
+            /load missing-model
+            Say no.
+            """)
+        // The REPL goes on after an error; a script stops there, says where, and fails.
+        for json in [false, true] {
+            let r = try run(h, ["run", path] + (json ? ["--json"] : []))
+            XCTAssertEqual(r.status, 1, r.stderr)
+            XCTAssertFalse(r.stdout.contains("» Say no."), r.stdout)
+            let message = try json
+                ? XCTUnwrap((JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])?["errors"] as? [String]).joined()
+                : r.stderr
+            XCTAssertTrue(message.contains("\(path): stopped at \"/load missing-model\": missing-model: no such model"), message)
+        }
+        let store = try Store(path: h + "/vlmsh.sqlite")
+        XCTAssertEqual(try store.sessions().map { try store.turns(session: $0.id).count }, [2, 2], "one reply per run, none after the error")
+    }
 }

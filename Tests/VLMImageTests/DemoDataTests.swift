@@ -200,6 +200,27 @@ final class DemoDataTests: XCTestCase {
         }
     }
 
+    func testCopiesCountOneShapeInDistinctCells() {
+        var counts = Set<Int>()
+        for seed: UInt64 in 0..<300 {
+            // Copies: one shape in one to nine distinct cells, captioned with their number.
+            let scene = ShapeScene.random(seed: seed, imageSize: 96, style: SceneStyle(layout: .copies, jitter: 0))
+            let s = scene.shapes[0], n = scene.shapes.count
+            counts.insert(n)
+            XCTAssertEqual(Set(scene.shapes.map(\.cell)).count, n)
+            XCTAssertEqual(scene.shapes.map(\.cell), scene.shapes.map(\.cell).sorted())
+            XCTAssertTrue(scene.shapes.allSatisfy { ($0.kind, $0.colour, $0.size) == (s.kind, s.colour, s.size) })
+            XCTAssertNotEqual(s.colour, scene.background)
+            let plural = s.kind == .cross ? "crosses" : s.kind.rawValue + "s"
+            let words = ["", "", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
+            let expected = n == 1 ? "A \(s.size.rawValue) \(s.colour.rawValue) \(s.kind.rawValue) on a \(scene.background.rawValue) background."
+                : "\(words[n]) \(s.size.rawValue) \(s.colour.rawValue) \(plural) on a \(scene.background.rawValue) background."
+            XCTAssertEqual(scene.caption, expected)
+            XCTAssertEqual(scene.questions(seed: seed).first { $0.kind == .count }?.answer, DemoAnswers.number(n))
+        }
+        XCTAssertEqual(counts, Set(1...9))
+    }
+
     func testPixelAtEachShapeCentreHasTheShapeColour() {
         for scene in Self.scenes(count: 600) {
             let image = scene.render()
@@ -292,7 +313,13 @@ final class DemoDataTests: XCTestCase {
                         let parts = ordered.map { "a \($0.size.rawValue) \($0.colour.rawValue) \($0.kind.rawValue)" }
                         var list = parts[0]
                         if parts.count > 1 { list = parts.dropLast().joined(separator: ", ") + " and " + parts.last! }
-                        XCTAssertEqual(q.answer, capitalized("\(list) on a \(scene.background.rawValue) background"))
+                        if parts.count > 1 && Set(parts).count == 1 {
+                            // Copies of one shape are counted instead of listed.
+                            let s = scene.shapes[0], number = words[parts.count - 1].dropLast()
+                            XCTAssertEqual(q.answer, "\(number) \(s.size.rawValue) \(s.colour.rawValue) \(s.kind.plural) on a \(scene.background.rawValue) background.")
+                        } else {
+                            XCTAssertEqual(q.answer, capitalized("\(list) on a \(scene.background.rawValue) background"))
+                        }
                     case .colour:
                         XCTAssertTrue(text.hasPrefix("What colour is the ") && text.hasSuffix("?"), text)
                         let matches = ofKind(text.dropFirst("What colour is the ".count).dropLast())

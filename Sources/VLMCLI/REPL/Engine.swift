@@ -48,13 +48,20 @@ public final class Engine {
     /// Handles one REPL entry (a command or a message). Returns false when the user quits.
     /// Errors are printed as one line; nothing here ends the REPL.
     @discardableResult
+    /// One REPL entry; an error is reported and the REPL goes on. False when the entry quits.
     public func handle(_ entry: String) -> Bool {
         do {
-            if entry.hasPrefix("/") { return try command(entry) }
-            try send(entry)
+            return try perform(entry)
         } catch {
             console.error("\(error)")
+            return true
         }
+    }
+
+    /// One entry, its error thrown: a script stops there.
+    private func perform(_ entry: String) throws -> Bool {
+        if entry.hasPrefix("/") { return try command(entry) }
+        try send(entry)
         return true
     }
 
@@ -365,7 +372,13 @@ public final class Engine {
         guard let text = try? String(contentsOfFile: expanded, encoding: .utf8) else { throw UsageError("\(path): cannot read script") }
         for entry in InputAssembler.entries(of: text) {
             if entry.hasPrefix("/") { console.line("» \(entry)") } else { console.line("» \(entry.replacingOccurrences(of: "\n", with: "\n  "))") }
-            if !handle(entry) { break }
+            // Like a notebook's "run all", the script stops at the first failing entry: later
+            // entries would work on what it did not make (a stale model, a missing folder).
+            do {
+                if try !perform(entry) { break }
+            } catch {
+                throw UsageError("\(path): stopped at \"\(entry.prefix(60))\(entry.count > 60 ? "…" : "")\": \(error)")
+            }
         }
     }
 

@@ -23,7 +23,7 @@ import VLMTensor
 public enum DemoDataset {
     public static let generator = "vlmsh make-demo-data"
     /// Bumped whenever the same seed would give different images or records.
-    public static let version = 2
+    public static let version = 3
 
     public enum Split: String, CaseIterable, Sendable {
         case train, validation, test

@@ -48,11 +48,12 @@ public struct DemoQuestion: Sendable, Equatable, Codable {
 
 extension ShapeScene {
     /// "A large red star, a small blue circle and a small white square on a grey background." —
-    /// shapes in reading order; a tiled scene is "Nine small red stars on a white background.".
+    /// shapes in reading order; copies of one shape are counted: "Nine small red stars on a white
+    /// background.".
     public var caption: String {
-        if shapes.count == GridCell.all.count, let s = shapes.first,
+        if shapes.count > 1, let s = shapes.first,
            shapes.allSatisfy({ ($0.kind, $0.colour, $0.size) == (s.kind, s.colour, s.size) }) {
-            return "Nine \(s.size.rawValue) \(s.colour.rawValue) \(s.kind.plural) on a \(background.rawValue) background."
+            return "\(DemoAnswers.number(shapes.count).dropLast()) \(s.size.rawValue) \(s.colour.rawValue) \(s.kind.plural) on a \(background.rawValue) background."
         }
         let items = shapes.map { "a \($0.size.rawValue) \($0.colour.rawValue) \($0.kind.rawValue)" }
         let list = items.count == 1 ? items[0] : items.dropLast().joined(separator: ", ") + " and " + items.last!

@@ -256,6 +256,10 @@ public enum SceneLayout: String, CaseIterable, Sendable, Codable {
     /// tower then shows the object, so alignment on these captions teaches the tower shapes and
     /// colours before the language model has to find which image token holds which object.
     case tiles
+    /// One shape (kind, colour, size) in one to nine random cells ("Three small red stars …"):
+    /// alignment that also shows empty cells, so the language model learns to read the image
+    /// tokens that hold an object and to count them.
+    case copies
 }
 
 /// What `ShapeScene.random` draws.
@@ -329,6 +333,11 @@ public struct ShapeScene: Sendable, Equatable, Codable {
         case .tiles:
             let kind = rng.pick(ShapeKind.allCases), colour = rng.pick(colours), size = rng.pick(ShapeSize.allCases)
             shapes = GridCell.all.map { place(kind, colour, size, in: $0) }
+        case .copies:
+            let kind = rng.pick(ShapeKind.allCases), colour = rng.pick(colours), size = rng.pick(ShapeSize.allCases)
+            var cells = GridCell.all
+            rng.shuffle(&cells)
+            shapes = cells.prefix(1 + rng.below(cells.count)).map { place(kind, colour, size, in: $0) }
         }
         shapes.sort { $0.cell < $1.cell }
         return ShapeScene(imageSize: imageSize, background: background, backgroundStyle: backgroundStyle,
