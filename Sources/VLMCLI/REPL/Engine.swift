@@ -48,7 +48,6 @@ public final class Engine {
     /// Handles one REPL entry (a command or a message). Returns false when the user quits.
     /// Errors are printed as one line; nothing here ends the REPL.
     @discardableResult
-    /// One REPL entry; an error is reported and the REPL goes on. False when the entry quits.
     public func handle(_ entry: String) -> Bool {
         do {
             return try perform(entry)
