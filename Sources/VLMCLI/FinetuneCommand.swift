@@ -131,8 +131,10 @@ final class FineTuneRunner {
         }
         // Model: everything from the checkpoint or the init folder; otherwise a fresh LoRA with PEFT's init.
         var lora: LoRA?
+        var initKind: AdapterKind?
         if let start = resume ?? settings.adapterInit {
             let applied = try AppliedAdapter.apply(directory: start, to: chat)
+            initKind = applied.kind
             if settings.mode.trainsLoRA { lora = applied.lora }
             else if applied.lora != nil { throw UsageError("\(start): holds a LoRA, but --mode \(settings.mode.rawValue) does not train one") }
         }
@@ -142,6 +144,8 @@ final class FineTuneRunner {
                                    layout: chat is VisionLanguageModel ? .llava : .text, random: &random)
         }
         let model = try TrainableModel(chat: chat, mode: settings.mode, lora: lora)
+        model.carriesProjector = initKind?.hasProjector ?? false
+        model.carriesVisionTower = initKind?.hasVisionTower ?? false
         let image = chat.images.map { (tokenID: $0.tokenID, featureCount: $0.featureCount) }
         func load(_ path: String) throws -> TrainingDataset {
             try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template, image: image,

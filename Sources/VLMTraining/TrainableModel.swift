@@ -40,6 +40,10 @@ public final class TrainableModel: @unchecked Sendable {
     let projector: ProjectorParameters?
     /// The tower on the tape, when it trains.
     let visionGraph: VisionTowerGraph?
+    /// A projector or tower an `--adapter-init` folder put in place that this run keeps frozen:
+    /// saved with the trained parts, so the output folder holds everything that differs from
+    /// the model (stage 2 with a frozen tower after a stage 1 that trained it).
+    public var carriesProjector = false, carriesVisionTower = false
     /// Vision-tower outputs by image path when the tower is frozen: each image is encoded once.
     private var visionCache: [String: Tensor] = [:]
 

@@ -193,12 +193,15 @@ public final class Trainer {
         guard rename(temp, directory) == 0 else { throw FormatError(directory, "cannot rename checkpoint into place (errno \(errno))") }
     }
 
-    /// The trained tensors alone (what `--adapter` and `/adapter load` read).
+    /// The trained tensors, and those the init folder carried (what `--adapter` and `/adapter
+    /// load` read).
     public func writeWeights(to directory: String, baseModel: String?) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         if let lora = model.lora { try lora.save(directory: directory, layout: model.layout, baseModel: baseModel) }
-        if model.mode.trainsProjector, let projector = model.llava?.projector { try ProjectorFiles.save(projector, directory: directory) }
-        if model.mode.trainsVisionTower, let tower = model.llava?.visionTransformer { try VisionTowerFiles.save(tower, directory: directory) }
+        if model.mode.trainsProjector || model.carriesProjector, let projector = model.llava?.projector {
+            try ProjectorFiles.save(projector, directory: directory)
+        }
+        if model.mode.trainsVisionTower || model.carriesVisionTower, let tower = model.llava?.visionTransformer { try VisionTowerFiles.save(tower, directory: directory) }
     }
 
     /// Continues from a checkpoint written by `save`: optimizer moments and loop state. The

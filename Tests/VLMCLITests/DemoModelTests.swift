@@ -67,6 +67,14 @@ final class DemoModelTests: XCTestCase {
             XCTAssertTrue(FileManager.default.fileExists(atPath: stage2 + "/" + file), file)
         }
 
+        // Stage 2 with the tower frozen: its folder still carries stage 1's tower, so it is
+        // complete over the init folder.
+        let frozenTower = work + "/stage2-frozen-tower"
+        try ok(["finetune", "--model", initial, "--data", data + "/train.json", "--mode", "lora+projector",
+                "--adapter-init", stage1, "--out", frozenTower, "--steps", "1", "--batch-size", "2", "--lr", "1e-3", "--json"])
+        XCTAssertEqual(try tensors(frozenTower + "/vision_tower.safetensors"), tower1)
+        XCTAssertNotEqual(try tensors(frozenTower + "/multi_modal_projector.safetensors"), try tensors(stage1 + "/multi_modal_projector.safetensors"))
+
         // Merge: the composed folder gets stage 2's tower and projector, and keeps its LoRA as files.
         let m = try ok(["merge", "--model", initial, "--adapter", stage2, "--out", merged, "--json"])
         let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(m.utf8)) as? [String: Any])
