@@ -201,7 +201,9 @@ public final class Trainer {
         if model.mode.trainsProjector || model.carriesProjector, let projector = model.llava?.projector {
             try ProjectorFiles.save(projector, directory: directory)
         }
-        if model.mode.trainsVisionTower || model.carriesVisionTower, let tower = model.llava?.visionTransformer { try VisionTowerFiles.save(tower, directory: directory) }
+        if model.mode.trainsVisionTower || model.carriesVisionTower, let tower = model.llava?.visionTransformer {
+            try VisionTowerFiles.save(tower, directory: directory)
+        }
     }
 
     /// Continues from a checkpoint written by `save`: optimizer moments and loop state. The
