@@ -320,6 +320,9 @@ public struct ShapeScene: Sendable, Equatable, Codable {
             let x = coordinate(cell.column), y = coordinate(cell.row)
             return PlacedShape(kind: kind, colour: colour, size: size, cell: cell, centerX: x, centerY: y, radius: radius)
         }
+        func draw() -> (ShapeKind, ShapeColour, ShapeSize) {
+            (rng.pick(ShapeKind.allCases), rng.pick(colours), rng.pick(ShapeSize.allCases))
+        }
         var shapes: [PlacedShape] = []
         switch style.layout {
         case .scattered:
@@ -327,14 +330,14 @@ public struct ShapeScene: Sendable, Equatable, Codable {
             var cells = GridCell.all
             rng.shuffle(&cells)
             for cell in cells.prefix(count) {
-                let kind = rng.pick(ShapeKind.allCases), colour = rng.pick(colours), size = rng.pick(ShapeSize.allCases)
+                let (kind, colour, size) = draw()
                 shapes.append(place(kind, colour, size, in: cell))
             }
         case .tiles:
-            let kind = rng.pick(ShapeKind.allCases), colour = rng.pick(colours), size = rng.pick(ShapeSize.allCases)
+            let (kind, colour, size) = draw()
             shapes = GridCell.all.map { place(kind, colour, size, in: $0) }
         case .copies:
-            let kind = rng.pick(ShapeKind.allCases), colour = rng.pick(colours), size = rng.pick(ShapeSize.allCases)
+            let (kind, colour, size) = draw()
             var cells = GridCell.all
             rng.shuffle(&cells)
             shapes = cells.prefix(1 + rng.below(cells.count)).map { place(kind, colour, size, in: $0) }
