@@ -9,6 +9,7 @@ import VLMTraining
 struct FineTuneOptions: ParsableArguments {
     @Option(name: .long, help: "Training data: LLaVA JSON/JSONL conversations or pre-tokenized JSONL rows.") var data: String
     @Option(name: .long, help: "What trains: \(FineTuneMode.allCases.map(\.rawValue).joined(separator: ", ")).") var mode: String = "lora"
+    @Option(name: .long, help: "What the loss compares: \(TrainingObjective.allCases.map(\.rawValue).joined(separator: ", ")) (image tokens against the summed embeddings of the data's image_token_texts).") var objective: String = TrainingObjective.nextToken.rawValue
     @Option(name: .long, help: "Output folder (checkpoints, final adapter, loss.svg).") var out: String
     @Option(name: .customLong("lora-r"), help: "LoRA rank.") var loraR = 8
     @Option(name: .long, help: "LoRA alpha (scale = alpha / r).") var loraAlpha: Float = 16
@@ -42,11 +43,14 @@ struct FineTuneOptions: ParsableArguments {
         guard let m = FineTuneMode(rawValue: mode) else {
             throw UsageError("--mode must be one of \(FineTuneMode.allCases.map(\.rawValue).joined(separator: ", "))")
         }
+        guard let o = TrainingObjective(rawValue: objective) else {
+            throw UsageError("--objective must be one of \(TrainingObjective.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         guard let kind = LearningRateSchedule.Kind(rawValue: scheduler) else { throw UsageError("--scheduler must be constant, linear or cosine") }
         guard loraR > 0, batchSize > 0, gradAccum > 0, lr > 0 else { throw UsageError("--lora-r, --batch-size, --grad-accum and --lr must be positive") }
         if let steps, steps < 1 { throw UsageError("--steps must be ≥ 1") }
         if let saveSteps, saveSteps < 1 { throw UsageError("--save-steps must be ≥ 1") }
-        s.mode = m; s.loraRank = loraR; s.loraAlpha = loraAlpha; s.loraDropout = loraDropout
+        s.mode = m; s.objective = o == .nextToken ? nil : o; s.loraRank = loraR; s.loraAlpha = loraAlpha; s.loraDropout = loraDropout
         s.loraTargets = try LoRATargets(argument: loraTargets); s.adapterInit = adapterInit
         s.steps = steps; s.epochs = epochs; s.batchSize = batchSize; s.gradientAccumulation = gradAccum
         s.learningRate = lr; s.projectorLearningRate = mmProjectorLr
@@ -143,13 +147,14 @@ final class FineTuneRunner {
             lora = try LoRA.create(settings.loraConfiguration, decoder: chat.decoder,
                                    layout: chat is VisionLanguageModel ? .llava : .text, random: &random)
         }
-        let model = try TrainableModel(chat: chat, mode: settings.mode, lora: lora)
+        let model = try TrainableModel(chat: chat, mode: settings.mode, lora: lora, objective: settings.objective ?? .nextToken)
         model.carriesProjector = initKind?.hasProjector ?? false
         model.carriesVisionTower = initKind?.hasVisionTower ?? false
         let image = chat.images.map { (tokenID: $0.tokenID, featureCount: $0.featureCount) }
         func load(_ path: String) throws -> TrainingDataset {
             try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template, image: image,
-                                     imageFolder: options.imageFolder, maxLength: settings.maxLength, skipBadRows: options.skipBadRows)
+                                     imageFolder: options.imageFolder, maxLength: settings.maxLength, skipBadRows: options.skipBadRows,
+                                     readsImageTokenTexts: settings.objective == .imageTokenEmbeddings)
         }
         let dataset = try load(options.data)
         let evalSet = try options.evalData.map(load)

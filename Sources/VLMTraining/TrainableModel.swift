@@ -28,10 +28,22 @@ public enum FineTuneMode: String, Sendable, Codable, CaseIterable {
     public var trainsVisionTower: Bool { self == .visionProjector || self == .visionLoRAProjector }
 }
 
+/// What the loss compares.
+public enum TrainingObjective: String, Sendable, Codable, CaseIterable {
+    /// Cross-entropy of the assistant's reply tokens (LLaVA's, and the default).
+    case nextToken = "next-token"
+    /// Every projected image token against the sum of the language model's input embeddings of
+    /// the text the data names for it (`image_token_texts`), as `Tape.embeddingMatch`: image
+    /// tokens are placed among the words the language model already reads. Only the tower and
+    /// the projector take part; the language model does not run.
+    case imageTokenEmbeddings = "image-token-embeddings"
+}
+
 public final class TrainableModel: @unchecked Sendable {
     public let chat: ChatModel
     public let llava: LlavaModel?
     public let mode: FineTuneMode
+    public let objective: TrainingObjective
     public let lora: LoRA?
     public let layout: ModuleLayout
     public let parameters: [Parameter]
@@ -49,14 +61,18 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// Prepares `chat` for training in `mode`. `lora` is a fresh or loaded adapter set (required
     /// for the LoRA modes); it is installed on the decoder.
-    public init(chat: ChatModel, mode: FineTuneMode, lora: LoRA?) throws {
+    public init(chat: ChatModel, mode: FineTuneMode, lora: LoRA?, objective: TrainingObjective = .nextToken) throws {
         self.chat = chat
         self.mode = mode
+        self.objective = objective
         decoder = chat.decoder
         llava = (chat as? VisionLanguageModel)?.llava
         layout = llava == nil ? .text : .llava
         if mode.trainsProjector && llava == nil {
             throw TrainingError("--mode \(mode.rawValue) needs a LLaVA model (this one has no projector)")
+        }
+        if objective == .imageTokenEmbeddings && (mode.trainsLoRA || llava == nil) {
+            throw TrainingError("--objective \(objective.rawValue) trains the vision side only: use --mode projector or vision+projector with a LLaVA model")
         }
         if mode.trainsLoRA && lora == nil { throw TrainingError("--mode \(mode.rawValue) needs LoRA settings") }
         self.lora = mode.trainsLoRA ? lora : nil
@@ -84,10 +100,31 @@ public final class TrainableModel: @unchecked Sendable {
         self.parameters = parameters
     }
 
-    /// Σ CE over the batch's targets / `normalizer` (the accumulated batch's label count), built on
-    /// `tape`. LoRA dropout draws from `random` when `training` (evaluation runs without it).
+    /// What the objective divides a step's summed loss by, for `batch`'s share: its label tokens
+    /// (next-token), or the elements of its image tokens that have a text (image-token-embeddings:
+    /// a mean per element, as the next-token loss is a mean per token, keeps the step's gradient
+    /// at the scale clipping and the learning rates expect).
+    public func lossUnits(_ batch: TrainingBatch) -> Int {
+        switch objective {
+        case .nextToken: return batch.labelTokenCount
+        case .imageTokenEmbeddings: return batch.imageTokenTexts.reduce(0) { $0 + ($1?.count ?? 0) } * decoder.config.hiddenSize
+        }
+    }
+
+    /// The objective's loss over `batch`, divided by `normalizer` (the accumulated batch's
+    /// `lossUnits`), built on `tape`. LoRA dropout draws from `random` when `training`
+    /// (evaluation runs without it).
     public func loss(_ batch: TrainingBatch, normalizer: Float, tape: Tape, random: inout SeededRandom,
                      training: Bool = true) throws -> (loss: Variable, stats: TokenStatistics) {
+        switch objective {
+        case .nextToken: return try nextTokenLoss(batch, normalizer: normalizer, tape: tape, random: &random, training: training)
+        case .imageTokenEmbeddings: return try imageTokenEmbeddingLoss(batch, normalizer: normalizer, tape: tape)
+        }
+    }
+
+    /// Σ CE over the batch's targets / `normalizer`.
+    private func nextTokenLoss(_ batch: TrainingBatch, normalizer: Float, tape: Tape, random: inout SeededRandom,
+                               training: Bool) throws -> (loss: Variable, stats: TokenStatistics) {
         let d = decoder.config.hiddenSize
         let embeddings = Tensor(shape: [batch.layout.rows, d], zeroed: true)
         let imageRows = Set(batch.imageRows)
@@ -96,15 +133,7 @@ public final class TrainableModel: @unchecked Sendable {
         }
         var x = Variable(embeddings)
         if !imageRows.isEmpty {
-            guard let llava, let projector else { throw TrainingError("\(batch.sources.joined(separator: ", ")): an image row, but the model has no vision tower") }
-            let paths = batch.imagePaths.compactMap { $0 }
-            let features: Variable
-            if let visionGraph {
-                features = try visionGraph.forward(paths.map { try pixels($0, llava: llava) }, dropClassToken: llava.dropsClassToken, tape: tape)
-            } else {
-                features = Variable(try visionFeatures(paths, llava: llava))
-            }
-            x = tape.scatterRows(x, positions: batch.imageRows, source: projector.forward(features, tape: tape, activation: llava.projector.activation))
+            x = tape.scatterRows(x, positions: batch.imageRows, source: try imageTokens(batch.imagePaths.compactMap { $0 }, of: batch, tape: tape))
         }
         let hidden = frozen.forward(x, layout: batch.layout, tape: tape, lora: lora, dropout: training, random: &random)
         // Logits only where a target is: the other rows cannot change the loss.
@@ -113,6 +142,58 @@ public final class TrainableModel: @unchecked Sendable {
         // The head and the loss together, in chunks of rows (the logits are never all in memory).
         return tape.linearCrossEntropy(tape.rmsNorm(picked, weight: frozen.norm, eps: decoder.config.rmsNormEps), frozen.lmHead,
                                        targets: rows.map { batch.targets[$0] }, normalizer: normalizer, gradientInForward: training)
+    }
+
+    /// `Tape.embeddingMatch` of the projected image tokens against the sums of the language
+    /// model's input embeddings of their texts (the batch's distinct sums are the candidates),
+    /// for the rows that carry `image_token_texts`, / `normalizer` (the accumulated batch's
+    /// image-token elements).
+    private func imageTokenEmbeddingLoss(_ batch: TrainingBatch, normalizer: Float, tape: Tape) throws -> (loss: Variable, stats: TokenStatistics) {
+        let rows = batch.imageTokenTexts.indices.filter { batch.imageTokenTexts[$0] != nil }
+        guard !rows.isEmpty else {
+            throw TrainingError("\(batch.sources.joined(separator: ", ")): --objective \(objective.rawValue) needs rows with \"image_token_texts\"")
+        }
+        let paths = try rows.map { r in
+            guard let path = batch.imagePaths[r] else { throw TrainingError("\(batch.sources[r]): image_token_texts without an image") }
+            return path
+        }
+        let tokens = try imageTokens(paths, of: batch, tape: tape)           // [rows·featureCount, hidden]
+        let texts = rows.flatMap { batch.imageTokenTexts[$0]! }
+        checkShape(tokens.rows == texts.count, "image-token-embeddings: \(tokens.shape) tokens for \(texts.count) texts")
+        var index: [[Int]: Int] = [:], distinct: [[Int]] = []
+        let labels = texts.map { ids in
+            if let i = index[ids] { return i }
+            index[ids] = distinct.count
+            distinct.append(ids)
+            return distinct.count - 1
+        }
+        let d = decoder.config.hiddenSize
+        let candidates = Tensor(shape: [distinct.count, d], zeroed: true)    // Σ of each text's input embeddings
+        let word = Tensor(shape: [d], zeroed: false)
+        for (i, ids) in distinct.enumerated() {
+            for id in ids {
+                try decoder.embed([id], into: word.data)
+                Kernels.add(word.data, into: candidates.data + i * d, d)
+            }
+        }
+        var (loss, stats) = tape.embeddingMatch(tokens, candidates: candidates, labels: labels, normalizer: normalizer)
+        stats.lossSum /= Double(d)   // lossSum / tokens is then the per-element loss that training reports
+        return (loss, stats)
+    }
+
+    /// The projected image tokens of the images at `paths` (of `batch`), `[images·featureCount,
+    /// hidden]`: through the tower on the tape when it trains, else from cached features.
+    private func imageTokens(_ paths: [String], of batch: TrainingBatch, tape: Tape) throws -> Variable {
+        guard let llava, let projector else {
+            throw TrainingError("\(batch.sources.joined(separator: ", ")): an image row, but the model has no vision tower")
+        }
+        let features: Variable
+        if let visionGraph {
+            features = try visionGraph.forward(paths.map { try pixels($0, llava: llava) }, dropClassToken: llava.dropsClassToken, tape: tape)
+        } else {
+            features = Variable(try visionFeatures(paths, llava: llava))
+        }
+        return projector.forward(features, tape: tape, activation: llava.projector.activation)
     }
 
     /// The model input of the image at `path`.

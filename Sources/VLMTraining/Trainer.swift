@@ -11,6 +11,8 @@ import VLMTensor
 /// What a fine-tune was asked to do (recorded in the store and in every checkpoint).
 public struct FineTuneSettings: Codable, Sendable, Equatable {
     public var mode: FineTuneMode = .lora
+    /// nil: next-token (checkpoints written before the choice existed have none).
+    public var objective: TrainingObjective?
     public var loraRank = 8
     public var loraAlpha: Float = 16
     public var loraDropout: Float = 0.05
@@ -35,7 +37,7 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case mode, loraRank = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout", loraTargets = "lora_targets"
+        case mode, objective, loraRank = "lora_r", loraAlpha = "lora_alpha", loraDropout = "lora_dropout", loraTargets = "lora_targets"
         case adapterInit = "adapter_init", steps, epochs, batchSize = "batch_size", gradientAccumulation = "grad_accum"
         case learningRate = "lr", projectorLearningRate = "mm_projector_lr", visionTowerLearningRate = "mm_vision_tower_lr", weightDecay = "weight_decay", scheduler
         case warmupSteps = "warmup_steps", warmupRatio = "warmup_ratio", maxGradNorm = "max_grad_norm"
@@ -132,15 +134,16 @@ public final class Trainer {
     public func step() throws -> StepMetrics {
         let start = Date()
         let batches = (0..<settings.gradientAccumulation).map { _ in dataset.batch(nextMicroBatch(), padID: padID) }
-        let labelTokens = batches.reduce(0) { $0 + $1.labelTokenCount }
-        guard labelTokens > 0 else { throw TrainingError("step \(state.step + 1): no label tokens in the batch") }
+        let units = batches.reduce(0) { $0 + model.lossUnits($1) }
+        guard units > 0 else { throw TrainingError("step \(state.step + 1): nothing in the batch for the loss (no label tokens or image-token texts)") }
         var loss = 0.0, tokens = 0
         for batch in batches {
             let tape = Tape()
-            let (l, _) = try model.loss(batch, normalizer: Float(labelTokens), tape: tape, random: &state.dropoutRandom)
+            let (l, stats) = try model.loss(batch, normalizer: Float(units), tape: tape, random: &state.dropoutRandom)
             tape.backward(l)
             loss += Double(l.data[0])
-            tokens += batch.lengths.reduce(0, +)
+            // Positions through the language model, or image tokens when it does not run.
+            tokens += model.objective == .nextToken ? batch.lengths.reduce(0, +) : stats.tokens
         }
         let norm = optimizer.clipGradients(maxNorm: settings.maxGradNorm)
         let factor = schedule.factor(at: state.step)
@@ -150,7 +153,7 @@ public final class Trainer {
         let seconds = Date().timeIntervalSince(start)
         let metrics = StepMetrics(step: state.step, loss: loss, learningRate: Double(settings.learningRate * factor),
                                   gradNorm: Double(norm), tokensPerSecond: Double(tokens) / max(seconds, 1e-9),
-                                  labelTokens: labelTokens, seconds: seconds)
+                                  labelTokens: units, seconds: seconds)
         state.history.append(metrics)
         return metrics
     }
@@ -161,9 +164,10 @@ public final class Trainer {
         var random = SeededRandom(seed: 0)
         for indices in TrainingOrder.batches(Array(0..<data.count), batchSize: settings.batchSize) {
             let batch = data.batch(indices, padID: padID)
-            guard batch.labelTokenCount > 0 else { continue }
+            let units = model.lossUnits(batch)
+            guard units > 0 else { continue }
             let tape = Tape()
-            let (_, stats) = try model.loss(batch, normalizer: Float(batch.labelTokenCount), tape: tape, random: &random, training: false)
+            let (_, stats) = try model.loss(batch, normalizer: Float(units), tape: tape, random: &random, training: false)
             tape.reset()
             total += stats
         }
@@ -212,6 +216,9 @@ public final class Trainer {
         let record = try CheckpointRecord.read(directory: directory)
         guard record.settings.mode == settings.mode else {
             throw TrainingError("\(directory): the checkpoint was trained with --mode \(record.settings.mode.rawValue)")
+        }
+        guard record.settings.objective == settings.objective else {
+            throw TrainingError("\(directory): the checkpoint was trained with --objective \((record.settings.objective ?? .nextToken).rawValue)")
         }
         let file = try SafetensorsFile(path: directory + "/optimizer.safetensors")
         var tensors: [String: Tensor] = [:]

@@ -3,8 +3,9 @@ import VLMFormats
 import XCTest
 
 /// sessions/build-demo.vlm's recipe on the real SmolLM2, in miniature, as a user runs it: a new
-/// LLaVA folder around the GGUF (`init-llava`), the tower trained from scratch (`--mode
-/// vision+projector`), stage 2 continuing from it (`vision+lora+projector --adapter-init`), and
+/// LLaVA folder around the GGUF (`init-llava`), the tower trained from scratch toward SmolLM2's
+/// word embeddings (`--objective image-token-embeddings --mode vision+projector`), stage 2
+/// continuing from it (`lora --adapter-init`, and the other modes that can follow it), and
 /// `merge` into a composed folder that loads on its own.
 final class DemoModelTests: XCTestCase {
 
@@ -48,9 +49,16 @@ final class DemoModelTests: XCTestCase {
         XCTAssertEqual(again.status, 1)
         XCTAssertTrue(again.stderr.contains("already exists"), again.stderr)
 
-        // Stage 1: the tower and the projector; the tower file holds every tensor, trained ones changed.
-        try ok(["finetune", "--model", initial, "--data", data + "/train.json", "--mode", "vision+projector", "--out", stage1,
-                "--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--json"])
+        // Stage 1: the tower and the projector toward the records' image_token_texts; the tower
+        // file holds every tensor, trained ones changed.
+        let s1 = try ok(["finetune", "--model", initial, "--data", data + "/train.json", "--objective", "image-token-embeddings",
+                         "--mode", "vision+projector", "--out", stage1, "--steps", "3", "--batch-size", "2", "--lr", "1e-3", "--json"])
+        let losses = try XCTUnwrap(s1.split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["summary"] as? [String: Any]
+        }.first?["losses"] as? [Double])
+        XCTAssertEqual(losses.count, 3)
+        // A mean squared distance per element (a next-token loss would start near ln 49152 ≈ 10.8).
+        XCTAssertTrue(losses.allSatisfy { $0.isFinite && $0 > 0 && $0 < 1 }, "\(losses)")
         let before = try tensors(initial + "/model.safetensors"), tower1 = try tensors(stage1 + "/vision_tower.safetensors")
         XCTAssertEqual(Set(tower1.keys), Set(before.keys.filter { $0.hasPrefix("vision_tower.") }))
         XCTAssertNotEqual(tower1["vision_tower.vision_model.embeddings.patch_embedding.weight"],
@@ -59,13 +67,21 @@ final class DemoModelTests: XCTestCase {
                        "the post-norm is not on LLaVA's path and does not train")
         XCTAssertFalse(FileManager.default.fileExists(atPath: stage1 + "/adapter_config.json"))
 
-        // Stage 2 starts from stage 1's tower and projector and adds a LoRA.
-        let s2 = try ok(["finetune", "--model", initial, "--data", data + "/train.json", "--mode", "vision+lora+projector",
+        // Stage 2 adds a LoRA over stage 1's frozen tower and projector, which its folder carries.
+        let s2 = try ok(["finetune", "--model", initial, "--data", data + "/train.json", "--mode", "lora",
                          "--adapter-init", stage1, "--out", stage2, "--steps", "1", "--batch-size", "2", "--lr", "1e-3", "--json"])
         XCTAssertTrue(s2.contains("\"summary\""), s2)
         for file in ["adapter_config.json", "adapter_model.safetensors", "vision_tower.safetensors", "multi_modal_projector.safetensors"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: stage2 + "/" + file), file)
         }
+        XCTAssertEqual(try tensors(stage2 + "/vision_tower.safetensors"), tower1)
+        XCTAssertEqual(try tensors(stage2 + "/multi_modal_projector.safetensors"), try tensors(stage1 + "/multi_modal_projector.safetensors"))
+
+        // Or everything trains on from stage 1.
+        let everything = work + "/stage2-everything"
+        try ok(["finetune", "--model", initial, "--data", data + "/train.json", "--mode", "vision+lora+projector",
+                "--adapter-init", stage1, "--out", everything, "--steps", "1", "--batch-size", "2", "--lr", "1e-3", "--json"])
+        XCTAssertNotEqual(try tensors(everything + "/vision_tower.safetensors"), tower1)
 
         // Stage 2 with the tower frozen: its folder still carries stage 1's tower, so it is
         // complete over the init folder.

@@ -376,6 +376,21 @@ final class DemoDataTests: XCTestCase {
 
     // MARK: splits
 
+    /// cellTexts names what each cell holds in reading order, which is the order of a ViT's
+    /// patches when the patches are the cells: the shape's centre lies in patch `row·3 + column`.
+    func testCellTextsNameEachCellInPatchOrder() {
+        for seed in UInt64(0)..<40 {
+            let scene = ShapeScene.random(seed: seed, imageSize: 96)
+            let texts = scene.cellTexts
+            XCTAssertEqual(texts.count, 9)
+            XCTAssertEqual(texts.filter { $0 != "nothing" }.count, scene.shapes.count)
+            for shape in scene.shapes {
+                let patch = Int(shape.centerY / 32) * 3 + Int(shape.centerX / 32)
+                XCTAssertEqual(texts[patch], "\(shape.size.rawValue) \(shape.colour.rawValue) \(shape.kind.rawValue)")
+            }
+        }
+    }
+
     func testSplitsUseDisjointSeeds() {
         for seed: UInt64 in [0, 1, 42, .max] {
             let splitSeeds = DemoDataset.Split.allCases.map { DemoDataset.splitSeed(seed, $0) }
@@ -416,8 +431,11 @@ final class DemoDataTests: XCTestCase {
             var kinds: [String: Int] = [:]
             var images = Set<String>()
             for r in records {
-                XCTAssertEqual(Set(r.keys), ["id", "image", "kind", "conversations"])
+                XCTAssertEqual(Set(r.keys), ["id", "image", "kind", "image_token_texts", "conversations"])
                 let id = r["id"] as! String, image = r["image"] as! String, kind = r["kind"] as! String
+                let index = Int(image.dropFirst("images/\(split.rawValue)-".count).dropLast(".png".count))!
+                let item = DemoDataset.item(split: split, index: index, seed: 3, imageSize: 64)
+                XCTAssertEqual(r["image_token_texts"] as? [String], item.scene.cellTexts, id)
                 XCTAssertTrue(ids.insert(id).inserted, "duplicate id \(id)")
                 XCTAssertTrue(id.hasPrefix(split.rawValue + "-") && image.hasPrefix("images/\(split.rawValue)-"), id)
                 XCTAssertNotNil(DemoQuestionKind(rawValue: kind))
@@ -452,6 +470,7 @@ final class DemoDataTests: XCTestCase {
             XCTAssertEqual(r["kind"] as? String, "conversation")
             let item = DemoDataset.item(split: .train, index: i, seed: 5, imageSize: 64)
             XCTAssertEqual(r["image"] as? String, item.image)
+            XCTAssertEqual(r["image_token_texts"] as? [String], item.scene.cellTexts)
             let turns = r["conversations"] as! [[String: String]]
             XCTAssertEqual(turns.count, 2 * item.questions.count)
             XCTAssertEqual(turns.enumerated().map { $0.element["from"]! == ($0.offset % 2 == 0 ? "human" : "gpt") }, [Bool](repeating: true, count: turns.count))

@@ -110,4 +110,23 @@ final class AutodiffTests: GradientCheckCase {
         XCTAssertEqual(Double(loss.data[0]), expected / 3, accuracy: 1e-5)
         XCTAssertEqual(stats.tokens, 3)
     }
+
+    func testEmbeddingMatch() {
+        let x = randomVariable([6, 5])
+        let candidates = randomVariable([3, 5], trainable: false).value
+        let labels = [0, 2, 1, 1, 0, 2]
+        checkGradients("embeddingMatch", [x]) { $0.embeddingMatch(x, candidates: candidates, labels: labels, normalizer: 4).loss }
+        // The value: Σ rows of ‖x − c_y‖² − log softmax(−‖x − c‖²)[y], / normalizer, by the formula.
+        let (loss, stats) = Tape().embeddingMatch(x, candidates: candidates, labels: labels, normalizer: 4)
+        var expected = 0.0, nearest = 0
+        for (r, y) in labels.enumerated() {
+            let d = (0..<3).map { j in (0..<5).reduce(0.0) { s, k in
+                let e = Double(x.data[r * 5 + k] - candidates.data[j * 5 + k]); return s + e * e } }
+            expected += d[y] + log(d.map { exp(-$0) }.reduce(0, +)) + d[y]
+            nearest += d.firstIndex(of: d.min()!) == y ? 1 : 0
+        }
+        XCTAssertEqual(Double(loss.data[0]), expected / 4, accuracy: 1e-4)
+        XCTAssertEqual(stats.tokens, 6)
+        XCTAssertEqual(stats.correct, nearest)
+    }
 }

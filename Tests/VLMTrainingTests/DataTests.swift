@@ -318,6 +318,44 @@ final class DataTests: XCTestCase {
         }
     }
 
+    func testImageTokenTextsAreTokenizedPerImageRowWhenAsked() throws {
+        let (tokenizer, template) = try clipLlama()
+        func withTexts(_ texts: Any?, image: String? = "ok.png") -> String {
+            var object = try! JSONSerialization.jsonObject(with: Data(row([("human", "What?"), ("gpt", "This.")], image: image).utf8)) as! [String: Any]
+            if let texts { object["image_token_texts"] = texts }
+            return String(decoding: try! JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self)
+        }
+        let sixteen = ["small red star", ""] + [String](repeating: "nothing", count: 14)
+        let lines = [
+            withTexts(sixteen),                                   // 1
+            withTexts(["nothing", "nothing"]),                    // 2 (two texts for sixteen rows)
+            withTexts([1, 2]),                                    // 3
+            withTexts(nil),                                       // 4
+            withTexts(sixteen, image: nil),                       // 5
+        ]
+        let dir = try folder(["texts.jsonl": lines.joined(separator: "\n") + "\n"])
+        try copyImage("square.png", to: dir.appendingPathComponent("ok.png"))
+        let path = dir.appendingPathComponent("texts.jsonl").path
+        let data = try TrainingDataset.load(path: path, tokenizer: tokenizer, template: template, image: (700, 16),
+                                            skipBadRows: true, readsImageTokenTexts: true)
+        XCTAssertEqual(data.count, 1)
+        let texts = try XCTUnwrap(data[0].imageTokenTexts)
+        XCTAssertEqual(texts.count, 16)
+        XCTAssertEqual(texts[0], tokenizer.encode(" small red star"))
+        XCTAssertEqual(texts[1], [], "an empty text is no tokens (the zero vector)")
+        XCTAssertEqual(texts[2], tokenizer.encode(" nothing"))
+        XCTAssertEqual(data.problems, [
+            "\(path):2: 2 image_token_texts for 16 image feature rows",
+            "\(path):3: malformed row: \"image_token_texts\" must be an array of strings, found an array",
+            "\(path):4: no \"image_token_texts\" (the image-token-embeddings objective needs them)",
+            "\(path):5: \"image_token_texts\" but the row has no image",
+        ])
+        // Not asked for: the field is ignored, whatever it holds.
+        let plain = try TrainingDataset.load(path: path, tokenizer: tokenizer, template: template, image: (700, 16))
+        XCTAssertEqual(plain.count, 5)
+        XCTAssertTrue(plain.examples.allSatisfy { $0.imageTokenTexts == nil })
+    }
+
     func testJSONArrayElementsReportTheirLine() throws {
         let (tokenizer, template) = try clipLlama()
         let text = """

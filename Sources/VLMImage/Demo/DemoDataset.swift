@@ -8,6 +8,7 @@ import VLMTensor
 ///     DIR/images/train-000000.png …      one PNG per image, 8-bit RGB, imageSize × imageSize
 ///     DIR/train.json, validation.json, test.json
 ///         [{"id": "train-000000-colour", "image": "images/train-000000.png", "kind": "colour",
+///           "image_token_texts": ["small red star", "nothing", …],   (the 3×3 cells, reading order)
 ///           "conversations": [{"from": "human", "value": "<image>\nWhat colour is the star?"},
 ///                             {"from": "gpt", "value": "Red."}]}, …]
 ///     DIR/dataset.json                   generator, version, seed, image size, per-split counts
@@ -23,7 +24,7 @@ import VLMTensor
 public enum DemoDataset {
     public static let generator = "vlmsh make-demo-data"
     /// Bumped whenever the same seed would give different images or records.
-    public static let version = 3
+    public static let version = 4
 
     public enum Split: String, CaseIterable, Sendable {
         case train, validation, test
@@ -78,14 +79,16 @@ public enum DemoDataset {
             }
             let id = "\(split.rawValue)-\(DemoDataset.padded(index))"
             return "{\"id\": \(jsonString(id)), \"image\": \(jsonString(image)), \"kind\": \"conversation\", "
-                + "\"conversations\": [\(turns.joined(separator: ", "))]}"
+                + "\"image_token_texts\": \(cellTextsJSON), \"conversations\": [\(turns.joined(separator: ", "))]}"
         }
+
+        private var cellTextsJSON: String { "[" + scene.cellTexts.map(jsonString).joined(separator: ", ") + "]" }
 
         /// The item's records, one JSON object per line.
         public var recordsJSON: [String] {
             questions.map { q in
                 "{\"id\": \(jsonString(id(q))), \"image\": \(jsonString(image)), \"kind\": \(jsonString(q.kind.rawValue)), "
-                    + "\"conversations\": [{\"from\": \"human\", \"value\": \(jsonString("<image>\n" + q.question))}, "
+                    + "\"image_token_texts\": \(cellTextsJSON), \"conversations\": [{\"from\": \"human\", \"value\": \(jsonString("<image>\n" + q.question))}, "
                     + "{\"from\": \"gpt\", \"value\": \(jsonString(q.answer))}]}"
             }
         }

@@ -47,6 +47,15 @@ public struct DemoQuestion: Sendable, Equatable, Codable {
 }
 
 extension ShapeScene {
+    /// What each cell of the 3×3 grid holds, in reading order (the order of a ViT's patches when
+    /// they are the cells): "small red star", or "nothing" for an empty cell. The
+    /// `image_token_texts` of the demo's records.
+    public var cellTexts: [String] {
+        GridCell.all.map { cell in
+            shapes.first { $0.cell == cell }.map { "\($0.size.rawValue) \($0.colour.rawValue) \($0.kind.rawValue)" } ?? "nothing"
+        }
+    }
+
     /// "A large red star, a small blue circle and a small white square on a grey background." —
     /// shapes in reading order; copies of one shape are counted: "Nine small red stars on a white
     /// background.".

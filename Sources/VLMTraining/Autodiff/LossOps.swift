@@ -4,7 +4,8 @@ import VLMTensor
 /// Label value that contributes nothing to the loss (PyTorch's `ignore_index`).
 public let ignoreIndex = -100
 
-/// Per-batch cross-entropy statistics, for logging and evaluation.
+/// Per-batch loss statistics, for logging and evaluation (for `embeddingMatch` the positions
+/// are image tokens, and "argmax" is the nearest candidate).
 public struct TokenStatistics: Sendable, Equatable {
     /// Σ −log p(target) over counted positions.
     public var lossSum: Double = 0
@@ -178,3 +179,72 @@ extension Tape {
 
 /// Rows of logits per chunk in `linearCrossEntropy` (256 × a 49152-token vocabulary is 48 MiB).
 let lossChunkRows = 256
+
+extension Tape {
+    /// For each row of x `[rows, d]` and its target `candidates[labels[row]]` (`candidates`
+    /// `[c, d]`, constants): the squared distance ‖x − target‖² plus the cross-entropy of
+    /// softmax(−‖x − candidate‖²) over all candidates against the target's index. Summed over the
+    /// rows and divided by `normalizer`. The distance pulls each row onto its target; the
+    /// cross-entropy is what moves a row that sits between two candidates (the features that
+    /// tell them apart get the gradient, not just the shared bulk). Returns the loss and the
+    /// stats: `lossSum` (summed per-row loss), `tokens` (rows), `correct` (rows nearest to their
+    /// own target).
+    public func embeddingMatch(_ x: Variable, candidates: Tensor, labels: [Int], normalizer: Float) -> (loss: Variable, stats: TokenStatistics) {
+        let n = x.rows, d = x.columns, c = candidates.shape[0]
+        checkShape(labels.count == n && candidates.shape == [c, d], "embeddingMatch: \(x.shape) rows, \(labels.count) labels, candidates \(candidates.shape)")
+        let px = x.data, pc = candidates.data
+        // Per row: the probability-weighted mean of the candidates, for the backward pass.
+        let expected = FloatStorage(count: n * d, zeroed: true)
+        var losses = [Double](repeating: 0, count: n), hits = [Bool](repeating: false, count: n)
+        let pe = expected.pointer
+        losses.withUnsafeMutableBufferPointer { lossRows in
+            hits.withUnsafeMutableBufferPointer { hitRows in
+                let lossRows = lossRows, hitRows = hitRows
+                Parallel.forEach(n, minChunk: 8) { range in
+                    var z = [Float](repeating: 0, count: c)
+                    for r in range {
+                        let row = px + r * d
+                        for j in 0..<c {
+                            let cj = pc + j * d
+                            var s: Float = 0
+                            for k in 0..<d { let e = row[k] - cj[k]; s += e * e }
+                            z[j] = -s
+                        }
+                        var mx = -Float.infinity, arg = 0
+                        for j in 0..<c where z[j] > mx { mx = z[j]; arg = j }
+                        let y = labels[r], zy = z[y]
+                        var sum: Float = 0
+                        for j in 0..<c { z[j] = expf(z[j] - mx); sum += z[j] }
+                        lossRows[r] = Double(logf(sum) - (zy - mx))           // −log softmax(z)[y]
+                        let er = pe + r * d
+                        for j in 0..<c where z[j] > 0 {
+                            let w = z[j] / sum, cj = pc + j * d
+                            for k in 0..<d { er[k] += w * cj[k] }
+                        }
+                        var dist: Float = 0
+                        let cy = pc + y * d
+                        for k in 0..<d { let e = row[k] - cy[k]; dist += e * e }
+                        lossRows[r] += Double(dist)
+                        hitRows[r] = arg == y
+                    }
+                }
+            }
+        }
+        var stats = TokenStatistics()
+        for r in 0..<n { stats.lossSum += losses[r]; stats.tokens += 1; stats.correct += hits[r] ? 1 : 0 }
+        let loss = Variable(Tensor(shape: [1], values: [Float(stats.lossSum / Double(normalizer))]), requiresGrad: x.requiresGrad)
+        record(loss) { dy in
+            // d/dx = 2(x − t) + 2(E_p[candidate] − t), scaled by dy/N.
+            let g = x.gradBuffer(), k = 2 * dy[0] / normalizer
+            let pe = expected.pointer   // keeps the buffer alive until backward
+            _ = candidates
+            Parallel.forEach(n, minChunk: 8) { range in
+                for r in range {
+                    let row = px + r * d, er = pe + r * d, cy = pc + labels[r] * d, gr = g + r * d
+                    for i in 0..<d { gr[i] += k * ((row[i] - cy[i]) + (er[i] - cy[i])) }
+                }
+            }
+        }
+        return (loss, stats)
+    }
+}

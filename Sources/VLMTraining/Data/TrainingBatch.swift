@@ -24,6 +24,8 @@ public struct TrainingBatch: Sendable {
     public let labelTokenCount: Int
     /// Where each row came from ("file:line").
     public let sources: [String]
+    /// Each row's tokenized `image_token_texts` (nil for a row without them).
+    public let imageTokenTexts: [[[Int]]?]
     public let padID: Int
 
     public init(examples: [TrainingExample], padID: Int) {
@@ -56,6 +58,7 @@ public struct TrainingBatch: Sendable {
         imagePositions = positions
         labelTokenCount = count
         sources = examples.map(\.source)
+        imageTokenTexts = examples.map(\.imageTokenTexts)
     }
 
     /// All image positions of the batch, rows in order: where the stacked features of the batch's

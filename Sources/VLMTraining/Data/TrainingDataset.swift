@@ -11,6 +11,10 @@ import VLMTokenizers
 /// - pre-tokenized: `{"input_ids": […], "labels": […], "image": "file.jpg"}` — labels unshifted
 ///   (Hugging Face style, -100 for positions not learned); the one image token in `input_ids` is
 ///   expanded to the image's feature rows as at inference (a run already of `featureCount` is kept).
+/// - either kind may add `"image_token_texts": ["small red star", "nothing", …]`, one text per
+///   image feature row (what `--objective image-token-embeddings` trains each row toward; read
+///   only with `readsImageTokenTexts`, and then required). Each is tokenized as words inside a sentence
+///   are, after a space; an empty text stands for the zero vector.
 ///
 /// Image paths resolve against `imageFolder` when given, else against the data file's folder.
 public struct TrainingDataset: Sendable {
@@ -40,12 +44,12 @@ public struct TrainingDataset: Sendable {
     /// count) unless `skipBadRows`, which keeps the good ones and lists the rest in `problems`.
     public static func load(path: String, tokenizer: Tokenizer, template: ChatTemplate,
                             image: (tokenID: Int, featureCount: Int)?, imageFolder: String? = nil,
-                            maxLength: Int? = nil, skipBadRows: Bool = false) throws -> TrainingDataset {
+                            maxLength: Int? = nil, skipBadRows: Bool = false, readsImageTokenTexts: Bool = false) throws -> TrainingDataset {
         let rows = try DataRows.read(path: path)
         let dataFolder = URL(fileURLWithPath: path).standardizedFileURL.deletingLastPathComponent().path
         let imageBase = imageFolder.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? dataFolder
         let encoder = ConversationEncoder(tokenizer: tokenizer, template: template, image: image)
-        let builder = RowBuilder(encoder: encoder, imageBase: imageBase, maxLength: maxLength)
+        let builder = RowBuilder(encoder: encoder, imageBase: imageBase, maxLength: maxLength, readsImageTokenTexts: readsImageTokenTexts)
 
         var examples: [TrainingExample] = []
         var problems: [String] = []
@@ -82,6 +86,7 @@ private struct RowBuilder {
     let encoder: ConversationEncoder
     let imageBase: String
     let maxLength: Int?
+    let readsImageTokenTexts: Bool
 
     func example(from value: Any, source: String) throws -> TrainingExample {
         guard let row = value as? [String: Any] else {
@@ -114,7 +119,24 @@ private struct RowBuilder {
             throw RowProblem("no target tokens (every label is -100)")
         }
         return TrainingExample(inputIDs: encoded.inputIDs, labels: encoded.labels, imagePath: imagePath,
-                               imageRange: encoded.imageRange, source: source)
+                               imageRange: encoded.imageRange, source: source,
+                               imageTokenTexts: readsImageTokenTexts ? try imageTokenTexts(row["image_token_texts"], imageRange: encoded.imageRange) : nil)
+    }
+
+    /// The token ids of each `image_token_texts` entry, one entry per image feature row.
+    private func imageTokenTexts(_ value: Any?, imageRange: Range<Int>?) throws -> [[Int]] {
+        guard let value, !(value is NSNull) else { throw RowProblem("no \"image_token_texts\" (the image-token-embeddings objective needs them)") }
+        guard let texts = value as? [Any], texts.allSatisfy({ $0 is String }) else {
+            throw RowProblem("malformed row: \"image_token_texts\" must be an array of strings, found \(Self.kind(of: value))")
+        }
+        guard let imageRange else { throw RowProblem("\"image_token_texts\" but the row has no image") }
+        guard texts.count == imageRange.count else {
+            throw RowProblem("\(texts.count) image_token_texts for \(imageRange.count) image feature rows")
+        }
+        return texts.map { text in
+            let text = text as! String
+            return text.isEmpty ? [] : encoder.tokenizer.encode(" " + text)
+        }
     }
 
     /// The absolute path of the row's image (nil when the row has none); it must exist.

@@ -15,13 +15,18 @@ public struct TrainingExample: Sendable, Equatable {
     public var imageRange: Range<Int>?
     /// Where the row came from, "file:line" (or "file: element N").
     public var source: String
+    /// The row's `image_token_texts`, tokenized: for each image feature row, the token ids of the
+    /// text it should stand for (what the `image-token-embeddings` objective trains toward).
+    public var imageTokenTexts: [[Int]]?
 
-    public init(inputIDs: [Int], labels: [Int], imagePath: String? = nil, imageRange: Range<Int>? = nil, source: String) {
+    public init(inputIDs: [Int], labels: [Int], imagePath: String? = nil, imageRange: Range<Int>? = nil, source: String,
+                imageTokenTexts: [[Int]]? = nil) {
         self.inputIDs = inputIDs
         self.labels = labels
         self.imagePath = imagePath
         self.imageRange = imageRange
         self.source = source
+        self.imageTokenTexts = imageTokenTexts
     }
 
     public var hasImage: Bool { imagePath != nil }
