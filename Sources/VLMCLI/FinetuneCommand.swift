@@ -147,9 +147,8 @@ final class FineTuneRunner {
             lora = try LoRA.create(settings.loraConfiguration, decoder: chat.decoder,
                                    layout: chat is VisionLanguageModel ? .llava : .text, random: &random)
         }
-        let model = try TrainableModel(chat: chat, mode: settings.mode, lora: lora, objective: settings.objective ?? .nextToken)
-        model.carriesProjector = initKind?.hasProjector ?? false
-        model.carriesVisionTower = initKind?.hasVisionTower ?? false
+        let model = try TrainableModel(chat: chat, mode: settings.mode, lora: lora, objective: settings.objective ?? .nextToken,
+                                       initKind: initKind)
         let image = chat.images.map { (tokenID: $0.tokenID, featureCount: $0.featureCount) }
         func load(_ path: String) throws -> TrainingDataset {
             try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template, image: image,

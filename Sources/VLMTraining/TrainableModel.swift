@@ -55,16 +55,20 @@ public final class TrainableModel: @unchecked Sendable {
     /// A projector or tower an `--adapter-init` folder put in place that this run keeps frozen:
     /// saved with the trained parts, so the output folder holds everything that differs from
     /// the model (stage 2 with a frozen tower after a stage 1 that trained it).
-    public var carriesProjector = false, carriesVisionTower = false
+    public let carriesProjector: Bool, carriesVisionTower: Bool
     /// Vision-tower outputs by image path when the tower is frozen: each image is encoded once.
     private var visionCache: [String: Tensor] = [:]
 
     /// Prepares `chat` for training in `mode`. `lora` is a fresh or loaded adapter set (required
-    /// for the LoRA modes); it is installed on the decoder.
-    public init(chat: ChatModel, mode: FineTuneMode, lora: LoRA?, objective: TrainingObjective = .nextToken) throws {
+    /// for the LoRA modes); it is installed on the decoder. `initKind` is what an `--adapter-init`
+    /// folder applied to `chat` held.
+    public init(chat: ChatModel, mode: FineTuneMode, lora: LoRA?, objective: TrainingObjective = .nextToken,
+                initKind: AdapterKind? = nil) throws {
         self.chat = chat
         self.mode = mode
         self.objective = objective
+        carriesProjector = initKind?.hasProjector ?? false
+        carriesVisionTower = initKind?.hasVisionTower ?? false
         decoder = chat.decoder
         llava = (chat as? VisionLanguageModel)?.llava
         layout = llava == nil ? .text : .llava

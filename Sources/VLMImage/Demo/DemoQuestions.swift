@@ -62,7 +62,7 @@ extension ShapeScene {
     public var caption: String {
         if shapes.count > 1, let s = shapes.first,
            shapes.allSatisfy({ ($0.kind, $0.colour, $0.size) == (s.kind, s.colour, s.size) }) {
-            return "\(DemoAnswers.number(shapes.count).dropLast()) \(s.size.rawValue) \(s.colour.rawValue) \(s.kind.plural) on a \(background.rawValue) background."
+            return "\(DemoAnswers.numberWord(shapes.count)) \(s.size.rawValue) \(s.colour.rawValue) \(s.kind.plural) on a \(background.rawValue) background."
         }
         let items = shapes.map { "a \($0.size.rawValue) \($0.colour.rawValue) \($0.kind.rawValue)" }
         let list = items.count == 1 ? items[0] : items.dropLast().joined(separator: ", ") + " and " + items.last!
@@ -128,8 +128,12 @@ public enum DemoAnswers {
     }
 
     /// "One." … "Four." (digits beyond the words the generator needs).
-    public static func number(_ n: Int) -> String {
+    public static func number(_ n: Int) -> String { numberWord(n) + "." }
+
+    /// "One" … "Nine", capitalized (digits beyond): the count answer's word, and a counted
+    /// caption's first.
+    public static func numberWord(_ n: Int) -> String {
         let words = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
-        return (words.indices.contains(n) ? words[n] : String(n)) + "."
+        return words.indices.contains(n) ? words[n] : String(n)
     }
 }
