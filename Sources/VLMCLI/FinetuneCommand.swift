@@ -147,13 +147,13 @@ final class FineTuneRunner {
             lora = try LoRA.create(settings.loraConfiguration, decoder: chat.decoder,
                                    layout: chat is VisionLanguageModel ? .llava : .text, random: &random)
         }
-        let model = try TrainableModel(chat: chat, mode: settings.mode, lora: lora, objective: settings.objective ?? .nextToken,
+        let model = try TrainableModel(chat: chat, mode: settings.mode, lora: lora, objective: settings.trainingObjective,
                                        initKind: initKind)
         let image = chat.images.map { (tokenID: $0.tokenID, featureCount: $0.featureCount) }
         func load(_ path: String) throws -> TrainingDataset {
             try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template, image: image,
                                      imageFolder: options.imageFolder, maxLength: settings.maxLength, skipBadRows: options.skipBadRows,
-                                     readsImageTokenTexts: settings.objective == .imageTokenEmbeddings)
+                                     readsImageTokenTexts: settings.trainingObjective == .imageTokenEmbeddings)
         }
         let dataset = try load(options.data)
         let evalSet = try options.evalData.map(load)

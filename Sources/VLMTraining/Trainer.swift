@@ -11,7 +11,8 @@ import VLMTensor
 /// What a fine-tune was asked to do (recorded in the store and in every checkpoint).
 public struct FineTuneSettings: Codable, Sendable, Equatable {
     public var mode: FineTuneMode = .lora
-    /// nil: next-token (checkpoints written before the choice existed have none).
+    /// nil: next-token (checkpoints written before the choice existed have none); read it as
+    /// `trainingObjective`.
     public var objective: TrainingObjective?
     public var loraRank = 8
     public var loraAlpha: Float = 16
@@ -43,6 +44,9 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
         case warmupSteps = "warmup_steps", warmupRatio = "warmup_ratio", maxGradNorm = "max_grad_norm"
         case maxLength = "max_length", seed, saveSteps = "save_steps", groupByModalityLength = "group_by_modality_length"
     }
+
+    /// The objective, next-token when none is recorded.
+    public var trainingObjective: TrainingObjective { objective ?? .nextToken }
 
     public var loraConfiguration: LoRAConfiguration {
         LoRAConfiguration(rank: loraRank, alpha: loraAlpha, dropout: loraDropout, targets: loraTargets)
@@ -217,8 +221,8 @@ public final class Trainer {
         guard record.settings.mode == settings.mode else {
             throw TrainingError("\(directory): the checkpoint was trained with --mode \(record.settings.mode.rawValue)")
         }
-        guard record.settings.objective == settings.objective else {
-            throw TrainingError("\(directory): the checkpoint was trained with --objective \((record.settings.objective ?? .nextToken).rawValue)")
+        guard record.settings.trainingObjective == settings.trainingObjective else {
+            throw TrainingError("\(directory): the checkpoint was trained with --objective \(record.settings.trainingObjective.rawValue)")
         }
         let file = try SafetensorsFile(path: directory + "/optimizer.safetensors")
         var tensors: [String: Tensor] = [:]

@@ -86,9 +86,10 @@ public enum DemoDataset {
 
         /// The item's records, one JSON object per line.
         public var recordsJSON: [String] {
-            questions.map { q in
+            let cellTexts = cellTextsJSON
+            return questions.map { q in
                 "{\"id\": \(jsonString(id(q))), \"image\": \(jsonString(image)), \"kind\": \(jsonString(q.kind.rawValue)), "
-                    + "\"image_token_texts\": \(cellTextsJSON), \"conversations\": [{\"from\": \"human\", \"value\": \(jsonString("<image>\n" + q.question))}, "
+                    + "\"image_token_texts\": \(cellTexts), \"conversations\": [{\"from\": \"human\", \"value\": \(jsonString("<image>\n" + q.question))}, "
                     + "{\"from\": \"gpt\", \"value\": \(jsonString(q.answer))}]}"
             }
         }

@@ -46,13 +46,18 @@ public struct DemoQuestion: Sendable, Equatable, Codable {
     }
 }
 
+extension PlacedShape {
+    /// "small red star": size, colour and kind, as captions and cell texts name the shape.
+    public var words: String { "\(size.rawValue) \(colour.rawValue) \(kind.rawValue)" }
+}
+
 extension ShapeScene {
     /// What each cell of the 3×3 grid holds, in reading order (the order of a ViT's patches when
     /// they are the cells): "small red star", or "nothing" for an empty cell. The
     /// `image_token_texts` of the demo's records.
     public var cellTexts: [String] {
         GridCell.all.map { cell in
-            shapes.first { $0.cell == cell }.map { "\($0.size.rawValue) \($0.colour.rawValue) \($0.kind.rawValue)" } ?? "nothing"
+            shapes.first { $0.cell == cell }?.words ?? "nothing"
         }
     }
 
@@ -64,7 +69,7 @@ extension ShapeScene {
            shapes.allSatisfy({ ($0.kind, $0.colour, $0.size) == (s.kind, s.colour, s.size) }) {
             return "\(DemoAnswers.numberWord(shapes.count)) \(s.size.rawValue) \(s.colour.rawValue) \(s.kind.plural) on a \(background.rawValue) background."
         }
-        let items = shapes.map { "a \($0.size.rawValue) \($0.colour.rawValue) \($0.kind.rawValue)" }
+        let items = shapes.map { "a " + $0.words }
         let list = items.count == 1 ? items[0] : items.dropLast().joined(separator: ", ") + " and " + items.last!
         return DemoAnswers.sentence(list + " on a \(background.rawValue) background")
     }

@@ -215,16 +215,13 @@ extension Tape {
                         let y = labels[r], zy = z[y]
                         var sum: Float = 0
                         for j in 0..<c { z[j] = expf(z[j] - mx); sum += z[j] }
-                        lossRows[r] = Double(logf(sum) - (zy - mx))           // −log softmax(z)[y]
+                        // ‖x − target‖² (that is −zy) plus −log softmax(z)[y].
+                        lossRows[r] = Double(-zy) + Double(logf(sum) - (zy - mx))
                         let er = pe + r * d
                         for j in 0..<c where z[j] > 0 {
                             let w = z[j] / sum, cj = pc + j * d
                             for k in 0..<d { er[k] += w * cj[k] }
                         }
-                        var dist: Float = 0
-                        let cy = pc + y * d
-                        for k in 0..<d { let e = row[k] - cy[k]; dist += e * e }
-                        lossRows[r] += Double(dist)
                         hitRows[r] = arg == y
                     }
                 }

@@ -126,17 +126,14 @@ private struct RowBuilder {
     /// The token ids of each `image_token_texts` entry, one entry per image feature row.
     private func imageTokenTexts(_ value: Any?, imageRange: Range<Int>?) throws -> [[Int]] {
         guard let value, !(value is NSNull) else { throw RowProblem("no \"image_token_texts\" (the image-token-embeddings objective needs them)") }
-        guard let texts = value as? [Any], texts.allSatisfy({ $0 is String }) else {
+        guard let texts = value as? [String] else {
             throw RowProblem("malformed row: \"image_token_texts\" must be an array of strings, found \(Self.kind(of: value))")
         }
         guard let imageRange else { throw RowProblem("\"image_token_texts\" but the row has no image") }
         guard texts.count == imageRange.count else {
             throw RowProblem("\(texts.count) image_token_texts for \(imageRange.count) image feature rows")
         }
-        return texts.map { text in
-            let text = text as! String
-            return text.isEmpty ? [] : encoder.tokenizer.encode(" " + text)
-        }
+        return texts.map { $0.isEmpty ? [] : encoder.tokenizer.encode(" " + $0) }
     }
 
     /// The absolute path of the row's image (nil when the row has none); it must exist.
