@@ -21,25 +21,31 @@ let package = Package(
         .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
 
-        // Tensor core: buffers, kernels, quantized formats, threading.
+        // Tensor core: buffers, kernels, quantized formats, threading, SeededRandom.
         .target(name: "VLMTensor", dependencies: ["CBLAS"], swiftSettings: fast),
+        // Ops with their forward and backward side by side, the tape that records them only when a
+        // gradient is wanted, and the layers built on them (Linear over a QuantizedMatrix, LoRA, RoPE).
+        .target(name: "VLMAutodiff", dependencies: ["VLMTensor", "CBLAS"], swiftSettings: fast),
         // File formats: GGUF, safetensors.
         .target(name: "VLMFormats", dependencies: ["VLMTensor"], swiftSettings: fast),
         // Tokenizers and chat templates.
         .target(name: "VLMTokenizers", dependencies: ["VLMFormats"], swiftSettings: fast),
         // Images: JPEG/PNG decoding and the CLIP/SigLIP/LLaVA preprocessing.
         .target(name: "VLMImage", dependencies: ["VLMTensor", "VLMFormats", "CJPEG", "CPNG"], swiftSettings: fast),
-        // Model architectures (decoders, vision towers, LLaVA composition) and loading.
-        .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
+        // The synthetic shapes dataset of the demo model (`make-demo-data`).
+        .target(name: "VLMDemo", dependencies: ["VLMTensor", "VLMFormats", "VLMImage"], swiftSettings: fast),
+        // Model architectures, each written once over VLMAutodiff's ops for inference and training,
+        // and loading.
+        .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMAutodiff", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Sampling and the generation iterator.
         .target(name: "VLMGeneration", dependencies: ["VLMTensor", "VLMModels", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Fine-tuning: reverse-mode autodiff, LoRA and projector training, data, optimizer, evaluation.
-        .target(name: "VLMTraining", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration"], swiftSettings: fast),
+        .target(name: "VLMTraining", dependencies: ["VLMTensor", "VLMAutodiff", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration"], swiftSettings: fast),
         // SQLite session store.
         .target(name: "VLMStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         // Command-line interface (subcommands and REPL).
         .target(name: "VLMCLI", dependencies: [
-            "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMTraining", "VLMStore",
+            "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMTraining", "VLMStore", "VLMDemo",
             "CReadline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: fast),
         .executableTarget(name: "vlmsh", dependencies: ["VLMCLI"]),
@@ -47,11 +53,11 @@ let package = Package(
         .testTarget(name: "VLMTensorTests", dependencies: ["VLMTensor"]),
         .testTarget(name: "VLMFormatsTests", dependencies: ["VLMFormats", "VLMTensor"]),
         .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers", "VLMFormats"]),
-        .testTarget(name: "VLMImageTests", dependencies: ["VLMImage", "VLMTensor", "VLMFormats"]),
+        .testTarget(name: "VLMImageTests", dependencies: ["VLMImage", "VLMDemo", "VLMTensor", "VLMFormats"]),
         .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore"]),
-        .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
+        .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMAutodiff", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
-        .testTarget(name: "VLMTrainingTests", dependencies: ["VLMTraining", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
+        .testTarget(name: "VLMTrainingTests", dependencies: ["VLMTraining", "VLMAutodiff", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMStore"]),
     ]
 )

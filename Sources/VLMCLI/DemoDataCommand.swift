@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VLMImage
+import VLMDemo
 import VLMTensor
 
 /// `vlmsh make-demo-data`: the synthetic shapes dataset (PNG images, LLaVA-format records) for

@@ -3,6 +3,7 @@ import Foundation
 import VLMGeneration
 import VLMModels
 import VLMStore
+import VLMTensor
 import VLMTraining
 
 /// The fine-tune arguments, shared by `vlmsh finetune` and the REPL's `/finetune`.

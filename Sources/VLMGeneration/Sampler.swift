@@ -1,4 +1,5 @@
 import Foundation
+import VLMTensor
 
 /// What a reply may look like: the sampling knobs of llama.cpp / transformers.
 public struct GenerationParameters: Codable, Sendable, Equatable {
@@ -19,34 +20,6 @@ public struct GenerationParameters: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", minP = "min_p"
         case repetitionPenalty = "repeat_penalty", seed, stopStrings = "stop"
-    }
-}
-
-/// SplitMix64: tiny, fast, and the same sequence on every machine for a given seed. Codable so a
-/// training checkpoint can store the stream's position and resume it.
-public struct SeededRandom: Sendable, Codable, Equatable {
-    private var state: UInt64
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 24 bits.
-    public mutating func nextUnit() -> Float { Float(next() >> 40) / Float(1 << 24) }
-
-    /// Uniform in 0..<n.
-    public mutating func next(below n: Int) -> Int { Int(next() % UInt64(n)) }
-
-    /// A Fisher–Yates shuffle of 0..<n.
-    public mutating func permutation(_ n: Int) -> [Int] {
-        var p = Array(0..<n)
-        if n > 1 { for i in stride(from: n - 1, to: 0, by: -1) { p.swapAt(i, next(below: i + 1)) } }
-        return p
     }
 }
 

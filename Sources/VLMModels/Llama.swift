@@ -154,24 +154,28 @@ public enum LlamaWeights {
 
 // MARK: - Model
 
+/// What a decoder pass's rows are and what they attend to.
+public enum DecoderPass {
+    /// Inference: one sequence continuing the cache's positions; its keys and values are appended.
+    case cached(KVCache)
+    /// Training: independent right-padded sequences, each from position 0.
+    case batch(SequenceLayout)
+}
+
 public final class LlamaModel: @unchecked Sendable {
     package struct Layer {
-        package let inputNorm: Tensor
+        package let inputNorm: Variable
         package var q, k, v, o: Linear
-        package let postAttentionNorm: Tensor
+        package let postAttentionNorm: Variable
         package var gate, up, down: Linear
     }
 
     public let config: LlamaConfiguration
     package let embedTokens: QuantizedMatrix   // [vocab, hidden]
     package var layers: [Layer]
-    package let norm: Tensor
+    package let norm: Variable
     package let lmHead: Linear
     package let rope: RoPE
-    /// Dequantized weight of the linear being applied to several tokens.
-    let weightScratch: FloatStorage
-    /// Buffers for one-token steps, kept so decode does not allocate.
-    private let decodeWorkspace: Workspace
     /// Logits of the last position of the most recent forward.
     public let logits: FloatStorage
 
@@ -187,21 +191,22 @@ public final class LlamaModel: @unchecked Sendable {
             Linear(weight: try weights.matrix("\(name).weight", shape: [out, inp]),
                    bias: bias ? try weights.floats("\(name).bias", shape: [out]) : nil)
         }
+        func normWeight(_ name: String) throws -> Variable { Variable(try weights.floats(name, shape: [d])) }
         embedTokens = try weights.matrix("model.embed_tokens.weight", shape: [config.vocabSize, d])
         layers = try (0..<config.numHiddenLayers).map { i in
             let p = "model.layers.\(i)."
             return Layer(
-                inputNorm: try weights.floats(p + "input_layernorm.weight", shape: [d]),
+                inputNorm: try normWeight(p + "input_layernorm.weight"),
                 q: try linear(p + "self_attn.q_proj", qDim, d, bias: config.attentionBias),
                 k: try linear(p + "self_attn.k_proj", kvDim, d, bias: config.attentionBias),
                 v: try linear(p + "self_attn.v_proj", kvDim, d, bias: config.attentionBias),
                 o: try linear(p + "self_attn.o_proj", d, qDim),
-                postAttentionNorm: try weights.floats(p + "post_attention_layernorm.weight", shape: [d]),
+                postAttentionNorm: try normWeight(p + "post_attention_layernorm.weight"),
                 gate: try linear(p + "mlp.gate_proj", f, d),
                 up: try linear(p + "mlp.up_proj", f, d),
                 down: try linear(p + "mlp.down_proj", d, f))
         }
-        norm = try weights.floats("model.norm.weight", shape: [d])
+        norm = try normWeight("model.norm.weight")
         if config.tieWordEmbeddings && !weights.contains("lm_head.weight") {
             lmHead = Linear(weight: embedTokens)
         } else {
@@ -210,9 +215,6 @@ public final class LlamaModel: @unchecked Sendable {
         let factors = weights.contains("rope_freqs.weight") ? try weights.floats("rope_freqs.weight").array : nil
         rope = RoPE(headDim: hd, base: config.ropeTheta, scaling: config.ropeScaling, pairing: ropePairing, frequencyFactors: factors)
         try weights.finish()
-
-        weightScratch = FloatStorage(count: max(qDim * d, kvDim * d, f * d), zeroed: false)
-        decodeWorkspace = Workspace(config: config, tokens: 1)
         logits = FloatStorage(count: config.vocabSize, zeroed: true)
     }
 
@@ -267,7 +269,7 @@ public final class LlamaModel: @unchecked Sendable {
         KVCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim, capacity: capacity)
     }
 
-    /// Row `id` of the embedding table, `[hidden]`.
+    /// Rows `tokens` of the embedding table into `out` `[tokens, hidden]`.
     public func embed(_ tokens: [Int], into out: UnsafeMutablePointer<Float>) throws {
         for (t, id) in tokens.enumerated() {
             guard id >= 0, id < config.vocabSize else { throw ModelError("token id \(id) outside the vocabulary (0..<\(config.vocabSize))") }
@@ -278,122 +280,67 @@ public final class LlamaModel: @unchecked Sendable {
     /// Runs `tokens` after the cached positions and returns the logits of the last one.
     @discardableResult
     public func forward(tokens: [Int], cache: KVCache) throws -> UnsafeBufferPointer<Float> {
-        let ws = tokens.count == 1 ? decodeWorkspace : Workspace(config: config, tokens: tokens.count)
-        try embed(tokens, into: ws.x.pointer)
-        return forward(workspace: ws, tokens: tokens.count, cache: cache)
+        let x = Tensor(shape: [tokens.count, config.hiddenSize], zeroed: false)
+        try embed(tokens, into: x.data)
+        return lastLogits(Variable(x), cache: cache)
     }
 
     /// Runs input embeddings `[n, hidden]` (text and image features spliced) after the cached positions.
     @discardableResult
     public func forward(embeddings: UnsafePointer<Float>, count n: Int, cache: KVCache) -> UnsafeBufferPointer<Float> {
-        let ws = n == 1 ? decodeWorkspace : Workspace(config: config, tokens: n)
-        ws.x.pointer.update(from: embeddings, count: n * config.hiddenSize)
-        return forward(workspace: ws, tokens: n, cache: cache)
+        let x = Tensor(shape: [n, config.hiddenSize], zeroed: false)
+        x.data.update(from: embeddings, count: n * config.hiddenSize)
+        return lastLogits(Variable(x), cache: cache)
     }
 
-    private func forward(workspace ws: Workspace, tokens n: Int, cache: KVCache) -> UnsafeBufferPointer<Float> {
-        let d = config.hiddenSize, hd = config.headDim
-        let heads = config.numAttentionHeads, kvHeads = config.numKeyValueHeads
-        let qDim = heads * hd
-        let start = cache.count
-        cache.reserve(n)
-        let x = ws.x.pointer, h = ws.h.pointer, scratch = weightScratch.pointer
-
-        for (l, layer) in layers.enumerated() {
-            // Attention block: x += o(attention(rope(q(norm x)), rope(k(norm x)), v(norm x)))
-            Kernels.rmsNorm(x, layer.inputNorm.data, h, rows: n, dim: d, eps: config.rmsNormEps)
-            layer.q.forward(h, ws.q.pointer, tokens: n, scratch: scratch)
-            layer.k.forward(h, cache.key(layer: l, position: start), tokens: n, scratch: scratch)
-            layer.v.forward(h, cache.value(layer: l, position: start), tokens: n, scratch: scratch)
-            for t in 0..<n {
-                rope.apply(ws.q.pointer + t * qDim, heads: heads, position: start + t)
-                rope.apply(cache.key(layer: l, position: start + t), heads: kvHeads, position: start + t)
-            }
-            attention(ws, layer: l, tokens: n, start: start, cache: cache)
-            layer.o.forward(ws.attention.pointer, h, tokens: n, scratch: scratch)
-            Kernels.add(h, into: x, n * d)
-
-            // MLP block: x += down(silu(gate(norm x)) · up(norm x))
-            Kernels.rmsNorm(x, layer.postAttentionNorm.data, h, rows: n, dim: d, eps: config.rmsNormEps)
-            layer.gate.forward(h, ws.gate.pointer, tokens: n, scratch: scratch)
-            layer.up.forward(h, ws.up.pointer, tokens: n, scratch: scratch)
-            Kernels.swiglu(ws.gate.pointer, ws.up.pointer, n * config.intermediateSize)
-            layer.down.forward(ws.gate.pointer, h, tokens: n, scratch: scratch)
-            Kernels.add(h, into: x, n * d)
-        }
-        cache.advance(n)
-
+    private func lastLogits(_ x: Variable, cache: KVCache) -> UnsafeBufferPointer<Float> {
+        let tape = Tape(recording: false)
+        let hidden = hiddenStates(x, pass: .cached(cache), tape: tape)
         // Only the last position's logits are needed to pick the next token.
-        Kernels.rmsNorm(x + (n - 1) * d, norm.data, h, rows: 1, dim: d, eps: config.rmsNormEps)
-        lmHead.forward(h, logits.pointer, tokens: 1, scratch: scratch)
+        let last = tape.gather(hidden, indices: [hidden.rows - 1])
+        let out = tape.linear(tape.rmsNorm(last, weight: norm, eps: config.rmsNormEps), lmHead)
+        logits.pointer.update(from: out.data, count: config.vocabSize)
         return UnsafeBufferPointer(start: logits.pointer, count: config.vocabSize)
     }
 
-    /// Causal scaled-dot-product attention of the `n` new queries over all cached positions.
-    private func attention(_ ws: Workspace, layer l: Int, tokens n: Int, start: Int, cache: KVCache) {
-        let hd = config.headDim, heads = config.numAttentionHeads
-        let group = heads / config.numKeyValueHeads
-        let qDim = heads * hd, kvDim = cache.width
-        let total = start + n
-        let scale = 1 / Float(hd).squareRoot()
-        let keys = cache.key(layer: l, position: 0), values = cache.value(layer: l, position: 0)
-        let q = ws.q.pointer, out = ws.attention.pointer
-
-        if n == 1 {
-            // One query: per-head dot products, heads spread over the cores.
-            ws.reserveScores(heads * total)
-            let scores = ws.scores.pointer
-            Parallel.forEach(heads, minChunk: max(1, 4096 / max(total, 1))) { range in
-                for head in range {
-                    let kvOffset = (head / group) * hd
-                    let s = scores + head * total, qh = q + head * hd, oh = out + head * hd
-                    for j in 0..<total { s[j] = Kernels.dot(qh, keys + j * kvDim + kvOffset, hd) * scale }
-                    Kernels.softmax(s, total)
-                    oh.initialize(repeating: 0, count: hd)
-                    for j in 0..<total { Kernels.axpy(s[j], values + j * kvDim + kvOffset, oh, hd) }
-                }
-            }
-            return
-        }
-
-        // Several queries: S = Q·Kᵀ and O = softmax(S)·V per head through sgemm.
-        ws.reserveScores(n * total)
-        let s = ws.scores.pointer
-        for head in 0..<heads {
-            let kvOffset = (head / group) * hd
-            Kernels.gemm(m: n, n: total, k: hd, q + head * hd, lda: qDim, keys + kvOffset, ldb: kvDim, transB: true, s, ldc: total)
-            Parallel.forEach(n, minChunk: 8) { range in
-                for i in range {
-                    let row = s + i * total, visible = start + i + 1
-                    for j in 0..<visible { row[j] *= scale }
-                    Kernels.softmax(row, visible)
-                    for j in visible..<total { row[j] = 0 }
-                }
-            }
-            Kernels.gemm(m: n, n: hd, k: total, s, lda: total, values + kvOffset, ldb: kvDim, transB: false, out + head * hd, ldc: qDim)
-        }
-    }
-}
-
-/// Activation buffers for a forward pass over `tokens` positions.
-final class Workspace {
-    let x, h, q, attention, gate, up: FloatStorage
-    private(set) var scores: FloatStorage
-
-    init(config c: LlamaConfiguration, tokens n: Int) {
-        let qDim = c.numAttentionHeads * c.headDim
-        x = FloatStorage(count: n * c.hiddenSize, zeroed: false)
-        h = FloatStorage(count: n * c.hiddenSize, zeroed: false)
-        q = FloatStorage(count: n * qDim, zeroed: false)
-        attention = FloatStorage(count: n * qDim, zeroed: false)
-        gate = FloatStorage(count: n * c.intermediateSize, zeroed: false)
-        up = FloatStorage(count: n * c.intermediateSize, zeroed: false)
-        scores = FloatStorage(count: n * 256, zeroed: false)
+    /// Hidden states after the last layer (before the final norm), `[rows, hidden]`: the one
+    /// forward of the decoder, for generation (`.cached`) and training (`.batch`, on a recording
+    /// tape, LoRA dropout drawing from the tape's random stream).
+    public func hiddenStates(_ input: Variable, pass: DecoderPass, tape: Tape) -> Variable {
+        var x = input
+        let start: Int
+        if case .cached(let cache) = pass { start = cache.count } else { start = 0 }
+        for l in layers.indices { x = layer(l, x, pass: pass, start: start, tape: tape) }
+        if case .cached(let cache) = pass { cache.advance(input.rows) }
+        return x
     }
 
-    /// Grows the score buffer geometrically, so decode allocates only when the context doubles.
-    func reserveScores(_ count: Int) {
-        if scores.count < count { scores = FloatStorage(count: max(count, 2 * scores.count), zeroed: false) }
+    /// x + attention(norm x), then + mlp(norm x): layer `l`.
+    private func layer(_ l: Int, _ x: Variable, pass: DecoderPass, start: Int, tape: Tape) -> Variable {
+        let c = config, layer = layers[l]
+        // Attention block: x += o(attention(rope(q(norm x)), rope(k(norm x)), v(norm x)))
+        let h = tape.rmsNorm(x, weight: layer.inputNorm, eps: c.rmsNormEps)
+        var q = tape.linear(h, layer.q), k = tape.linear(h, layer.k)
+        let v = tape.linear(h, layer.v)
+        let a: Variable
+        switch pass {
+        case .cached(let cache):
+            let positions = SequenceLayout(batch: 1, length: x.rows, start: start)
+            q = tape.rope(q, rope, heads: c.numAttentionHeads, layout: positions)
+            k = tape.rope(k, rope, heads: c.numKeyValueHeads, layout: positions)
+            a = tape.cachedAttention(q: q, k: k, v: v, heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
+                                     headDim: c.headDim, cache: cache, layer: l, start: start)
+        case .batch(let layout):
+            q = tape.rope(q, rope, heads: c.numAttentionHeads, layout: layout)
+            k = tape.rope(k, rope, heads: c.numKeyValueHeads, layout: layout)
+            a = tape.attention(q: q, k: k, v: v, heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
+                               headDim: c.headDim, layout: layout, causal: true)
+        }
+        let attended = tape.add(x, tape.linear(a, layer.o))
+        // MLP block: x += down(silu(gate(norm x)) · up(norm x))
+        let h2 = tape.rmsNorm(attended, weight: layer.postAttentionNorm, eps: c.rmsNormEps)
+        let mlp = tape.swiglu(tape.linear(h2, layer.gate), tape.linear(h2, layer.up))
+        return tape.add(attended, tape.linear(mlp, layer.down))
     }
 }
 

@@ -16,8 +16,8 @@ public final class MultiModalProjector: @unchecked Sendable {
     public let activation: Activation
     public let inputSize: Int
     public let outputSize: Int
-    package var linear1: DenseLinear
-    package var linear2: DenseLinear?
+    package var linear1: Linear
+    package var linear2: Linear?
 
     /// `weights` is scoped to the projector (`linear_1.weight`, ...). `inputSize` is the vision
     /// hidden size times the number of feature layers concatenated; `activation` is
@@ -28,8 +28,8 @@ public final class MultiModalProjector: @unchecked Sendable {
         self.activation = activation
         self.inputSize = inputSize
         self.outputSize = outputSize
-        linear1 = try DenseLinear(weights, "linear_1", out: outputSize, in: inputSize, bias: bias)
-        linear2 = kind == .linear ? nil : try DenseLinear(weights, "linear_2", out: outputSize, in: outputSize, bias: bias)
+        linear1 = try Linear(weights, "linear_1", out: outputSize, in: inputSize, bias: bias)
+        linear2 = kind == .linear ? nil : try Linear(weights, "linear_2", out: outputSize, in: outputSize, bias: bias)
         try weights.finish()
     }
 
@@ -38,16 +38,25 @@ public final class MultiModalProjector: @unchecked Sendable {
         guard x.shape.count == 2, x.shape[1] == inputSize else {
             throw ModelError("projector input has shape \(x.shape); expected [tokens, \(inputSize)]")
         }
-        let n = x.shape[0]
-        let first = Tensor(shape: [n, outputSize], zeroed: false)
-        guard let linear2 else {
-            linear1.forward(x.data, first.data, rows: n)
-            return first
+        return forward(Variable(x), tape: Tape(recording: false)).value
+    }
+
+    /// linear_1 → act → linear_2 (or linear_1 alone for a `linear` projector): the one forward,
+    /// for encoding images and for training.
+    public func forward(_ x: Variable, tape: Tape) -> Variable {
+        let first = tape.linear(x, linear1)
+        guard let linear2 else { return first }
+        return tape.linear(tape.activation(first, activation), linear2)
+    }
+
+    /// The trainable leaves under transformers' names (`multi_modal_projector.linear_1.weight`, …).
+    public var namedLeaves: [(String, Variable)] {
+        var out: [(String, Variable)] = []
+        for (name, linear) in [("linear_1", linear1), ("linear_2", linear2)] {
+            guard let linear else { continue }
+            out.append(("multi_modal_projector.\(name).weight", linear.weightLeaf!))
+            if let bias = linear.bias { out.append(("multi_modal_projector.\(name).bias", bias)) }
         }
-        linear1.multiply(x.data, first.data, rows: n)
-        activation.apply(first.data, rows: n, width: outputSize, bias: linear1.bias?.data)
-        let out = Tensor(shape: [n, outputSize], zeroed: false)
-        linear2.forward(first.data, out.data, rows: n)
         return out
     }
 }

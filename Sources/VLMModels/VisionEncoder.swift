@@ -3,9 +3,10 @@ import VLMFormats
 import VLMTensor
 
 // The ViT shared by CLIP and SigLIP: patch embedding (a conv with stride = kernel, done as one
-// sgemm over unfolded patches), learned position embeddings, pre-norm encoder layers with
-// bidirectional attention and a two-layer MLP. Weights are Float32: every call is batched over
-// hundreds of tokens, so sgemm on dequantized-once weights beats anything quantized.
+// linear over unfolded patches), learned position embeddings, pre-norm encoder layers with
+// bidirectional attention and a two-layer MLP. Weights are Float32 graph leaves: every call is
+// batched over hundreds of tokens, and a fine-tune can train them in place. One forward serves
+// encoding (a tape that does not record) and training (a recording tape, a batch of images).
 
 /// A vision tower that turns one preprocessed image into per-layer token features.
 public protocol VisionTower: AnyObject, Sendable {
@@ -24,53 +25,34 @@ public protocol VisionTower: AnyObject, Sendable {
     func hiddenStates(pixels: Tensor, layers: Set<Int>) throws -> [Int: Tensor]
 }
 
-/// y = x·Wᵀ with W `[out, in]` in Float32; the bias is applied by the caller so it can be fused
-/// into the next pass over the output.
-package struct DenseLinear: @unchecked Sendable {
-    package let weight: Tensor
-    package let bias: Tensor?
-    package var outFeatures: Int { weight.shape[0] }
-    package var inFeatures: Int { weight.shape[1] }
-
-    package init(weight: Tensor, bias: Tensor?) { self.weight = weight; self.bias = bias }
-
+extension Linear {
+    /// A Float32 layer `name` of a checkpoint (weight `[out, in]`, optional bias `[out]`).
     init(_ weights: WeightMap, _ name: String, out: Int, in inp: Int, bias: Bool = true) throws {
-        weight = try weights.floats(name + ".weight", shape: [out, inp])
-        self.bias = bias ? try weights.floats(name + ".bias", shape: [out]) : nil
+        self.init(dense: try weights.floats(name + ".weight", shape: [out, inp]),
+                  bias: bias ? try weights.floats(name + ".bias", shape: [out]) : nil)
     }
 
-    /// y = x·Wᵀ, or y += x·Wᵀ when `accumulate` (residual connections without an extra pass).
-    func multiply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool = false) {
-        Kernels.matmulTransposed(x, weight.data, y, m: rows, n: outFeatures, k: inFeatures, accumulate: accumulate)
-    }
-
-    /// y = x·Wᵀ + b (+ y when `accumulate`).
-    func forward(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, accumulate: Bool = false) {
-        multiply(x, y, rows: rows, accumulate: accumulate)
-        if let bias { addRowBias(y, bias.data, rows: rows, width: outFeatures) }
-    }
-}
-
-/// y[r, :] += bias for every row, threaded.
-func addRowBias(_ y: UnsafeMutablePointer<Float>, _ bias: UnsafePointer<Float>, rows: Int, width: Int) {
-    Parallel.forEach(rows, minChunk: max(1, 32768 / max(width, 1))) { range in
-        for r in range { Kernels.axpy(1, bias, y + r * width, width) }
+    /// The layer's tensors under their checkpoint names (`name.weight`, `name.bias`).
+    func namedTensors(_ name: String) -> [(String, Tensor)] {
+        [(name + ".weight", weightLeaf!.value)] + (bias.map { [(name + ".bias", $0.value)] } ?? [])
     }
 }
 
 /// LayerNorm weight and bias.
 package struct LayerNormParameters: @unchecked Sendable {
-    package let weight: Tensor
-    package let bias: Tensor
+    package let weight: Variable
+    package let bias: Variable
 
     init(_ weights: WeightMap, _ name: String, size: Int) throws {
-        weight = try weights.floats(name + ".weight", shape: [size])
-        bias = try weights.floats(name + ".bias", shape: [size])
+        weight = Variable(try weights.floats(name + ".weight", shape: [size]))
+        bias = Variable(try weights.floats(name + ".bias", shape: [size]))
     }
 
-    func apply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int, eps: Float) {
-        Kernels.layerNorm(x, weight.data, bias.data, y, rows: rows, dim: weight.count, eps: eps)
+    func apply(_ x: Variable, eps: Float, tape: Tape) -> Variable {
+        tape.layerNorm(x, weight: weight, bias: bias, eps: eps)
     }
+
+    func namedTensors(_ name: String) -> [(String, Tensor)] { [(name + ".weight", weight.value), (name + ".bias", bias.value)] }
 }
 
 /// The hyperparameters both towers share, from their configurations.
@@ -123,95 +105,49 @@ package struct VisionShape: Sendable {
 /// them in place.
 package struct VisionEncoderLayer: @unchecked Sendable {
     package let norm1: LayerNormParameters
-    package let q, k, v, out: DenseLinear
+    package let q, k, v, out: Linear
     package let norm2: LayerNormParameters
-    package let fc1, fc2: DenseLinear
+    package let fc1, fc2: Linear
 
     init(_ weights: WeightMap, _ p: String, shape s: VisionShape) throws {
         let d = s.hidden
         norm1 = try LayerNormParameters(weights, p + "layer_norm1", size: d)
-        q = try DenseLinear(weights, p + "self_attn.q_proj", out: d, in: d)
-        k = try DenseLinear(weights, p + "self_attn.k_proj", out: d, in: d)
-        v = try DenseLinear(weights, p + "self_attn.v_proj", out: d, in: d)
-        out = try DenseLinear(weights, p + "self_attn.out_proj", out: d, in: d)
+        q = try Linear(weights, p + "self_attn.q_proj", out: d, in: d)
+        k = try Linear(weights, p + "self_attn.k_proj", out: d, in: d)
+        v = try Linear(weights, p + "self_attn.v_proj", out: d, in: d)
+        out = try Linear(weights, p + "self_attn.out_proj", out: d, in: d)
         norm2 = try LayerNormParameters(weights, p + "layer_norm2", size: d)
-        fc1 = try DenseLinear(weights, p + "mlp.fc1", out: s.intermediate, in: d)
-        fc2 = try DenseLinear(weights, p + "mlp.fc2", out: d, in: s.intermediate)
+        fc1 = try Linear(weights, p + "mlp.fc1", out: s.intermediate, in: d)
+        fc2 = try Linear(weights, p + "mlp.fc2", out: d, in: s.intermediate)
     }
 
     /// The layer's tensors under their checkpoint names relative to the layer (`self_attn.q_proj.weight`, …).
     var namedTensors: [(String, Tensor)] {
-        var out: [(String, Tensor)] = [("layer_norm1.weight", norm1.weight), ("layer_norm1.bias", norm1.bias)]
-        for (name, linear) in [("self_attn.q_proj", q), ("self_attn.k_proj", k), ("self_attn.v_proj", v), ("self_attn.out_proj", self.out)] {
-            out.append((name + ".weight", linear.weight))
-            if let b = linear.bias { out.append((name + ".bias", b)) }
-        }
-        out += [("layer_norm2.weight", norm2.weight), ("layer_norm2.bias", norm2.bias)]
-        for (name, linear) in [("mlp.fc1", fc1), ("mlp.fc2", fc2)] {
-            out.append((name + ".weight", linear.weight))
-            if let b = linear.bias { out.append((name + ".bias", b)) }
-        }
-        return out
+        norm1.namedTensors("layer_norm1") + q.namedTensors("self_attn.q_proj") + k.namedTensors("self_attn.k_proj")
+            + v.namedTensors("self_attn.v_proj") + out.namedTensors("self_attn.out_proj")
+            + norm2.namedTensors("layer_norm2") + fc1.namedTensors("mlp.fc1") + fc2.namedTensors("mlp.fc2")
     }
 
-    func forward(_ ws: VisionWorkspace, tokens n: Int, shape s: VisionShape) {
-        let x = ws.x.pointer, h = ws.h.pointer, d = s.hidden
-        norm1.apply(x, h, rows: n, eps: s.eps)
-        // q, k and v side by side in one [n, 3·hidden] buffer (per-head slices need no copies).
-        let qkv = ws.qkv.pointer
-        for (i, linear) in [q, k, v].enumerated() {
-            Kernels.gemm(m: n, n: d, k: d, h, lda: d, linear.weight.data, ldb: d, transB: true, qkv + i * d, ldc: 3 * d)
-            if let bias = linear.bias {
-                for r in 0..<n { Kernels.add(bias.data, into: qkv + r * 3 * d + i * d, d) }
-            }
-        }
-        attention(ws, tokens: n, shape: s)
-        out.forward(ws.attention.pointer, x, rows: n, accumulate: true)
-
-        norm2.apply(x, h, rows: n, eps: s.eps)
-        fc1.multiply(h, ws.mlp.pointer, rows: n)
-        s.activation.apply(ws.mlp.pointer, rows: n, width: s.intermediate, bias: fc1.bias?.data)
-        fc2.forward(ws.mlp.pointer, x, rows: n, accumulate: true)
-    }
-
-    /// Bidirectional attention, per head through sgemm: S = Q·Kᵀ/√headDim, softmax by rows,
-    /// O = S·V straight into the head's columns of the output.
-    private func attention(_ ws: VisionWorkspace, tokens n: Int, shape s: VisionShape) {
-        let d = s.hidden, hd = s.headDim, stride = 3 * d
-        let scale = 1 / Float(hd).squareRoot()
-        let qkv = ws.qkv.pointer, scores = ws.scores.pointer, out = ws.attention.pointer
-        for head in 0..<s.heads {
-            let q = qkv + head * hd, k = qkv + d + head * hd, v = qkv + 2 * d + head * hd
-            Kernels.gemm(m: n, n: n, k: hd, q, lda: stride, k, ldb: stride, transB: true, scores, ldc: n, alpha: scale)
-            Kernels.softmaxRows(scores, rows: n, width: n)
-            Kernels.gemm(m: n, n: hd, k: n, scores, lda: n, v, ldb: stride, transB: false, out + head * hd, ldc: d)
-        }
-    }
-}
-
-/// Activation buffers for one image, allocated once per call.
-final class VisionWorkspace {
-    let x, h, qkv, attention, mlp, scores, patches: FloatStorage
-
-    init(shape s: VisionShape, tokens n: Int) {
-        x = FloatStorage(count: n * s.hidden, zeroed: false)
-        h = FloatStorage(count: n * s.hidden, zeroed: false)
-        qkv = FloatStorage(count: n * 3 * s.hidden, zeroed: false)
-        attention = FloatStorage(count: n * s.hidden, zeroed: false)
-        mlp = FloatStorage(count: n * s.intermediate, zeroed: false)
-        scores = FloatStorage(count: n * n, zeroed: false)
-        patches = FloatStorage(count: s.patches * s.patchWidth, zeroed: false)
+    /// x `[images·tokens, hidden]` → the layer's output; attention stays within each image.
+    func forward(_ x: Variable, layout: SequenceLayout, shape s: VisionShape, tape: Tape) -> Variable {
+        let h = norm1.apply(x, eps: s.eps, tape: tape)
+        let a = tape.attention(q: tape.linear(h, q), k: tape.linear(h, k), v: tape.linear(h, v), heads: s.heads, kvHeads: s.heads,
+                               headDim: s.headDim, layout: layout, causal: false)
+        let attended = tape.add(x, tape.linear(a, out))
+        let h2 = norm2.apply(attended, eps: s.eps, tape: tape)
+        return tape.add(attended, tape.linear(tape.activation(tape.linear(h2, fc1), s.activation), fc2))
     }
 }
 
 /// The ViT both towers are: embeddings, optional class token and pre-norm, encoder layers.
 package final class VisionTransformer: @unchecked Sendable {
     package let shape: VisionShape
-    /// Conv weight `[hidden, channels, p, p]`, used as `[hidden, channels·p·p]`.
+    /// Conv weight `[hidden, channels, p, p]`, as the checkpoint stores it.
     package let patchWeight: Tensor
-    package let patchBias: Tensor?
-    package let classEmbedding: Tensor?
-    package let positionEmbedding: Tensor   // [tokens, hidden]
+    /// The conv as a linear over unfolded patches: `patchWeight` viewed as `[hidden, channels·p·p]`.
+    package let patchEmbedding: Linear
+    package let classEmbedding: Variable?     // [1, hidden]
+    package let positionEmbedding: Variable   // [tokens, hidden]
     package let preNorm: LayerNormParameters?
     package let preNormName: String?
     package let layers: [VisionEncoderLayer]
@@ -224,13 +160,39 @@ package final class VisionTransformer: @unchecked Sendable {
     /// ones the tower computes with.
     package var namedTensors: [(String, Tensor)] {
         var out: [(String, Tensor)] = []
-        if let classEmbedding { out.append(("embeddings.class_embedding", classEmbedding)) }
+        if let classEmbedding { out.append(("embeddings.class_embedding", Tensor(reshaping: classEmbedding.value, to: [shape.hidden]))) }
         out.append(("embeddings.patch_embedding.weight", patchWeight))
-        if let patchBias { out.append(("embeddings.patch_embedding.bias", patchBias)) }
+        if let patchBias = patchEmbedding.bias { out.append(("embeddings.patch_embedding.bias", patchBias.value)) }
+        out.append(("embeddings.position_embedding.weight", positionEmbedding.value))
+        if let preNorm, let preNormName { out += preNorm.namedTensors(preNormName) }
+        for (i, layer) in layers.enumerated() { out += layer.namedTensors.map { ("encoder.layers.\(i)." + $0.0, $0.1) } }
+        if let postNorm { out += postNorm.namedTensors("post_layernorm") }
+        return out
+    }
+
+    /// The leaves that reach the hidden state `featureLayer` (transformers' indexing), under
+    /// their `namedTensors` names: what trains when the tower trains. Later layers and the
+    /// post-norm never reach LLaVA's features.
+    package func leaves(featureLayer: Int) throws -> [(String, Variable)] {
+        let used = try resolve(featureLayer)
+        var out: [(String, Variable)] = []
+        if let classEmbedding { out.append(("embeddings.class_embedding", classEmbedding)) }
+        out.append(("embeddings.patch_embedding.weight", patchEmbedding.weightLeaf!))
+        if let patchBias = patchEmbedding.bias { out.append(("embeddings.patch_embedding.bias", patchBias)) }
         out.append(("embeddings.position_embedding.weight", positionEmbedding))
         if let preNorm, let preNormName { out += [(preNormName + ".weight", preNorm.weight), (preNormName + ".bias", preNorm.bias)] }
-        for (i, layer) in layers.enumerated() { out += layer.namedTensors.map { ("encoder.layers.\(i)." + $0.0, $0.1) } }
-        if let postNorm { out += [("post_layernorm.weight", postNorm.weight), ("post_layernorm.bias", postNorm.bias)] }
+        for (i, layer) in layers.prefix(used).enumerated() {
+            let p = "encoder.layers.\(i)."
+            out += [(p + "layer_norm1.weight", layer.norm1.weight), (p + "layer_norm1.bias", layer.norm1.bias)]
+            for (name, linear) in [("self_attn.q_proj", layer.q), ("self_attn.k_proj", layer.k), ("self_attn.v_proj", layer.v),
+                                   ("self_attn.out_proj", layer.out)] {
+                out += [(p + name + ".weight", linear.weightLeaf!)] + (linear.bias.map { [(p + name + ".bias", $0)] } ?? [])
+            }
+            out += [(p + "layer_norm2.weight", layer.norm2.weight), (p + "layer_norm2.bias", layer.norm2.bias)]
+            for (name, linear) in [("mlp.fc1", layer.fc1), ("mlp.fc2", layer.fc2)] {
+                out += [(p + name + ".weight", linear.weightLeaf!)] + (linear.bias.map { [(p + name + ".bias", $0)] } ?? [])
+            }
+        }
         return out
     }
 
@@ -240,10 +202,11 @@ package final class VisionTransformer: @unchecked Sendable {
         shape = s
         let d = s.hidden
         patchWeight = try weights.floats("embeddings.patch_embedding.weight", shape: [d, s.channels, s.patchSize, s.patchSize])
-        patchBias = hasPatchBias ? try weights.floats("embeddings.patch_embedding.bias", shape: [d]) : nil
-        classEmbedding = classToken ? try weights.floats("embeddings.class_embedding", shape: [d]) : nil
+        patchEmbedding = Linear(dense: Tensor(reshaping: patchWeight, to: [d, s.patchWidth]),
+                                bias: hasPatchBias ? try weights.floats("embeddings.patch_embedding.bias", shape: [d]) : nil)
+        classEmbedding = classToken ? Variable(Tensor(reshaping: try weights.floats("embeddings.class_embedding", shape: [d]), to: [1, d])) : nil
         let tokens = s.patches + (classToken ? 1 : 0)
-        positionEmbedding = try weights.floats("embeddings.position_embedding.weight", shape: [tokens, d])
+        positionEmbedding = Variable(try weights.floats("embeddings.position_embedding.weight", shape: [tokens, d]))
         preNorm = try preNormName.map { try LayerNormParameters(weights, $0, size: d) }
         self.preNormName = preNormName
         layers = try (0..<s.layers).map { try VisionEncoderLayer(weights, "encoder.layers.\($0).", shape: s) }
@@ -253,52 +216,73 @@ package final class VisionTransformer: @unchecked Sendable {
         weights.ignore(prefix: "embeddings.position_ids")
     }
 
-    func hiddenStates(pixels: Tensor, layers requested: Set<Int>) throws -> [Int: Tensor] {
+    /// A hidden-state index in transformers' `output_hidden_states` numbering (negative from
+    /// the end) as the number of layers run to reach it.
+    package func resolve(_ index: Int) throws -> Int {
         let total = layers.count
-        var wanted: [Int: [Int]] = [:]   // resolved index → the keys the caller used
-        for index in requested {
-            let resolved = index < 0 ? total + 1 + index : index
-            guard resolved >= 0, resolved <= total else {
-                throw ModelError("hidden state \(index) out of range for a \(total)-layer vision tower (-\(total + 1)...\(total))")
-            }
-            wanted[resolved, default: []].append(index)
+        let resolved = index < 0 ? total + 1 + index : index
+        guard resolved >= 0, resolved <= total else {
+            throw ModelError("hidden state \(index) out of range for a \(total)-layer vision tower (-\(total + 1)...\(total))")
         }
-        guard let deepest = wanted.keys.max() else { return [:] }
+        return resolved
+    }
 
-        let ws = try embed(pixels)
+    func hiddenStates(pixels: Tensor, layers requested: Set<Int>) throws -> [Int: Tensor] {
+        var wanted: [Int: [Int]] = [:]   // resolved index → the keys the caller used
+        for index in requested { wanted[try resolve(index), default: []].append(index) }
+        guard let deepest = wanted.keys.max() else { return [:] }
         var states: [Int: Tensor] = [:]
-        let n = tokenCount, width = n * shape.hidden
-        func capture(_ resolved: Int) {
-            guard let keys = wanted[resolved] else { return }
-            let t = Tensor(shape: [n, shape.hidden], zeroed: false)
-            t.data.update(from: ws.x.pointer, count: width)
-            for key in keys { states[key] = t }
-        }
-        capture(0)
-        for l in 0..<deepest {
-            layers[l].forward(ws, tokens: n, shape: shape)
-            capture(l + 1)
+        _ = try forward([pixels], layers: deepest, tape: Tape(recording: false)) { resolved, x in
+            for key in wanted[resolved] ?? [] { states[key] = x.value }
         }
         return states
     }
 
-    /// Embeddings of `pixels` into a fresh workspace's `x`, pre-norm applied.
-    private func embed(_ pixels: Tensor) throws -> VisionWorkspace {
-        let s = shape, d = s.hidden, size = s.imageSize
-        guard pixels.shape == [s.channels, size, size] else {
-            throw ModelError("pixels have shape \(pixels.shape); this vision tower takes [\(s.channels), \(size), \(size)]")
+    /// Hidden state `featureLayer` of each image (`[channels, size, size]` each), the class token
+    /// dropped when `dropClassToken`: `[images·rows, hidden]` stacked image by image. What LLaVA
+    /// reads, and what a fine-tune that trains the tower back-propagates through.
+    package func features(_ pixels: [Tensor], featureLayer: Int, dropClassToken: Bool, tape: Tape) throws -> Variable {
+        let x = try forward(pixels, layers: try resolve(featureLayer), tape: tape)
+        let tokens = tokenCount, n = pixels.count
+        guard dropClassToken, classEmbedding != nil else { return x }
+        return tape.gather(x, indices: (0..<n).flatMap { i in (i * tokens + 1)..<((i + 1) * tokens) })
+    }
+
+    /// The one forward: embeddings of every image, then `layers` encoder layers; `capture` sees
+    /// hidden state i (0 = the embeddings after the pre-norm) as it is made.
+    private func forward(_ pixels: [Tensor], layers count: Int, tape: Tape,
+                         capture: (Int, Variable) -> Void = { _, _ in }) throws -> Variable {
+        let s = shape, n = pixels.count, tokens = tokenCount
+        var x = try embed(pixels, tape: tape)                                   // [n·tokens, hidden]
+        capture(0, x)
+        let layout = SequenceLayout(batch: n, length: tokens)
+        for l in 0..<count {
+            x = layers[l].forward(x, layout: layout, shape: s, tape: tape)
+            capture(l + 1, x)
         }
-        let ws = VisionWorkspace(shape: s, tokens: tokenCount)
-        let patches = ws.patches.pointer, rowWidth = s.patchWidth
-        s.unfold(pixels, into: patches)
-        let x = ws.x.pointer
-        let first = classEmbedding == nil ? 0 : 1
-        Kernels.matmulTransposed(patches, patchWeight.data, x + first * d, m: s.patches, n: d, k: rowWidth)
-        if let patchBias { addRowBias(x + first * d, patchBias.data, rows: s.patches, width: d) }
-        if let classEmbedding { x.update(from: classEmbedding.data, count: d) }
-        Kernels.add(positionEmbedding.data, into: x, tokenCount * d)
-        preNorm?.apply(x, x, rows: tokenCount, eps: s.eps)
-        return ws
+        return x
+    }
+
+    /// Patch embeddings, class token and position embeddings, pre-norm: `[images·tokens, hidden]`.
+    private func embed(_ pixels: [Tensor], tape: Tape) throws -> Variable {
+        let s = shape, d = s.hidden, n = pixels.count, tokens = tokenCount
+        let patches = Tensor(shape: [n * s.patches, s.patchWidth], zeroed: false)
+        for (i, image) in pixels.enumerated() {
+            guard image.shape == [s.channels, s.imageSize, s.imageSize] else {
+                throw ModelError("pixels have shape \(image.shape); this vision tower takes [\(s.channels), \(s.imageSize), \(s.imageSize)]")
+            }
+            s.unfold(image, into: patches.data + i * s.patches * s.patchWidth)
+        }
+        var x = tape.linear(Variable(patches), patchEmbedding)                 // [n·patches, hidden]
+        if let classEmbedding {
+            let patchRows = (0..<n).flatMap { i in (i * tokens + 1)..<((i + 1) * tokens) }
+            let empty = Variable(Tensor(shape: [n * tokens, d], zeroed: true))
+            x = tape.scatterRows(tape.scatterRows(empty, positions: patchRows, source: x), positions: (0..<n).map { $0 * tokens },
+                                 source: tape.gather(classEmbedding, indices: [Int](repeating: 0, count: n)))
+        }
+        x = tape.add(x, n == 1 ? positionEmbedding : tape.gather(positionEmbedding, indices: (0..<(n * tokens)).map { $0 % tokens }))
+        if let preNorm { x = preNorm.apply(x, eps: s.eps, tape: tape) }
+        return x
     }
 
     /// The last layer's output (transformers' encoder `last_hidden_state`).
@@ -312,9 +296,7 @@ package final class VisionTransformer: @unchecked Sendable {
     /// `post_layernorm` of a `[tokens, hidden]` state.
     func applyPostNorm(_ state: Tensor) throws -> Tensor {
         guard let postNorm else { throw ModelError("this vision tower's checkpoint has no post_layernorm") }
-        let out = Tensor(shape: state.shape, zeroed: false)
-        postNorm.apply(state.data, out.data, rows: state.shape[0], eps: shape.eps)
-        return out
+        return postNorm.apply(Variable(state), eps: shape.eps, tape: Tape(recording: false)).value
     }
 }
 

@@ -160,14 +160,13 @@ public enum ModuleLayout: Sendable {
 /// LoRA adapters installed on a decoder, keyed by decoder module name.
 public final class LoRA: @unchecked Sendable {
     public let configuration: LoRAConfiguration
+    /// The adapters' A and B are the graph leaves a fine-tune trains, so updates are seen by
+    /// generation at once.
     public let adapters: [String: LowRankAdapter]
-    /// Trainable graph leaves sharing each adapter's storage (updates are seen by generation at once).
-    let leaves: [String: (a: Variable, b: Variable)]
 
     init(configuration: LoRAConfiguration, adapters: [String: LowRankAdapter]) {
         self.configuration = configuration
         self.adapters = adapters
-        leaves = adapters.mapValues { (Variable($0.a, requiresGrad: true), Variable($0.b, requiresGrad: true)) }
     }
 
     /// Fresh adapters as PEFT initializes them: A ~ kaiming_uniform(a=√5) = U(±1/√in), B = 0, so
@@ -181,7 +180,8 @@ public final class LoRA: @unchecked Sendable {
             let bound = 1 / Float(linear.inFeatures).squareRoot()
             let a = Tensor(shape: [r, linear.inFeatures], zeroed: false)
             for i in 0..<a.count { a.data[i] = (random.nextUnit() * 2 - 1) * bound }
-            adapters[name] = LowRankAdapter(a: a, b: Tensor(shape: [linear.outFeatures, r]), scale: configuration.scale)
+            adapters[name] = LowRankAdapter(a: a, b: Tensor(shape: [linear.outFeatures, r]), scale: configuration.scale,
+                                            dropout: configuration.dropout)
         }
         guard !adapters.isEmpty else { throw TrainingError("LoRA targets \(configuration.targets) match no linear layer of the language model") }
         return LoRA(configuration: configuration, adapters: adapters)
@@ -218,7 +218,7 @@ public final class LoRA: @unchecked Sendable {
         var adapters: [String: LowRankAdapter] = [:]
         for (name, pair) in pairs {
             guard let a = pair.a, let b = pair.b else { throw FormatError(weightsPath, "'\(name)' has only one of lora_A and lora_B") }
-            adapters[name] = LowRankAdapter(a: a, b: b, scale: configuration.scale)
+            adapters[name] = LowRankAdapter(a: a, b: b, scale: configuration.scale, dropout: configuration.dropout)
         }
         guard !adapters.isEmpty else { throw FormatError(weightsPath, "no LoRA tensors") }
         return LoRA(configuration: configuration, adapters: adapters)
@@ -231,10 +231,10 @@ public final class LoRA: @unchecked Sendable {
 
     /// The adapters' trainable leaves under their PEFT key names.
     public func parameters(layout: ModuleLayout) -> [Parameter] {
-        leaves.keys.sorted().flatMap { name -> [Parameter] in
-            let leaf = leaves[name]!
-            return [Parameter(name: Self.key(name, "A", layout: layout), variable: leaf.a, group: .languageModel),
-                    Parameter(name: Self.key(name, "B", layout: layout), variable: leaf.b, group: .languageModel)]
+        adapters.keys.sorted().flatMap { name -> [Parameter] in
+            let adapter = adapters[name]!
+            return [Parameter(name: Self.key(name, "A", layout: layout), variable: adapter.a, group: .languageModel),
+                    Parameter(name: Self.key(name, "B", layout: layout), variable: adapter.b, group: .languageModel)]
         }
     }
 
@@ -251,7 +251,7 @@ public final class LoRA: @unchecked Sendable {
         }
         try config.write(directory: directory)
         let tensors = adapters.keys.sorted().flatMap { name -> [(name: String, tensor: Tensor, dtype: GGMLType)] in
-            [(Self.key(name, "A", layout: layout), adapters[name]!.a, .f32), (Self.key(name, "B", layout: layout), adapters[name]!.b, .f32)]
+            [(Self.key(name, "A", layout: layout), adapters[name]!.a.value, .f32), (Self.key(name, "B", layout: layout), adapters[name]!.b.value, .f32)]
         }
         try SafetensorsWriter.write(tensors, metadata: ["format": "pt"], to: directory + "/adapter_model.safetensors")
     }

@@ -194,7 +194,7 @@ public enum Merge {
         precondition(weight.shape == [adapter.outFeatures, adapter.inFeatures], "weight \(weight.shape) does not fit the adapter")
         let r = adapter.rank
         let scaledB = Tensor(shape: [adapter.outFeatures, r], zeroed: false)
-        for i in 0..<scaledB.count { scaledB.data[i] = adapter.b.data[i] * adapter.scale }
+        for i in 0..<scaledB.count { scaledB.data[i] = adapter.b.value.data[i] * adapter.scale }
         Kernels.matmul(scaledB.data, adapter.a.data, weight.data, m: adapter.outFeatures, n: adapter.inFeatures, k: r, accumulate: true)
     }
 

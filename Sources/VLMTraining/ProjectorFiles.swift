@@ -12,15 +12,13 @@ public enum ProjectorFiles {
     public static let llavaFile = "mm_projector.safetensors"
 
     static func named(_ projector: MultiModalProjector) -> [(hf: String, llava: String, tensor: Tensor)] {
-        var out: [(String, String, Tensor)] = []
-        let llava1 = projector.linear2 == nil ? "model.mm_projector" : "model.mm_projector.0"
-        out.append(("multi_modal_projector.linear_1.weight", llava1 + ".weight", projector.linear1.weight))
-        if let b = projector.linear1.bias { out.append(("multi_modal_projector.linear_1.bias", llava1 + ".bias", b)) }
-        if let l2 = projector.linear2 {
-            out.append(("multi_modal_projector.linear_2.weight", "model.mm_projector.2.weight", l2.weight))
-            if let b = l2.bias { out.append(("multi_modal_projector.linear_2.bias", "model.mm_projector.2.bias", b)) }
+        // LLaVA's Sequential(Linear, GELU, Linear) numbers its linears 0 and 2; a `linear` projector is bare.
+        let llavaNames = ["linear_1": projector.linear2 == nil ? "model.mm_projector" : "model.mm_projector.0",
+                          "linear_2": "model.mm_projector.2"]
+        return projector.namedLeaves.map { name, leaf in
+            let parts = name.split(separator: ".")   // multi_modal_projector, linear_N, weight|bias
+            return (name, llavaNames[String(parts[1])]! + "." + parts[2], leaf.value)
         }
-        return out
     }
 
     public static func save(_ projector: MultiModalProjector, directory: String) throws {

@@ -4,11 +4,11 @@ import VLMImage
 import VLMModels
 import VLMTensor
 
-// The model a fine-tune trains, as a graph on the tape: the Llama-family decoder (frozen weights
-// as Float32 constants, LoRA adapters as trainable leaves) and, for LLaVA, image features from the
-// vision tower (frozen and cached, or trained on the tape) through the projector, spliced over the
-// image token rows. Trainable tensors share storage with the loaded model, so generation after (or
-// during) a fine-tune uses them.
+// The model a fine-tune trains: the loaded model's own forward (VLMModels) on a recording tape —
+// the Llama-family decoder with its frozen weights read in their stored encoding and LoRA
+// adapters as trainable leaves, and, for LLaVA, image features from the vision tower (frozen and
+// cached, or trained on the tape) through the projector, spliced over the image token rows. What
+// trains is the loaded model's leaves, so generation after (or during) a fine-tune uses them.
 
 public enum FineTuneMode: String, Sendable, Codable, CaseIterable {
     /// LoRA on the language model's linear layers.
@@ -48,10 +48,15 @@ public final class TrainableModel: @unchecked Sendable {
     public let layout: ModuleLayout
     public let parameters: [Parameter]
     let decoder: LlamaModel
-    let frozen: FrozenDecoder
-    let projector: ProjectorParameters?
-    /// The tower on the tape, when it trains.
-    let visionGraph: VisionTowerGraph?
+    /// The head's weight as a Float32 constant for the chunked loss (the one dequantized copy,
+    /// made when the next-token loss first needs it).
+    private lazy var lmHead: Variable = {
+        let head = Tensor(shape: [decoder.lmHead.outFeatures, decoder.lmHead.inFeatures], zeroed: false)
+        decoder.lmHead.weight.dequantize(into: head.data)
+        return Variable(head)
+    }()
+    /// The tower, when it trains.
+    let trainedTower: VisionTransformer?
     /// A projector or tower an `--adapter-init` folder put in place that this run keeps frozen:
     /// saved with the trained parts, so the output folder holds everything that differs from
     /// the model (stage 2 with a frozen tower after a stage 1 that trained it).
@@ -61,7 +66,8 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// Prepares `chat` for training in `mode`. `lora` is a fresh or loaded adapter set (required
     /// for the LoRA modes); it is installed on the decoder. `initKind` is what an `--adapter-init`
-    /// folder applied to `chat` held.
+    /// folder applied to `chat` held. The model's leaves that `mode` trains are marked trainable,
+    /// every other leaf frozen.
     public init(chat: ChatModel, mode: FineTuneMode, lora: LoRA?, objective: TrainingObjective = .nextToken,
                 initKind: AdapterKind? = nil) throws {
         self.chat = chat
@@ -81,27 +87,39 @@ public final class TrainableModel: @unchecked Sendable {
         if mode.trainsLoRA && lora == nil { throw TrainingError("--mode \(mode.rawValue) needs LoRA settings") }
         self.lora = mode.trainsLoRA ? lora : nil
         try decoder.setAdapters(self.lora?.adapters ?? [:])
-        frozen = FrozenDecoder(decoder)
         var parameters = self.lora?.parameters(layout: layout) ?? []
         if mode.trainsProjector, let llava {
-            let p = ProjectorParameters(llava.projector, trainable: true)
-            projector = p
-            parameters += p.parameters
-        } else {
-            projector = llava.map { ProjectorParameters($0.projector, trainable: false) }
+            parameters += llava.projector.namedLeaves.map { Parameter(name: $0.0, variable: $0.1, group: .projector) }
         }
         if mode.trainsVisionTower, let llava {
             guard let tower = llava.visionTransformer else { throw TrainingError("--mode \(mode.rawValue): this vision tower cannot be trained") }
             guard llava.config.visionFeatureLayers.count == 1 else {
                 throw TrainingError("--mode \(mode.rawValue) needs a single vision_feature_layer (this model concatenates \(llava.config.visionFeatureLayers.count))")
             }
-            let graph = try VisionTowerGraph(tower, featureLayer: llava.config.visionFeatureLayers[0], trainable: true)
-            visionGraph = graph
-            parameters += graph.parameters
+            let leaves: [(String, Variable)]
+            do { leaves = try tower.leaves(featureLayer: llava.config.visionFeatureLayers[0]) } catch { throw TrainingError("\(error)") }
+            parameters += leaves.map { Parameter(name: "vision_tower.vision_model." + $0.0, variable: $0.1, group: .visionTower) }
+            trainedTower = tower
         } else {
-            visionGraph = nil
+            trainedTower = nil
         }
         self.parameters = parameters
+        Self.freezeAll(chat)
+        for p in parameters { p.variable.requiresGrad = true }
+    }
+
+    /// Marks every leaf of `chat` a fine-tune could train as frozen (an earlier fine-tune of the
+    /// same loaded model may have trained others).
+    private static func freezeAll(_ chat: ChatModel) {
+        for adapter in chat.decoder.layers.flatMap({ [$0.q, $0.k, $0.v, $0.o, $0.gate, $0.up, $0.down] }).compactMap(\.adapter) {
+            adapter.a.requiresGrad = false
+            adapter.b.requiresGrad = false
+        }
+        guard let llava = (chat as? VisionLanguageModel)?.llava else { return }
+        for (_, leaf) in llava.projector.namedLeaves { leaf.requiresGrad = false }
+        if let tower = llava.visionTransformer, let leaves = try? tower.leaves(featureLayer: tower.layers.count) {
+            for (_, leaf) in leaves { leaf.requiresGrad = false }
+        }
     }
 
     /// What the objective divides a step's summed loss by, for `batch`'s share: its label tokens
@@ -139,12 +157,16 @@ public final class TrainableModel: @unchecked Sendable {
         if !imageRows.isEmpty {
             x = tape.scatterRows(x, positions: batch.imageRows, source: try imageTokens(batch.imagePaths.compactMap { $0 }, of: batch, tape: tape))
         }
-        let hidden = frozen.forward(x, layout: batch.layout, tape: tape, lora: lora, dropout: training, random: &random)
+        // LoRA dropout draws from the run's stream while training.
+        tape.random = training ? random : nil
+        let hidden = decoder.hiddenStates(x, pass: .batch(batch.layout), tape: tape)
+        if training, let advanced = tape.random { random = advanced }
+        tape.random = nil
         // Logits only where a target is: the other rows cannot change the loss.
         let rows = batch.targets.indices.filter { batch.targets[$0] != ignoreIndex }
         let picked = tape.gather(hidden, indices: rows)
         // The head and the loss together, in chunks of rows (the logits are never all in memory).
-        return tape.linearCrossEntropy(tape.rmsNorm(picked, weight: frozen.norm, eps: decoder.config.rmsNormEps), frozen.lmHead,
+        return tape.linearCrossEntropy(tape.rmsNorm(picked, weight: decoder.norm, eps: decoder.config.rmsNormEps), lmHead,
                                        targets: rows.map { batch.targets[$0] }, normalizer: normalizer, gradientInForward: training)
     }
 
@@ -188,16 +210,17 @@ public final class TrainableModel: @unchecked Sendable {
     /// The projected image tokens of the images at `paths` (of `batch`), `[images·featureCount,
     /// hidden]`: through the tower on the tape when it trains, else from cached features.
     private func imageTokens(_ paths: [String], of batch: TrainingBatch, tape: Tape) throws -> Variable {
-        guard let llava, let projector else {
+        guard let llava else {
             throw TrainingError("\(batch.sources.joined(separator: ", ")): an image row, but the model has no vision tower")
         }
         let features: Variable
-        if let visionGraph {
-            features = try visionGraph.forward(paths.map { try pixels($0, llava: llava) }, dropClassToken: llava.dropsClassToken, tape: tape)
+        if let trainedTower {
+            features = try trainedTower.features(paths.map { try pixels($0, llava: llava) }, featureLayer: llava.config.visionFeatureLayers[0],
+                                                 dropClassToken: llava.dropsClassToken, tape: tape)
         } else {
             features = Variable(try visionFeatures(paths, llava: llava))
         }
-        return projector.forward(features, tape: tape, activation: llava.projector.activation)
+        return llava.projector.forward(features, tape: tape)
     }
 
     /// The model input of the image at `path`.
@@ -219,88 +242,5 @@ public final class TrainableModel: @unchecked Sendable {
         var offset = 0
         for b in blocks { (out.data + offset).update(from: b.data, count: b.count); offset += b.count }
         return out
-    }
-}
-
-/// The decoder's weights as Float32 graph constants (quantized matrices dequantized once) and
-/// the forward pass of `LlamaModel` written with taped ops.
-final class FrozenDecoder: @unchecked Sendable {
-    struct Layer {
-        let inputNorm, postAttentionNorm: Variable
-        let q, k, v, o, gate, up, down: (weight: Variable, bias: Variable?, name: String)
-    }
-    let config: LlamaConfiguration
-    let layers: [Layer]
-    let norm: Variable
-    let lmHead: Variable
-    let rope: RoPE
-
-    init(_ model: LlamaModel) {
-        config = model.config
-        rope = model.rope
-        func dense(_ linear: Linear) -> Variable {
-            let t = Tensor(shape: [linear.outFeatures, linear.inFeatures], zeroed: false)
-            linear.weight.dequantize(into: t.data)
-            return Variable(t)
-        }
-        func part(_ linear: Linear, _ name: String) -> (weight: Variable, bias: Variable?, name: String) {
-            (dense(linear), linear.bias.map { Variable($0) }, name)
-        }
-        layers = model.layers.enumerated().map { i, l in
-            let p = "model.layers.\(i)."
-            return Layer(inputNorm: Variable(l.inputNorm), postAttentionNorm: Variable(l.postAttentionNorm),
-                         q: part(l.q, p + "self_attn.q_proj"), k: part(l.k, p + "self_attn.k_proj"),
-                         v: part(l.v, p + "self_attn.v_proj"), o: part(l.o, p + "self_attn.o_proj"),
-                         gate: part(l.gate, p + "mlp.gate_proj"), up: part(l.up, p + "mlp.up_proj"),
-                         down: part(l.down, p + "mlp.down_proj"))
-        }
-        norm = Variable(model.norm)
-        lmHead = dense(model.lmHead)
-    }
-
-    /// Hidden states after the last layer (before the final norm), `[rows, hidden]`.
-    func forward(_ input: Variable, layout: SequenceLayout, tape: Tape, lora: LoRA?, dropout: Bool, random: inout SeededRandom) -> Variable {
-        let c = config
-        func project(_ x: Variable, _ p: (weight: Variable, bias: Variable?, name: String)) -> Variable {
-            guard let lora, let leaf = lora.leaves[p.name] else { return tape.linear(x, p.weight, bias: p.bias) }
-            return tape.loraLinear(x, p.weight, bias: p.bias, a: leaf.a, b: leaf.b, scale: lora.configuration.scale,
-                                   dropout: dropout ? lora.configuration.dropout : 0, random: &random)
-        }
-        var x = input
-        for layer in layers {
-            let h = tape.rmsNorm(x, weight: layer.inputNorm, eps: c.rmsNormEps)
-            let q = tape.rope(project(h, layer.q), rope, heads: c.numAttentionHeads, layout: layout)
-            let k = tape.rope(project(h, layer.k), rope, heads: c.numKeyValueHeads, layout: layout)
-            let v = project(h, layer.v)
-            let a = tape.attention(q: q, k: k, v: v, heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads,
-                                   headDim: c.headDim, layout: layout, causal: true)
-            x = tape.add(x, project(a, layer.o))
-            let h2 = tape.rmsNorm(x, weight: layer.postAttentionNorm, eps: c.rmsNormEps)
-            x = tape.add(x, project(tape.swiglu(project(h2, layer.gate), project(h2, layer.up)), layer.down))
-        }
-        return x
-    }
-}
-
-/// The projector's tensors as graph leaves: trainable (sharing storage with the model) or frozen.
-final class ProjectorParameters: @unchecked Sendable {
-    let linear1: (weight: Variable, bias: Variable?)
-    let linear2: (weight: Variable, bias: Variable?)?
-    let parameters: [Parameter]
-
-    init(_ projector: MultiModalProjector, trainable: Bool) {
-        func leaf(_ t: Tensor) -> Variable { Variable(t, requiresGrad: trainable) }
-        linear1 = (leaf(projector.linear1.weight), projector.linear1.bias.map(leaf))
-        linear2 = projector.linear2.map { (leaf($0.weight), $0.bias.map(leaf)) }
-        var named: [(String, Variable?)] = [("multi_modal_projector.linear_1.weight", linear1.weight), ("multi_modal_projector.linear_1.bias", linear1.bias)]
-        if let linear2 { named += [("multi_modal_projector.linear_2.weight", linear2.weight), ("multi_modal_projector.linear_2.bias", linear2.bias)] }
-        parameters = trainable ? named.compactMap { n, v in v.map { Parameter(name: n, variable: $0, group: .projector) } } : []
-    }
-
-    /// linear_1 → act → linear_2 (or linear_1 alone for a `linear` projector).
-    func forward(_ x: Variable, tape: Tape, activation: Activation) -> Variable {
-        let first = tape.linear(x, linear1.weight, bias: linear1.bias)
-        guard let linear2 else { return first }
-        return tape.linear(tape.activation(first, activation), linear2.weight, bias: linear2.bias)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import VLMFormats
 import VLMImage
+import VLMDemo
 import VLMTensor
 import XCTest
 
@@ -71,7 +72,7 @@ final class DemoDataTests: XCTestCase {
         let dir = Self.scratchDir("png")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var rng = DemoRandom(seed: 5)
+        var rng = SeededRandom(seed: 5)
         var images = (0..<20).map { ShapeScene.random(seed: UInt64($0), imageSize: [48, 64, 97][$0 % 3]).render() }
         // Incompressible and odd-sized images too (zlib cannot shrink noise: the buffer-growing path).
         for (w, h) in [(1, 1), (7, 5), (64, 64), (301, 17)] {

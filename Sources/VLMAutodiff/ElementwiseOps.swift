@@ -1,5 +1,4 @@
 import Foundation
-import VLMGeneration
 import VLMTensor
 
 /// Elements per thread chunk for elementwise passes.
@@ -9,7 +8,7 @@ extension Tape {
     /// a + b (same shape): residual connections.
     public func add(_ a: Variable, _ b: Variable) -> Variable {
         checkShape(a.count == b.count, "add: \(a.shape) and \(b.shape)")
-        let y = Variable(Tensor(shape: a.shape, zeroed: false), requiresGrad: a.requiresGrad || b.requiresGrad)
+        let y = output(shape: a.shape, requiresGrad: a.requiresGrad || b.requiresGrad)
         let n = a.count, pa = a.data, pb = b.data, py = y.data
         Parallel.forEach(n, minChunk: elementwiseChunk) { r in
             for i in r { py[i] = pa[i] + pb[i] }
@@ -30,7 +29,7 @@ extension Tape {
     /// a ⊙ b (same shape).
     public func multiply(_ a: Variable, _ b: Variable) -> Variable {
         checkShape(a.count == b.count, "multiply: \(a.shape) and \(b.shape)")
-        let y = Variable(Tensor(shape: a.shape, zeroed: false), requiresGrad: a.requiresGrad || b.requiresGrad)
+        let y = output(shape: a.shape, requiresGrad: a.requiresGrad || b.requiresGrad)
         let n = a.count, pa = a.data, pb = b.data, py = y.data
         Parallel.forEach(n, minChunk: elementwiseChunk) { r in
             for i in r { py[i] = pa[i] * pb[i] }
@@ -49,7 +48,7 @@ extension Tape {
 
     /// s · x.
     public func scale(_ x: Variable, _ s: Float) -> Variable {
-        let y = Variable(Tensor(shape: x.shape, zeroed: false), requiresGrad: x.requiresGrad)
+        let y = output(shape: x.shape, requiresGrad: x.requiresGrad)
         let n = x.count, px = x.data, py = y.data
         Parallel.forEach(n, minChunk: elementwiseChunk) { r in
             for i in r { py[i] = s * px[i] }
@@ -60,7 +59,7 @@ extension Tape {
 
     /// act(x) for the activations configs name (`hidden_act`, `projector_hidden_act`).
     public func activation(_ x: Variable, _ kind: Activation) -> Variable {
-        let y = Variable(Tensor(shape: x.shape, zeroed: false), requiresGrad: x.requiresGrad)
+        let y = output(shape: x.shape, requiresGrad: x.requiresGrad)
         let n = x.count
         y.data.update(from: x.data, count: n)
         kind.apply(y.data, count: n)
@@ -77,7 +76,7 @@ extension Tape {
     /// (which then has no exponentials to compute and vectorizes).
     public func swiglu(_ gate: Variable, _ up: Variable) -> Variable {
         checkShape(gate.count == up.count, "swiglu: \(gate.shape) and \(up.shape)")
-        let y = Variable(Tensor(shape: gate.shape, zeroed: false), requiresGrad: gate.requiresGrad || up.requiresGrad)
+        let y = output(shape: gate.shape, requiresGrad: gate.requiresGrad || up.requiresGrad)
         let n = gate.count, pg = gate.data, pu = up.data, py = y.data
         guard y.requiresGrad else {
             y.data.update(from: pg, count: n)
@@ -131,7 +130,7 @@ extension Tape {
         let mask = FloatStorage(count: n, zeroed: false)
         let keep = 1 / (1 - p)
         for i in 0..<n { mask.pointer[i] = random.nextUnit() < p ? 0 : keep }
-        let y = Variable(Tensor(shape: x.shape, zeroed: false), requiresGrad: x.requiresGrad)
+        let y = output(shape: x.shape, requiresGrad: x.requiresGrad)
         let px = x.data, py = y.data
         for i in 0..<n { py[i] = px[i] * mask.pointer[i] }
         record(y) { dy in

@@ -1,16 +1,19 @@
 import Foundation
 import VLMTensor
 
-// Reverse-mode automatic differentiation. A forward pass records one closure per op on a `Tape`;
-// `backward` runs them newest-first, each adding its inputs' gradients from its output's.
-// Gradients flow through frozen values (a frozen layer still passes dL/dx on) but are stored only
-// where some trainable leaf is upstream: `requiresGrad` propagates from leaves to outputs.
+// Reverse-mode automatic differentiation. Every model's forward is written once over the ops of
+// this module: a forward pass records one closure per op on a `Tape`; `backward` runs them
+// newest-first, each adding its inputs' gradients from its output's. Gradients flow through frozen
+// values (a frozen layer still passes dL/dx on) but are stored only where some trainable leaf is
+// upstream: `requiresGrad` propagates from leaves to outputs. Inference runs the same forward on a
+// tape that does not record (`Tape(recording: false)`), so nothing is kept for a backward pass.
 
 /// A node of the graph: a Float32 value and, once something flows back into it, its gradient.
 public final class Variable: @unchecked Sendable {
     public let value: Tensor
-    /// True for trainable leaves and for every value computed from one.
-    public let requiresGrad: Bool
+    /// True for trainable leaves and for every value computed from one. A leaf's flag is set by
+    /// whoever trains it (a fine-tune picks what trains from the loaded model's leaves).
+    public var requiresGrad: Bool
     /// Same shape as `value`; nil until a gradient arrives.
     public private(set) var grad: Tensor?
 
@@ -42,7 +45,7 @@ public final class Variable: @unchecked Sendable {
     /// Where an op puts its share of the gradient: the existing buffer (`accumulate` true: add
     /// into it) or, for the first share, a new uninitialized buffer the op must overwrite entirely
     /// (`accumulate` false), which spares zero-filling it and adding to zeros.
-    func gradDestination() -> (pointer: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    package func gradDestination() -> (pointer: UnsafeMutablePointer<Float>, accumulate: Bool) {
         if let grad { return (grad.data, true) }
         let g = Tensor(shape: value.shape, zeroed: false)
         grad = g
@@ -51,7 +54,7 @@ public final class Variable: @unchecked Sendable {
 
     /// Takes `gradient` (same shape) as this value's gradient when none has arrived yet, without
     /// copying; returns false when there is one already (the caller then adds into it).
-    func adoptGrad(_ gradient: Tensor) -> Bool {
+    package func adoptGrad(_ gradient: Tensor) -> Bool {
         guard grad == nil, gradient.shape == value.shape else { return false }
         grad = gradient
         return true
@@ -63,7 +66,7 @@ public final class Variable: @unchecked Sendable {
     }
 
     /// Frees the gradient of an intermediate value once it has been passed on.
-    func releaseGrad() { grad = nil }
+    package func releaseGrad() { grad = nil }
 }
 
 /// Records the backward closures of one forward pass.
@@ -72,7 +75,21 @@ public final class Tape {
     /// When profiling: the end of the previous op's forward pass.
     private var mark = TrainingProfile.enabled ? DispatchTime.now().uptimeNanoseconds : 0
 
-    public init() {}
+    /// False for inference: ops compute their outputs and keep nothing for a backward pass.
+    public let isRecording: Bool
+    /// The stream dropout draws from while training; nil turns dropout off (evaluation, inference).
+    public var random: SeededRandom?
+
+    public init(recording: Bool = true, random: SeededRandom? = nil) {
+        isRecording = recording
+        self.random = random
+    }
+
+    /// A new op output of `shape` (uninitialized): it requires a gradient when some input does
+    /// and this tape records.
+    package func output(shape: [Int], requiresGrad: Bool) -> Variable {
+        Variable(Tensor(shape: shape, zeroed: false), requiresGrad: isRecording && requiresGrad)
+    }
 
     /// Number of recorded ops (for tests and diagnostics).
     public var count: Int { entries.count }
@@ -81,7 +98,7 @@ public final class Tape {
     /// no gradient can reach a trainable value through it.
     /// When `VLMSH_PROFILE_TRAINING` is set, the time since the previous op recorded is counted
     /// as this op's forward time (every op records, frozen ones too, just before returning).
-    func record(_ output: Variable, op: String = #function, _ backward: @escaping (UnsafeMutablePointer<Float>) -> Void) {
+    package func record(_ output: Variable, op: String = #function, _ backward: @escaping (UnsafeMutablePointer<Float>) -> Void) {
         var key = ""
         if TrainingProfile.enabled {
             key = TrainingProfile.key(op, output)
@@ -89,7 +106,7 @@ public final class Tape {
             TrainingProfile.add("forward  " + key, seconds: Double(now - mark) / 1e9)
             mark = now
         }
-        guard output.requiresGrad else { return }
+        guard isRecording, output.requiresGrad else { return }
         entries.append((output, key, backward))
     }
 
@@ -123,7 +140,7 @@ public final class Tape {
 }
 
 /// Shapes an op was given that it cannot combine: a programming error in a model graph.
-func checkShape(_ condition: Bool, _ message: @autoclosure () -> String) {
+package func checkShape(_ condition: Bool, _ message: @autoclosure () -> String) {
     precondition(condition, message())
 }
 

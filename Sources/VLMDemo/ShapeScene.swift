@@ -1,48 +1,11 @@
 import Foundation
+import VLMImage
+import VLMTensor
 
 // Synthetic "shapes" scenes for the demo dataset (`vlmsh make-demo-data`): one to four flat-coloured
 // shapes on a plain, graded or lightly noisy background, each alone in one cell of a 3×3 grid, so
 // that kind, colour, size, position and count are unambiguous and can be asked about.
 
-/// SplitMix64: tiny, fast, the same sequence on every machine for a given seed. (VLMImage cannot
-/// use VLMGeneration's `SeededRandom`; this one only drives the demo-data generator.)
-public struct DemoRandom: Sendable {
-    public var state: UInt64
-
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        return Self.mix(state)
-    }
-
-    /// SplitMix64's output function: a bijective 64-bit mixer, also used to derive seeds.
-    public static func mix(_ x: UInt64) -> UInt64 {
-        var z = x
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..<n` (multiply-high; the bias of at most n/2⁶⁴ is irrelevant here).
-    public mutating func below(_ n: Int) -> Int {
-        precondition(n > 0)
-        return Int(next().multipliedFullWidth(by: UInt64(n)).high)
-    }
-
-    /// Uniform in [0, 1) with 53 random bits.
-    public mutating func unit() -> Double { Double(next() >> 11) * 0x1p-53 }
-
-    public mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
-
-    public mutating func coin() -> Bool { next() >> 63 == 1 }
-
-    /// Fisher–Yates.
-    public mutating func shuffle<T>(_ items: inout [T]) {
-        guard items.count > 1 else { return }
-        for i in stride(from: items.count - 1, to: 0, by: -1) { items.swapAt(i, below(i + 1)) }
-    }
-}
 
 /// The shape kinds, each drawn inside the unit box |u|, |v| ≤ 1 (v pointing down), upright.
 public enum ShapeKind: String, CaseIterable, Sendable, Codable {
@@ -299,7 +262,7 @@ public struct ShapeScene: Sendable, Equatable, Codable {
     public static func random(seed: UInt64, imageSize: Int, style: SceneStyle = SceneStyle()) -> ShapeScene {
         precondition(imageSizes.contains(imageSize), "image size \(imageSize) is outside \(imageSizes)")
         precondition((0...1).contains(style.jitter), "jitter \(style.jitter) is outside 0...1")
-        var rng = DemoRandom(seed: seed)
+        var rng = SeededRandom(seed: seed)
         let background = rng.pick(ShapeColour.backgrounds)
         let backgroundStyle = rng.pick(BackgroundStyle.allCases)
         let noiseSeed = rng.next()
@@ -354,7 +317,7 @@ public struct ShapeScene: Sendable, Equatable, Codable {
         var pixels = [UInt8](repeating: 0, count: side * side * 3)
         let base = background.rgb
         pixels.withUnsafeMutableBufferPointer { p in
-            var rng = DemoRandom(seed: noiseSeed)
+            var rng = SeededRandom(seed: noiseSeed)
             for y in 0..<side {
                 var rowOffset = 0
                 if backgroundStyle == .gradient {

@@ -19,7 +19,7 @@ public final class KVCache: @unchecked Sendable {
     }
 
     /// Makes room for `extra` more positions.
-    func reserve(_ extra: Int) {
+    package func reserve(_ extra: Int) {
         guard count + extra > capacity else { return }
         var newCapacity = capacity
         while newCapacity < count + extra { newCapacity *= 2 }
@@ -33,10 +33,10 @@ public final class KVCache: @unchecked Sendable {
         capacity = newCapacity
     }
 
-    func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { keys[layer].pointer + position * width }
-    func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { values[layer].pointer + position * width }
+    package func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { keys[layer].pointer + position * width }
+    package func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float> { values[layer].pointer + position * width }
 
-    func advance(_ n: Int) { count += n }
+    package func advance(_ n: Int) { count += n }
 
     /// Forgets positions from `n` on (e.g. to re-run a conversation from a shared prefix).
     public func truncate(to n: Int) { count = min(count, max(0, n)) }

@@ -1,13 +1,12 @@
 import CBLAS
-import VLMModels
 import VLMTensor
 
 /// Query rows per block of causal attention.
-let attentionBlock = 64
+package let attentionBlock = 64
 
 /// Runs `body` with OpenBLAS on one thread, for work that is already spread over the threads
 /// (several GEMMs at once); a plain call when vlmsh runs on one thread.
-func withSingleThreadedBLAS<T>(_ body: () -> T) -> T {
+package func withSingleThreadedBLAS<T>(_ body: () -> T) -> T {
     guard Parallel.threads > 1 else { return body() }
     let previous = openblas_get_num_threads()
     guard previous > 1 else { return body() }
@@ -18,25 +17,29 @@ func withSingleThreadedBLAS<T>(_ body: () -> T) -> T {
 
 /// How rows of a `[batch·length, width]` activation are laid out: `batch` sequences of `length`
 /// positions each (right-padded; padding sits after every real token, so a causal mask keeps it
-/// out of the real positions' attention).
+/// out of the real positions' attention), the first row of each at position `start` (after a
+/// cached prefix).
 public struct SequenceLayout: Sendable, Equatable {
     public let batch: Int
     public let length: Int
-    public init(batch: Int, length: Int) { self.batch = batch; self.length = length }
+    public let start: Int
+    public init(batch: Int, length: Int, start: Int = 0) { self.batch = batch; self.length = length; self.start = start }
     public var rows: Int { batch * length }
+    /// The position of row `r`.
+    public func position(_ r: Int) -> Int { start + r % length }
 }
 
 extension Tape {
-    /// Rotary embedding of `heads` heads per row; row r sits at position r mod `layout.length`.
+    /// Rotary embedding of `heads` heads per row; row r sits at `layout.position(r)`.
     /// The rotation is orthogonal, so the backward pass rotates the gradient by the opposite angle.
     public func rope(_ x: Variable, _ rope: RoPE, heads: Int, layout: SequenceLayout) -> Variable {
         let width = x.columns
         checkShape(width == heads * rope.headDim && x.rows == layout.rows, "rope: \(x.shape) for \(heads) heads")
-        let y = Variable(Tensor(shape: x.shape, zeroed: false), requiresGrad: x.requiresGrad)
+        let y = output(shape: x.shape, requiresGrad: x.requiresGrad)
         y.data.update(from: x.data, count: x.count)
         let py = y.data
         Parallel.forEach(layout.rows, minChunk: 32) { range in
-            for r in range { rope.apply(py + r * width, heads: heads, position: r % layout.length) }
+            for r in range { rope.apply(py + r * width, heads: heads, position: layout.position(r)) }
         }
         record(y) { dy in
             // A first gradient is rotated in place in x's new buffer; a later one via a temporary.
@@ -45,7 +48,7 @@ extension Tape {
             let target = back?.pointer ?? gx
             Parallel.forEach(layout.rows, minChunk: 32) { range in
                 (target + range.lowerBound * width).update(from: dy + range.lowerBound * width, count: range.count * width)
-                for r in range { rope.apply(target + r * width, heads: heads, position: -(r % layout.length)) }
+                for r in range { rope.apply(target + r * width, heads: heads, position: -layout.position(r)) }
             }
             if let back { Kernels.add(back.pointer, into: gx, x.count) }
         }
@@ -65,8 +68,7 @@ extension Tape {
         checkShape(q.columns == qw && k.columns == kw && v.columns == kw && q.rows == layout.rows,
                    "attention: q \(q.shape) k \(k.shape) v \(v.shape) for \(heads)/\(kvHeads) heads of \(hd)")
         let scale = 1 / Float(hd).squareRoot()
-        let out = Variable(Tensor(shape: q.shape, zeroed: false),
-                           requiresGrad: q.requiresGrad || k.requiresGrad || v.requiresGrad)
+        let out = output(shape: q.shape, requiresGrad: q.requiresGrad || k.requiresGrad || v.requiresGrad)
         // Row blocks [start, end); a block sees keys [0, keysEnd(end)).
         let blockSize = causal ? attentionBlock : max(t, 1)
         let blocks = stride(from: 0, to: t, by: blockSize).map { ($0, min($0 + blockSize, t)) }
@@ -156,6 +158,60 @@ extension Tape {
                         }
                     }
                 }
+            }
+        }
+        return out
+    }
+}
+
+extension Tape {
+    /// Causal attention of `n` new rows (one sequence) over a key/value cache: k and v `[n,
+    /// kvHeads·headDim]` are appended to `cache`'s layer `layer` at `start` (the cached count),
+    /// and each query attends to every cached position up to its own. Inference only (the cache
+    /// is state across calls, not a graph value): nothing is recorded.
+    public func cachedAttention(q: Variable, k: Variable, v: Variable, heads: Int, kvHeads: Int, headDim hd: Int,
+                                cache: KVCache, layer l: Int, start: Int) -> Variable {
+        let n = q.rows, qDim = heads * hd, kvDim = cache.width, group = heads / kvHeads
+        checkShape(q.columns == qDim && k.columns == kvDim && v.columns == kvDim && k.rows == n && v.rows == n,
+                   "cachedAttention: q \(q.shape) k \(k.shape) v \(v.shape) for \(heads)/\(kvHeads) heads of \(hd)")
+        precondition(!(isRecording && (q.requiresGrad || k.requiresGrad || v.requiresGrad)), "cachedAttention has no backward")
+        cache.reserve(n)
+        cache.key(layer: l, position: start).update(from: k.data, count: n * kvDim)
+        cache.value(layer: l, position: start).update(from: v.data, count: n * kvDim)
+        let total = start + n, scale = 1 / Float(hd).squareRoot()
+        let keys = cache.key(layer: l, position: 0), values = cache.value(layer: l, position: 0)
+        let out = output(shape: q.shape, requiresGrad: false)
+        let pq = q.data, po = out.data
+        if n == 1 {
+            // One query: per-head dot products, heads spread over the cores.
+            ScratchPool.shared.withBuffer(count: heads * total) { scores in
+                Parallel.forEach(heads, minChunk: max(1, 4096 / max(total, 1))) { range in
+                    for head in range {
+                        let kvOffset = (head / group) * hd
+                        let s = scores + head * total, qh = pq + head * hd, oh = po + head * hd
+                        for j in 0..<total { s[j] = Kernels.dot(qh, keys + j * kvDim + kvOffset, hd) * scale }
+                        Kernels.softmax(s, total)
+                        oh.initialize(repeating: 0, count: hd)
+                        for j in 0..<total { Kernels.axpy(s[j], values + j * kvDim + kvOffset, oh, hd) }
+                    }
+                }
+            }
+            return out
+        }
+        // Several queries: S = Q·Kᵀ and O = softmax(S)·V per head through sgemm.
+        ScratchPool.shared.withBuffer(count: n * total) { s in
+            for head in 0..<heads {
+                let kvOffset = (head / group) * hd
+                Kernels.gemm(m: n, n: total, k: hd, pq + head * hd, lda: qDim, keys + kvOffset, ldb: kvDim, transB: true, s, ldc: total)
+                Parallel.forEach(n, minChunk: 8) { range in
+                    for i in range {
+                        let row = s + i * total, visible = start + i + 1
+                        for j in 0..<visible { row[j] *= scale }
+                        Kernels.softmax(row, visible)
+                        for j in visible..<total { row[j] = 0 }
+                    }
+                }
+                Kernels.gemm(m: n, n: hd, k: total, s, lda: total, values + kvOffset, ldb: kvDim, transB: false, po + head * hd, ldc: qDim)
             }
         }
         return out

@@ -6,7 +6,7 @@ extension Tape {
     public func scatterRows(_ base: Variable, positions: [Int], source: Variable) -> Variable {
         let d = base.columns
         checkShape(source.columns == d && source.rows == positions.count, "scatterRows: \(source.shape) into \(base.shape) at \(positions.count) rows")
-        let y = Variable(Tensor(shape: base.shape, zeroed: false), requiresGrad: base.requiresGrad || source.requiresGrad)
+        let y = output(shape: base.shape, requiresGrad: base.requiresGrad || source.requiresGrad)
         y.data.update(from: base.data, count: base.count)
         for (j, r) in positions.enumerated() {
             checkShape(r >= 0 && r < base.rows, "scatterRows: row \(r) outside \(base.rows)")
@@ -29,7 +29,7 @@ extension Tape {
     /// Rows `indices` of `table` `[n, d]` (an embedding lookup on a trainable or frozen table).
     public func gather(_ table: Variable, indices: [Int]) -> Variable {
         let d = table.columns
-        let y = Variable(Tensor(shape: [indices.count, d], zeroed: false), requiresGrad: table.requiresGrad)
+        let y = output(shape: [indices.count, d], requiresGrad: table.requiresGrad)
         for (j, i) in indices.enumerated() {
             checkShape(i >= 0 && i < table.rows, "gather: index \(i) outside \(table.rows)")
             (y.data + j * d).update(from: table.data + i * d, count: d)

@@ -1,5 +1,6 @@
 import Foundation
 import VLMFormats
+import VLMImage
 import VLMTensor
 
 /// The demo dataset written by `vlmsh make-demo-data`: synthetic shapes images (PNG) with
@@ -38,17 +39,17 @@ public enum DemoDataset {
         case .validation: tag = 2
         case .test: tag = 3
         }
-        return DemoRandom.mix(DemoRandom.mix(seed) ^ (tag &* 0xD6E8_FEB8_6659_FD93))
+        return SeededRandom.mix(SeededRandom.mix(seed) ^ (tag &* 0xD6E8_FEB8_6659_FD93))
     }
 
     /// The seed of image `index` of a split: its scene is `ShapeScene.random(seed:imageSize:)`.
     public static func imageSeed(splitSeed: UInt64, index: Int) -> UInt64 {
-        DemoRandom.mix(splitSeed &+ UInt64(index + 1) &* 0x9E37_79B9_7F4A_7C15)
+        SeededRandom.mix(splitSeed &+ UInt64(index + 1) &* 0x9E37_79B9_7F4A_7C15)
     }
 
     /// The seed choosing an image's questions (a stream separate from its scene's).
     public static func questionSeed(imageSeed: UInt64) -> UInt64 {
-        DemoRandom.mix(imageSeed ^ 0x5155_4553_5449_4F4E)
+        SeededRandom.mix(imageSeed ^ 0x5155_4553_5449_4F4E)
     }
 
     /// One image of the dataset: its scene and the questions asked about it.
@@ -69,7 +70,7 @@ public enum DemoDataset {
         /// The item as one multi-turn record: the questions in a seeded order, caption last, the
         /// image placeholder opening the first.
         public var conversationJSON: String {
-            var rng = DemoRandom(seed: DemoRandom.mix(UInt64(index) ^ 0x434F_4E56))
+            var rng = SeededRandom(seed: SeededRandom.mix(UInt64(index) ^ 0x434F_4E56))
             var asked = questions.filter { $0.kind != .caption }
             for i in stride(from: asked.count - 1, to: 0, by: -1) { asked.swapAt(i, rng.below(i + 1)) }
             asked += questions.filter { $0.kind == .caption }
@@ -104,7 +105,7 @@ public enum DemoDataset {
         var questions = scene.questions(seed: questionSeed(imageSeed: imageSeed))
         if let kinds {
             questions = questions.filter { kinds.contains($0.kind) }
-            if kinds.contains(.size), let q = scene.sizeQuestion(seed: DemoRandom.mix(imageSeed ^ 0x53495A45)) { questions.append(q) }
+            if kinds.contains(.size), let q = scene.sizeQuestion(seed: SeededRandom.mix(imageSeed ^ 0x53495A45)) { questions.append(q) }
         }
         return Item(split: split, index: index, scene: scene, questions: questions)
     }
@@ -181,14 +182,14 @@ public enum DemoDataset {
             if let failure = failures.lazy.compactMap({ $0 }).first { throw failure }
             let lines = records.joined()
             let text = lines.isEmpty ? "[]\n" : "[\n" + lines.joined(separator: ",\n") + "\n]\n"
-            try writeFileAtomically(Array(text.utf8), to: (dir as NSString).appendingPathComponent(split.rawValue + ".json"))
+            try Data(text.utf8).write(to: URL(fileURLWithPath: dir).appendingPathComponent(split.rawValue + ".json"), options: .atomic)
             var tally: [DemoQuestionKind: Int] = [:]
             for k in kinds.joined() { tally[k, default: 0] += 1 }
             summaries.append(SplitSummary(split: split, images: n, records: lines.count, kinds: tally))
         }
 
-        try writeFileAtomically(Array(manifest(summaries, seed: seed, imageSize: imageSize, style: style, multiTurnTrain: multiTurnTrain).utf8),
-                                to: (dir as NSString).appendingPathComponent("dataset.json"))
+        try Data(manifest(summaries, seed: seed, imageSize: imageSize, style: style, multiTurnTrain: multiTurnTrain).utf8)
+            .write(to: URL(fileURLWithPath: dir).appendingPathComponent("dataset.json"), options: .atomic)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         return Summary(splits: summaries, seconds: seconds)
     }

@@ -5,7 +5,7 @@ extension Tape {
     public func rmsNorm(_ x: Variable, weight: Variable, eps: Float) -> Variable {
         let d = x.columns, n = x.rows
         checkShape(weight.count == d, "rmsNorm: width \(d), weight \(weight.shape)")
-        let y = Variable(Tensor(shape: x.shape, zeroed: false), requiresGrad: x.requiresGrad || weight.requiresGrad)
+        let y = output(shape: x.shape, requiresGrad: x.requiresGrad || weight.requiresGrad)
         let inverse = FloatStorage(count: n, zeroed: false)   // r per row, for backward
         let px = x.data, pw = weight.data, py = y.data, pr = inverse.pointer
         Parallel.forEach(n, minChunk: 16) { range in
@@ -53,8 +53,7 @@ extension Tape {
     public func layerNorm(_ x: Variable, weight: Variable, bias: Variable?, eps: Float) -> Variable {
         let d = x.columns, n = x.rows
         checkShape(weight.count == d, "layerNorm: width \(d), weight \(weight.shape)")
-        let y = Variable(Tensor(shape: x.shape, zeroed: false),
-                         requiresGrad: x.requiresGrad || weight.requiresGrad || bias?.requiresGrad == true)
+        let y = output(shape: x.shape, requiresGrad: x.requiresGrad || weight.requiresGrad || bias?.requiresGrad == true)
         let normalized = FloatStorage(count: n * d, zeroed: false)   // x̂, for backward
         let inverse = FloatStorage(count: n, zeroed: false)
         let px = x.data, pw = weight.data, pb = bias?.data, py = y.data, ph = normalized.pointer, pr = inverse.pointer

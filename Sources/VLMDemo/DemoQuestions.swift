@@ -1,3 +1,5 @@
+import VLMTensor
+
 /// The kinds of demo questions; the raw values are the records' "kind" tags.
 public enum DemoQuestionKind: String, CaseIterable, Sendable, Codable {
     /// "Describe the image." → "A large red star and a small blue circle on a white background."
@@ -79,7 +81,7 @@ extension ShapeScene {
     /// random shape among those the question identifies uniquely, when there is one. `seed`
     /// chooses which shape and which kind the existence question is about.
     public func questions(seed: UInt64) -> [DemoQuestion] {
-        var rng = DemoRandom(seed: seed)
+        var rng = SeededRandom(seed: seed)
         var out: [DemoQuestion] = []
         func kindCount(_ k: ShapeKind) -> Int { shapes.filter { $0.kind == k }.count }
         func colourCount(_ c: ShapeColour) -> Int { shapes.filter { $0.colour == c }.count }
@@ -117,7 +119,7 @@ extension ShapeScene {
     /// "What size is the star?" about a random shape the question identifies uniquely (nil when
     /// there is none), from its own seed so the standard questions stay as they are.
     public func sizeQuestion(seed: UInt64) -> DemoQuestion? {
-        var rng = DemoRandom(seed: seed)
+        var rng = SeededRandom(seed: seed)
         let unique = shapes.filter { s in shapes.filter { $0.kind == s.kind }.count == 1 }
         guard !unique.isEmpty else { return nil }
         let s = rng.pick(unique)

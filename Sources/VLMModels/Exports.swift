@@ -1,0 +1,2 @@
+// Every architecture is written over these ops and layers.
+@_exported import VLMAutodiff
