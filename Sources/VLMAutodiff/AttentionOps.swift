@@ -168,7 +168,8 @@ extension Tape {
     /// Causal attention of `n` new rows (one sequence) over a key/value cache: k and v `[n,
     /// kvHeads·headDim]` are appended to `cache`'s layer `layer` at `start` (the cached count),
     /// and each query attends to every cached position up to its own. Inference only (the cache
-    /// is state across calls, not a graph value): nothing is recorded.
+    /// is state across calls, not a graph value): nothing is recorded. A prompt from an empty
+    /// cache runs `attention` itself; decode steps and follow-up turns read the cache.
     public func cachedAttention(q: Variable, k: Variable, v: Variable, heads: Int, kvHeads: Int, headDim hd: Int,
                                 cache: KVCache, layer l: Int, start: Int) -> Variable {
         let n = q.rows, qDim = heads * hd, kvDim = cache.width, group = heads / kvHeads
@@ -178,6 +179,11 @@ extension Tape {
         cache.reserve(n)
         cache.key(layer: l, position: start).update(from: k.data, count: n * kvDim)
         cache.value(layer: l, position: start).update(from: v.data, count: n * kvDim)
+        // A first chunk attends only to itself: the training op computes exactly that.
+        if start == 0 && n > 1 {
+            return attention(q: q, k: k, v: v, heads: heads, kvHeads: kvHeads, headDim: hd,
+                             layout: SequenceLayout(batch: 1, length: n), causal: true)
+        }
         let total = start + n, scale = 1 / Float(hd).squareRoot()
         let keys = cache.key(layer: l, position: 0), values = cache.value(layer: l, position: 0)
         let out = output(shape: q.shape, requiresGrad: false)

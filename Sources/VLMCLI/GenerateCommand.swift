@@ -13,15 +13,11 @@ struct GenerateCommand: AsyncParsableCommand {
 
     func run() async throws {
         let m = try model.load()
-        let ids = try prompt.promptIDs(m)
-        let images = try prompt.images(m)
+        let (ids, input, features) = try prompt.prepare(m)
         var parameters = sampling.parameters
         parameters.stopStrings += m.template.stopStrings
-        let cache = m.decoder.makeCache(capacity: prompt.positions(m, ids: ids, images: images) + parameters.maxTokens)
-        let generator = Generator(
-            tokenizer: m.tokenizer, parameters: parameters, promptIDs: ids.filter { $0 >= 0 }, stopTokens: m.tokenizer.eosTokenIDs,
-            prefill: { try prompt.prefill(m, ids: ids, images: images, cache: cache) },
-            step: { try m.decoder.forward(tokens: [$0], cache: cache) })
+        let cache = m.decoder.makeCache(capacity: input.count + parameters.maxTokens)
+        let generator = try input.generator(model: m, features: features, cache: cache, parameters: parameters)
         while let token = try generator.next() {
             if !json { FileHandle.standardOutput.write(Data(token.text.utf8)) }
         }

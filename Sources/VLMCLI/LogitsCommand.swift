@@ -13,11 +13,9 @@ struct LogitsCommand: AsyncParsableCommand {
 
     func run() async throws {
         let m = try model.load()
-        let ids = try prompt.promptIDs(m)
+        let (ids, input, features) = try prompt.prepare(m)
         guard !ids.isEmpty else { throw ValidationError("the prompt has no tokens") }
-        let images = try prompt.images(m)
-        let cache = m.decoder.makeCache(capacity: prompt.positions(m, ids: ids, images: images))
-        let logits = try prompt.prefill(m, ids: ids, images: images, cache: cache)
+        let logits = try input.run(model: m, features: features, cache: m.decoder.makeCache(capacity: input.count))
         let top = (0..<logits.count).sorted { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }.prefix(max(topK, 0))
         if json {
             try printJSON(["prompt_ids": ids, "top": top.map { [$0, Double(logits[$0])] as [Any] }])

@@ -3,6 +3,7 @@ import Foundation
 import VLMGeneration
 import VLMImage
 import VLMModels
+import VLMStore
 import VLMTensor
 import VLMTokenizers
 
@@ -62,34 +63,21 @@ struct PromptOptions: ParsableArguments {
         return model.encodePrompt(model.template.render(messages, addGenerationPrompt: true), addSpecialTokens: false)
     }
 
-    /// The prompt's images, preprocessed for `model`.
-    func images(_ model: ChatModel) throws -> [ImageInput] {
-        guard !image.isEmpty else { return [] }
-        guard let support = model.images else { throw ValidationError("this model takes no images (--image)") }
-        return try image.map { ImageInput(hash: $0, pixels: support.preprocess(try ImageLoader.load(path: $0))) }
-    }
-
-    /// Runs the prompt (`ids` with `images` spliced in at the image tokens) through a fresh cache.
-    func prefill(_ model: ChatModel, ids: [Int], images: [ImageInput], cache: KVCache) throws -> UnsafeBufferPointer<Float> {
-        guard !images.isEmpty, let support = model.images else { return try model.decoder.forward(tokens: ids, cache: cache) }
-        let slots = try ChatSession.expand(ids: ids, images: images, support: support)
-        var features: [String: Tensor] = [:]
-        for input in images where features[input.hash] == nil { features[input.hash] = try support.encode(input.pixels) }
-        let d = model.decoder.config.hiddenSize
-        let x = Tensor(shape: [slots.count, d], zeroed: false)
-        for (i, slot) in slots.enumerated() {
-            switch slot {
-            case .token(let id): try model.decoder.embed([id], into: x.data + i * d)
-            case .image(let hash, let row): (x.data + i * d).update(from: features[hash]!.data + row * d, count: d)
+    /// The prompt as the model runs it: `promptIDs` with the images at their placeholders,
+    /// each image keyed by its content hash (as the REPL keys them), its features encoded on use.
+    func prepare(_ model: ChatModel) throws -> (ids: [Int], prompt: Prompt, features: ImageFeatures) {
+        let ids = try promptIDs(model)
+        let features = ImageFeatures(model: model)
+        var hashes: [String] = []
+        if !image.isEmpty {
+            guard let support = model.images else { throw ValidationError("this model takes no images (--image)") }
+            for path in image {
+                let hash = try SHA256.hex(file: path)
+                features.attach([ImageInput(hash: hash, pixels: support.preprocess(try ImageLoader.load(path: path)))])
+                hashes.append(hash)
             }
         }
-        return withExtendedLifetime(x) { model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }
-    }
-
-    /// Positions the prompt takes once images are expanded.
-    func positions(_ model: ChatModel, ids: [Int], images: [ImageInput]) -> Int {
-        guard let support = model.images, !images.isEmpty else { return ids.count }
-        return (try? ChatSession.expand(ids: ids, images: images, support: support).count) ?? ids.count
+        return (ids, try Prompt(ids: ids, images: hashes, support: model.images), features)
     }
 }
 

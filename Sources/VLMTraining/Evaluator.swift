@@ -217,8 +217,8 @@ public enum Evaluator {
                                      prefix: Prefix? = nil) throws -> TokenStatistics {
         let decoder = chat.decoder
         let d = decoder.config.hiddenSize
-        let embeddings = try embed(example.inputIDs, imageRange: example.imageRange, features: imageFeatures, chat: chat,
-                                   source: example.source)
+        let embeddings = try promptEmbeddings(example.inputIDs, imageFeatures: example.imageRange == nil ? nil : imageFeatures,
+                                              chat: chat, source: example.source)
         let wanted = (0..<max(example.length - 1, 0)).filter { example.labels[$0 + 1] != ignoreIndex }
         var stats = TokenStatistics()
         let reuse = prefix.flatMap { p in wanted.first == p.ids.count - 1 && example.inputIDs.starts(with: p.ids) ? p : nil }
@@ -263,20 +263,21 @@ public enum Evaluator {
     }
 
     /// Input embeddings `[ids, hidden]`: token rows from the table, `imageRange` from `features`.
-    static func embed(_ ids: [Int], imageRange: Range<Int>?, features: Tensor?, chat: ChatModel, source: String) throws -> Tensor {
-        let d = chat.decoder.config.hiddenSize
-        let out = Tensor(shape: [ids.count, d], zeroed: false)
-        for (i, id) in ids.enumerated() where !(imageRange?.contains(i) ?? false) {
-            try chat.decoder.embed([id], into: out.data + i * d)
+    /// Input embeddings of `ids` (its image-token run, if any, replaced by `imageFeatures`) as
+    /// every prompt gets them (`Prompt`).
+    static func promptEmbeddings(_ ids: [Int], imageFeatures: Tensor?, chat: ChatModel, source: String) throws -> Tensor {
+        let features = ImageFeatures(model: chat)
+        if let imageFeatures { features.insert(imageFeatures, hash: evalImage) }
+        do {
+            let prompt = try Prompt(ids: ids, images: imageFeatures == nil ? [] : [evalImage], support: imageFeatures == nil ? nil : chat.images)
+            return try prompt.embeddings(model: chat, features: features)
+        } catch {
+            throw TrainingError("\(source): \(error)")
         }
-        if let imageRange {
-            guard let features, features.shape == [imageRange.count, d] else {
-                throw TrainingError("\(source): image features of shape \(features?.shape ?? []) for \(imageRange.count) image positions")
-            }
-            (out.data + imageRange.lowerBound * d).update(from: features.data, count: features.count)
-        }
-        return out
     }
+
+    /// The key of the one image an evaluated row has.
+    static let evalImage = "eval-image"
 
     // MARK: - Greedy answers
 
@@ -349,36 +350,20 @@ public enum Evaluator {
     /// `generate`, also returning the prompt's run for `teacherForced` to continue from.
     static func generateKeepingPrompt(promptIDs: [Int], imageFeatures: Tensor?, chat: ChatModel, maxNewTokens: Int) throws
         -> (text: String, prompt: Prefix) {
-        let decoder = chat.decoder
-        let d = decoder.config.hiddenSize
-        let hash = "eval-image"
-        let images = imageFeatures == nil ? [] : [ImageInput(hash: hash, pixels: Tensor(shape: [1]))]
-        let slots = try ChatSession.expand(ids: promptIDs, images: images, support: imageFeatures == nil ? nil : chat.images)
-        guard !slots.isEmpty else { throw TrainingError("empty prompt") }
-        let embeddings = Tensor(shape: [slots.count, d], zeroed: false)
-        for (i, slot) in slots.enumerated() {
-            switch slot {
-            case .token(let id): try decoder.embed([id], into: embeddings.data + i * d)
-            case .image(_, let row): (embeddings.data + i * d).update(from: imageFeatures!.data + row * d, count: d)
-            }
-        }
+        let features = ImageFeatures(model: chat)
+        if let imageFeatures { features.insert(imageFeatures, hash: evalImage) }
+        let prompt = try Prompt(ids: promptIDs, images: imageFeatures == nil ? [] : [evalImage],
+                                support: imageFeatures == nil ? nil : chat.images)
         var parameters = GenerationParameters()
         parameters.temperature = 0
         parameters.maxTokens = maxNewTokens
         parameters.stopStrings = chat.template.stopStrings
-        let cache = decoder.makeCache(capacity: slots.count + maxNewTokens + 1)
-        let promptTokens = slots.compactMap { if case .token(let id) = $0 { return id } else { return nil } }
+        let cache = chat.decoder.makeCache(capacity: prompt.count + maxNewTokens + 1)
         var promptLogits: [Float] = []
-        let generator = Generator(
-            tokenizer: chat.tokenizer, parameters: parameters, promptIDs: promptTokens, stopTokens: chat.tokenizer.eosTokenIDs,
-            prefill: {
-                let logits = withExtendedLifetime(embeddings) { decoder.forward(embeddings: embeddings.data, count: slots.count, cache: cache) }
-                promptLogits = Array(logits)
-                return logits
-            },
-            step: { id in try decoder.forward(tokens: [id], cache: cache) })
+        let generator = try prompt.generator(model: chat, features: features, cache: cache, parameters: parameters,
+                                             onPrefill: { promptLogits = Array($0) })
         while try generator.next() != nil {}
-        let ids = slots.map { slot -> Int in
+        let ids = prompt.slots.map { slot -> Int in
             switch slot {
             case .token(let id): return id
             case .image: return chat.images?.tokenID ?? -1
@@ -394,24 +379,23 @@ public enum Evaluator {
     }
 }
 
-/// Image features by path, each image encoded once (`ImageSupport.encode`: vision tower and
-/// projector as applied now). With `blank`, each image is replaced by a mid-grey image of its size.
+/// Image features by path, each image encoded once (`ImageFeatures`: vision tower and projector as
+/// applied now). With `blank`, each image is replaced by a mid-grey image of its size.
 final class ImageFeatureCache {
-    let chat: ChatModel
+    let features: ImageFeatures
     let blank: Bool
-    private var cache: [String: Tensor] = [:]
 
-    init(chat: ChatModel, blank: Bool) { self.chat = chat; self.blank = blank }
+    init(chat: ChatModel, blank: Bool) { features = ImageFeatures(model: chat); self.blank = blank }
 
     func features(path: String) throws -> Tensor {
-        if let f = cache[path] { return f }
-        guard let support = chat.images else { throw TrainingError("\(path): the model takes no images") }
-        var image: RGBImage
-        do { image = try ImageLoader.load(path: path) } catch { throw TrainingError("\(error)") }
-        if blank { image = Evaluator.blankImage(like: image) }
-        let f = try support.encode(support.preprocess(image))
-        cache[path] = f
-        return f
+        if !features.contains(path) {
+            guard let support = features.model.images else { throw TrainingError("\(path): the model takes no images") }
+            var image: RGBImage
+            do { image = try ImageLoader.load(path: path) } catch { throw TrainingError("\(error)") }
+            if blank { image = Evaluator.blankImage(like: image) }
+            features.attach([ImageInput(hash: path, pixels: support.preprocess(image))])
+        }
+        return try features.features(hash: path)
     }
 }
 
