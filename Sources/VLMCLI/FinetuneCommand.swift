@@ -8,8 +8,8 @@ import VLMTraining
 /// The fine-tune arguments, shared by `vlmsh finetune` and the REPL's `/finetune`.
 struct FineTuneOptions: ParsableArguments {
     @Option(name: .long, help: "Training data: LLaVA JSON/JSONL conversations or pre-tokenized JSONL rows.") var data: String
-    @Option(name: .long, help: "What trains: \(FineTuneMode.allCases.map(\.rawValue).joined(separator: ", ")).") var mode: String = "lora"
-    @Option(name: .long, help: "What the loss compares: \(TrainingObjective.allCases.map(\.rawValue).joined(separator: ", ")) (image tokens against the summed embeddings of the data's image_token_texts).") var objective: String = TrainingObjective.nextToken.rawValue
+    @Option(name: .long, help: "What trains.") var mode: FineTuneMode = .lora
+    @Option(name: .long, help: "What the loss compares (image-token-embeddings: image tokens against the summed embeddings of the data's image_token_texts).") var objective: TrainingObjective = .nextToken
     @Option(name: .long, help: "Output folder (checkpoints, final adapter, loss.svg).") var out: String
     @Option(name: .customLong("lora-r"), help: "LoRA rank.") var loraR = 8
     @Option(name: .long, help: "LoRA alpha (scale = alpha / r).") var loraAlpha: Float = 16
@@ -24,7 +24,7 @@ struct FineTuneOptions: ParsableArguments {
     @Option(name: .long, help: "Learning rate of the projector's parameters (LLaVA's mm_projector_lr).") var mmProjectorLr: Float?
     @Option(name: .long, help: "Learning rate of the vision tower's parameters (LLaVA-NeXT's mm_vision_tower_lr).") var mmVisionTowerLr: Float?
     @Option(name: .long, help: "AdamW weight decay (not on biases and norms).") var weightDecay: Float = 0
-    @Option(name: .long, help: "constant, linear or cosine.") var scheduler = "cosine"
+    @Option(name: .long, help: "Learning-rate schedule.") var scheduler: LearningRateSchedule.Kind = .cosine
     @Option(name: .long, help: "Warmup steps.") var warmupSteps: Int?
     @Option(name: .long, help: "Warmup as a fraction of all steps.") var warmupRatio: Double?
     @Option(name: .long, help: "Gradient clipping norm; 0 turns clipping off.") var maxGradNorm: Float = 1
@@ -40,21 +40,14 @@ struct FineTuneOptions: ParsableArguments {
 
     func settings() throws -> FineTuneSettings {
         var s = FineTuneSettings()
-        guard let m = FineTuneMode(rawValue: mode) else {
-            throw UsageError("--mode must be one of \(FineTuneMode.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        guard let o = TrainingObjective(rawValue: objective) else {
-            throw UsageError("--objective must be one of \(TrainingObjective.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        guard let kind = LearningRateSchedule.Kind(rawValue: scheduler) else { throw UsageError("--scheduler must be constant, linear or cosine") }
         guard loraR > 0, batchSize > 0, gradAccum > 0, lr > 0 else { throw UsageError("--lora-r, --batch-size, --grad-accum and --lr must be positive") }
         if let steps, steps < 1 { throw UsageError("--steps must be ≥ 1") }
         if let saveSteps, saveSteps < 1 { throw UsageError("--save-steps must be ≥ 1") }
-        s.mode = m; s.objective = o == .nextToken ? nil : o; s.loraRank = loraR; s.loraAlpha = loraAlpha; s.loraDropout = loraDropout
+        s.mode = mode; s.objective = objective == .nextToken ? nil : objective; s.loraRank = loraR; s.loraAlpha = loraAlpha; s.loraDropout = loraDropout
         s.loraTargets = try LoRATargets(argument: loraTargets); s.adapterInit = adapterInit
         s.steps = steps; s.epochs = epochs; s.batchSize = batchSize; s.gradientAccumulation = gradAccum
         s.learningRate = lr; s.projectorLearningRate = mmProjectorLr
-        s.visionTowerLearningRate = mmVisionTowerLr; s.weightDecay = weightDecay; s.scheduler = kind
+        s.visionTowerLearningRate = mmVisionTowerLr; s.weightDecay = weightDecay; s.scheduler = scheduler
         s.warmupSteps = warmupSteps; s.warmupRatio = warmupRatio; s.maxGradNorm = maxGradNorm; s.maxLength = maxLength
         s.seed = seed; s.saveSteps = saveSteps; s.groupByModalityLength = groupByModalityLength
         return s

@@ -98,12 +98,11 @@ struct ShowCommand: AsyncParsableCommand {
 struct ExportCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "export", abstract: "Export a session as md, jsonl, or LLaVA training data.")
     @Argument(help: "Session id or name.") var session: String
-    @Option(name: .long, help: "md, jsonl or llava.") var format = "md"
+    @Option(name: .long, help: "md (a transcript), jsonl (one turn per line) or llava (conversations and image paths for fine-tuning).") var format: ExportFormat = .md
 
     func run() async throws {
-        guard let f = ExportFormat(rawValue: format) else { throw ValidationError("--format must be md, jsonl or llava") }
         let store = try openStore()
         let id = try Engine(console: TerminalConsole(), store: store).sessionID(session)
-        print(try store.export(session: id, format: f))
+        print(try store.export(session: id, format: format))
     }
 }
