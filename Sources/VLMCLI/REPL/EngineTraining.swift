@@ -11,13 +11,12 @@ import VLMTraining
 extension Engine {
     /// `/adapter load PATH` applies an adapter folder to the loaded model (one at a time);
     /// `/adapter unload` restores the model. The chat restarts on the changed weights.
-    func adapter(_ args: [String]) throws {
-        let usage = UsageError("/adapter load PATH | /adapter unload")
+    func adapter(_ args: [String], usage: UsageError) throws {
         guard let verb = args.first else { throw usage }
         switch verb {
         case "load":
             guard args.count == 2 else { throw usage }
-            try requireLoadedModel()
+            try requireModel()
             guard let model else { return }
             activeAdapter?.unload()
             activeAdapter = nil
@@ -40,10 +39,10 @@ extension Engine {
     func evaluate(_ args: [String]) throws {
         let command: EvalCommand
         do { command = try EvalCommand.parse(args) } catch {
-            throw UsageError("/eval: \(EvalCommand.message(for: error)) (usage: /eval --data F [--limit N] [--max-new-tokens N] [--blank-images])")
+            throw UsageError("/eval: \(EvalCommand.message(for: error)) (usage: \(Engine.command(named: "/eval")!.usage))")
         }
         guard command.adapter == nil else { throw UsageError("/eval evaluates the loaded model; apply an adapter with /adapter load PATH first") }
-        try requireLoadedModel()
+        try requireModel()
         guard let model, let path = modelPath else { return }
         try command.evaluate(model, modelPath: path, applied: activeAdapter, store: command.noStore ? nil : store,
                              print: { [console] in console.line($0) })
@@ -51,10 +50,9 @@ extension Engine {
 
     /// `/evals DATA`: the stored evaluations of a data file, oldest first, one line per /eval
     /// (its exact-match scores overall and per kind), so a script can show before and after.
-    func storedEvals(_ args: [String]) throws {
-        guard args.count == 1 else { throw UsageError("/evals DATA (the data file an /eval scored)") }
-        let records = try store.evals(dataset: EvalCommand.absolute(args[0]))
-        if records.isEmpty { console.line("no stored evals of \(args[0])"); return }
+    func storedEvals(_ data: String) throws {
+        let records = try store.evals(dataset: EvalCommand.absolute(data))
+        if records.isEmpty { console.line("no stored evals of \(data)"); return }
         // One /eval stores all its metrics with the same details; consecutive ids group them.
         var groups: [[EvalRecord]] = []
         for r in records {
@@ -82,9 +80,9 @@ extension Engine {
     func finetune(_ args: [String]) throws {
         let options: FineTuneOptions
         do { options = try FineTuneOptions.parse(args) } catch {
-            throw UsageError("/finetune: \(FineTuneOptions.message(for: error)) (usage: /finetune --data F --out DIR [--mode lora|projector|lora+projector|vision+projector|vision+lora+projector] [--steps N] …)")
+            throw UsageError("/finetune: \(FineTuneOptions.message(for: error)) (usage: \(Engine.command(named: "/finetune")!.usage))")
         }
-        try requireLoadedModel()
+        try requireModel()
         guard let model, let path = modelPath else { return }
         let interactive = console is TerminalConsole && ProgressBar.stderrIsTerminal
         let runner = FineTuneRunner(chat: model, modelPath: URL(fileURLWithPath: path).standardizedFileURL.path, options: options,
