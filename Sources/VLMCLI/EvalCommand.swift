@@ -23,7 +23,6 @@ struct EvalCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var model: ModelOptions
-    @Option(name: .long, help: "An adapter folder to apply: a PEFT LoRA, projector weights, or both.") var adapter: String?
     @Option(name: .long, help: "Evaluation data: LLaVA JSON or JSON Lines (conversation or pre-tokenized rows).") var data: String
     @Option(name: .long, help: "Folder image paths are relative to (default: the data file's folder).") var imageFolder: String?
     @Option(name: .long, help: "Evaluate only the first N rows.") var limit: Int?
@@ -40,11 +39,8 @@ struct EvalCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let modelPath = try ModelStore.resolve(model.model)
-        let chat = try ProgressBar.run("loading \((modelPath as NSString).lastPathComponent)") { _ in
-            try loadChatModel(path: modelPath, template: model.template)
-        }
-        let applied = try adapter.map { try AppliedAdapter.apply(directory: $0, to: chat) }
+        let modelPath = try model.path()
+        let (chat, applied) = try model.loadWithAdapter(progress: true)
         defer { applied?.unload() }
         try evaluate(chat, modelPath: modelPath, applied: applied, store: noStore ? nil : try openStore(), print: { print($0) })
     }
@@ -62,8 +58,8 @@ struct EvalCommand: AsyncParsableCommand {
         if let store {
             _ = try store.upsertModel(path: modelPath, fingerprint: try ModelFingerprint.compute(modelPath),
                                       architecture: (chat as? TextModel)?.architecture ?? "llava")
-            let checkpoint = try (adapter ?? applied?.directory).flatMap { path in
-                try store.checkpoints().first { Self.samePath($0.path, path) }?.id
+            let checkpoint = try applied.flatMap { a in
+                try store.checkpoints().first { Self.samePath($0.path, a.directory) }?.id
             }
             let details = try Self.jsonText(detailsObject(result, applied: applied))
             for metric in result.metrics where metric.value.isFinite {
@@ -105,7 +101,7 @@ struct EvalCommand: AsyncParsableCommand {
 
     /// The fields stored as each eval row's details (and the start of --json).
     func detailsObject(_ result: EvalResult, applied: AppliedAdapter?) -> [String: Any] {
-        ["adapter": (adapter ?? applied?.directory).map(Self.absolute) ?? NSNull(), "adapter_kind": applied?.kind.rawValue ?? NSNull(),
+        ["adapter": applied.map { Self.absolute($0.directory) } ?? NSNull(), "adapter_kind": applied?.kind.rawValue ?? NSNull(),
          "kinds": kinds ?? NSNull(),
          "rows": result.rows.count, "tokens": result.tokens, "generated_rows": result.generatedRows,
          "max_new_tokens": maxNewTokens, "limit": limit ?? NSNull(), "blank_images": blankImages,
@@ -115,7 +111,7 @@ struct EvalCommand: AsyncParsableCommand {
     func summary(_ r: EvalResult, modelPath: String, applied: AppliedAdapter?, stored: Int) -> String {
         func percent(_ x: Double) -> String { String(format: "%.1f%%", 100 * x) }
         var what = (modelPath as NSString).lastPathComponent
-        if let adapter { what += " + " + (adapter as NSString).lastPathComponent }
+        if let adapter = applied?.directory { what += " + " + (adapter as NSString).lastPathComponent }
         var lines = ["\(what) on \((data as NSString).lastPathComponent): \(r.rows.count) rows, \(r.tokens) target tokens"
                      + (r.blankImages ? ", images blanked" : "")]
         lines.append(String(format: "loss %.4f   perplexity %.3f   token accuracy %@", r.meanLoss, r.perplexity, percent(r.tokenAccuracy)))

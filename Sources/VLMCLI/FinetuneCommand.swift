@@ -60,6 +60,10 @@ struct FinetuneCommand: AsyncParsableCommand {
     @OptionGroup var options: FineTuneOptions
     @Flag(name: .long, help: "Print one JSON object per optimizer step and a final summary.") var json = false
 
+    func validate() throws {
+        try model.rejectAdapter("finetune starts from an adapter folder with --adapter-init DIR")
+    }
+
     func run() async throws {
         let path = URL(fileURLWithPath: try ModelStore.resolve(model.model)).standardizedFileURL.path
         let chat = try ProgressBar.run("loading \(URL(fileURLWithPath: path).lastPathComponent)", enabled: !json && ProgressBar.stderrIsTerminal) { _ in

@@ -41,7 +41,7 @@ extension Engine {
         do { command = try EvalCommand.parse(args) } catch {
             throw UsageError("/eval: \(EvalCommand.message(for: error)) (usage: \(Engine.command(named: "/eval")!.usage))")
         }
-        guard command.adapter == nil else { throw UsageError("/eval evaluates the loaded model; apply an adapter with /adapter load PATH first") }
+        guard command.model.adapter == nil else { throw UsageError("/eval evaluates the loaded model; apply an adapter with /adapter load PATH first") }
         try requireModel()
         guard let model, let path = modelPath else { return }
         try command.evaluate(model, modelPath: path, applied: activeAdapter, store: command.noStore ? nil : store,
