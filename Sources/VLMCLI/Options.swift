@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VLMApp
 import VLMGeneration
 import VLMImage
 import VLMModels

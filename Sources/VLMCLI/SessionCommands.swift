@@ -1,13 +1,8 @@
 import ArgumentParser
 import Foundation
+import VLMApp
 import VLMModels
 import VLMStore
-
-/// Opens the store at `$VLMSH_HOME/vlmsh.sqlite`.
-func openStore() throws -> Store {
-    try FileManager.default.createDirectory(atPath: ModelStore.home, withIntermediateDirectories: true)
-    return try Store(path: ModelStore.home + "/vlmsh.sqlite")
-}
 
 struct ChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "chat", abstract: "The interactive REPL (the default command).")
@@ -24,7 +19,7 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         let console: Console = json ? TranscriptConsole() : TerminalConsole()
-        let engine = Engine(console: console, store: try openStore())
+        let engine = Engine(console: console, store: try openStore(), commands: REPLCommands.all)
         engine.defaultModel = model
         guard FileManager.default.isReadableFile(atPath: script) else { throw UsageError("\(script): cannot read script") }
         var failure: Error?

@@ -1,4 +1,5 @@
 import Foundation
+import VLMApp
 import VLMCLI
 import VLMStore
 import XCTest
@@ -9,7 +10,7 @@ final class REPLCommandTests: XCTestCase {
     func engine() throws -> (Engine, TranscriptConsole) {
         let console = TranscriptConsole()
         let store = try Store(path: try scratchDirectory("vlmsh-commands") + "/vlmsh.sqlite")
-        return (Engine(console: console, store: store), console)
+        return (Engine(console: console, store: store, commands: REPLCommands.all), console)
     }
 
     func testHelpListsExactlyTheTable() throws {
@@ -19,8 +20,8 @@ final class REPLCommandTests: XCTestCase {
         // Each command line starts with its name (and aliases); wrapped help lines are indented.
         let listed = console.output.split(separator: "\n").filter { $0.hasPrefix("/") }
             .map { String($0.split(separator: " ")[0]).trimmingCharacters(in: CharacterSet(charactersIn: ",")) }
-        XCTAssertEqual(listed, Engine.commands.map(\.name))
-        for command in Engine.commands {
+        XCTAssertEqual(listed, REPLCommands.all.map(\.name))
+        for command in REPLCommands.all {
             XCTAssertTrue(console.output.contains(command.help), command.name)
             for alias in command.aliases { XCTAssertTrue(console.output.contains(alias), alias) }
         }
@@ -39,21 +40,25 @@ final class REPLCommandTests: XCTestCase {
         XCTAssertFalse(engine.handle("/bye"), "an alias of /quit")
     }
 
+    func complete(_ before: String, word: String) -> CompletionAnswer {
+        REPLCommand.completions(in: REPLCommands.all, before: before, word: word)
+    }
+
     func testCompletionFollowsTheTable() {
-        XCTAssertEqual(Engine.completions(before: "", word: "/hi"), .words(["/history"]))
-        XCTAssertEqual(Engine.completions(before: "", word: "/e"), .words(["/eval", "/evals", "/exit"]))
-        for command in Engine.commands {
-            guard case .words(let words) = Engine.completions(before: "", word: command.name) else { return XCTFail(command.name) }
+        XCTAssertEqual(complete("", word: "/hi"), .words(["/history"]))
+        XCTAssertEqual(complete("", word: "/e"), .words(["/evals", "/eval", "/exit"]))
+        for command in REPLCommands.all {
+            guard case .words(let words) = complete("", word: command.name) else { return XCTFail(command.name) }
             XCTAssertTrue(words.contains(command.name), command.name)
         }
-        XCTAssertEqual(Engine.completions(before: "/set ", word: "te"), .words(["temperature", "template"]))
-        XCTAssertEqual(Engine.completions(before: "/set temperature ", word: ""), .words([]))
-        XCTAssertEqual(Engine.completions(before: "/adapter ", word: "u"), .words(["unload"]))
-        XCTAssertEqual(Engine.completions(before: "/adapter load ", word: "ru"), .filePaths)
-        XCTAssertEqual(Engine.completions(before: "/image ", word: "ca"), .filePaths)
-        XCTAssertEqual(Engine.completions(before: "/load ", word: "./m"), .filePaths)
-        XCTAssertEqual(Engine.completions(before: "/open ", word: ""), .words([]))
-        XCTAssertEqual(Engine.completions(before: "/frobnicate ", word: ""), .words([]))
+        XCTAssertEqual(complete("/set ", word: "te"), .words(["temperature", "template"]))
+        XCTAssertEqual(complete("/set temperature ", word: ""), .words([]))
+        XCTAssertEqual(complete("/adapter ", word: "u"), .words(["unload"]))
+        XCTAssertEqual(complete("/adapter load ", word: "ru"), .filePaths)
+        XCTAssertEqual(complete("/image ", word: "ca"), .filePaths)
+        XCTAssertEqual(complete("/load ", word: "./m"), .filePaths)
+        XCTAssertEqual(complete("/open ", word: ""), .words([]))
+        XCTAssertEqual(complete("/frobnicate ", word: ""), .words([]))
     }
 
     func testShellWords() throws {

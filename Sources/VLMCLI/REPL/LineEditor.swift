@@ -1,5 +1,6 @@
 @preconcurrency import CReadline
 import Foundation
+import VLMApp
 import VLMModels
 
 /// GNU readline with a persistent history file and Tab completion as the REPL's command table
@@ -68,7 +69,7 @@ private func completeLine(_ text: UnsafePointer<CChar>?, _ start: Int32, _ end: 
     let word = text.map { String(cString: $0) } ?? ""
     let line = String(cString: rl_line_buffer)
     let before = String(decoding: line.utf8.prefix(Int(start)), as: UTF8.self)
-    switch Engine.completions(before: before, word: word) {
+    switch REPLCommand.completions(in: REPLCommands.all, before: before, word: word) {
     case .filePaths:
         rl_attempted_completion_over = 0   // readline's own file names
         return nil

@@ -1,4 +1,3 @@
-import ArgumentParser
 import Foundation
 import VLMGeneration
 import VLMImage
@@ -37,10 +36,13 @@ public final class Engine {
     public var parentSession: Int64?
     /// The adapter `/adapter load` applied, until `/adapter unload` or another model.
     var activeAdapter: AppliedAdapter?
+    /// The commands this engine dispatches (and /help lists).
+    public let commands: [REPLCommand]
 
-    public init(console: Console, store: Store) {
+    public init(console: Console, store: Store, commands: [REPLCommand] = Engine.builtInCommands) {
         self.console = console
         self.store = store
+        self.commands = commands
     }
 
     // MARK: - Input
@@ -67,20 +69,15 @@ public final class Engine {
     /// A `/command …` entry, dispatched through the command table.
     private func command(_ entry: String) throws -> Bool {
         let name = String(entry.prefix { !$0.isWhitespace })
-        guard let command = Self.command(named: name) else { throw UsageError("unknown command \(name); /help lists them") }
+        guard let command = REPLCommand.named(name, in: commands) else { throw UsageError("unknown command \(name); /help lists them") }
         switch command.action {
         case .quit:
             return false
         case .run(let body):
             let text = entry.dropFirst(name.count).trimmingCharacters(in: .whitespaces)
-            try body(self, CommandArguments(text: text, usage: command.usage))
+            try body(self, CommandArguments(name: name, usage: command.usage, text: text))
             return true
         }
-    }
-
-    /// A subcommand's arguments parsed as `vlmsh` would, or one usage line.
-    func parse<C: ParsableCommand>(_ type: C.Type, _ args: [String], usage: String) throws -> C {
-        do { return try C.parse(args) } catch { throw UsageError("\(C.configuration.commandName ?? ""): \(C.message(for: error)) (usage: \(usage))") }
     }
 
     // MARK: - Chat and store listings
@@ -128,7 +125,7 @@ public final class Engine {
 
     public func load(_ reference: String) throws {
         let path = try ModelStore.resolve(reference)
-        let loaded = try ProgressBar.run("loading \((path as NSString).lastPathComponent)") { _ in
+        let loaded = try console.task("loading \((path as NSString).lastPathComponent)") {
             try loadChatModel(path: path, template: templateOverride)
         }
         activeAdapter = nil   // it belonged to the previous model
@@ -251,7 +248,7 @@ public final class Engine {
         p.stopStrings += model!.template.stopStrings.filter { !p.stopStrings.contains($0) }
         let images = pendingImages
         pendingImages = []
-        let generator = try ProgressBar.steps({ $0 == 1 ? "encoding image" : "encoding \($0) images" }) { report in
+        let generator = try console.steps({ $0 == 1 ? "encoding image" : "encoding \($0) images" }) { report in
             try chat.send(text, images: images.map(\.input), parameters: p, encodeProgress: report)
         }
         while let token = try generator.next() {
@@ -285,7 +282,7 @@ public final class Engine {
 
     // MARK: - Sessions and scripts
 
-    func sessionID(_ reference: String) throws -> Int64 {
+    public func sessionID(_ reference: String) throws -> Int64 {
         if let id = Int64(reference), try store.session(id: id) != nil { return id }
         if let s = try store.session(named: reference) { return s.id }
         throw UsageError("no session '\(reference)'")
@@ -333,7 +330,7 @@ public final class Engine {
         }
     }
 
-    static func date(_ d: Date) -> String {
+    public static func date(_ d: Date) -> String {
         let f = DateFormatter()
         f.dateFormat = "yyyy-MM-dd HH:mm"
         return f.string(from: d)

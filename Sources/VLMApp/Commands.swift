@@ -1,6 +1,5 @@
 import Foundation
 import VLMModels
-import VLMTraining
 
 /// What Tab completes in a command's arguments.
 public indirect enum ArgumentCompletion: Sendable, Equatable {
@@ -22,17 +21,19 @@ public enum CompletionAnswer: Sendable, Equatable {
 /// A command's arguments: the text after its name, split into shell-like words on demand
 /// (`/set system` takes its value as typed, apostrophes and all).
 public struct CommandArguments {
+    /// The command's name as typed, and its synopsis (`/load MODEL`).
+    public let name: String
+    public let usage: String
     public let text: String
-    let usage: String
 
     public func words() throws -> [String] { try ShellWords.split(text) }
 
     /// The command's synopsis, as the error for arguments it cannot use.
-    var usageError: UsageError { UsageError("usage: \(usage)") }
+    public var usageError: UsageError { UsageError("usage: \(usage)") }
 }
 
-/// One REPL command. The table of these (`Engine.commands`) drives dispatch, `/help` and Tab
-/// completion, so the three cannot drift apart.
+/// One REPL command. The table of these (an engine's `commands`) drives dispatch, `/help` and
+/// Tab completion, so the three cannot drift apart.
 public struct REPLCommand: Sendable {
     public enum Action: Sendable {
         case run(@Sendable (Engine, CommandArguments) throws -> Void)
@@ -54,17 +55,17 @@ public struct REPLCommand: Sendable {
         self.completion = completion; self.action = action
     }
 
-    init(_ name: String, _ synopsis: String, _ help: String, completion: ArgumentCompletion = .nothing,
+    public init(_ name: String, _ synopsis: String, _ help: String, completion: ArgumentCompletion = .nothing,
          _ body: @escaping @Sendable (Engine, CommandArguments) throws -> Void) {
         self.init(name, synopsis, help, completion: completion, action: .run(body))
     }
 
-    var usage: String { synopsis.isEmpty ? name : name + " " + synopsis }
+    public var usage: String { synopsis.isEmpty ? name : name + " " + synopsis }
 }
 
 extension Engine {
-    /// Every REPL command, in the order /help lists them.
-    public static let commands: [REPLCommand] = [
+    /// The engine's own commands, in the order /help lists them.
+    public static let builtInCommands: [REPLCommand] = [
         REPLCommand("/load", "MODEL", "load a .gguf file, a model folder or a store name", completion: .modelNames) { engine, args in
             let words = try args.words()
             guard words.count == 1 else { throw args.usageError }
@@ -104,51 +105,40 @@ extension Engine {
             try engine.runScript(words[0])
         },
         REPLCommand("/checkpoints", "", "fine-tune checkpoints in the store") { engine, _ in try engine.listCheckpoints() },
-        REPLCommand("/finetune", "--data F --out DIR [--mode \(FineTuneMode.allCases.map(\.rawValue).joined(separator: "|"))] [--steps N] …",
-                    "fine-tune the loaded model (vlmsh finetune --help lists the options)", completion: .filePaths) { engine, args in
-            try engine.finetune(try args.words())
-        },
         REPLCommand("/adapter", "load PATH | unload", "apply a LoRA / projector folder (PEFT or vlmsh), or remove it",
                     completion: .choices(["load", "unload"], rest: .filePaths)) { engine, args in
             try engine.adapter(try args.words(), usage: args.usageError)
-        },
-        REPLCommand("/eval", "--data F [--limit N] [--blank-images] …", "score the loaded model (vlmsh eval --help lists the options)",
-                    completion: .filePaths) { engine, args in
-            try engine.evaluate(try args.words())
         },
         REPLCommand("/evals", "DATA", "stored evals of a data file, oldest first", completion: .filePaths) { engine, args in
             let words = try args.words()
             guard words.count == 1 else { throw args.usageError }
             try engine.storedEvals(words[0])
         },
-        REPLCommand("/make-demo-data", "--out DIR …", "write the synthetic shapes dataset (vlmsh make-demo-data --help)",
-                    completion: .filePaths) { engine, args in
-            engine.console.line(try engine.parse(DemoDataCommand.self, try args.words(), usage: args.usage).execute().line)
-        },
-        REPLCommand("/init-llava", "--out DIR …", "a new LLaVA folder around a language model (vlmsh init-llava --help)",
-                    completion: .filePaths) { engine, args in
-            engine.console.line(try engine.parse(InitLlavaCommand.self, try args.words(), usage: args.usage).execute())
-        },
-        REPLCommand("/merge", "--model M --adapter DIR --out DIR", "an adapter merged into a new model folder (vlmsh merge --help)",
-                    completion: .filePaths) { engine, args in
-            engine.console.line(try engine.parse(MergeCommand.self, try args.words(), usage: args.usage).execute().line)
-        },
-        REPLCommand("/help", "", "this list") { engine, _ in engine.console.line(Engine.help) },
+        REPLCommand("/help", "", "this list") { engine, _ in engine.console.line(REPLCommand.help(engine.commands)) },
         REPLCommand("/quit", aliases: ["/exit", "/bye"], "", "leave (Ctrl-D also quits; Ctrl-C stops a reply)", action: .quit),
     ]
 
     public static let settable = ["temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens", "system", "template"]
 
-    /// The command `name` (or one of its aliases) names.
-    public static func command(named name: String) -> REPLCommand? {
-        commands.first { $0.name == name || $0.aliases.contains(name) }
+    /// The built-in commands with `tools` (commands a front end adds) before /help and /quit.
+    public static func commands(inserting tools: [REPLCommand]) -> [REPLCommand] {
+        var table = builtInCommands
+        table.insert(contentsOf: tools, at: table.firstIndex { $0.name == "/help" } ?? table.endIndex)
+        return table
+    }
+}
+
+extension REPLCommand {
+    /// The command `name` (or one of its aliases) names in `table`.
+    public static func named(_ name: String, in table: [REPLCommand]) -> REPLCommand? {
+        table.first { $0.name == name || $0.aliases.contains(name) }
     }
 
     /// The /help text: one line per command of the table, then how multi-line messages work.
-    public static var help: String {
+    public static func help(_ table: [REPLCommand]) -> String {
         let width = 24
         var lines: [String] = []
-        for command in commands {
+        for command in table {
             let head = ([command.name] + command.aliases).joined(separator: ", ") + (command.synopsis.isEmpty ? "" : " " + command.synopsis)
             if head.count < width {
                 lines.append(head.padding(toLength: width, withPad: " ", startingAt: 0) + command.help)
@@ -162,12 +152,12 @@ extension Engine {
     }
 
     /// Tab completion from the table: `before` is the line up to the word being completed.
-    public static func completions(before: String, word: String) -> CompletionAnswer {
+    public static func completions(in table: [REPLCommand], before: String, word: String) -> CompletionAnswer {
         let earlier = before.split(whereSeparator: \.isWhitespace).map(String.init)
         guard let name = earlier.first else {
-            return .words((commands.flatMap { [$0.name] + $0.aliases }).filter { $0.hasPrefix(word) })
+            return .words(table.flatMap { [$0.name] + $0.aliases }.filter { $0.hasPrefix(word) })
         }
-        guard let command = command(named: name) else { return .words([]) }
+        guard let command = named(name, in: table) else { return .words([]) }
         return completions(command.completion, argument: earlier.count - 1, word: word)
     }
 
