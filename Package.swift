@@ -43,9 +43,14 @@ let package = Package(
         .target(name: "VLMTraining", dependencies: ["VLMTensor", "VLMAutodiff", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration"], swiftSettings: fast),
         // SQLite session store.
         .target(name: "VLMStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
-        // Command-line interface (subcommands and REPL).
+        // The application: the REPL engine (chat, sessions, command table), replay, fine-tune and
+        // eval runs; it reports progress as events and never parses arguments or draws.
+        .target(name: "VLMApp", dependencies: [
+            "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMTraining", "VLMStore",
+        ], swiftSettings: fast),
+        // Command-line interface: subcommands' arguments, line editing, progress bars, JSON output.
         .target(name: "VLMCLI", dependencies: [
-            "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMTraining", "VLMStore", "VLMDemo",
+            "VLMApp", "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMTraining", "VLMStore", "VLMDemo",
             "CReadline", .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], swiftSettings: fast),
         .executableTarget(name: "vlmsh", dependencies: ["VLMCLI"]),
@@ -58,6 +63,6 @@ let package = Package(
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMAutodiff", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
         .testTarget(name: "VLMTrainingTests", dependencies: ["VLMTraining", "VLMAutodiff", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
-        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMStore"]),
+        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMApp", "VLMStore", "VLMModels", "VLMTraining"]),
     ]
 )

@@ -24,6 +24,7 @@ struct BenchCommand: AsyncParsableCommand {
     func validate() throws {
         if prefill < 1 || decode < 1 || rounds < 1 { throw ValidationError("--prefill, --decode and --rounds must be ≥ 1") }
         if train && vision != nil { throw ValidationError("give at most one of --train and --vision") }
+        if train || vision != nil { try model.rejectAdapter("the --train and --vision benches use random weights") }
         if seq < 2 || batch < 1 || steps < 1 || loraRank < 1 { throw ValidationError("--seq must be ≥ 2; --batch, --steps and --lora-r ≥ 1") }
     }
 

@@ -23,28 +23,15 @@ struct DemoDataCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Test images.") var test = 500
     @Option(name: .long, help: "Dataset seed; each split derives its own.") var seed: UInt64 = 0
     @Option(name: .long, help: "Image side in pixels.") var imageSize = 64
-    @Option(name: .long, help: "scattered (one to four shapes), tiles (one shape in all nine cells) or copies (one shape in one to nine cells); the last two are for alignment.") var layout = "scattered"
+    @Option(name: .long, help: "scattered: one to four shapes; tiles: one shape in all nine cells; copies: one shape in one to nine cells (the last two are for alignment).") var layout: SceneLayout = .scattered
     @Option(name: .long, help: "How far shapes move within their cells: 0 centred … 1 anywhere.") var jitter = 1.0
-    @Option(name: .long, help: "Only questions of these kinds (a comma list; caption alone is pretraining data).") var kinds: String?
+    @Option(name: .long, help: "Only questions of these kinds (a comma list; caption alone is pretraining data).") var kinds: DemoKindList?
     @Flag(name: .long, help: "train.json: one multi-turn conversation per image (every question, caption last) instead of one record per question.") var multiTurn = false
     @Flag(name: .long, help: "Print one JSON object instead of the summary line.") var json = false
 
-    static func parseKinds(_ text: String) throws -> Set<DemoQuestionKind> {
-        Set(try text.split(separator: ",").map { name in
-            guard let kind = DemoQuestionKind(rawValue: name.trimmingCharacters(in: .whitespaces)) else {
-                throw ValidationError("--kinds: unknown kind '\(name)' (kinds: \(DemoQuestionKind.allCases.map(\.rawValue).joined(separator: ", ")))")
-            }
-            return kind
-        })
-    }
-
-    var style: SceneStyle { SceneStyle(layout: SceneLayout(rawValue: layout) ?? .scattered, jitter: jitter) }
+    var style: SceneStyle { SceneStyle(layout: layout, jitter: jitter) }
 
     func validate() throws {
-        if let kinds { _ = try Self.parseKinds(kinds) }
-        if SceneLayout(rawValue: layout) == nil {
-            throw ValidationError("--layout: unknown layout '\(layout)' (layouts: \(SceneLayout.allCases.map(\.rawValue).joined(separator: ", ")))")
-        }
         if !(0...1).contains(jitter) { throw ValidationError("--jitter must be in 0...1") }
         if train < 0 || validation < 0 || test < 0 { throw ValidationError("--train, --validation and --test must be ≥ 0") }
         let sizes = ShapeScene.imageSizes
@@ -57,7 +44,7 @@ struct DemoDataCommand: AsyncParsableCommand {
     func execute() throws -> (summary: DemoDataset.Summary, line: String) {
         let summary = try DemoDataset.write(
             to: out, counts: [.train: train, .validation: validation, .test: test], seed: seed, imageSize: imageSize,
-            style: style, multiTurnTrain: multiTurn, kinds: try kinds.map(Self.parseKinds))
+            style: style, multiTurnTrain: multiTurn, kinds: kinds?.kinds)
         let rate = Double(summary.images) / max(summary.seconds, 1e-9)
         let parts = summary.splits.map { "\($0.split.rawValue) \($0.images)/\($0.records)" }.joined(separator: ", ")
         return (summary, "\(summary.images) images, \(summary.records) records (\(parts) images/records), "
@@ -76,7 +63,7 @@ struct DemoDataCommand: AsyncParsableCommand {
                 ] as [String: Any]
             }
             try printJSON([
-                "out": out, "seed": seed, "image_size": imageSize, "layout": layout, "jitter": jitter, "version": DemoDataset.version,
+                "out": out, "seed": seed, "image_size": imageSize, "layout": layout.rawValue, "jitter": jitter, "version": DemoDataset.version,
                 "images": summary.images, "records": summary.records, "splits": splits,
                 "seconds": summary.seconds, "images_per_second": rate, "threads": Parallel.threads,
             ])

@@ -22,18 +22,14 @@ struct MergeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The base model: a Hugging Face folder or a name in the model store.") var model: String
     @Option(name: .long, help: "The adapter folder: a PEFT LoRA, projector weights, or both.") var adapter: String
     @Option(name: .long, help: "The new model folder (must not exist).") var out: String
-    @Option(name: .long, help: "Tensor encoding of the merged weights: f32, f16 or bf16.") var dtype = "f32"
+    @Option(name: .long, help: "Tensor encoding of the merged weights.") var dtype: MergeDType = .f32
     @Flag(name: .long, help: "Print one JSON object.") var json = false
-
-    func validate() throws {
-        if MergeDType(rawValue: dtype.lowercased()) == nil { throw ValidationError("--dtype must be f32, f16 or bf16") }
-    }
 
     /// Merges; returns the report and the summary line.
     func execute() throws -> (report: MergeReport, base: String, line: String) {
         let base = try ModelStore.resolve(model)
         let report = try ProgressBar.run("merging into \((out as NSString).lastPathComponent)") { _ in
-            try Merge.run(model: base, adapter: adapter, output: out, dtype: MergeDType(rawValue: dtype.lowercased())!)
+            try Merge.run(model: base, adapter: adapter, output: out, dtype: dtype)
         }
         var what: [String] = []
         if report.mergedWeights > 0 { what.append("LoRA into \(report.mergedWeights) weights") }

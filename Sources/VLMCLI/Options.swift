@@ -1,13 +1,16 @@
 import ArgumentParser
 import Foundation
+import VLMApp
 import VLMGeneration
 import VLMImage
 import VLMModels
 import VLMStore
 import VLMTensor
 import VLMTokenizers
+import VLMTraining
 
-/// Which model to load and how to talk to it.
+/// Which model to load, with which adapter, and how to talk to it: shared by every command
+/// that runs a model, so each takes the same options.
 struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "A .gguf file, a Hugging Face folder, or a name in the model store.")
     var model = "smollm2"
@@ -15,12 +18,33 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Chat template name from prompts/ (default: detected from the model).")
     var template: String?
 
-    func load() throws -> ChatModel {
-        try loadChatModel(path: ModelStore.resolve(model), template: template)
+    @Option(name: .long, help: "An adapter folder to apply: a PEFT LoRA, projector or vision tower weights, or a fine-tune's output (llama.cpp's --lora).")
+    var adapter: String?
+
+    /// The model file or folder `--model` names.
+    func path() throws -> String { try ModelStore.resolve(model) }
+
+    func load() throws -> ChatModel { try loadWithAdapter().model }
+
+    /// The model with `--adapter` applied, and the applied adapter (for records).
+    func loadWithAdapter(progress: Bool = false) throws -> (model: ChatModel, adapter: AppliedAdapter?) {
+        let path = try path()
+        let chat = try ProgressBar.run("loading \((path as NSString).lastPathComponent)", enabled: progress && ProgressBar.stderrIsTerminal) { _ in
+            try loadChatModel(path: path, template: template)
+        }
+        return (chat, try adapter.map { try AppliedAdapter.apply(directory: $0, to: chat) })
     }
 
+    /// A text model (GGUF or Hugging Face folder) with `--adapter`'s LoRA applied.
     func loadText() throws -> TextModel {
-        try TextModel(path: ModelStore.resolve(model), template: template)
+        let text = try TextModel(path: path(), template: template)
+        if let adapter { _ = try AppliedAdapter.apply(directory: adapter, to: text) }
+        return text
+    }
+
+    /// For commands that take a model but no adapter: `--adapter` is an error saying what to use.
+    func rejectAdapter(_ instead: String) throws {
+        if adapter != nil { throw ValidationError("--adapter: \(instead)") }
     }
 }
 

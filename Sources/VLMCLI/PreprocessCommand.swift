@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VLMApp
 import VLMFormats
 import VLMGeneration
 import VLMImage

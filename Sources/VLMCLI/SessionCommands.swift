@@ -1,13 +1,8 @@
 import ArgumentParser
 import Foundation
+import VLMApp
 import VLMModels
 import VLMStore
-
-/// Opens the store at `$VLMSH_HOME/vlmsh.sqlite`.
-func openStore() throws -> Store {
-    try FileManager.default.createDirectory(atPath: ModelStore.home, withIntermediateDirectories: true)
-    return try Store(path: ModelStore.home + "/vlmsh.sqlite")
-}
 
 struct ChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "chat", abstract: "The interactive REPL (the default command).")
@@ -24,7 +19,7 @@ struct RunCommand: AsyncParsableCommand {
 
     func run() async throws {
         let console: Console = json ? TranscriptConsole() : TerminalConsole()
-        let engine = Engine(console: console, store: try openStore())
+        let engine = Engine(console: console, store: try openStore(), commands: REPLCommands.all)
         engine.defaultModel = model
         guard FileManager.default.isReadableFile(atPath: script) else { throw UsageError("\(script): cannot read script") }
         var failure: Error?
@@ -98,12 +93,11 @@ struct ShowCommand: AsyncParsableCommand {
 struct ExportCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "export", abstract: "Export a session as md, jsonl, or LLaVA training data.")
     @Argument(help: "Session id or name.") var session: String
-    @Option(name: .long, help: "md, jsonl or llava.") var format = "md"
+    @Option(name: .long, help: "md (a transcript), jsonl (one turn per line) or llava (conversations and image paths for fine-tuning).") var format: ExportFormat = .md
 
     func run() async throws {
-        guard let f = ExportFormat(rawValue: format) else { throw ValidationError("--format must be md, jsonl or llava") }
         let store = try openStore()
         let id = try Engine(console: TerminalConsole(), store: store).sessionID(session)
-        print(try store.export(session: id, format: f))
+        print(try store.export(session: id, format: format))
     }
 }

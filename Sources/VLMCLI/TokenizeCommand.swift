@@ -11,6 +11,8 @@ struct TokenizeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Text to tokenize.") var text: String
     @Flag(name: .long, help: "Print one JSON object.") var json = false
 
+    func validate() throws { try model.rejectAdapter("an adapter does not change the tokenizer") }
+
     func run() async throws {
         let tokenizer = try loadTokenizer(ModelStore.resolve(model.model))
         let ids = tokenizer.encode(text, addSpecialTokens: false)

@@ -10,8 +10,9 @@ import Glibc
 // that loads (in vlmsh or transformers) without PEFT. Each LoRA-adapted linear weight becomes
 // W' = W + scale · B · A, computed in Float32; a trained projector replaces the base's. Every
 // other tensor is copied under its original name, so the output keeps the input's key layout
-// (llava-hf, transformers 5 or original LLaVA), and the non-weight files (config.json,
-// tokenizer and preprocessor files, an original LLaVA's vision tower folder) are copied as is.
+// (llava-hf, transformers 5 or original LLaVA), and the files a model folder needs (config.json,
+// tokenizer, chat template and preprocessor files, an original LLaVA's vision tower folder) are
+// copied as is; nothing else beside the base weights is.
 //
 // Hugging Face folders only: a GGUF file has no tokenizer.json to copy, and llama.cpp stores
 // Llama Q/K rows permuted for interleaved RoPE, so it cannot be written back as HF weights here.
@@ -216,22 +217,32 @@ public enum Merge {
         return try LlamaModel(config: config, weights: weights, ropePairing: .halves)
     }
 
-    /// Files that are weights (replaced by the merged model.safetensors), not copied.
-    static func isWeightFile(_ name: String) -> Bool {
-        name == "model.safetensors.index.json" || name == "pytorch_model.bin.index.json"
-            || [".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack"].contains { name.hasSuffix($0) }
+    /// The files a model folder needs besides its weights: config, tokenizer, chat template,
+    /// image processor and generation settings. Anything else beside the base weights (notes,
+    /// stray checkpoints, an adapter's files) stays behind.
+    static func isModelFile(_ name: String) -> Bool {
+        let files: Set<String> = [
+            "config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+            "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
+            "vocab.json", "vocab.txt", "merges.txt",
+        ]
+        return files.contains(name) || name.hasPrefix("chat_template")
     }
 
-    /// Copies everything but top-level weight files (subfolders whole: an original LLaVA's vision
-    /// tower lives in one). Returns the names copied.
+    /// Copies the model files (`isModelFile`) and, for an original LLaVA, the vision tower folder
+    /// its config.json names when that folder lies inside the base. Returns the names copied.
     static func copyNonWeightFiles(from source: String, to destination: String) throws -> [String] {
         let fm = FileManager.default
+        let config = fm.contents(atPath: source + "/config.json").flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
+        let base = URL(fileURLWithPath: source, isDirectory: true)
+        let towerFolder = (config?["mm_vision_tower"] as? String).map { URL(fileURLWithPath: $0, relativeTo: base).standardizedFileURL.path }
         var copied: [String] = []
         for name in try fm.contentsOfDirectory(atPath: source).sorted() where !name.hasPrefix(".") {
             let path = source + "/" + name
             var isDirectory: ObjCBool = false
             _ = fm.fileExists(atPath: path, isDirectory: &isDirectory)
-            if !isDirectory.boolValue && isWeightFile(name) { continue }
+            let wanted = isDirectory.boolValue ? towerFolder == URL(fileURLWithPath: path).standardizedFileURL.path : isModelFile(name)
+            guard wanted else { continue }
             do { try fm.copyItem(atPath: path, toPath: destination + "/" + name) } catch {
                 throw FormatError(path, "cannot copy into the merged folder (\(error.localizedDescription))")
             }

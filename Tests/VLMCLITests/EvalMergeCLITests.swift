@@ -156,6 +156,26 @@ final class EvalMergeCLITests: XCTestCase {
         assertOneLineError(try vlmsh(["merge", "--model", Self.base, "--adapter", Self.loraInit, "--out", out]), mentions: [out, "already exists"])
     }
 
+    /// merge copies what a model folder needs (config, tokenizer, processor, chat template), not
+    /// every file beside the base weights.
+    func testMergeCopiesOnlyModelFiles() throws {
+        let base = try temporaryDirectory() + "/base"
+        try FileManager.default.createDirectory(atPath: base + "/old-run", withIntermediateDirectories: true)
+        for name in try FileManager.default.contentsOfDirectory(atPath: Self.base) {
+            try FileManager.default.createSymbolicLink(atPath: base + "/" + name, withDestinationPath: Self.base + "/" + name)
+        }
+        for stray in ["notes.txt", "optimizer.bin", "old-run/trainer_state.json"] {
+            try Data("stray".utf8).write(to: URL(fileURLWithPath: base + "/" + stray))
+        }
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: base + "/chat_template.json"))
+        let out = try temporaryDirectory() + "/merged"
+        let m = try json(vlmsh(["merge", "--model", base, "--adapter", Self.loraInit, "--out", out, "--dtype", "F16", "--json"]))
+        let expected = ["chat_template.json", "config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json", "tokenizer_config.json"]
+        XCTAssertEqual(m["copied"] as? [String], expected)
+        XCTAssertEqual(m["dtype"] as? String, "f16")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).sorted(), (expected + ["model.safetensors"]).sorted())
+    }
+
     func testBadAdapterFolderIsOneErrorLine() throws {
         let empty = try temporaryDirectory()
         assertOneLineError(try vlmsh(["eval", "--model", Self.base, "--adapter", empty, "--data", Self.examples, "--no-store"]),

@@ -318,6 +318,31 @@ final class REPLTests: XCTestCase {
         XCTAssertEqual(t.waitForExit(), 0, t.output)
     }
 
+    /// A path with a space, quoted, reaches /image whole; an unterminated quote is one error line
+    /// and the REPL goes on.
+    func testQuotedImagePathWithASpace() throws {
+        let model = LlavaCLITests.llava.appendingPathComponent("clip-llama").path
+        let folder = try scratchDirectory("vlmsh-repl") + "/my pics"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: LlavaCLITests.llava.appendingPathComponent("images/square.png").path,
+                                         toPath: folder + "/square 1.png")
+        let t = try Terminal(home: try home(withDefaultModel: false), arguments: ["--model", model])
+        defer { t.stop() }
+        guard t.expect(">>> ", timeout: 60) else { return }
+        t.enter("/image \"\(folder)/square 1.png\"")
+        XCTAssertTrue(t.output.contains("attached \(folder)/square 1.png (40×40)"), t.output)
+        t.enter("/image '\(folder)/square 1.png' \(folder.replacingOccurrences(of: " ", with: "\\ "))/square\\ 1.png")
+        XCTAssertEqual(t.occurrences("attached \(folder)/square 1.png (40×40)"), 3, t.output)
+        t.enter("/image \"\(folder)/square 1.png")
+        XCTAssertTrue(t.text(after: "square 1.png\r\n").contains("error: unterminated \" quote"), t.output)
+        t.enter("/frobnicate")
+        t.expect("unknown command /frobnicate")
+        t.enter("/show")
+        XCTAssertTrue(t.text(after: "/show").contains("16 positions per image"), t.output)
+        t.type("/quit\r")
+        XCTAssertEqual(t.waitForExit(), 0, t.output)
+    }
+
     // MARK: - Progress bar and sparkline
 
     func testProgressBarRendering() {

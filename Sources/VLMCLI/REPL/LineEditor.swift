@@ -1,9 +1,10 @@
 @preconcurrency import CReadline
 import Foundation
+import VLMApp
 import VLMModels
 
-/// GNU readline with a persistent history file and completion of commands, `/set` keys,
-/// model names (after `/load`) and file paths (after `/image`, `/load`, `/run`).
+/// GNU readline with a persistent history file and Tab completion as the REPL's command table
+/// says (command names, `/set` keys, model names, file paths).
 final class LineEditor {
     let historyPath: String
 
@@ -67,26 +68,16 @@ nonisolated(unsafe) private var completionCandidates: [String] = []
 private func completeLine(_ text: UnsafePointer<CChar>?, _ start: Int32, _ end: Int32) -> UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? {
     let word = text.map { String(cString: $0) } ?? ""
     let line = String(cString: rl_line_buffer)
-    let before = String(line.utf8.prefix(Int(start))) ?? ""
-    let command = before.split(separator: " ").first.map(String.init) ?? ""
-    rl_attempted_completion_over = 1
-    if start == 0 {
-        completionCandidates = Engine.commands.filter { $0.hasPrefix(word) }
-    } else if command == "/set" && before.split(separator: " ").count == 1 {
-        completionCandidates = Engine.settable.filter { $0.hasPrefix(word) }
-    } else if command == "/load" {
-        completionCandidates = ModelStore.names().filter { $0.hasPrefix(word) }
-        if completionCandidates.isEmpty || word.contains("/") || word.hasPrefix(".") {
-            rl_attempted_completion_over = 0   // fall back to readline's file names
-            return nil
-        }
-    } else if ["/image", "/run"].contains(command) {
-        rl_attempted_completion_over = 0
+    let before = String(decoding: line.utf8.prefix(Int(start)), as: UTF8.self)
+    switch REPLCommand.completions(in: REPLCommands.all, before: before, word: word) {
+    case .filePaths:
+        rl_attempted_completion_over = 0   // readline's own file names
         return nil
-    } else {
-        completionCandidates = []
+    case .words(let words):
+        rl_attempted_completion_over = 1
+        completionCandidates = words
+        return rl_completion_matches(word, nextCandidate)
     }
-    return rl_completion_matches(word, nextCandidate)
 }
 
 private func nextCandidate(_ text: UnsafePointer<CChar>?, _ state: Int32) -> UnsafeMutablePointer<CChar>? {

@@ -1,4 +1,5 @@
 import Foundation
+import VLMApp
 import VLMModels
 import VLMStore
 
@@ -7,9 +8,7 @@ struct REPL {
     let model: String
 
     func run() throws {
-        try FileManager.default.createDirectory(atPath: ModelStore.home, withIntermediateDirectories: true)
-        let store = try Store(path: ModelStore.home + "/vlmsh.sqlite")
-        let engine = Engine(console: TerminalConsole(), store: store)
+        let engine = Engine(console: TerminalConsole(), store: try openStore(), commands: REPLCommands.all)
         Interrupt.install()
         engine.shouldStop = { Interrupt.take() }
         let editor = LineEditor(historyPath: ModelStore.home + "/history")

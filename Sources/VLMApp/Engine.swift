@@ -1,4 +1,3 @@
-import ArgumentParser
 import Foundation
 import VLMGeneration
 import VLMImage
@@ -37,10 +36,13 @@ public final class Engine {
     public var parentSession: Int64?
     /// The adapter `/adapter load` applied, until `/adapter unload` or another model.
     var activeAdapter: AppliedAdapter?
+    /// The commands this engine dispatches (and /help lists).
+    public let commands: [REPLCommand]
 
-    public init(console: Console, store: Store) {
+    public init(console: Console, store: Store, commands: [REPLCommand] = Engine.builtInCommands) {
         self.console = console
         self.store = store
+        self.commands = commands
     }
 
     // MARK: - Input
@@ -64,128 +66,66 @@ public final class Engine {
         return true
     }
 
-    public static let commands = [
-        "/load", "/image", "/clear", "/set", "/show", "/history", "/save", "/sessions", "/open", "/replay",
-        "/run", "/adapter", "/finetune", "/eval", "/checkpoints", "/evals", "/make-demo-data", "/init-llava", "/merge", "/stats", "/help", "/quit",
-    ]
-
-    public static let settable = ["temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "max_tokens", "system", "template"]
-
+    /// A `/command …` entry, dispatched through the command table.
     private func command(_ entry: String) throws -> Bool {
-        let parts = entry.split(separator: " ", omittingEmptySubsequences: true).map(String.init)
-        let name = parts[0], args = Array(parts.dropFirst())
-        let rest = entry.dropFirst(name.count).trimmingCharacters(in: .whitespaces)
-        switch name {
-        case "/quit", "/exit", "/bye":
+        let name = String(entry.prefix { !$0.isWhitespace })
+        guard let command = REPLCommand.named(name, in: commands) else { throw UsageError("unknown command \(name); /help lists them") }
+        switch command.action {
+        case .quit:
             return false
-        case "/help":
-            console.line(Self.help)
-        case "/load":
-            guard args.count == 1 else { throw UsageError("/load MODEL (a .gguf file, a model folder, or a store name)") }
-            try load(args[0])
-        case "/image":
-            guard !args.isEmpty else { throw UsageError("/image PATH… (attached to the next message)") }
-            for path in args { try attach(path) }
-        case "/clear":
-            try requireModel()
-            chat = ChatSession(model: model!, system: system)
-            sessionID = nil
-            pendingImages = []
-            console.line("new chat")
-        case "/set":
-            guard args.count >= 2 || (args.count == 1 && ["system", "seed", "template"].contains(args[0])) else {
-                throw UsageError("/set \(Self.settable.joined(separator: "|")) VALUE")
-            }
-            try set(args[0], rest.dropFirst(args[0].count).trimmingCharacters(in: .whitespaces))
-        case "/show":
-            show()
-        case "/history":
-            for m in chat?.messages ?? [] { console.line("\(m.role.rawValue): \(m.text)") }
-        case "/stats":
-            guard let s = lastStats else { console.line("no reply yet"); break }
-            console.line(String(format: "time to first token %.3f s, prefill %.1f tok/s (%d tokens), decode %.1f tok/s (%d tokens)",
-                                s.timeToFirstToken, s.prefillTokensPerSecond, s.promptTokens, s.decodeTokensPerSecond, s.generatedTokens))
-        case "/save":
-            guard args.count == 1 else { throw UsageError("/save NAME") }
-            let id = try ensureSession()
-            try store.renameSession(id, to: args[0])
-            console.line("session \(id) saved as '\(args[0])'")
-        case "/sessions":
-            for s in try store.sessions() {
-                console.line("\(s.id)\t\(s.name ?? "-")\t\(Self.date(s.created))\t\(s.turnCount) turns\t\(s.modelPath ?? "")")
-            }
-        case "/open":
-            guard args.count == 1 else { throw UsageError("/open ID|NAME") }
-            try open(args[0])
-        case "/replay":
-            guard let target = args.first, args.count <= 2, args.count == 1 || args[1] == "--check" else {
-                throw UsageError("/replay ID [--check]")
-            }
-            let report = try Replay(store: store, console: console, shouldStop: shouldStop).run(try sessionID(target), check: args.count == 2)
-            console.line(report.summary)
-        case "/run":
-            guard args.count == 1 else { throw UsageError("/run FILE.vlm") }
-            try runScript(args[0])
-        case "/checkpoints":
-            let all = try store.checkpoints()
-            if all.isEmpty { console.line("no checkpoints yet") }
-            for c in all { console.line("run \(c.run)\tstep \(c.step)\t\(c.kind.rawValue)\t\(c.path)") }
-        case "/finetune":
-            try finetune(args)
-        case "/adapter":
-            try adapter(args)
-        case "/eval":
-            try evaluate(args)
-        case "/evals":
-            try storedEvals(args)
-        case "/make-demo-data":
-            console.line(try parse(DemoDataCommand.self, args, usage: "/make-demo-data --out DIR [--train N] … (vlmsh make-demo-data --help)").execute().line)
-        case "/init-llava":
-            console.line(try parse(InitLlavaCommand.self, args, usage: "/init-llava --out DIR [--text-model M] … (vlmsh init-llava --help)").execute())
-        case "/merge":
-            console.line(try parse(MergeCommand.self, args, usage: "/merge --model M --adapter DIR --out DIR (vlmsh merge --help)").execute().line)
-        default:
-            throw UsageError("unknown command \(name); /help lists them")
+        case .run(let body):
+            let text = entry.dropFirst(name.count).trimmingCharacters(in: .whitespaces)
+            try body(self, CommandArguments(name: name, usage: command.usage, text: text))
+            return true
         }
-        return true
     }
 
-    /// A subcommand's arguments parsed as `vlmsh` would, or one usage line.
-    private func parse<C: ParsableCommand>(_ type: C.Type, _ args: [String], usage: String) throws -> C {
-        do { return try C.parse(args) } catch { throw UsageError("\(C.configuration.commandName ?? ""): \(C.message(for: error)) (usage: \(usage))") }
+    // MARK: - Chat and store listings
+
+    func clearChat() throws {
+        try requireModel()
+        restartChat()
+        console.line("new chat")
     }
 
-    static let help = """
-        /load MODEL            load a .gguf file, a model folder or a store name
-        /image PATH…           attach images to the next message
-        /clear                 start a new chat with the same model
-        /set KEY VALUE         temperature, top_p, top_k, min_p, repeat_penalty, seed, max_tokens, system, template
-        /show                  model, architecture, parameters, template
-        /history               this chat's messages
-        /stats                 time to first token and tokens/s of the last reply
-        /save NAME             name this session
-        /sessions              stored sessions
-        /open ID|NAME          continue a stored session
-        /replay ID [--check]   re-run a stored session; --check compares replies
-        /run FILE.vlm          run a notebook script
-        /checkpoints           fine-tune checkpoints in the store
-        /finetune --data F --out DIR [--mode lora|projector|lora+projector|vision+…] [--steps N] …
-                               fine-tune the loaded model (vlmsh finetune --help lists the options)
-        /adapter load|unload PATH  apply a LoRA / projector folder (PEFT or vlmsh), or remove it
-        /eval --data F [--limit N] [--blank-images] …  score the loaded model (vlmsh eval --help)
-        /evals DATA                   stored evals of a data file, oldest first
-        /make-demo-data --out DIR …   write the synthetic shapes dataset (vlmsh make-demo-data --help)
-        /init-llava --out DIR …       a new LLaVA folder around a language model (vlmsh init-llava --help)
-        /merge --model M --adapter DIR --out DIR   an adapter merged into a new model folder
-        /help, /quit           (Ctrl-D also quits; Ctrl-C stops a reply)
-        \"\"\"                    starts and ends a multi-line message
-        """
+    func history() {
+        for m in chat?.messages ?? [] { console.line("\(m.role.rawValue): \(m.text)") }
+    }
+
+    func stats() {
+        guard let s = lastStats else { console.line("no reply yet"); return }
+        console.line(String(format: "time to first token %.3f s, prefill %.1f tok/s (%d tokens), decode %.1f tok/s (%d tokens)",
+                            s.timeToFirstToken, s.prefillTokensPerSecond, s.promptTokens, s.decodeTokensPerSecond, s.generatedTokens))
+    }
+
+    func save(as name: String) throws {
+        let id = try ensureSession()
+        try store.renameSession(id, to: name)
+        console.line("session \(id) saved as '\(name)'")
+    }
+
+    func listSessions() throws {
+        for s in try store.sessions() {
+            console.line("\(s.id)\t\(s.name ?? "-")\t\(Self.date(s.created))\t\(s.turnCount) turns\t\(s.modelPath ?? "")")
+        }
+    }
+
+    func replay(_ reference: String, check: Bool) throws {
+        let report = try Replay(store: store, console: console, shouldStop: shouldStop).run(try sessionID(reference), check: check)
+        console.line(report.summary)
+    }
+
+    func listCheckpoints() throws {
+        let all = try store.checkpoints()
+        if all.isEmpty { console.line("no checkpoints yet") }
+        for c in all { console.line("run \(c.run)\tstep \(c.step)\t\(c.kind.rawValue)\t\(c.path)") }
+    }
 
     // MARK: - Model and settings
 
     public func load(_ reference: String) throws {
         let path = try ModelStore.resolve(reference)
-        let loaded = try ProgressBar.run("loading \((path as NSString).lastPathComponent)") { _ in
+        let loaded = try console.task("loading \((path as NSString).lastPathComponent)") {
             try loadChatModel(path: path, template: templateOverride)
         }
         activeAdapter = nil   // it belonged to the previous model
@@ -214,11 +154,20 @@ public final class Engine {
     /// Loaded on first use when nothing else was: scripts may start with a message.
     public var defaultModel = "smollm2"
 
-    private func requireModel() throws {
+    /// Loads the default model when none is loaded yet.
+    func requireModel() throws {
         if model == nil { try load(defaultModel) }
     }
 
-    func requireLoadedModel() throws { try requireModel() }
+    /// `/set KEY VALUE`. The value is the rest of the line as typed (a system prompt may hold
+    /// apostrophes), unquoted when it is one quoted word.
+    func set(_ args: CommandArguments) throws {
+        let key = String(args.text.prefix { !$0.isWhitespace })
+        var value = args.text.dropFirst(key.count).trimmingCharacters(in: .whitespaces)
+        if let first = value.first, first == "\"" || first == "'", let words = try? ShellWords.split(value), words.count == 1 { value = words[0] }
+        guard Self.settable.contains(key), !value.isEmpty || ["system", "seed", "template"].contains(key) else { throw args.usageError }
+        try set(key, value)
+    }
 
     private func set(_ key: String, _ value: String) throws {
         func number<T: LosslessStringConvertible>(_: T.Type) throws -> T {
@@ -240,11 +189,11 @@ public final class Engine {
             templateOverride = value.isEmpty ? nil : value
             if let path = modelPath { try load(path) }
         default:
-            throw UsageError("/set \(Self.settable.joined(separator: "|")) VALUE")
+            throw UsageError("usage: /set \(Self.settable.joined(separator: "|")) VALUE")
         }
     }
 
-    private func show() {
+    func show() {
         guard let model else { console.line("no model loaded"); return }
         console.line("model        \(modelPath ?? "")")
         if let text = model as? TextModel { console.line("architecture \(text.architecture)") }
@@ -299,7 +248,7 @@ public final class Engine {
         p.stopStrings += model!.template.stopStrings.filter { !p.stopStrings.contains($0) }
         let images = pendingImages
         pendingImages = []
-        let generator = try ProgressBar.steps({ $0 == 1 ? "encoding image" : "encoding \($0) images" }) { report in
+        let generator = try console.steps({ $0 == 1 ? "encoding image" : "encoding \($0) images" }) { report in
             try chat.send(text, images: images.map(\.input), parameters: p, encodeProgress: report)
         }
         while let token = try generator.next() {
@@ -333,7 +282,7 @@ public final class Engine {
 
     // MARK: - Sessions and scripts
 
-    func sessionID(_ reference: String) throws -> Int64 {
+    public func sessionID(_ reference: String) throws -> Int64 {
         if let id = Int64(reference), try store.session(id: id) != nil { return id }
         if let s = try store.session(named: reference) { return s.id }
         throw UsageError("no session '\(reference)'")
@@ -381,7 +330,7 @@ public final class Engine {
         }
     }
 
-    static func date(_ d: Date) -> String {
+    public static func date(_ d: Date) -> String {
         let f = DateFormatter()
         f.dateFormat = "yyyy-MM-dd HH:mm"
         return f.string(from: d)

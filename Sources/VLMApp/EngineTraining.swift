@@ -1,4 +1,3 @@
-import ArgumentParser
 import Foundation
 import VLMGeneration
 import VLMModels
@@ -6,18 +5,18 @@ import VLMStore
 import VLMTraining
 
 // The REPL's fine-tuning commands: /finetune trains the loaded model in place (the adapter is
-// active for the following chat), with the same options and store records as `vlmsh finetune`.
+// active for the following chat), with the same runner and store records as `vlmsh finetune`;
+// /eval scores it as `vlmsh eval` does.
 
 extension Engine {
     /// `/adapter load PATH` applies an adapter folder to the loaded model (one at a time);
     /// `/adapter unload` restores the model. The chat restarts on the changed weights.
-    func adapter(_ args: [String]) throws {
-        let usage = UsageError("/adapter load PATH | /adapter unload")
+    func adapter(_ args: [String], usage: UsageError) throws {
         guard let verb = args.first else { throw usage }
         switch verb {
         case "load":
             guard args.count == 2 else { throw usage }
-            try requireLoadedModel()
+            try requireModel()
             guard let model else { return }
             activeAdapter?.unload()
             activeAdapter = nil
@@ -36,25 +35,20 @@ extension Engine {
         }
     }
 
-    /// `/eval --data F …`: `vlmsh eval` on the loaded model as it is (with its adapter).
-    func evaluate(_ args: [String]) throws {
-        let command: EvalCommand
-        do { command = try EvalCommand.parse(args) } catch {
-            throw UsageError("/eval: \(EvalCommand.message(for: error)) (usage: /eval --data F [--limit N] [--max-new-tokens N] [--blank-images])")
-        }
-        guard command.adapter == nil else { throw UsageError("/eval evaluates the loaded model; apply an adapter with /adapter load PATH first") }
-        try requireLoadedModel()
+    /// `/eval`: the loaded model scored as it is (with its adapter); `store` records the scores.
+    public func evaluate(_ request: EvalRequest, store recording: Bool) throws {
+        try requireModel()
         guard let model, let path = modelPath else { return }
-        try command.evaluate(model, modelPath: path, applied: activeAdapter, store: command.noStore ? nil : store,
-                             print: { [console] in console.line($0) })
+        let outcome = try EvalRun.run(request, chat: model, modelPath: path, applied: activeAdapter,
+                                      store: recording ? store : nil, console: console)
+        console.line(outcome.summary)
     }
 
     /// `/evals DATA`: the stored evaluations of a data file, oldest first, one line per /eval
     /// (its exact-match scores overall and per kind), so a script can show before and after.
-    func storedEvals(_ args: [String]) throws {
-        guard args.count == 1 else { throw UsageError("/evals DATA (the data file an /eval scored)") }
-        let records = try store.evals(dataset: EvalCommand.absolute(args[0]))
-        if records.isEmpty { console.line("no stored evals of \(args[0])"); return }
+    func storedEvals(_ data: String) throws {
+        let records = try store.evals(dataset: EvalRun.absolute(data))
+        if records.isEmpty { console.line("no stored evals of \(data)"); return }
         // One /eval stores all its metrics with the same details; consecutive ids group them.
         var groups: [[EvalRecord]] = []
         for r in records {
@@ -79,42 +73,25 @@ extension Engine {
         }
     }
 
-    func finetune(_ args: [String]) throws {
-        let options: FineTuneOptions
-        do { options = try FineTuneOptions.parse(args) } catch {
-            throw UsageError("/finetune: \(FineTuneOptions.message(for: error)) (usage: /finetune --data F --out DIR [--mode lora|projector|lora+projector|vision+projector|vision+lora+projector] [--steps N] …)")
-        }
-        try requireLoadedModel()
+    /// `/finetune`: trains the loaded model; afterwards its weights are as before and the result
+    /// is applied as an adapter, so `/adapter unload` returns to the base model.
+    public func finetune(_ request: FineTuneRequest) throws {
+        try requireModel()
         guard let model, let path = modelPath else { return }
-        let interactive = console is TerminalConsole && ProgressBar.stderrIsTerminal
-        let runner = FineTuneRunner(chat: model, modelPath: URL(fileURLWithPath: path).standardizedFileURL.path, options: options,
-                                    store: store, output: interactive ? .interactive : .lines)
-        runner.session = currentSession
-        runner.printLine = { [console] in console.line($0) }
         // Training starts from the model as loaded: an applied adapter is taken off first.
         activeAdapter?.unload()
         activeAdapter = nil
-        // Training changes the loaded weights in place; afterwards they are put back and the
-        // result applied as an adapter, so /adapter unload returns to the base model.
-        // The model's own LoRA (a composed folder's) is part of the base.
-        let baseAdapters = AppliedAdapter.installedAdapters(on: model.decoder)
-        let projector = (model as? VisionLanguageModel)?.llava.projector
-        let original = projector.map(ProjectorFiles.snapshot)
-        let tower = (model as? VisionLanguageModel)?.llava.visionTransformer
-        let originalTower = tower.map(VisionTowerFiles.snapshot)
-        func restoreBase() throws {
-            try model.decoder.setAdapters(baseAdapters)
-            if let projector, let original { ProjectorFiles.apply(original, to: projector) }
-            if let tower, let originalTower { VisionTowerFiles.apply(originalTower, to: tower) }
-        }
+        let runner = FineTuneRunner(chat: model, modelPath: URL(fileURLWithPath: path).standardizedFileURL.path, request: request,
+                                    store: store, console: console)
+        runner.session = sessionID
+        // Training changes the loaded weights in place; the snapshot (the model's own LoRA is
+        // part of the base) puts them back, also when the run fails.
         let summary: FineTuneRunner.Summary
-        do { summary = try runner.run(shouldStop: shouldStop) } catch {
-            try? restoreBase()
+        do { summary = try WeightsSnapshot(of: model).restoring { try runner.run(shouldStop: shouldStop) } } catch {
             restartChat()
             throw error
         }
-        try restoreBase()
-        activeAdapter = try AppliedAdapter.apply(directory: options.out, to: model)
+        activeAdapter = try AppliedAdapter.apply(directory: request.out, to: model)
         // Cached image features and KV prefixes belong to the old weights.
         restartChat()
         console.line(summary.text)

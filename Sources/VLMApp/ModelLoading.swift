@@ -7,7 +7,7 @@ import VLMTraining
 /// Loads whatever a path holds as a chat model: a text model (GGUF or HF folder) or a LLaVA folder.
 /// A LLaVA folder that carries a PEFT LoRA (as LLaVA's LoRA checkpoints and composed folders do)
 /// gets it installed.
-func loadChatModel(path: String, template: String? = nil) throws -> ChatModel {
+public func loadChatModel(path: String, template: String? = nil) throws -> ChatModel {
     var isDirectory: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue,
        LlavaModel.isLlava(folder: path) {
@@ -19,15 +19,21 @@ func loadChatModel(path: String, template: String? = nil) throws -> ChatModel {
 }
 
 /// Whether a model folder carries its own LoRA (`adapter_config.json` beside config.json).
-func hasOwnAdapter(_ path: String) -> Bool {
+public func hasOwnAdapter(_ path: String) -> Bool {
     FileManager.default.fileExists(atPath: path + "/config.json") && FileManager.default.fileExists(atPath: path + "/adapter_config.json")
+}
+
+/// Opens the store at `$VLMSH_HOME/vlmsh.sqlite`.
+public func openStore() throws -> Store {
+    try FileManager.default.createDirectory(atPath: ModelStore.home, withIntermediateDirectories: true)
+    return try Store(path: ModelStore.home + "/vlmsh.sqlite")
 }
 
 /// A cheap identity for a model file or folder: the store's per-file fingerprint (size plus the
 /// first and last MB), combined over a folder's files; enough to tell a changed model from the
 /// recorded one without reading it all.
-enum ModelFingerprint {
-    static func compute(_ path: String) throws -> String {
+public enum ModelFingerprint {
+    public static func compute(_ path: String) throws -> String {
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDirectory) else { throw UsageError("\(path): no such file or folder") }
