@@ -10,8 +10,8 @@ import VLMTraining
 public func loadChatModel(path: String, template: String? = nil) throws -> ChatModel {
     var isDirectory: ObjCBool = false
     if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue,
-       LlavaModel.isLlava(folder: path) {
-        let model = try VisionLanguageModel(path: path, template: template)
+       let config = try ModelConfigFile.read(folder: path), config.isLlava {
+        let model = try VisionLanguageModel(path: path, config: config, template: template)
         if hasOwnAdapter(path) { _ = try AppliedAdapter.apply(directory: path, to: model) }
         return model
     }

@@ -8,30 +8,18 @@ import Glibc
 /// to a multiple of 8, then the tensors back to back. The file is written next to the target
 /// and renamed into place, so `path` never holds a partial file.
 public enum SafetensorsWriter {
+    /// Writes tensors already in memory.
     public static func write(_ tensors: [(name: String, tensor: Tensor, dtype: GGMLType)],
                              metadata: [String: String] = [:], to path: String) throws {
-        var names = Set<String>()
-        var entries: [String: Any] = [:]
-        var offset = 0
-        for t in tensors {
-            guard names.insert(t.name).inserted else { throw FormatError(path, "tensor '\(t.name)' is written twice") }
-            guard t.name != "__metadata__" else { throw FormatError(path, "'__metadata__' is not a tensor name") }
-            let dtype: String
-            switch t.dtype {
-            case .f32: dtype = "F32"
-            case .f16: dtype = "F16"
-            case .bf16: dtype = "BF16"
-            default: throw FormatError(path, "tensor '\(t.name)': cannot write \(t.dtype.name); use f32, f16 or bf16")
-            }
-            let bytes = t.tensor.count * (t.dtype == .f32 ? 4 : 2)
-            entries[t.name] = ["dtype": dtype, "shape": t.tensor.shape, "data_offsets": [offset, offset + bytes]] as [String: Any]
-            offset += bytes
-        }
-        if !metadata.isEmpty { entries["__metadata__"] = metadata }
-        var header = try JSONSerialization.data(withJSONObject: entries, options: [.sortedKeys])
-        // Pad so tensor data starts 8-byte aligned (the format allows trailing spaces).
-        header.append(contentsOf: [UInt8](repeating: 0x20, count: (8 - (8 + header.count) % 8) % 8))
+        _ = try write(tensors.map { ($0.name, $0.tensor.shape, $0.dtype) }, metadata: metadata, to: path) { tensors[$0].tensor }
+    }
 
+    /// Writes one tensor at a time: `tensor(i)` is asked for each entry in order and dropped
+    /// after writing, so a whole model is never held in Float32. Returns the file size.
+    @discardableResult
+    public static func write(_ entries: [(name: String, shape: [Int], dtype: GGMLType)], metadata: [String: String] = [:],
+                             to path: String, tensor: (Int) throws -> Tensor) throws -> Int {
+        let header = try self.header(entries, metadata: metadata, path: path)
         let folder = (path as NSString).deletingLastPathComponent
         let temp = (folder.isEmpty ? "." : folder) + "/.\((path as NSString).lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
         guard let file = fopen(temp, "wb") else {
@@ -49,18 +37,20 @@ public enum SafetensorsWriter {
             try put(&length, 8)
             try header.withUnsafeBytes { try put($0.baseAddress!, $0.count) }
             var chunk = [UInt16](repeating: 0, count: 1 << 16)
-            for t in tensors {
-                let n = t.tensor.count
-                if t.dtype == .f32 {
-                    try put(t.tensor.data, 4 * n)
+            for (index, entry) in entries.enumerated() {
+                let t = try tensor(index)
+                guard t.shape == entry.shape else { throw FormatError(path, "'\(entry.name)' came out as \(t.shape), expected \(entry.shape)") }
+                let n = t.count
+                if entry.dtype == .f32 {
+                    try put(t.data, 4 * n)
                     continue
                 }
                 var i = 0
                 while i < n {
                     let m = min(chunk.count, n - i)
                     for j in 0..<m {
-                        let x = t.tensor.data[i + j]
-                        chunk[j] = (t.dtype == .f16 ? Half.floatToF16(x) : Half.floatToBF16(x)).littleEndian
+                        let x = t.data[i + j]
+                        chunk[j] = (entry.dtype == .f16 ? Half.floatToF16(x) : Half.floatToBF16(x)).littleEndian
                     }
                     try chunk.withUnsafeBytes { try put($0.baseAddress!, 2 * m) }
                     i += m
@@ -78,5 +68,32 @@ public enum SafetensorsWriter {
             unlink(temp)
             throw error
         }
+        return 8 + header.count + entries.reduce(0) { $0 + $1.shape.reduce(1, *) * ($1.dtype == .f32 ? 4 : 2) }
+    }
+
+    /// The JSON header: names, dtypes, shapes and offsets, padded with spaces so tensor data
+    /// starts 8-byte aligned (the format allows trailing spaces).
+    static func header(_ entries: [(name: String, shape: [Int], dtype: GGMLType)], metadata: [String: String], path: String) throws -> Data {
+        var names = Set<String>()
+        var json: [String: Any] = [:]
+        var offset = 0
+        for e in entries {
+            guard names.insert(e.name).inserted else { throw FormatError(path, "tensor '\(e.name)' is written twice") }
+            guard e.name != "__metadata__" else { throw FormatError(path, "'__metadata__' is not a tensor name") }
+            let dtype: String
+            switch e.dtype {
+            case .f32: dtype = "F32"
+            case .f16: dtype = "F16"
+            case .bf16: dtype = "BF16"
+            default: throw FormatError(path, "tensor '\(e.name)': cannot write \(e.dtype.name); use f32, f16 or bf16")
+            }
+            let bytes = e.shape.reduce(1, *) * (e.dtype == .f32 ? 4 : 2)
+            json[e.name] = ["dtype": dtype, "shape": e.shape, "data_offsets": [offset, offset + bytes]] as [String: Any]
+            offset += bytes
+        }
+        if !metadata.isEmpty { json["__metadata__"] = metadata }
+        var header = try JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])
+        header.append(contentsOf: [UInt8](repeating: 0x20, count: (8 - (8 + header.count) % 8) % 8))
+        return header
     }
 }

@@ -18,9 +18,10 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
 
     public var decoder: LlamaModel { llava.decoder }
 
-    public init(path: String, template: String? = nil) throws {
+    /// `config` is the folder's config.json when the caller has read it already.
+    public init(path: String, config: ModelConfigFile? = nil, template: String? = nil) throws {
         self.path = path
-        llava = try LlavaModel.load(folder: path)
+        llava = try LlavaModel.load(folder: path, config: config)
         // A composed folder without tokenizer files talks with its language model's tokenizer.
         if let text = llava.textModel, !FileManager.default.fileExists(atPath: path + "/tokenizer.json") {
             tokenizer = text.tokenizer

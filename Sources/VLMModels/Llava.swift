@@ -250,28 +250,17 @@ public final class LlavaModel: @unchecked Sendable {
         return (vision, projector)
     }
 
-    /// Whether `folder/config.json` describes a LLaVA model (`llava` or `llava_llama`).
-    public static func isLlava(folder: String) -> Bool {
-        guard let data = FileManager.default.contents(atPath: folder + "/config.json"),
-              let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let type = object["model_type"] as? String else { return false }
-        return type == "llava" || type == "llava_llama"
-    }
-
-    /// Loads a LLaVA folder: transformers (`model_type` `llava`) or the original repo (`llava_llama`).
-    public static func load(folder: String) throws -> LlavaModel {
-        let configPath = folder + "/config.json"
-        guard let data = FileManager.default.contents(atPath: configPath) else {
-            throw FormatError(configPath, "missing: a model folder needs config.json")
-        }
-        let type = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["model_type"] as? String
-        if type == "llava_llama" { return try loadOriginal(folder: folder, configData: data) }
+    /// Loads a LLaVA folder: transformers (`model_type` `llava`) or the original repo
+    /// (`llava_llama`), from its config.json as already read (`ModelConfigFile.read`).
+    public static func load(folder: String, config file: ModelConfigFile? = nil) throws -> LlavaModel {
+        let file = try file ?? ModelConfigFile.require(folder: folder)
+        if file.modelType == "llava_llama" { return try loadOriginal(folder: folder, configData: file.data) }
         let config: LlavaConfiguration
-        do { config = try JSONDecoder().decode(LlavaConfiguration.self, from: data) } catch {
-            throw FormatError(configPath, "not a supported LLaVA config (\(TextModel.describe(error)))")
+        do { config = try JSONDecoder().decode(LlavaConfiguration.self, from: file.data) } catch {
+            throw FormatError(file.path, "not a supported LLaVA config (\(TextModel.describe(error)))")
         }
         guard LlamaConfiguration.supportedTypes.contains(config.textConfig.modelType) else {
-            throw FormatError(configPath, "unsupported text model_type '\(config.textConfig.modelType)'")
+            throw FormatError(file.path, "unsupported text model_type '\(config.textConfig.modelType)'")
         }
         let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
         weights.rename(LlavaWeights.sanitizeHF)
@@ -415,4 +404,34 @@ public final class LlavaModel: @unchecked Sendable {
     public func imageFeatures(pixels: Tensor) throws -> Tensor {
         try projector.forward(try visionFeatures(pixels: pixels))
     }
+}
+
+/// A model folder's config.json, read once for everything loading needs from it.
+public struct ModelConfigFile: Sendable {
+    public let path: String
+    public let data: Data
+    /// `model_type`, which decides the architecture.
+    public let modelType: String?
+
+    private struct TypeField: Decodable {
+        let model_type: String?
+    }
+
+    /// `folder/config.json`, or nil when the folder has none.
+    public static func read(folder: String) throws -> ModelConfigFile? {
+        let path = folder + "/config.json"
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let type = (try? JSONDecoder().decode(TypeField.self, from: data))?.model_type
+        return ModelConfigFile(path: path, data: data, modelType: type)
+    }
+
+    static func require(folder: String) throws -> ModelConfigFile {
+        guard let file = try read(folder: folder) else {
+            throw FormatError(folder + "/config.json", "missing: a model folder needs config.json")
+        }
+        return file
+    }
+
+    /// A LLaVA model (`llava`, or the original repo's `llava_llama`).
+    public var isLlava: Bool { modelType == "llava" || modelType == "llava_llama" }
 }

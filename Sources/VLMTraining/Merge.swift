@@ -27,8 +27,6 @@ public enum MergeDType: String, Sendable, CaseIterable {
     var ggml: GGMLType {
         switch self { case .f32: return .f32; case .f16: return .f16; case .bf16: return .bf16 }
     }
-    var bytes: Int { self == .f32 ? 4 : 2 }
-    var safetensorsName: String { rawValue.uppercased() }
 }
 
 /// What `Merge.run` wrote.
@@ -64,7 +62,8 @@ public enum Merge {
         let kind = try AdapterKind.detect(directory: adapter)
 
         // The base, loaded to check the adapter against (names and shapes).
-        let isLlava = LlavaModel.isLlava(folder: model)
+        let config = try ModelConfigFile.read(folder: model)
+        let isLlava = config?.isLlava ?? false
         let decoder: LlamaModel
         let projector: MultiModalProjector?
         var tower: VisionTransformer?
@@ -72,7 +71,7 @@ public enum Merge {
         let sanitize: (String) -> String?
         let languagePrefix: String
         if isLlava {
-            let llava = try LlavaModel.load(folder: model)
+            let llava = try LlavaModel.load(folder: model, config: config)
             decoder = llava.decoder
             projector = llava.projector
             tower = llava.visionTransformer
@@ -155,8 +154,8 @@ public enum Merge {
             let copied = try copyNonWeightFiles(from: model, to: temp)
             var metadata = ["format": "pt", "vlmsh_merged_base": model, "vlmsh_merged_adapter": adapter]
             if let lora = fusedLoRA { metadata["vlmsh_lora_scale"] = String(lora.configuration.scale) }
-            let bytes = try writeSafetensors(plan.map { ($0.name, $0.shape) }, dtype: dtype, metadata: metadata,
-                                             to: temp + "/model.safetensors") { i in
+            let bytes = try SafetensorsWriter.write(plan.map { ($0.name, $0.shape, dtype.ggml) }, metadata: metadata,
+                                                    to: temp + "/model.safetensors") { i in
                 let p = plan[i]
                 if let r = p.replacement { return r }
                 let w = try source.floats(p.name)
@@ -249,53 +248,5 @@ public enum Merge {
             copied.append(name)
         }
         return copied
-    }
-
-    /// Writes a safetensors file one tensor at a time (`tensor(i)` is asked for each entry in
-    /// order and dropped after writing), so a model is never held whole in Float32. Returns the
-    /// file size.
-    static func writeSafetensors(_ entries: [(name: String, shape: [Int])], dtype: MergeDType, metadata: [String: String],
-                                 to path: String, tensor: (Int) throws -> Tensor) throws -> Int {
-        var header: [String: Any] = [:]
-        var offset = 0
-        for e in entries {
-            let bytes = e.shape.reduce(1, *) * dtype.bytes
-            header[e.name] = ["dtype": dtype.safetensorsName, "shape": e.shape, "data_offsets": [offset, offset + bytes]] as [String: Any]
-            offset += bytes
-        }
-        if !metadata.isEmpty { header["__metadata__"] = metadata }
-        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
-        json.append(contentsOf: [UInt8](repeating: 0x20, count: (8 - (8 + json.count) % 8) % 8))
-
-        guard let file = fopen(path, "wb") else { throw FormatError(path, "cannot create: \(String(cString: strerror(errno)))") }
-        var open = true
-        defer { if open { fclose(file) } }
-        func put(_ p: UnsafeRawPointer, _ n: Int) throws {
-            guard n == 0 || fwrite(p, 1, n, file) == n else { throw FormatError(path, "write failed: \(String(cString: strerror(errno)))") }
-        }
-        var length = UInt64(json.count).littleEndian
-        try put(&length, 8)
-        try json.withUnsafeBytes { try put($0.baseAddress!, $0.count) }
-        var chunk = [UInt16](repeating: 0, count: 1 << 16)
-        for (i, e) in entries.enumerated() {
-            let t = try tensor(i)
-            guard t.shape == e.shape else { throw FormatError(path, "'\(e.name)' came out as \(t.shape), expected \(e.shape)") }
-            let n = t.count
-            if dtype == .f32 { try put(t.data, 4 * n); continue }
-            var j = 0
-            while j < n {
-                let m = min(chunk.count, n - j)
-                for k in 0..<m {
-                    let x = t.data[j + k]
-                    chunk[k] = (dtype == .f16 ? Half.floatToF16(x) : Half.floatToBF16(x)).littleEndian
-                }
-                try chunk.withUnsafeBytes { try put($0.baseAddress!, 2 * m) }
-                j += m
-            }
-        }
-        guard fflush(file) == 0, fsync(fileno(file)) == 0 else { throw FormatError(path, "write failed: \(String(cString: strerror(errno)))") }
-        open = false
-        guard fclose(file) == 0 else { throw FormatError(path, "write failed: \(String(cString: strerror(errno)))") }
-        return 8 + json.count + offset
     }
 }
