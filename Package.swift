@@ -13,6 +13,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // System libraries (installed by `make deps`).
@@ -36,7 +37,9 @@ let package = Package(
         // Fine-tuning: reverse-mode autodiff, LoRA and projector training, data, optimizer, evaluation.
         .target(name: "VLMTraining", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration"], swiftSettings: fast),
         // SQLite session store.
-        .target(name: "VLMStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        .target(name: "VLMStore", dependencies: [
+            .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto"),
+        ]),
         // Command-line interface (subcommands and REPL).
         .target(name: "VLMCLI", dependencies: [
             "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMTraining", "VLMStore",

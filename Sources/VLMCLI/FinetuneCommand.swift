@@ -180,7 +180,7 @@ final class FineTuneRunner {
             try trainer.save(to: directory, baseModel: modelPath)
             let main = settings.mode.trainsLoRA ? "adapter_model.safetensors" : ProjectorFiles.hfFile
             try store.addCheckpoint(run: run, step: trainer.state.step, path: directory, kind: kind,
-                                    sha256: try SHA256.hex(file: directory + "/" + main))
+                                    sha256: try ContentHash.hex(file: directory + "/" + main))
         }
         func evaluate() throws {
             guard let evalSet else { return }
