@@ -19,8 +19,9 @@ let package = Package(
         // System libraries (installed by `make deps`).
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
         .systemLibrary(name: "CReadline", path: "Sources/CReadline"),
-        .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+        // libjpeg behind setjmp/longjmp error handling, which Swift cannot do itself.
+        .target(name: "CJPEGShim", linkerSettings: [.linkedLibrary("jpeg")]),
 
         // Tensor core: buffers, kernels, quantized formats, threading.
         .target(name: "VLMTensor", dependencies: ["CBLAS"], swiftSettings: fast),
@@ -29,7 +30,7 @@ let package = Package(
         // Tokenizers and chat templates.
         .target(name: "VLMTokenizers", dependencies: ["VLMFormats"], swiftSettings: fast),
         // Images: JPEG/PNG decoding and the CLIP/SigLIP/LLaVA preprocessing.
-        .target(name: "VLMImage", dependencies: ["VLMTensor", "VLMFormats", "CJPEG", "CPNG"], swiftSettings: fast),
+        .target(name: "VLMImage", dependencies: ["VLMTensor", "VLMFormats", "CJPEGShim", "CPNG"], swiftSettings: fast),
         // Model architectures (decoders, vision towers, LLaVA composition) and loading.
         .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Sampling and the generation iterator.
