@@ -23,6 +23,9 @@ let package = Package(
         // libjpeg behind setjmp/longjmp error handling, which Swift cannot do itself.
         .target(name: "CJPEGShim", linkerSettings: [.linkedLibrary("jpeg")]),
 
+        // Where vlmsh keeps its models and store ($VLMSH_HOME): read by every other module.
+        .target(name: "VLMHome"),
+
         // Tensor core: buffers, kernels, quantized formats, threading.
         .target(name: "VLMTensor", dependencies: ["CBLAS"], swiftSettings: fast),
         // File formats: GGUF, safetensors.
@@ -32,14 +35,14 @@ let package = Package(
         // Images: JPEG/PNG decoding and the CLIP/SigLIP/LLaVA preprocessing.
         .target(name: "VLMImage", dependencies: ["VLMTensor", "VLMFormats", "CJPEGShim", "CPNG"], swiftSettings: fast),
         // Model architectures (decoders, vision towers, LLaVA composition) and loading.
-        .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
+        .target(name: "VLMModels", dependencies: ["VLMHome", "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Sampling and the generation iterator.
         .target(name: "VLMGeneration", dependencies: ["VLMTensor", "VLMModels", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Fine-tuning: reverse-mode autodiff, LoRA and projector training, data, optimizer, evaluation.
         .target(name: "VLMTraining", dependencies: ["VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration"], swiftSettings: fast),
         // SQLite session store.
         .target(name: "VLMStore", dependencies: [
-            .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto"),
+            "VLMHome", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto"),
         ]),
         // Command-line interface (subcommands and REPL).
         .target(name: "VLMCLI", dependencies: [
@@ -49,13 +52,13 @@ let package = Package(
         .executableTarget(name: "vlmsh", dependencies: ["VLMCLI"]),
 
         .testTarget(name: "VLMTensorTests", dependencies: ["VLMTensor"]),
-        .testTarget(name: "VLMFormatsTests", dependencies: ["VLMFormats", "VLMTensor"]),
+        .testTarget(name: "VLMFormatsTests", dependencies: ["VLMFormats", "VLMTensor", "VLMHome"]),
         .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers", "VLMFormats"]),
         .testTarget(name: "VLMImageTests", dependencies: ["VLMImage", "VLMTensor", "VLMFormats"]),
-        .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore"]),
-        .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
+        .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore", "VLMHome"]),
+        .testTarget(name: "VLMModelsTests", dependencies: ["VLMHome", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
-        .testTarget(name: "VLMTrainingTests", dependencies: ["VLMTraining", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
-        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMStore"]),
+        .testTarget(name: "VLMTrainingTests", dependencies: ["VLMHome", "VLMTraining", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
+        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMStore", "VLMHome"]),
     ]
 )
