@@ -44,6 +44,8 @@ let package = Package(
         .target(name: "VLMStore", dependencies: [
             "VLMHome", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto"),
         ]),
+        // Writer processes the store's multi-process tests launch and kill.
+        .executableTarget(name: "vlmsh-store-child", dependencies: ["VLMStore"], path: "Tests/StoreChild"),
         // Command-line interface (subcommands and REPL).
         .target(name: "VLMCLI", dependencies: [
             "VLMTensor", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration", "VLMTraining", "VLMStore",
@@ -55,7 +57,7 @@ let package = Package(
         .testTarget(name: "VLMFormatsTests", dependencies: ["VLMFormats", "VLMTensor", "VLMHome"]),
         .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers", "VLMFormats"]),
         .testTarget(name: "VLMImageTests", dependencies: ["VLMImage", "VLMTensor", "VLMFormats"]),
-        .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore", "VLMHome"]),
+        .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore", "VLMHome", "vlmsh-store-child"]),
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMHome", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
         .testTarget(name: "VLMTrainingTests", dependencies: ["VLMHome", "VLMTraining", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
