@@ -13,13 +13,18 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // System libraries (installed by `make deps`).
         .systemLibrary(name: "CBLAS", path: "Sources/CBLAS"),
         .systemLibrary(name: "CReadline", path: "Sources/CReadline"),
-        .systemLibrary(name: "CJPEG", path: "Sources/CJPEG"),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG"),
+        // libjpeg behind setjmp/longjmp error handling, which Swift cannot do itself.
+        .target(name: "CJPEGShim", linkerSettings: [.linkedLibrary("jpeg")]),
+
+        // Where vlmsh keeps its models and store ($VLMSH_HOME): read by every other module.
+        .target(name: "VLMHome"),
 
         // Tensor core: buffers, kernels, quantized formats, threading, SeededRandom.
         .target(name: "VLMTensor", dependencies: ["CBLAS"], swiftSettings: fast),
@@ -31,18 +36,22 @@ let package = Package(
         // Tokenizers and chat templates.
         .target(name: "VLMTokenizers", dependencies: ["VLMFormats"], swiftSettings: fast),
         // Images: JPEG/PNG decoding and the CLIP/SigLIP/LLaVA preprocessing.
-        .target(name: "VLMImage", dependencies: ["VLMTensor", "VLMFormats", "CJPEG", "CPNG"], swiftSettings: fast),
+        .target(name: "VLMImage", dependencies: ["VLMTensor", "VLMFormats", "CJPEGShim", "CPNG"], swiftSettings: fast),
         // The synthetic shapes dataset of the demo model (`make-demo-data`).
         .target(name: "VLMDemo", dependencies: ["VLMTensor", "VLMFormats", "VLMImage"], swiftSettings: fast),
         // Model architectures, each written once over VLMAutodiff's ops for inference and training,
         // and loading.
-        .target(name: "VLMModels", dependencies: ["VLMTensor", "VLMAutodiff", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
+        .target(name: "VLMModels", dependencies: ["VLMHome", "VLMTensor", "VLMAutodiff", "VLMFormats", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Sampling and the generation iterator.
         .target(name: "VLMGeneration", dependencies: ["VLMTensor", "VLMModels", "VLMTokenizers", "VLMImage"], swiftSettings: fast),
         // Fine-tuning: reverse-mode autodiff, LoRA and projector training, data, optimizer, evaluation.
         .target(name: "VLMTraining", dependencies: ["VLMTensor", "VLMAutodiff", "VLMFormats", "VLMTokenizers", "VLMImage", "VLMModels", "VLMGeneration"], swiftSettings: fast),
         // SQLite session store.
-        .target(name: "VLMStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        .target(name: "VLMStore", dependencies: [
+            "VLMHome", .product(name: "GRDB", package: "GRDB.swift"), .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        // Writer processes the store's multi-process tests launch and kill.
+        .executableTarget(name: "vlmsh-store-child", dependencies: ["VLMStore"], path: "Tests/StoreChild"),
         // The application: the REPL engine (chat, sessions, command table), replay, fine-tune and
         // eval runs; it reports progress as events and never parses arguments or draws.
         .target(name: "VLMApp", dependencies: [
@@ -56,13 +65,13 @@ let package = Package(
         .executableTarget(name: "vlmsh", dependencies: ["VLMCLI"]),
 
         .testTarget(name: "VLMTensorTests", dependencies: ["VLMTensor"]),
-        .testTarget(name: "VLMFormatsTests", dependencies: ["VLMFormats", "VLMTensor"]),
+        .testTarget(name: "VLMFormatsTests", dependencies: ["VLMFormats", "VLMTensor", "VLMHome"]),
         .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers", "VLMFormats"]),
         .testTarget(name: "VLMImageTests", dependencies: ["VLMImage", "VLMDemo", "VLMTensor", "VLMFormats"]),
-        .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore"]),
-        .testTarget(name: "VLMModelsTests", dependencies: ["VLMModels", "VLMAutodiff", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
+        .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore", "VLMHome", "vlmsh-store-child"]),
+        .testTarget(name: "VLMModelsTests", dependencies: ["VLMHome", "VLMModels", "VLMAutodiff", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
-        .testTarget(name: "VLMTrainingTests", dependencies: ["VLMTraining", "VLMAutodiff", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
-        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMApp", "VLMStore", "VLMModels", "VLMTraining"]),
+        .testTarget(name: "VLMTrainingTests", dependencies: ["VLMHome", "VLMTraining", "VLMAutodiff", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
+        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMApp", "VLMStore", "VLMModels", "VLMTraining", "VLMHome"]),
     ]
 )

@@ -219,7 +219,7 @@ public final class Engine {
             throw UsageError("\(path): cannot read file")
         }
         let image = try data.withUnsafeBytes { try ImageLoader.decode($0, path: expanded) }
-        let hash = SHA256.hex(data)
+        let hash = ContentHash.hex(data)
         let record = try store.addImage(sha256: hash, path: expanded, width: image.width, height: image.height, bytes: Int64(data.count))
         pendingImages.append((ImageInput(hash: hash, pixels: support.preprocess(image)), record, expanded))
         console.line("attached \(path) (\(image.width)×\(image.height))")
@@ -309,7 +309,7 @@ public final class Engine {
     func reloadImage(_ record: ImageRecord) throws -> ImageInput {
         guard let support = model?.images else { throw UsageError("the session has images but the model takes none") }
         guard let data = FileManager.default.contents(atPath: record.path) else { throw UsageError("\(record.path): image is gone") }
-        let hash = SHA256.hex(data)
+        let hash = ContentHash.hex(data)
         guard hash == record.sha256 else { throw UsageError("\(record.path): image changed since the session (content hash differs)") }
         let image = try data.withUnsafeBytes { try ImageLoader.decode($0, path: record.path) }
         return ImageInput(hash: hash, pixels: support.preprocess(image))

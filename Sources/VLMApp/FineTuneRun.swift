@@ -191,7 +191,7 @@ public final class FineTuneRunner {
             try trainer.save(to: directory, baseModel: runner.modelPath)
             let main = settings.mode.trainsLoRA ? "adapter_model.safetensors" : ProjectorFiles.hfFile
             try store.addCheckpoint(run: run, step: trainer.state.step, path: directory, kind: kind,
-                                    sha256: try SHA256.hex(file: directory + "/" + main))
+                                    sha256: try ContentHash.hex(file: directory + "/" + main))
         }
 
         private func evaluate() throws {

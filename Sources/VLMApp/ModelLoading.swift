@@ -37,13 +37,13 @@ public enum ModelFingerprint {
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDirectory) else { throw UsageError("\(path): no such file or folder") }
-        guard isDirectory.boolValue else { return try SHA256.fingerprint(file: path) }
+        guard isDirectory.boolValue else { return try ContentHash.fingerprint(file: path) }
         let files = ((try? fm.contentsOfDirectory(atPath: path)) ?? []).sorted().filter { !$0.hasPrefix(".") }
         var lines = ""
         for name in files where !fm.isDirectory(path + "/" + name) {
-            lines += "\(name):\(try SHA256.fingerprint(file: path + "/" + name))\n"
+            lines += "\(name):\(try ContentHash.fingerprint(file: path + "/" + name))\n"
         }
-        return SHA256.hex(lines)
+        return ContentHash.hex(lines)
     }
 }
 

@@ -53,7 +53,7 @@ public struct Replay {
             let recorded = turns.dropFirst(i + 1).first { $0.role == .assistant }
             let params = (try? JSONDecoder().decode(GenerationParameters.self, from: Data((turn.params ?? "{}").utf8))) ?? GenerationParameters()
             var changed: String?
-            for image in turn.images where (try? SHA256.hex(file: image.path)) != image.sha256 {
+            for image in turn.images where (try? ContentHash.hex(file: image.path)) != image.sha256 {
                 changed = "\(image.path): image changed or missing since the session"
             }
             if let changed {

@@ -96,7 +96,7 @@ struct PromptOptions: ParsableArguments {
         if !image.isEmpty {
             guard let support = model.images else { throw ValidationError("this model takes no images (--image)") }
             for path in image {
-                let hash = try SHA256.hex(file: path)
+                let hash = try ContentHash.hex(file: path)
                 features.attach([ImageInput(hash: hash, pixels: support.preprocess(try ImageLoader.load(path: path)))])
                 hashes.append(hash)
             }

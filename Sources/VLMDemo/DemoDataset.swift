@@ -182,14 +182,14 @@ public enum DemoDataset {
             if let failure = failures.lazy.compactMap({ $0 }).first { throw failure }
             let lines = records.joined()
             let text = lines.isEmpty ? "[]\n" : "[\n" + lines.joined(separator: ",\n") + "\n]\n"
-            try Data(text.utf8).write(to: URL(fileURLWithPath: dir).appendingPathComponent(split.rawValue + ".json"), options: .atomic)
+            try writeAtomically(Data(text.utf8), to: (dir as NSString).appendingPathComponent(split.rawValue + ".json"))
             var tally: [DemoQuestionKind: Int] = [:]
             for k in kinds.joined() { tally[k, default: 0] += 1 }
             summaries.append(SplitSummary(split: split, images: n, records: lines.count, kinds: tally))
         }
 
-        try Data(manifest(summaries, seed: seed, imageSize: imageSize, style: style, multiTurnTrain: multiTurnTrain).utf8)
-            .write(to: URL(fileURLWithPath: dir).appendingPathComponent("dataset.json"), options: .atomic)
+        try writeAtomically(Data(manifest(summaries, seed: seed, imageSize: imageSize, style: style, multiTurnTrain: multiTurnTrain).utf8),
+                            to: (dir as NSString).appendingPathComponent("dataset.json"))
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         return Summary(splits: summaries, seconds: seconds)
     }

@@ -42,7 +42,7 @@ enum PNGDecoder {
             if type == "IDAT" { sawData = true }
             if type == "eXIf" {
                 // PIL keeps the last eXIf chunk; some writers prefix it with "Exif\0\0".
-                let tiff = JPEGStructure.hasPrefix(data, "Exif\0\0") ? UnsafeRawBufferPointer(rebasing: data[6...]) : data
+                let tiff = data.starts(with: "Exif\0\0".utf8) ? UnsafeRawBufferPointer(rebasing: data[6...]) : data
                 orientation = Orientation.fromTIFF(tiff) ?? .normal
             }
             if !droppedChunks.contains(type) { kept.append(contentsOf: b[pos..<(pos + 12 + length)]) }

@@ -1,11 +1,6 @@
 import CPNG
 import Foundation
 import VLMFormats
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// PNG encoding through libpng's simplified write API (8-bit RGB, no alpha, no interlace), which,
 /// like the simplified read API, catches libpng's longjmp internally and reports by return code.
@@ -51,45 +46,6 @@ public enum PNGEncoder {
     /// Writes `image` to `path` as a PNG. The file is written next to the target and renamed into
     /// place, so `path` never holds a partial file; any failure is one FormatError naming `path`.
     public static func write(_ image: RGBImage, to path: String) throws {
-        try writeFileAtomically(try encode(image, path: path), to: path)
+        try writeAtomically(Data(try encode(image, path: path)), to: path)
     }
 }
-
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
-/// No fsync: a crash leaves either the old file or the new one, never a torn file, but a
-/// power loss may lose the newest writes (fine for regenerable data such as the demo set).
-func writeFileAtomically(_ bytes: [UInt8], to path: String) throws {
-    func failure(_ what: String) -> FormatError {
-        FormatError(path, "\(what): \(String(cString: strerror(errno)))")
-    }
-    let folder = (path as NSString).deletingLastPathComponent
-    let temp = (folder.isEmpty ? "." : folder)
-        + "/.\((path as NSString).lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
-    let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-    guard fd >= 0 else { throw failure("cannot create \(temp)") }
-    var written = 0
-    let failed: FormatError? = bytes.withUnsafeBytes { raw in
-        while written < raw.count {
-            let n = systemWrite(fd, raw.baseAddress! + written, raw.count - written)
-            if n < 0 {
-                if errno == EINTR { continue }
-                return failure("write failed")
-            }
-            written += n
-        }
-        return nil
-    }
-    if let failed {
-        close(fd); unlink(temp)
-        throw failed
-    }
-    guard close(fd) == 0 else { let e = failure("write failed"); unlink(temp); throw e }
-    guard rename(temp, path) == 0 else {
-        let e = failure("cannot move the written file into place")
-        unlink(temp)
-        throw e
-    }
-}
-
-/// libc's write(2), out of reach of `PNGEncoder.write` inside the enum.
-private func systemWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int { write(fd, p, n) }

@@ -1,14 +1,12 @@
 import Foundation
 import VLMFormats
+import VLMHome
 
 /// Where models live (`$VLMSH_HOME/models`, default `~/.vlmsh/models`) and how a user's model
 /// reference — a path, a folder, or a short name — becomes a path.
 public enum ModelStore {
     /// `$VLMSH_HOME`, default `~/.vlmsh`.
-    public static var home: String {
-        if let h = ProcessInfo.processInfo.environment["VLMSH_HOME"], !h.isEmpty { return h }
-        return FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".vlmsh").path
-    }
+    public static var home: String { VLMHome.path() }
 
     public static var modelsDirectory: String { home + "/models" }
 

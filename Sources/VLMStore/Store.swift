@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import VLMHome
 
 /// The vlmsh session store: one SQLite file in WAL mode shared by every vlmsh process.
 ///
@@ -14,9 +15,7 @@ public final class Store: Sendable {
 
     /// `$VLMSH_HOME/vlmsh.sqlite`, `~/.vlmsh/vlmsh.sqlite` when VLMSH_HOME is unset.
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
-        let home = environment["VLMSH_HOME"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? (NSHomeDirectory() as NSString).appendingPathComponent(".vlmsh")
-        return ((home as NSString).expandingTildeInPath as NSString).appendingPathComponent("vlmsh.sqlite")
+        (VLMHome.path(environment: environment) as NSString).appendingPathComponent("vlmsh.sqlite")
     }
 
     /// Opens (creating folders and file as needed) and migrates the database at `path`.

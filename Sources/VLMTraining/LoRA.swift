@@ -125,7 +125,7 @@ public struct LoRAConfiguration: Codable, Sendable, Equatable {
     public func write(directory: String) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        try atomicWrite(try encoder.encode(self), to: directory + "/adapter_config.json")
+        try writeAtomically(try encoder.encode(self), to: directory + "/adapter_config.json")
     }
 
     public var scale: Float { useRSLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank) }
@@ -254,19 +254,5 @@ public final class LoRA: @unchecked Sendable {
             [(Self.key(name, "A", layout: layout), adapters[name]!.a.value, .f32), (Self.key(name, "B", layout: layout), adapters[name]!.b.value, .f32)]
         }
         try SafetensorsWriter.write(tensors, metadata: ["format": "pt"], to: directory + "/adapter_model.safetensors")
-    }
-}
-
-/// Writes `data` to a temporary file beside `path`, then renames it into place, so `path` never
-/// holds a partial file.
-func atomicWrite(_ data: Data, to path: String) throws {
-    let temp = path + ".tmp-\(getpid())"
-    do { try data.write(to: URL(fileURLWithPath: temp)) } catch {
-        try? FileManager.default.removeItem(atPath: temp)
-        throw FormatError(path, "cannot write (\(error.localizedDescription))")
-    }
-    guard rename(temp, path) == 0 else {
-        try? FileManager.default.removeItem(atPath: temp)
-        throw FormatError(path, "cannot rename into place (errno \(errno))")
     }
 }

@@ -196,7 +196,7 @@ public final class Trainer {
         let record = CheckpointRecord(settings: settings, state: state, baseModel: baseModel, optimizerStep: optimizer.step)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try atomicWrite(try encoder.encode(record), to: temp + "/trainer_state.json")
+        try writeAtomically(try encoder.encode(record), to: temp + "/trainer_state.json")
         if fm.fileExists(atPath: directory) { try fm.removeItem(atPath: directory) }
         guard rename(temp, directory) == 0 else { throw FormatError(directory, "cannot rename checkpoint into place (errno \(errno))") }
     }

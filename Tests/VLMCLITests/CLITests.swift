@@ -1,4 +1,5 @@
 import Foundation
+import VLMHome
 import XCTest
 
 /// Runs the built `vlmsh` binary as a user would and checks the `--json` contract and the
@@ -68,8 +69,7 @@ final class CLITests: XCTestCase {
     }
 
     static func defaultModel() throws -> String {
-        let home = ProcessInfo.processInfo.environment["VLMSH_HOME"] ?? (NSHomeDirectory() + "/.vlmsh")
-        let path = home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        let path = VLMHome.models() + "/SmolLM2-135M-Instruct.Q4_1.gguf"
         if FileManager.default.fileExists(atPath: path) { return path }
         if ProcessInfo.processInfo.environment["VLMSH_REQUIRE_MODEL"] == "1" { XCTFail("default model missing at \(path)") }
         throw XCTSkip("default model not installed; run `make model`")

@@ -16,10 +16,10 @@ final class SessionTests: XCTestCase {
         return dir
     }
 
+    /// Runs vlmsh with VLMSH_HOME = `home` in its own environment only: the test process keeps
+    /// its VLMSH_HOME for the tests that run after this one.
     func run(_ home: String, _ arguments: [String]) throws -> CLITests.Result {
-        setenv("VLMSH_HOME", home, 1)
-        defer { unsetenv("VLMSH_HOME") }
-        return try CLITests.vlmsh(arguments)
+        try CLITests.vlmsh(arguments, home: home)
     }
 
     func script(_ home: String, _ text: String) throws -> String {

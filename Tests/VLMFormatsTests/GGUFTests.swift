@@ -1,6 +1,7 @@
 import XCTest
 import Foundation
 import VLMFormats
+import VLMHome
 import VLMTensor
 
 final class GGUFTests: XCTestCase {
@@ -114,8 +115,7 @@ final class GGUFTests: XCTestCase {
 
     /// Opens the real model when it has been fetched (`scripts/fetch-model.sh`).
     func testSmolLM2Model() throws {
-        let path = NSString(string: "~/.vlmsh/models/SmolLM2-135M-Instruct.Q4_1.gguf").expandingTildeInPath
-        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("model not fetched: \(path)") }
+        let path = try installedDefaultModel()
         let g = try GGUFFile(path: path)
         XCTAssertEqual(g.tensorInfos.count, 272)
         XCTAssertEqual(g.metadata["general.architecture"]?.string, "llama")
@@ -142,8 +142,7 @@ final class GGUFTests: XCTestCase {
     /// One decode step's worth of matVecs over every matrix of the real model (token_embd doubles
     /// as the tied output projection). Prints GB/s only.
     func testSmolLM2MatVecSweep() throws {
-        let path = NSString(string: "~/.vlmsh/models/SmolLM2-135M-Instruct.Q4_1.gguf").expandingTildeInPath
-        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("model not fetched: \(path)") }
+        let path = try installedDefaultModel()
         let g = try GGUFFile(path: path)
         let matrices = try g.tensorInfos.filter { $0.dims.count == 2 }.map { try g.matrix($0.name) }
         let x = [Float](repeating: 0.25, count: matrices.map(\.cols).max()!)

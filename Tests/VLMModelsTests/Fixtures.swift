@@ -1,4 +1,5 @@
 import Foundation
+import VLMHome
 import XCTest
 
 /// Paths of committed fixtures and the real default model.
@@ -14,8 +15,7 @@ enum Fixtures {
     /// The default model from the store; `make test` fetches it and sets VLMSH_REQUIRE_MODEL so
     /// its absence fails there, while a bare `swift test` skips.
     static func defaultModel() throws -> String {
-        let home = ProcessInfo.processInfo.environment["VLMSH_HOME"] ?? (NSHomeDirectory() + "/.vlmsh")
-        let path = home + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        let path = VLMHome.models() + "/SmolLM2-135M-Instruct.Q4_1.gguf"
         if FileManager.default.fileExists(atPath: path) { return path }
         if ProcessInfo.processInfo.environment["VLMSH_REQUIRE_MODEL"] == "1" {
             XCTFail("default model missing at \(path) (make model)")

@@ -1,12 +1,17 @@
 import VLMFormats
 import VLMGeneration
 import VLMModels
+import VLMTensor
 import XCTest
 
 /// Tiny random Llama / Mistral / Qwen2 checkpoints against transformers (Tests/Fixtures/gen_tinyllama.py).
 final class TinyLlamaTests: XCTestCase {
     func load(_ variant: String) throws -> LlamaModel {
-        let folder = Fixtures.data.appendingPathComponent("tinyllama/\(variant)").path
+        try load(folder: Fixtures.data.appendingPathComponent("tinyllama/\(variant)").path)
+    }
+
+    /// Loads a checkpoint folder the way the CLI does: strict names, every tensor used.
+    func load(folder: String) throws -> LlamaModel {
         let config = try JSONDecoder().decode(LlamaConfiguration.self,
                                               from: Data(contentsOf: URL(fileURLWithPath: folder + "/config.json")))
         let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
@@ -66,13 +71,34 @@ final class TinyLlamaTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("missing weight 'model.norm.weight'"), "\($0)")
         }
 
-        let leftover = WeightMap(file: folder, source: source)
-        leftover.rename { $0 == "model.norm.weight" ? "model.extra.weight" : $0 }
         var extra = config
         extra.numHiddenLayers = 1
         XCTAssertThrowsError(try LlamaModel(config: extra, weights: WeightMap(file: folder, source: source), ropePairing: .halves)) {
             XCTAssertTrue("\($0)".contains("unexpected weight 'model.layers.1."), "\($0)")
         }
+    }
+
+    /// A checkpoint carrying a tensor the architecture does not use is not the model we think it
+    /// is (wrong config, wrong architecture): loading names the tensor instead of ignoring it.
+    func testCheckpointWithAnExtraTensorIsRefused() throws {
+        let original = Fixtures.data.appendingPathComponent("tinyllama/llama").path
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("vlmsh-extra-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try FileManager.default.copyItem(atPath: original + "/config.json", toPath: folder + "/config.json")
+        let source = try openCheckpoint(folder: original)
+        var tensors = try source.weightNames.sorted().map { (name: $0, tensor: try source.floats($0), dtype: GGMLType.f32) }
+        let extraName = "model.layers.0.mlp.extra_proj.weight"
+        tensors.append((name: extraName, tensor: try source.floats("model.norm.weight"), dtype: .f32))
+        try SafetensorsWriter.write(tensors, metadata: ["format": "pt"], to: folder + "/model.safetensors")
+
+        XCTAssertThrowsError(try load(folder: folder)) {
+            XCTAssertEqual("\($0)", "\(folder): unexpected weight '\(extraName)'")
+        }
+        // The same checkpoint without the extra tensor loads.
+        tensors.removeLast()
+        try SafetensorsWriter.write(tensors, metadata: ["format": "pt"], to: folder + "/model.safetensors")
+        XCTAssertNoThrow(try load(folder: folder))
     }
 
     func testOutOfVocabularyTokenIsAnError() throws {

@@ -5,40 +5,11 @@ import XCTest
 /// A writer killed with SIGKILL mid-stream must leave a healthy file where every committed
 /// turn is whole (text plus all its image links) and the next process carries on.
 ///
-/// The child is this same test binary, re-run with only `testChildWriterLoop` selected and
-/// VLMSH_STORE_CHILD_DB set (see `childProcess`).
+/// The writer is the `vlmsh-store-child writer-loop` executable (Tests/StoreChild).
 final class KillSafetyTests: XCTestCase {
-    static let childVariable = "VLMSH_STORE_CHILD_DB"
     static let imagesPerTurn = 3
 
-    /// The child: append turns forever, reporting each committed id on stdout. A no-op in a
-    /// normal test run.
-    func testChildWriterLoop() throws {
-        guard let path = ProcessInfo.processInfo.environment[Self.childVariable] else { return }
-        let store = try Store(path: path)
-        let session = try store.session(named: "victim")?.id ?? store.createSession(name: "victim")
-        let run = try store.runs().first?.id ?? store.startRun()
-        let deadline = Date().addingTimeInterval(60)
-        // Continue numbering where the previous (killed) child stopped: text encodes the index.
-        var n = try store.turns(session: session).count
-        while Date() < deadline {
-            var images: [Int64] = []
-            for k in 0..<Self.imagesPerTurn {
-                images.append(try store.addImage(sha256: fakeSHA(n * 7 + k), path: "/img/\(n)-\(k).png",
-                                                  width: 8, height: 8, bytes: 64))
-            }
-            // Long text so some kills land while pages are being written.
-            let text = String(repeating: "turn \(n) ", count: 200)
-            let id = try store.appendTurn(session: session, role: n % 2 == 0 ? .user : .assistant, text: text,
-                                          images: images, promptTokens: n, completionTokens: n)
-            try store.addMetric(run: run, step: n, loss: 1)
-            FileHandle.standardOutput.write(Data("committed \(id)\n".utf8))
-            n += 1
-        }
-    }
-
     func testKillDuringWritesLeavesCompleteTurns() throws {
-        if ProcessInfo.processInfo.environment[Self.childVariable] != nil { return }
         let path = try temporaryDatabasePath()
         defer { removeDatabaseFolder(path) }
 
@@ -65,8 +36,7 @@ final class KillSafetyTests: XCTestCase {
     /// Starts the child, waits until it has reported `afterTurns` commits, then SIGKILLs it
     /// without warning. Returns the ids it reported.
     private func runChildAndKill(path: String, afterTurns: Int) throws -> [Int64] {
-        let process = childProcess(test: "VLMStoreTests.KillSafetyTests/testChildWriterLoop",
-                                   environment: [Self.childVariable: path])
+        let process = try storeChild(["writer-loop", path])
         let output = Pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice

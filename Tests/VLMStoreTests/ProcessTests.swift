@@ -2,51 +2,43 @@ import Foundation
 import VLMStore
 import XCTest
 
-/// Re-runs this test binary with one test selected, as a separate process. On Linux the XCTest
-/// runner is the executable itself and takes the test name as an argument; on macOS it is
-/// `xctest -XCTest <name> <bundle>`.
-func childProcess(test: String, environment extra: [String: String]) -> Process {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+/// The `vlmsh-store-child` executable (Tests/StoreChild) with `arguments`, not yet started. It is
+/// built with the tests and sits next to the test bundle in the build folder.
+func storeChild(_ arguments: [String]) throws -> Process {
     #if os(macOS)
-    process.arguments = ["-XCTest", test, Bundle(for: ProcessTests.self).bundlePath]
+    // The runner is xctest; the build folder is the one holding the .xctest bundle.
+    let bundle = Bundle.allBundles.first { $0.bundlePath.hasSuffix(".xctest") }
+    let folder = URL(fileURLWithPath: bundle?.bundlePath ?? CommandLine.arguments[0]).deletingLastPathComponent()
     #else
-    process.arguments = [test]
+    // The runner is the test executable itself, in the build folder.
+    let folder = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     #endif
-    process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
+    let binary = folder.appendingPathComponent("vlmsh-store-child")
+    guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+        throw ChildNotBuilt(path: binary.path)
+    }
+    let process = Process()
+    process.executableURL = binary
+    process.arguments = arguments
     return process
+}
+
+struct ChildNotBuilt: Error, CustomStringConvertible {
+    let path: String
+    var description: String { "\(path) is missing: the vlmsh-store-child target is built with the tests" }
 }
 
 /// Separate processes (separate POSIX lock owners) writing one file at once.
 final class ProcessTests: XCTestCase {
-    static let childVariable = "VLMSH_STORE_WRITER_DB"
     static let turnsPerChild = 150
 
-    /// The child: a fixed number of turns to the shared session and to its own. A no-op in a
-    /// normal test run.
-    func testChildFixedWriter() throws {
-        guard let path = ProcessInfo.processInfo.environment[Self.childVariable] else { return }
-        let store = try Store(path: path)
-        let shared = try XCTUnwrap(store.session(named: "shared")).id
-        let own = try store.createSession(name: "pid-\(getpid())")
-        for i in 0..<Self.turnsPerChild {
-            let image = try store.addImage(sha256: fakeSHA(i % 20), path: "/img/\(i % 20).png", width: 1, height: 1, bytes: 1)
-            try store.appendTurn(session: shared, role: .user, text: "\(getpid()) #\(i)", images: [image])
-            try store.appendTurn(session: own, role: .assistant, text: "#\(i)")
-            if i % 10 == 0 { _ = try store.sessions() }
-        }
-    }
-
     func testTwoProcessesWriteConcurrently() throws {
-        if ProcessInfo.processInfo.environment[Self.childVariable] != nil { return }
         let path = try temporaryDatabasePath()
         defer { removeDatabaseFolder(path) }
         let store = try Store(path: path)
         let shared = try store.createSession(name: "shared")
 
-        let children = (0..<2).map { _ in
-            childProcess(test: "VLMStoreTests.ProcessTests/testChildFixedWriter", environment: [Self.childVariable: path])
-        }
+        let children = try (0..<2).map { _ in try storeChild(["fixed-writer", path]) }
         let logs = children.map { child -> Pipe in
             let pipe = Pipe()
             child.standardOutput = pipe

@@ -1,4 +1,5 @@
 import Foundation
+import VLMHome
 import VLMStore
 import XCTest
 
@@ -30,6 +31,15 @@ final class StoreTests: XCTestCase {
 
         XCTAssertEqual(Store.defaultPath(environment: ["VLMSH_HOME": "/data/v"]), "/data/v/vlmsh.sqlite")
         XCTAssertTrue(Store.defaultPath(environment: [:]).hasSuffix("/.vlmsh/vlmsh.sqlite"))
+    }
+
+    /// One resolver for the CLI, the store and the tests: VLMSH_HOME wins, else $HOME/.vlmsh.
+    func testHomeFollowsVLMSHHomeThenHome() {
+        XCTAssertEqual(VLMHome.path(environment: ["VLMSH_HOME": "/data/v", "HOME": "/u"]), "/data/v")
+        XCTAssertEqual(VLMHome.path(environment: ["VLMSH_HOME": "", "HOME": "/u"]), "/u/.vlmsh")
+        XCTAssertEqual(VLMHome.path(environment: ["HOME": "/u"]), "/u/.vlmsh")
+        XCTAssertEqual(VLMHome.models(environment: ["VLMSH_HOME": "/data/v"]), "/data/v/models")
+        XCTAssertEqual(Store.defaultPath(environment: ["HOME": "/u"]), "/u/.vlmsh/vlmsh.sqlite")
     }
 
     func testSimultaneousOpensOfAFreshFile() throws {

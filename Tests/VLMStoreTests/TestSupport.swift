@@ -22,4 +22,4 @@ final class ErrorBox: @unchecked Sendable {
 }
 
 /// A deterministic fake image hash.
-func fakeSHA(_ n: Int) -> String { SHA256.hex("image-\(n)") }
+func fakeSHA(_ n: Int) -> String { ContentHash.hex("image-\(n)") }

@@ -1,4 +1,5 @@
 import Foundation
+import VLMHome
 import XCTest
 @testable import VLMTraining
 import VLMGeneration
@@ -94,8 +95,7 @@ final class DataTests: XCTestCase {
     }
 
     func testRealSmolLM2TokenizerFromGGUF() throws {
-        let path = (ProcessInfo.processInfo.environment["VLMSH_HOME"] ?? (NSHomeDirectory() + "/.vlmsh")) + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-        guard FileManager.default.fileExists(atPath: path) else { throw XCTSkip("default model not installed at \(path)") }
+        let path = try installedDefaultModel()
         let tokenizer = try Tokenizer.load(gguf: GGUFFile(path: path).metadata, file: path)
         let template = try ChatTemplate.load(name: "chatml", directory: Self.prompts, jinja: tokenizer.chatTemplateSource)
         let text = row([("human", "Name a colour."), ("gpt", "Blue, like the sky."), ("human", "Another?"), ("gpt", "Green 🌿.")])

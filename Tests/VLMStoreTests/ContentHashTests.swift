@@ -2,23 +2,23 @@ import Foundation
 import VLMStore
 import XCTest
 
-final class SHA256Tests: XCTestCase {
+final class ContentHashTests: XCTestCase {
     // FIPS 180-4 example vectors.
     func testNISTVectors() {
-        XCTAssertEqual(SHA256.hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-        XCTAssertEqual(SHA256.hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        XCTAssertEqual(SHA256.hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+        XCTAssertEqual(ContentHash.hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(ContentHash.hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertEqual(ContentHash.hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
                        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
-        XCTAssertEqual(SHA256.hex([UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000)),
+        XCTAssertEqual(ContentHash.hex([UInt8](repeating: UInt8(ascii: "a"), count: 1_000_000)),
                        "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
     }
 
     /// Feeding odd-sized pieces must give the one-shot digest (exercises the partial-block path).
     func testIncrementalMatchesOneShot() {
         let bytes = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
-        let expected = SHA256.hex(bytes)
+        let expected = ContentHash.hex(bytes)
         for piece in [1, 3, 55, 56, 63, 64, 65, 1000] {
-            var hasher = SHA256.Hasher()
+            var hasher = ContentHash.Hasher()
             var start = 0
             while start < bytes.count {
                 let end = min(start + piece, bytes.count)
@@ -37,21 +37,21 @@ final class SHA256Tests: XCTestCase {
         let bytes = (0..<(5 << 19)).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 7) }
         let file = dir.appendingPathComponent("weights.bin")
         try Data(bytes).write(to: file)
-        XCTAssertEqual(try SHA256.hex(file: file.path), SHA256.hex(bytes))
+        XCTAssertEqual(try ContentHash.hex(file: file.path), ContentHash.hex(bytes))
 
         let mb = 1 << 20
-        var hasher = SHA256.Hasher()
+        var hasher = ContentHash.Hasher()
         hasher.update(Array(bytes[0..<mb]))
         hasher.update(Array(bytes[(bytes.count - mb)...]))
         hasher.update(Array(String(bytes.count).utf8))
-        XCTAssertEqual(try SHA256.fingerprint(file: file.path), hasher.finalizeHex())
+        XCTAssertEqual(try ContentHash.fingerprint(file: file.path), hasher.finalizeHex())
 
         // A small file is hashed once, plus its size.
         let small = dir.appendingPathComponent("small.bin")
         try Data("abc".utf8).write(to: small)
-        XCTAssertEqual(try SHA256.fingerprint(file: small.path), SHA256.hex("abc3"))
+        XCTAssertEqual(try ContentHash.fingerprint(file: small.path), ContentHash.hex("abc3"))
 
-        XCTAssertThrowsError(try SHA256.hex(file: dir.appendingPathComponent("missing").path)) { error in
+        XCTAssertThrowsError(try ContentHash.hex(file: dir.appendingPathComponent("missing").path)) { error in
             XCTAssertTrue("\(error)".contains("missing"), "\(error)")
         }
     }
@@ -60,9 +60,9 @@ final class SHA256Tests: XCTestCase {
     func testThroughputYardstick() {
         let bytes = [UInt8](repeating: 0x5a, count: 64 << 20)
         let start = Date()
-        let digest = SHA256.hex(bytes)
+        let digest = ContentHash.hex(bytes)
         let seconds = Date().timeIntervalSince(start)
-        print("SHA256: \(Int(64 / seconds)) MB/s")
+        print("ContentHash (SHA-256): \(Int(64 / seconds)) MB/s")
         XCTAssertEqual(digest.count, 64)
     }
 }
