@@ -56,22 +56,7 @@ public final class GGUFFile: WeightSource {
 
         let tensorCount = try reader.count("tensor count", minBytesEach: 24)
         let kvCount = try reader.count("metadata count", minBytesEach: 13)
-
-        var metadata: [String: GGUFValue] = [:]
-        var keys: [String] = []
-        metadata.reserveCapacity(kvCount)
-        keys.reserveCapacity(kvCount)
-        for _ in 0..<kvCount {
-            let key = try reader.string("metadata key")
-            let typeCode = try reader.u32()
-            let value = try reader.value(typeCode, key: key, depth: 0)
-            guard metadata.updateValue(value, forKey: key) == nil else {
-                throw FormatError(path, "duplicate metadata key '\(key)'")
-            }
-            keys.append(key)
-        }
-        self.metadata = metadata
-        self.metadataKeys = keys
+        (metadata, metadataKeys) = try Self.readMetadata(&reader, count: kvCount, path: path)
 
         var alignment = Self.defaultAlignment
         if let value = metadata["general.alignment"] {
@@ -82,11 +67,40 @@ public final class GGUFFile: WeightSource {
         }
         self.alignment = alignment
 
-        struct Raw { let name: String; let dims: [Int]; let type: GGMLType; let relativeOffset: Int }
-        var raws: [Raw] = []
-        raws.reserveCapacity(tensorCount)
+        let (raws, index) = try Self.readTensorTable(&reader, count: tensorCount, path: path)
+        let dataOffset = (reader.offset + alignment - 1) / alignment * alignment
+        self.dataOffset = dataOffset
+        tensorInfos = try raws.map { try Self.locate($0, dataOffset: dataOffset, alignment: alignment, fileSize: file.size, path: path) }
+        self.index = index
+    }
+
+    /// The key/value section: every key once, values in the order written.
+    private static func readMetadata(_ reader: inout GGUFReader, count: Int, path: String) throws -> ([String: GGUFValue], [String]) {
+        var metadata: [String: GGUFValue] = [:]
+        var keys: [String] = []
+        metadata.reserveCapacity(count)
+        keys.reserveCapacity(count)
+        for _ in 0..<count {
+            let key = try reader.string("metadata key")
+            let typeCode = try reader.u32()
+            let value = try reader.value(typeCode, key: key, depth: 0)
+            guard metadata.updateValue(value, forKey: key) == nil else {
+                throw FormatError(path, "duplicate metadata key '\(key)'")
+            }
+            keys.append(key)
+        }
+        return (metadata, keys)
+    }
+
+    /// A tensor-table entry as written: name, dimensions (ggml order), type, offset in the data.
+    private struct RawTensor { let name: String; let dims: [Int]; let type: GGMLType; let relativeOffset: Int }
+
+    /// The tensor table, each entry checked for what can be checked before the data section.
+    private static func readTensorTable(_ reader: inout GGUFReader, count: Int, path: String) throws -> ([RawTensor], [String: Int]) {
+        var raws: [RawTensor] = []
+        raws.reserveCapacity(count)
         var index: [String: Int] = [:]
-        for i in 0..<tensorCount {
+        for i in 0..<count {
             let name = try reader.string("tensor name")
             let dimCount = Int(try reader.u32())
             guard dimCount <= Self.maxDims else {
@@ -107,38 +121,34 @@ public final class GGUFFile: WeightSource {
             guard index.updateValue(i, forKey: name) == nil else {
                 throw FormatError(path, "duplicate tensor name '\(name)'")
             }
-            raws.append(Raw(name: name, dims: dims, type: type, relativeOffset: Int(offset)))
+            raws.append(RawTensor(name: name, dims: dims, type: type, relativeOffset: Int(offset)))
         }
+        return (raws, index)
+    }
 
-        let dataOffset = (reader.offset + alignment - 1) / alignment * alignment
-        self.dataOffset = dataOffset
-        var infos: [GGUFTensorInfo] = []
-        infos.reserveCapacity(raws.count)
-        for raw in raws {
-            let ne0 = raw.dims.first ?? 1
-            guard ne0 % raw.type.blockSize == 0 else {
-                throw FormatError(path, "tensor '\(raw.name)' has ne0 = \(ne0), not a whole number of \(raw.type.name) blocks of \(raw.type.blockSize)")
-            }
-            var elements = 1
-            for d in raw.dims {
-                let (product, overflow) = elements.multipliedReportingOverflow(by: d)
-                guard !overflow, product <= 1 << 48 else { throw FormatError(path, "tensor '\(raw.name)' has an absurd size \(raw.dims)") }
-                elements = product
-            }
-            guard let byteCount = raw.type.byteCount(elements: elements) else {
-                throw FormatError(path, "tensor '\(raw.name)' size is not a whole number of \(raw.type.name) blocks")
-            }
-            guard raw.relativeOffset % alignment == 0 else {
-                throw FormatError(path, "tensor '\(raw.name)' offset \(raw.relativeOffset) is misaligned (alignment \(alignment))")
-            }
-            let start = dataOffset + raw.relativeOffset
-            guard start <= file.size, byteCount <= file.size - start else {
-                throw FormatError(path, "tensor '\(raw.name)' data (\(byteCount) bytes at offset \(start)) runs past end of file (\(file.size) bytes)")
-            }
-            infos.append(GGUFTensorInfo(name: raw.name, dims: raw.dims, type: raw.type, offset: start, byteCount: byteCount))
+    /// Where a tensor's data lies, checked to be whole blocks, aligned and inside the file.
+    private static func locate(_ raw: RawTensor, dataOffset: Int, alignment: Int, fileSize: Int, path: String) throws -> GGUFTensorInfo {
+        let ne0 = raw.dims.first ?? 1
+        guard ne0 % raw.type.blockSize == 0 else {
+            throw FormatError(path, "tensor '\(raw.name)' has ne0 = \(ne0), not a whole number of \(raw.type.name) blocks of \(raw.type.blockSize)")
         }
-        self.tensorInfos = infos
-        self.index = index
+        var elements = 1
+        for d in raw.dims {
+            let (product, overflow) = elements.multipliedReportingOverflow(by: d)
+            guard !overflow, product <= 1 << 48 else { throw FormatError(path, "tensor '\(raw.name)' has an absurd size \(raw.dims)") }
+            elements = product
+        }
+        guard let byteCount = raw.type.byteCount(elements: elements) else {
+            throw FormatError(path, "tensor '\(raw.name)' size is not a whole number of \(raw.type.name) blocks")
+        }
+        guard raw.relativeOffset % alignment == 0 else {
+            throw FormatError(path, "tensor '\(raw.name)' offset \(raw.relativeOffset) is misaligned (alignment \(alignment))")
+        }
+        let start = dataOffset + raw.relativeOffset
+        guard start <= fileSize, byteCount <= fileSize - start else {
+            throw FormatError(path, "tensor '\(raw.name)' data (\(byteCount) bytes at offset \(start)) runs past end of file (\(fileSize) bytes)")
+        }
+        return GGUFTensorInfo(name: raw.name, dims: raw.dims, type: raw.type, offset: start, byteCount: byteCount)
     }
 
     public func tensorInfo(_ name: String) -> GGUFTensorInfo? { index[name].map { tensorInfos[$0] } }

@@ -375,7 +375,7 @@ public final class LlavaModel: @unchecked Sendable {
 
     /// The ViT behind the tower (what a fine-tune trains), for the towers vlmsh implements.
     package var visionTransformer: VisionTransformer? {
-        (vision as? CLIPVisionTower)?.transformer ?? (vision as? SiglipVisionTower)?.transformer
+        (vision as? any TransformerVisionTower)?.transformer
     }
 
     /// The model input for one image, `[3, H, W]`.

@@ -60,91 +60,9 @@ public enum Merge {
         }
         if fm.fileExists(atPath: output) { throw FormatError(output, "already exists; choose a new --out folder") }
         let kind = try AdapterKind.detect(directory: adapter)
-
-        // The base, loaded to check the adapter against (names and shapes).
-        let config = try ModelConfigFile.read(folder: model)
-        let isLlava = config?.isLlava ?? false
-        let decoder: LlamaModel
-        let projector: MultiModalProjector?
-        var tower: VisionTransformer?
-        var composed = false
-        let sanitize: (String) -> String?
-        let languagePrefix: String
-        if isLlava {
-            let llava = try LlavaModel.load(folder: model, config: config)
-            decoder = llava.decoder
-            projector = llava.projector
-            tower = llava.visionTransformer
-            composed = llava.config.textModel != nil
-            if llava.config.modelType == "llava_llama" {
-                sanitize = { LlavaWeights.sanitizeOriginal($0) }
-            } else {
-                sanitize = { LlavaWeights.sanitizeHF($0) }
-            }
-            languagePrefix = "language_model."
-        } else {
-            decoder = try loadTextDecoder(folder: model)
-            projector = nil
-            sanitize = { LlamaWeights.sanitizeHF($0) }
-            languagePrefix = ""
-        }
-        let lora = kind.hasLoRA ? try LoRA.load(directory: adapter, decoder: decoder) : nil
-        var projectorTensors: [String: Tensor] = [:]
-        if kind.hasProjector {
-            guard let projector else {
-                throw FormatError(adapter + "/" + ProjectorFiles.hfFile, "projector weights, but \(model) is a text model with no multimodal projector")
-            }
-            let loaded = try ProjectorFiles.load(directory: adapter, for: projector)
-            for (entry, tensor) in zip(ProjectorFiles.named(projector), loaded) { projectorTensors[entry.hf] = tensor }
-        }
-        var towerTensors: [String: Tensor] = [:]
-        if kind.hasVisionTower {
-            guard let tower else {
-                throw FormatError(adapter + "/" + VisionTowerFiles.file, "vision tower weights, but \(model) has no vision tower vlmsh can replace")
-            }
-            let loaded = try VisionTowerFiles.load(directory: adapter, for: tower)
-            for ((name, _), tensor) in zip(tower.namedTensors, loaded) { towerTensors[VisionTowerFiles.prefix + name] = tensor }
-        }
-        // A composed folder's language model is elsewhere: its LoRA is kept as files, not fused.
-        let fusedLoRA = composed ? nil : lora
-
-        // What each stored tensor becomes.
-        let source = try openCheckpoint(folder: model)
-        var plan: [(name: String, shape: [Int], adapter: LowRankAdapter?, replacement: Tensor?)] = []
-        var usedAdapters = Set<String>(), usedProjector = Set<String>(), usedTower = Set<String>()
-        for name in source.weightNames.sorted() {
-            guard let canonical = sanitize(name) else { continue }
-            guard let info = source.info(name) else { throw FormatError(model, "tensor '\(name)' has a dtype vlmsh cannot read (F32, F16, BF16 only)") }
-            var entry: (name: String, shape: [Int], adapter: LowRankAdapter?, replacement: Tensor?) = (name, info.shape, nil, nil)
-            if let lora = fusedLoRA, canonical.hasPrefix(languagePrefix + "model.layers."), canonical.hasSuffix(".weight") {
-                let module = String(canonical.dropFirst(languagePrefix.count).dropLast(".weight".count))
-                if let a = lora.adapters[module] {
-                    guard info.shape == [a.outFeatures, a.inFeatures] else {
-                        throw FormatError(model, "'\(name)' has shape \(info.shape); the adapter for \(module) is \(a.outFeatures)×\(a.inFeatures)")
-                    }
-                    entry.adapter = a
-                    usedAdapters.insert(module)
-                }
-            }
-            if let t = projectorTensors[canonical] {
-                entry.replacement = t
-                usedProjector.insert(canonical)
-            }
-            if let t = towerTensors[canonical] {
-                entry.replacement = t
-                usedTower.insert(canonical)
-            }
-            plan.append(entry)
-        }
-        if let lora = fusedLoRA, let missing = Set(lora.adapters.keys).subtracting(usedAdapters).sorted().first {
-            throw FormatError(model, "no stored weight for \(missing), which the adapter changes")
-        }
-        if let missing = Set(projectorTensors.keys).subtracting(usedProjector).sorted().first {
-            throw FormatError(model, "no stored tensor \(missing) for the adapter's projector to replace")
-        }
-        if let missing = Set(towerTensors.keys).subtracting(usedTower).sorted().first {
-            throw FormatError(model, "no stored tensor \(missing) for the adapter's vision tower to replace")
-        }
+        let base = try Base(folder: model)
+        let lora = kind.hasLoRA ? try LoRA.load(directory: adapter, decoder: base.decoder) : nil
+        let plan = try Plan(base: base, adapter: adapter, kind: kind, lora: lora)
 
         // Build the folder beside the target, then move it into place.
         let temp = output + ".tmp"
@@ -153,40 +71,143 @@ public enum Merge {
             try fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
             let copied = try copyNonWeightFiles(from: model, to: temp)
             var metadata = ["format": "pt", "vlmsh_merged_base": model, "vlmsh_merged_adapter": adapter]
-            if let lora = fusedLoRA { metadata["vlmsh_lora_scale"] = String(lora.configuration.scale) }
-            let bytes = try SafetensorsWriter.write(plan.map { ($0.name, $0.shape, dtype.ggml) }, metadata: metadata,
+            if let lora = plan.fusedLoRA { metadata["vlmsh_lora_scale"] = String(lora.configuration.scale) }
+            let entries = plan.entries
+            let bytes = try SafetensorsWriter.write(entries.map { ($0.name, $0.shape, dtype.ggml) }, metadata: metadata,
                                                     to: temp + "/model.safetensors") { i in
-                let p = plan[i]
+                let p = entries[i]
                 if let r = p.replacement { return r }
-                let w = try source.floats(p.name)
+                let w = try plan.source.floats(p.name)
                 if let a = p.adapter { fuse(a, into: w) }
                 return w
             }
-            var kept = false
-            if composed {
-                // The newest LoRA wins: the adapter's, else the one the base folder carries.
-                let loraSource = lora != nil ? adapter : (fm.fileExists(atPath: model + "/adapter_model.safetensors") ? model : nil)
-                if let loraSource {
-                    try? fm.removeItem(atPath: temp + "/adapter_model.safetensors")
-                    try fm.copyItem(atPath: loraSource + "/adapter_model.safetensors", toPath: temp + "/adapter_model.safetensors")
-                    // The LoRA now sits in the merged folder, which is its base (the folder it
-                    // was trained on may be gone, or on another machine).
-                    var config = try LoRAConfiguration.read(directory: loraSource)
-                    config.baseModel = (output as NSString).lastPathComponent
-                    try config.write(directory: temp)
-                    kept = true
-                }
-            }
+            let kept = base.composed ? try keepLoRAFiles(lora != nil ? adapter : nil, base: model, in: temp, output: output) : false
             guard rename(temp, output) == 0 else {
                 throw FormatError(output, "cannot move the merged folder into place: \(String(cString: strerror(errno)))")
             }
-            return MergeReport(output: output, kind: kind, isLlava: isLlava, tensors: plan.count, mergedWeights: usedAdapters.count,
-                               projectorTensors: usedProjector.count, visionTowerTensors: usedTower.count, keptLoRA: kept,
+            return MergeReport(output: output, kind: kind, isLlava: base.isLlava, tensors: entries.count, mergedWeights: plan.usedAdapters,
+                               projectorTensors: plan.usedProjector, visionTowerTensors: plan.usedTower, keptLoRA: kept,
                                copiedFiles: copied, dtype: dtype, bytes: bytes)
         } catch {
             try? fm.removeItem(atPath: temp)
             throw error
         }
+    }
+
+    /// The base model, loaded to check the adapter against (names and shapes), and how its
+    /// stored names map to canonical ones.
+    struct Base {
+        let folder: String
+        let isLlava: Bool
+        let decoder: LlamaModel
+        let projector: MultiModalProjector?
+        let tower: VisionTransformer?
+        /// A composed folder's language model is elsewhere: its LoRA is kept as files, not fused.
+        let composed: Bool
+        let sanitize: (String) -> String?
+        let languagePrefix: String
+
+        init(folder: String) throws {
+            self.folder = folder
+            let config = try ModelConfigFile.read(folder: folder)
+            isLlava = config?.isLlava ?? false
+            guard isLlava else {
+                decoder = try loadTextDecoder(folder: folder)
+                projector = nil; tower = nil; composed = false
+                sanitize = { LlamaWeights.sanitizeHF($0) }
+                languagePrefix = ""
+                return
+            }
+            let llava = try LlavaModel.load(folder: folder, config: config)
+            decoder = llava.decoder
+            projector = llava.projector
+            tower = llava.visionTransformer
+            composed = llava.config.textModel != nil
+            sanitize = llava.config.modelType == "llava_llama" ? { LlavaWeights.sanitizeOriginal($0) } : { LlavaWeights.sanitizeHF($0) }
+            languagePrefix = "language_model."
+        }
+    }
+
+    /// What each stored tensor of the base becomes: itself, itself with a LoRA fused in, or the
+    /// adapter's projector or tower tensor. Every part of the adapter must land somewhere.
+    struct Plan {
+        let source: WeightSource
+        let fusedLoRA: LoRA?
+        private(set) var entries: [(name: String, shape: [Int], adapter: LowRankAdapter?, replacement: Tensor?)] = []
+        private(set) var usedAdapters = 0, usedProjector = 0, usedTower = 0
+
+        init(base: Base, adapter: String, kind: AdapterKind, lora: LoRA?) throws {
+            let model = base.folder
+            fusedLoRA = base.composed ? nil : lora
+            let projectorTensors = try Self.projectorTensors(base: base, adapter: adapter, kind: kind)
+            let towerTensors = try Self.towerTensors(base: base, adapter: adapter, kind: kind)
+            source = try openCheckpoint(folder: model)
+            var adapters = Set<String>(), projector = Set<String>(), tower = Set<String>()
+            for name in source.weightNames.sorted() {
+                guard let canonical = base.sanitize(name) else { continue }
+                guard let info = source.info(name) else { throw FormatError(model, "tensor '\(name)' has a dtype vlmsh cannot read (F32, F16, BF16 only)") }
+                var entry: (name: String, shape: [Int], adapter: LowRankAdapter?, replacement: Tensor?) = (name, info.shape, nil, nil)
+                let prefix = base.languagePrefix
+                if let lora = fusedLoRA, canonical.hasPrefix(prefix + "model.layers."), canonical.hasSuffix(".weight") {
+                    let module = String(canonical.dropFirst(prefix.count).dropLast(".weight".count))
+                    if let a = lora.adapters[module] {
+                        guard info.shape == [a.outFeatures, a.inFeatures] else {
+                            throw FormatError(model, "'\(name)' has shape \(info.shape); the adapter for \(module) is \(a.outFeatures)×\(a.inFeatures)")
+                        }
+                        entry.adapter = a
+                        adapters.insert(module)
+                    }
+                }
+                if let t = projectorTensors[canonical] { entry.replacement = t; projector.insert(canonical) }
+                if let t = towerTensors[canonical] { entry.replacement = t; tower.insert(canonical) }
+                entries.append(entry)
+            }
+            if let lora = fusedLoRA, let missing = Set(lora.adapters.keys).subtracting(adapters).sorted().first {
+                throw FormatError(model, "no stored weight for \(missing), which the adapter changes")
+            }
+            if let missing = Set(projectorTensors.keys).subtracting(projector).sorted().first {
+                throw FormatError(model, "no stored tensor \(missing) for the adapter's projector to replace")
+            }
+            if let missing = Set(towerTensors.keys).subtracting(tower).sorted().first {
+                throw FormatError(model, "no stored tensor \(missing) for the adapter's vision tower to replace")
+            }
+            usedAdapters = adapters.count; usedProjector = projector.count; usedTower = tower.count
+        }
+
+        /// The adapter's projector tensors under the base's canonical names.
+        static func projectorTensors(base: Base, adapter: String, kind: AdapterKind) throws -> [String: Tensor] {
+            guard kind.hasProjector else { return [:] }
+            guard let projector = base.projector else {
+                throw FormatError(adapter + "/" + ProjectorFiles.hfFile, "projector weights, but \(base.folder) is a text model with no multimodal projector")
+            }
+            let loaded = try ProjectorFiles.load(directory: adapter, for: projector)
+            return Dictionary(uniqueKeysWithValues: zip(ProjectorFiles.named(projector).map(\.hf), loaded))
+        }
+
+        /// The adapter's vision tower tensors under the base's canonical names.
+        static func towerTensors(base: Base, adapter: String, kind: AdapterKind) throws -> [String: Tensor] {
+            guard kind.hasVisionTower else { return [:] }
+            guard let tower = base.tower else {
+                throw FormatError(adapter + "/" + VisionTowerFiles.file, "vision tower weights, but \(base.folder) has no vision tower vlmsh can replace")
+            }
+            let loaded = try VisionTowerFiles.load(directory: adapter, for: tower)
+            return Dictionary(uniqueKeysWithValues: zip(tower.namedTensors.map { VisionTowerFiles.prefix + $0.0 }, loaded))
+        }
+    }
+
+    /// A composed folder keeps its LoRA as adapter files: the newest one wins (`adapter`'s, else
+    /// the one the base folder carries). Returns whether one was kept.
+    static func keepLoRAFiles(_ adapter: String?, base model: String, in temp: String, output: String) throws -> Bool {
+        let fm = FileManager.default
+        guard let loraSource = adapter ?? (fm.fileExists(atPath: model + "/adapter_model.safetensors") ? model : nil) else { return false }
+        try? fm.removeItem(atPath: temp + "/adapter_model.safetensors")
+        try fm.copyItem(atPath: loraSource + "/adapter_model.safetensors", toPath: temp + "/adapter_model.safetensors")
+        // The LoRA now sits in the merged folder, which is its base (the folder it was trained on
+        // may be gone, or on another machine).
+        var config = try LoRAConfiguration.read(directory: loraSource)
+        config.baseModel = (output as NSString).lastPathComponent
+        try config.write(directory: temp)
+        return true
     }
 
     /// W `[out, in]` += scale · B · A, in Float32.
