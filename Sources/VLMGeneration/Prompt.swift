@@ -30,18 +30,17 @@ public struct Prompt: Sendable {
         }
         var slots: [InputSlot] = []
         var next = 0, i = 0
-        while i < ids.count {
-            guard ids[i] == support.tokenID else { slots.append(.token(ids[i])); i += 1; continue }
-            var run = 0
-            while i + run < ids.count && ids[i + run] == support.tokenID { run += 1 }
-            guard run == 1 || run == support.featureCount else {
-                throw ModelError("a run of \(run) image tokens: expected 1 or \(support.featureCount) per image")
+        for run in Self.imageRuns(ids, tokenID: support.tokenID) {
+            guard run.count == 1 || run.count == support.featureCount else {
+                throw ModelError("a run of \(run.count) image tokens: expected 1 or \(support.featureCount) per image")
             }
             guard next < images.count else { throw ModelError("the prompt has more image tokens than images (\(images.count))") }
+            slots += ids[i..<run.start].map { .token($0) }
             slots += (0..<support.featureCount).map { .image(hash: images[next], row: $0) }
             next += 1
-            i += run
+            i = run.start + run.count
         }
+        slots += ids[i...].map { .token($0) }
         guard next == images.count else {
             throw ModelError("\(images.count) images but \(next) image placeholders in the prompt")
         }
@@ -49,6 +48,22 @@ public struct Prompt: Sendable {
     }
 
     public init(slots: [InputSlot]) { self.slots = slots }
+
+    /// The runs of `tokenID` in `ids` as (start, length): each run is one image's placeholder,
+    /// one token or already expanded to the image's feature count. Prompts and training rows
+    /// read placeholders by this one rule.
+    public static func imageRuns(_ ids: [Int], tokenID: Int) -> [(start: Int, count: Int)] {
+        var runs: [(start: Int, count: Int)] = []
+        var i = 0
+        while i < ids.count {
+            guard ids[i] == tokenID else { i += 1; continue }
+            var run = 0
+            while i + run < ids.count && ids[i + run] == tokenID { run += 1 }
+            runs.append((i, run))
+            i += run
+        }
+        return runs
+    }
 
     public var count: Int { slots.count }
 

@@ -1,4 +1,5 @@
 import Foundation
+import VLMGeneration
 import VLMTokenizers
 
 /// Supervised fine-tuning data, tokenized up front (LLaVA's `LazySupervisedDataset` +
@@ -198,16 +199,7 @@ private struct RowBuilder {
             throw RowProblem("label \(bad) is neither -100 nor a vocabulary id (0..<\(vocab))")
         }
         guard let image = encoder.image else { return (ids, labels, nil) }
-        // Runs of image tokens, as ChatSession.expand reads them.
-        var runs: [(start: Int, count: Int)] = []
-        var i = 0
-        while i < ids.count {
-            guard ids[i] == image.tokenID else { i += 1; continue }
-            var run = 0
-            while i + run < ids.count && ids[i + run] == image.tokenID { run += 1 }
-            runs.append((i, run))
-            i += run
-        }
+        let runs = Prompt.imageRuns(ids, tokenID: image.tokenID)
         guard hasImage else {
             if !runs.isEmpty { throw RowProblem("image token \(image.tokenID) in input_ids but the row has no image") }
             return (ids, labels, nil)
