@@ -80,15 +80,39 @@ public final class Tape {
     /// The stream dropout draws from while training; nil turns dropout off (evaluation, inference).
     public var random: SeededRandom?
 
+    /// Output buffers kept across passes of the same shapes (one decode step after another),
+    /// so a step allocates none: see `rewind`.
+    private var arena: [FloatStorage]?
+    private var arenaCursor = 0
+
     public init(recording: Bool = true, random: SeededRandom? = nil) {
         isRecording = recording
         self.random = random
     }
 
+    /// A tape that records nothing and hands out the same output buffers pass after pass: the
+    /// values of one pass are valid until `rewind` starts the next.
+    public static func reusingBuffers() -> Tape {
+        let tape = Tape(recording: false)
+        tape.arena = []
+        return tape
+    }
+
+    /// Starts a new pass on a `reusingBuffers` tape: its outputs' buffers are handed out again.
+    public func rewind() { arenaCursor = 0 }
+
     /// A new op output of `shape` (uninitialized): it requires a gradient when some input does
     /// and this tape records.
     package func output(shape: [Int], requiresGrad: Bool) -> Variable {
-        Variable(Tensor(shape: shape, zeroed: false), requiresGrad: isRecording && requiresGrad)
+        guard arena != nil else { return Variable(Tensor(shape: shape, zeroed: false), requiresGrad: isRecording && requiresGrad) }
+        let count = shape.reduce(1, *)
+        if arenaCursor == arena!.count {
+            arena!.append(FloatStorage(count: count, zeroed: false))
+        } else if arena![arenaCursor].count != count {
+            arena![arenaCursor] = FloatStorage(count: count, zeroed: false)
+        }
+        defer { arenaCursor += 1 }
+        return Variable(Tensor(shape: shape, storage: arena![arenaCursor]))
     }
 
     /// Number of recorded ops (for tests and diagnostics).

@@ -178,6 +178,8 @@ public final class LlamaModel: @unchecked Sendable {
     package let rope: RoPE
     /// Logits of the last position of the most recent forward.
     public let logits: FloatStorage
+    /// Generation's tape: its buffers are reused from one decode step to the next.
+    private let inferenceTape = Tape.reusingBuffers()
 
     /// Loads from canonical (HF) names; every weight must be used exactly as expected.
     public init(config: LlamaConfiguration, weights: WeightMap, ropePairing: RoPE.Pairing) throws {
@@ -294,7 +296,8 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     private func lastLogits(_ x: Variable, cache: KVCache) -> UnsafeBufferPointer<Float> {
-        let tape = Tape(recording: false)
+        let tape = inferenceTape
+        tape.rewind()
         let hidden = hiddenStates(x, pass: .cached(cache), tape: tape)
         // Only the last position's logits are needed to pick the next token.
         let last = tape.gather(hidden, indices: [hidden.rows - 1])

@@ -32,6 +32,13 @@ public struct Tensor: @unchecked Sendable {
         values.withUnsafeBufferPointer { storage.pointer.update(from: $0.baseAddress!, count: values.count) }
     }
 
+    /// A tensor over existing storage of exactly `shape`'s element count.
+    public init(shape: [Int], storage: FloatStorage) {
+        precondition(shape.reduce(1, *) == storage.count, "storage of \(storage.count) values for shape \(shape)")
+        self.shape = shape
+        self.storage = storage
+    }
+
     /// The same values under another shape with the same element count (storage is shared).
     public init(reshaping other: Tensor, to shape: [Int]) {
         precondition(shape.reduce(1, *) == other.count, "cannot view \(other.shape) as \(shape)")
