@@ -8,7 +8,7 @@ APT_PACKAGES := libopenblas-dev libreadline-dev libjpeg-dev libpng-dev libsqlite
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := .build/release/vlmsh
 
-.PHONY: run test bench build deps model fixtures reference-venv clean
+.PHONY: run test bench build templates deps model fixtures reference-venv clean
 
 run: deps model build
 	$(BIN)
@@ -23,6 +23,10 @@ bench: deps model build reference-venv
 
 build:
 	swift build -c release --product vlmsh
+
+# Regenerates Sources/VLMTokenizers/BuiltinTemplates.swift after prompts/ changed (a test checks it).
+templates:
+	scripts/gen-builtin-templates.sh
 
 # System libraries, installed only when missing.
 deps:
