@@ -7,8 +7,10 @@ VLMSH_VENV ?= $(VLMSH_HOME)/venv
 APT_PACKAGES := libopenblas-dev libreadline-dev libjpeg-dev libpng-dev libsqlite3-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BIN := .build/release/vlmsh
+# `make install` puts the one binary in $(DESTDIR)$(PREFIX)/bin; chat templates are compiled in.
+PREFIX ?= /usr/local
 
-.PHONY: run test bench build deps model fixtures reference-venv clean
+.PHONY: run test bench build install uninstall templates deps model fixtures reference-venv clean
 
 run: deps model build
 	$(BIN)
@@ -23,6 +25,18 @@ bench: deps model build reference-venv
 
 build:
 	swift build -c release --product vlmsh
+
+# The models go to the store ($(VLMSH_HOME)) as for `make run`; the binary finds them from anywhere.
+install: deps model build
+	install -d "$(DESTDIR)$(PREFIX)/bin"
+	install -m 755 $(BIN) "$(DESTDIR)$(PREFIX)/bin/vlmsh"
+
+uninstall:
+	rm -f "$(DESTDIR)$(PREFIX)/bin/vlmsh"
+
+# Regenerates Sources/VLMTokenizers/BuiltinTemplates.swift after prompts/ changed (a test checks it).
+templates:
+	scripts/gen-builtin-templates.sh
 
 # System libraries, installed only when missing.
 deps:

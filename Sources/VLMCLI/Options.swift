@@ -15,7 +15,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "A .gguf file, a Hugging Face folder, or a name in the model store.")
     var model = "smollm2"
 
-    @Option(name: .long, help: "Chat template name from prompts/ (default: detected from the model).")
+    @Option(name: .long, help: "Chat template name: built in, or a NAME.txt in prompts/ or $VLMSH_PROMPTS (default: detected from the model).")
     var template: String?
 
     @Option(name: .long, help: "An adapter folder to apply: a PEFT LoRA, projector or vision tower weights, or a fine-tune's output (llama.cpp's --lora).")

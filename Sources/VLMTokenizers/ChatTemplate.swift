@@ -9,7 +9,8 @@ public struct ChatMessage: Sendable, Equatable {
     public init(role: Role, text: String) { self.role = role; self.text = text }
 }
 
-/// A chat prompt format read from a declarative `prompts/<name>.txt` file (see prompts/README.md).
+/// A chat prompt format read from a declarative `prompts/<name>.txt` file (see prompts/README.md),
+/// compiled into vlmsh (BuiltinTemplates.swift) or read from a prompts folder.
 public struct ChatTemplate: Sendable {
     public var name: String
     /// Text put once before everything (a textual BOS such as "<s>"; the tokenizer maps it to the id).
@@ -29,16 +30,31 @@ public struct ChatTemplate: Sendable {
 
     public init(name: String) { self.name = name }
 
-    /// Reads `<directory>/<name>.txt`. With the model's Jinja source, a default system message
-    /// that the Jinja inserts (e.g. SmolLM2's) replaces the file's.
-    public static func load(name: String, directory: String, jinja: String? = nil) throws -> ChatTemplate {
-        let path = (directory as NSString).appendingPathComponent("\(name).txt")
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw FormatError(path, "no such chat template")
-        }
-        var template = try parse(String(decoding: data, as: UTF8.self), name: name, file: path)
+    /// The template `name`: `<directory>/<name>.txt` when that file exists (a prompts folder adds
+    /// templates and overrides built-ins), else the copy compiled into vlmsh. With the model's Jinja
+    /// source, a default system message that the Jinja inserts (e.g. SmolLM2's) replaces the file's.
+    public static func load(name: String, directory: String?, jinja: String? = nil) throws -> ChatTemplate {
+        let (text, file) = try source(name: name, directory: directory)
+        var template = try parse(text, name: name, file: file)
         if let jinja, let system = defaultSystemMessage(inJinja: jinja) { template.systemDefault = system }
         return template
+    }
+
+    /// The text of template `name` and where it came from (a path, or `built-in:<name>`).
+    static func source(name: String, directory: String?) throws -> (text: String, file: String) {
+        if let directory {
+            let path = (directory as NSString).appendingPathComponent("\(name).txt")
+            if let data = FileManager.default.contents(atPath: path) { return (String(decoding: data, as: UTF8.self), path) }
+        }
+        if let text = builtinTexts[name] { return (text, "built-in:\(name)") }
+        let known = Set(builtinTexts.keys).union(names(inFolder: directory)).sorted().joined(separator: ", ")
+        throw FormatError(name, "no such chat template (known: \(known))")
+    }
+
+    /// The template names a prompts folder holds (its `*.txt` files).
+    public static func names(inFolder directory: String?) -> [String] {
+        guard let directory, let files = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
+        return files.filter { $0.hasSuffix(".txt") }.map { String($0.dropLast(4)) }
     }
 
     static func parse(_ text: String, name: String, file: String) throws -> ChatTemplate {
@@ -162,10 +178,10 @@ public struct ChatTemplate: Sendable {
         return nil
     }
 
-    /// The prompts folder: $VLMSH_PROMPTS, else the first `prompts/` holding chatml.txt found walking
-    /// up from the executable's directory, then from the current directory.
-    public static func defaultDirectory() -> String {
-        let environment = ProcessInfo.processInfo.environment
+    /// The prompts folder whose templates come before the built-in ones: $VLMSH_PROMPTS, else the
+    /// first `prompts/` holding chatml.txt found walking up from the executable's directory, then
+    /// from the current directory (a checkout's templates win while one works on them); nil if none.
+    public static func defaultDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
         if let explicit = environment["VLMSH_PROMPTS"], !explicit.isEmpty { return explicit }
         // /proc/self/exe names the binary even when argv[0] is a bare name found through PATH.
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments.first ?? "."
@@ -183,6 +199,6 @@ public struct ChatTemplate: Sendable {
                 dir = parent
             }
         }
-        return "prompts"
+        return nil
     }
 }

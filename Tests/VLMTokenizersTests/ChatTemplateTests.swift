@@ -62,8 +62,53 @@ final class ChatTemplateTests: XCTestCase {
         XCTAssertEqual(ChatTemplate.detect(jinja: nil, architecture: "qwen2"), "chatml")
     }
 
-    func testDefaultDirectoryFindsPrompts() {
-        let directory = ChatTemplate.defaultDirectory()
+    func testDefaultDirectoryFindsPrompts() throws {
+        let directory = try XCTUnwrap(ChatTemplate.defaultDirectory(environment: [:]))
         XCTAssertTrue(FileManager.default.fileExists(atPath: directory + "/chatml.txt"), directory)
+    }
+
+    /// BuiltinTemplates.swift is generated from prompts/; editing a template without regenerating fails here.
+    func testBuiltinTemplatesAreThePromptsFolder() throws {
+        var files: [String: String] = [:]
+        for name in ChatTemplate.names(inFolder: Fixtures.prompts) {
+            files[name] = try String(contentsOfFile: Fixtures.prompts + "/\(name).txt", encoding: .utf8)
+        }
+        XCTAssertFalse(files.isEmpty)
+        XCTAssertEqual(Set(ChatTemplate.builtinTexts.keys), Set(files.keys), "run `make templates` after changing prompts/")
+        for (name, text) in files {
+            XCTAssertEqual(ChatTemplate.builtinTexts[name], text, "\(name): run `make templates` after changing prompts/")
+        }
+    }
+
+    func testBuiltinTemplatesLoadWithoutAFolder() throws {
+        let messages = [ChatMessage(role: .system, text: "Be brief."), ChatMessage(role: .user, text: " Hi "),
+                        ChatMessage(role: .assistant, text: "Hello."), ChatMessage(role: .user, text: "Bye")]
+        for name in ChatTemplate.builtinTexts.keys {
+            let builtin = try ChatTemplate.load(name: name, directory: nil)
+            let file = try ChatTemplate.load(name: name, directory: Fixtures.prompts)
+            XCTAssertEqual(builtin.render(messages, addGenerationPrompt: true), file.render(messages, addGenerationPrompt: true), name)
+            XCTAssertEqual(builtin.stopStrings, file.stopStrings, name)
+        }
+        XCTAssertThrowsError(try ChatTemplate.load(name: "nope", directory: nil)) { error in
+            XCTAssertTrue("\(error)".contains("chatml"), "the error names the known templates: \(error)")
+        }
+    }
+
+    /// $VLMSH_PROMPTS adds templates and replaces built-ins of the same name; the others stay.
+    func testPromptsFolderOverridesAndAddsToBuiltins() throws {
+        let folder = NSTemporaryDirectory() + "vlmsh-prompts-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try "user_prefix: \"Q: \"\ngeneration_prompt: A:\nstop: END\n".write(toFile: folder + "/chatml.txt", atomically: true, encoding: .utf8)
+        try "user_prefix: \">> \"\nstop: STOP\n".write(toFile: folder + "/terse.txt", atomically: true, encoding: .utf8)
+
+        let directory = ChatTemplate.defaultDirectory(environment: ["VLMSH_PROMPTS": folder])
+        XCTAssertEqual(directory, folder)
+        let user = [ChatMessage(role: .user, text: "hi")]
+        XCTAssertEqual(try ChatTemplate.load(name: "chatml", directory: directory).render(user, addGenerationPrompt: true), "Q: hiA:")
+        XCTAssertEqual(try ChatTemplate.load(name: "terse", directory: directory).stopStrings, ["STOP"])
+        XCTAssertEqual(try ChatTemplate.load(name: "mistral", directory: directory).stopStrings,
+                       try ChatTemplate.load(name: "mistral", directory: nil).stopStrings)
+        XCTAssertThrowsError(try ChatTemplate.load(name: "terse", directory: nil))
     }
 }
