@@ -77,10 +77,7 @@ struct PromptOptions: ParsableArguments {
         }
         var text = prompt ?? ""
         if raw { return model.encodePrompt(text, addSpecialTokens: true) }
-        // ChatSession's rule: without a placeholder, the images go first in the user's turn.
-        if !image.isEmpty, let support = model.images, !text.contains(support.tokenText) {
-            text = String(repeating: support.tokenText + "\n", count: image.count) + text
-        }
+        if let support = model.images { text = ChatMessage.placingImages(image.count, in: text, placeholder: support.tokenText) }
         var messages: [ChatMessage] = []
         if let system { messages.append(ChatMessage(role: .system, text: system)) }
         messages.append(ChatMessage(role: .user, text: text))

@@ -92,10 +92,7 @@ public final class ChatSession {
         var text = text
         if !images.isEmpty {
             guard let support = model.images else { throw ModelError("this model takes no images") }
-            // LLaVA convention: without a placeholder, the image goes first in the user's turn.
-            if !text.contains(support.tokenText) {
-                text = String(repeating: support.tokenText + "\n", count: images.count) + text
-            }
+            text = ChatMessage.placingImages(images.count, in: text, placeholder: support.tokenText)
         }
         messages.append(ChatMessage(role: .user, text: text))
         messageImages.append(images)

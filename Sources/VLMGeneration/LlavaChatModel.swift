@@ -53,12 +53,7 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
         if tokenizerKnowsImageToken || !text.contains(imageTokenText) {
             return tokenizer.encode(text, addSpecialTokens: addSpecialTokens)
         }
-        var ids: [Int] = []
-        for (i, chunk) in text.components(separatedBy: imageTokenText).enumerated() {
-            if i > 0 { ids.append(imageTokenID) }
-            ids += tokenizer.encode(chunk, addSpecialTokens: addSpecialTokens && i == 0)
-        }
-        return ids
+        return tokenizer.encode(text, placeholder: imageTokenText, as: imageTokenID, addSpecialTokens: addSpecialTokens)
     }
 
     public var stopTokens: Set<Int> { tokenizer.eosTokenIDs }

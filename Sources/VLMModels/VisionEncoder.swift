@@ -32,9 +32,9 @@ extension Linear {
                   bias: bias ? try weights.floats(name + ".bias", shape: [out]) : nil)
     }
 
-    /// The layer's tensors under their checkpoint names (`name.weight`, `name.bias`).
-    func namedTensors(_ name: String) -> [(String, Tensor)] {
-        [(name + ".weight", weightLeaf!.value)] + (bias.map { [(name + ".bias", $0.value)] } ?? [])
+    /// The layer's leaves under their checkpoint names (`name.weight`, `name.bias`).
+    func namedLeaves(_ name: String) -> [(String, Variable)] {
+        [(name + ".weight", weightLeaf!)] + (bias.map { [(name + ".bias", $0)] } ?? [])
     }
 }
 
@@ -52,7 +52,7 @@ package struct LayerNormParameters: @unchecked Sendable {
         tape.layerNorm(x, weight: weight, bias: bias, eps: eps)
     }
 
-    func namedTensors(_ name: String) -> [(String, Tensor)] { [(name + ".weight", weight.value), (name + ".bias", bias.value)] }
+    func namedLeaves(_ name: String) -> [(String, Variable)] { [(name + ".weight", weight), (name + ".bias", bias)] }
 }
 
 /// The hyperparameters both towers share, from their configurations.
@@ -121,11 +121,11 @@ package struct VisionEncoderLayer: @unchecked Sendable {
         fc2 = try Linear(weights, p + "mlp.fc2", out: d, in: s.intermediate)
     }
 
-    /// The layer's tensors under their checkpoint names relative to the layer (`self_attn.q_proj.weight`, …).
-    var namedTensors: [(String, Tensor)] {
-        norm1.namedTensors("layer_norm1") + q.namedTensors("self_attn.q_proj") + k.namedTensors("self_attn.k_proj")
-            + v.namedTensors("self_attn.v_proj") + out.namedTensors("self_attn.out_proj")
-            + norm2.namedTensors("layer_norm2") + fc1.namedTensors("mlp.fc1") + fc2.namedTensors("mlp.fc2")
+    /// The layer's leaves under their checkpoint names relative to the layer (`self_attn.q_proj.weight`, …).
+    var namedLeaves: [(String, Variable)] {
+        norm1.namedLeaves("layer_norm1") + q.namedLeaves("self_attn.q_proj") + k.namedLeaves("self_attn.k_proj")
+            + v.namedLeaves("self_attn.v_proj") + out.namedLeaves("self_attn.out_proj")
+            + norm2.namedLeaves("layer_norm2") + fc1.namedLeaves("mlp.fc1") + fc2.namedLeaves("mlp.fc2")
     }
 
     /// x `[images·tokens, hidden]` → the layer's output; attention stays within each image.
@@ -155,45 +155,41 @@ package final class VisionTransformer: @unchecked Sendable {
 
     package var tokenCount: Int { shape.patches + (classEmbedding == nil ? 0 : 1) }
 
-    /// Every tensor under its checkpoint name relative to the tower (`embeddings.patch_embedding.weight`,
-    /// `encoder.layers.0.self_attn.q_proj.weight`, …), in checkpoint order. The tensors are the
-    /// ones the tower computes with.
-    package var namedTensors: [(String, Tensor)] {
-        var out: [(String, Tensor)] = []
-        if let classEmbedding { out.append(("embeddings.class_embedding", Tensor(reshaping: classEmbedding.value, to: [shape.hidden]))) }
-        out.append(("embeddings.patch_embedding.weight", patchWeight))
-        if let patchBias = patchEmbedding.bias { out.append(("embeddings.patch_embedding.bias", patchBias.value)) }
-        out.append(("embeddings.position_embedding.weight", positionEmbedding.value))
-        if let preNorm, let preNormName { out += preNorm.namedTensors(preNormName) }
-        for (i, layer) in layers.enumerated() { out += layer.namedTensors.map { ("encoder.layers.\(i)." + $0.0, $0.1) } }
-        if let postNorm { out += postNorm.namedTensors("post_layernorm") }
+    /// Every leaf under its checkpoint name relative to the tower (`embeddings.patch_embedding.weight`,
+    /// `encoder.layers.0.self_attn.q_proj.weight`, …), in checkpoint order: the one list of the
+    /// tower's weight names.
+    package var namedLeaves: [(String, Variable)] {
+        var out: [(String, Variable)] = []
+        if let classEmbedding { out.append(("embeddings.class_embedding", classEmbedding)) }
+        out += patchEmbedding.namedLeaves("embeddings.patch_embedding")
+        out.append(("embeddings.position_embedding.weight", positionEmbedding))
+        if let preNorm, let preNormName { out += preNorm.namedLeaves(preNormName) }
+        for (i, layer) in layers.enumerated() { out += layer.namedLeaves.map { ("encoder.layers.\(i)." + $0.0, $0.1) } }
+        if let postNorm { out += postNorm.namedLeaves("post_layernorm") }
         return out
     }
 
-    /// The leaves that reach the hidden state `featureLayer` (transformers' indexing), under
-    /// their `namedTensors` names: what trains when the tower trains. Later layers and the
-    /// post-norm never reach LLaVA's features.
-    package func leaves(featureLayer: Int) throws -> [(String, Variable)] {
-        let used = try resolve(featureLayer)
-        var out: [(String, Variable)] = []
-        if let classEmbedding { out.append(("embeddings.class_embedding", classEmbedding)) }
-        out.append(("embeddings.patch_embedding.weight", patchEmbedding.weightLeaf!))
-        if let patchBias = patchEmbedding.bias { out.append(("embeddings.patch_embedding.bias", patchBias)) }
-        out.append(("embeddings.position_embedding.weight", positionEmbedding))
-        if let preNorm, let preNormName { out += [(preNormName + ".weight", preNorm.weight), (preNormName + ".bias", preNorm.bias)] }
-        for (i, layer) in layers.prefix(used).enumerated() {
-            let p = "encoder.layers.\(i)."
-            out += [(p + "layer_norm1.weight", layer.norm1.weight), (p + "layer_norm1.bias", layer.norm1.bias)]
-            for (name, linear) in [("self_attn.q_proj", layer.q), ("self_attn.k_proj", layer.k), ("self_attn.v_proj", layer.v),
-                                   ("self_attn.out_proj", layer.out)] {
-                out += [(p + name + ".weight", linear.weightLeaf!)] + (linear.bias.map { [(p + name + ".bias", $0)] } ?? [])
-            }
-            out += [(p + "layer_norm2.weight", layer.norm2.weight), (p + "layer_norm2.bias", layer.norm2.bias)]
-            for (name, linear) in [("mlp.fc1", layer.fc1), ("mlp.fc2", layer.fc2)] {
-                out += [(p + name + ".weight", linear.weightLeaf!)] + (linear.bias.map { [(p + name + ".bias", $0)] } ?? [])
+    /// `namedLeaves` as the checkpoint stores them (the patch conv `[hidden, channels, p, p]`,
+    /// the class embedding `[hidden]`); the tensors are the ones the tower computes with.
+    package var namedTensors: [(String, Tensor)] {
+        namedLeaves.map { name, leaf in
+            switch name {
+            case "embeddings.patch_embedding.weight": return (name, patchWeight)
+            case "embeddings.class_embedding": return (name, Tensor(reshaping: leaf.value, to: [shape.hidden]))
+            default: return (name, leaf.value)
             }
         }
-        return out
+    }
+
+    /// The leaves that reach the hidden state `featureLayer` (transformers' indexing): what
+    /// trains when the tower trains. Later layers and the post-norm never reach LLaVA's features.
+    package func leaves(featureLayer: Int) throws -> [(String, Variable)] {
+        let used = try resolve(featureLayer)
+        return namedLeaves.filter { name, _ in
+            if name.hasPrefix("post_layernorm.") { return false }
+            guard name.hasPrefix("encoder.layers.") else { return true }
+            return Int(name.dropFirst("encoder.layers.".count).prefix { $0 != "." })! < used
+        }
     }
 
     /// `weights` is already scoped to the tower (keys like `embeddings.patch_embedding.weight`).

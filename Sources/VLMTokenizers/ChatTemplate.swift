@@ -7,6 +7,14 @@ public struct ChatMessage: Sendable, Equatable {
     public var role: Role
     public var text: String
     public init(role: Role, text: String) { self.role = role; self.text = text }
+
+    /// LLaVA's convention for a turn with images: without a placeholder in `text`, one
+    /// `placeholder` line per image opens it. Chat, `generate`, evaluation and training data all
+    /// place images by this rule.
+    public static func placingImages(_ count: Int, in text: String, placeholder: String) -> String {
+        guard count > 0, !text.contains(placeholder) else { return text }
+        return String(repeating: placeholder + "\n", count: count) + text
+    }
 }
 
 /// A chat prompt format read from a declarative `prompts/<name>.txt` file (see prompts/README.md),

@@ -96,6 +96,18 @@ public final class Tokenizer: Sendable {
         return ids
     }
 
+    /// Token ids of `text` with each `placeholder` as `id` (LLaVA's `tokenizer_image_token`, for
+    /// vocabularies without an image token): the pieces between placeholders are tokenized apart,
+    /// BOS (with `addSpecialTokens`) only before the first.
+    public func encode(_ text: String, placeholder: String, as id: Int, addSpecialTokens: Bool = false) -> [Int] {
+        var ids: [Int] = []
+        for (i, chunk) in text.components(separatedBy: placeholder).enumerated() {
+            if i > 0 { ids.append(id) }
+            ids += encode(chunk, addSpecialTokens: addSpecialTokens && i == 0)
+        }
+        return ids
+    }
+
     private func encodeSegment(_ text: String, startsText: Bool, into ids: inout [Int]) {
         switch model {
         case .sentencePieceScores(let spm, let addSpacePrefix):

@@ -328,7 +328,7 @@ public enum Evaluator {
         messages = messages.enumerated().filter { !($0.element.role == .assistant && $0.offset < firstUser) }.map(\.element)
         if hasImage {
             if !messages.contains(where: { $0.text.contains(placeholder) }), let i = messages.firstIndex(where: { $0.role == .user }) {
-                messages[i].text = placeholder + "\n" + messages[i].text
+                messages[i].text = ChatMessage.placingImages(1, in: messages[i].text, placeholder: placeholder)
             }
             if chat.template.name == "plain", let i = messages.firstIndex(where: { $0.text.contains(placeholder) }) {
                 messages[i].text = placeholder

@@ -49,7 +49,7 @@ public struct ConversationEncoder: Sendable {
             if total > 1 { throw TrainingDataError("\(total) \(placeholder) placeholders for one image") }
             let userIndex = messages.firstIndex { $0.role == .user }!
             if total == 0 {
-                messages[userIndex].text = placeholder + "\n" + messages[userIndex].text
+                messages[userIndex].text = ChatMessage.placingImages(1, in: messages[userIndex].text, placeholder: placeholder)
             } else if let at = counts.firstIndex(of: 1), messages[at].role == .assistant {
                 throw TrainingDataError("the \(placeholder) placeholder is in an assistant turn")
             }
@@ -105,12 +105,7 @@ public struct ConversationEncoder: Sendable {
         guard splitsAtPlaceholder, let image, text.contains(Self.imagePlaceholder) else {
             return tokenizer.encode(text, addSpecialTokens: false)
         }
-        var ids: [Int] = []
-        for (i, chunk) in text.components(separatedBy: Self.imagePlaceholder).enumerated() {
-            if i > 0 { ids.append(image.tokenID) }
-            ids += tokenizer.encode(chunk, addSpecialTokens: false)
-        }
-        return ids
+        return tokenizer.encode(text, placeholder: Self.imagePlaceholder, as: image.tokenID)
     }
 
     /// UTF-8 bytes of the assistant suffix that are targets: through the end of the first stop
