@@ -54,12 +54,13 @@ extension Tape {
         let d = x.columns, n = x.rows
         checkShape(weight.count == d, "layerNorm: width \(d), weight \(weight.shape)")
         let y = output(shape: x.shape, requiresGrad: x.requiresGrad || weight.requiresGrad || bias?.requiresGrad == true)
-        let normalized = FloatStorage(count: n * d, zeroed: false)   // x̂, for backward
+        // x̂ and 1/σ are kept only for a backward pass (inference writes y alone).
+        let normalized = y.requiresGrad ? FloatStorage(count: n * d, zeroed: false) : nil
         let inverse = FloatStorage(count: n, zeroed: false)
-        let px = x.data, pw = weight.data, pb = bias?.data, py = y.data, ph = normalized.pointer, pr = inverse.pointer
+        let px = x.data, pw = weight.data, pb = bias?.data, py = y.data, ph = normalized?.pointer, pr = inverse.pointer
         Parallel.forEach(n, minChunk: 16) { range in
             for row in range {
-                let xr = px + row * d, yr = py + row * d, hr = ph + row * d
+                let xr = px + row * d, yr = py + row * d
                 var mean: Float = 0
                 for i in 0..<d { mean += xr[i] }
                 mean /= Float(d)
@@ -67,15 +68,19 @@ extension Tape {
                 for i in 0..<d { let c = xr[i] - mean; variance += c * c }
                 let r = 1 / (variance / Float(d) + eps).squareRoot()
                 pr[row] = r
-                for i in 0..<d {
-                    hr[i] = (xr[i] - mean) * r
-                    yr[i] = hr[i] * pw[i] + (pb?[i] ?? 0)
+                if let hr = ph.map({ $0 + row * d }) {
+                    for i in 0..<d {
+                        hr[i] = (xr[i] - mean) * r
+                        yr[i] = hr[i] * pw[i] + (pb?[i] ?? 0)
+                    }
+                } else {
+                    for i in 0..<d { yr[i] = (xr[i] - mean) * r * pw[i] + (pb?[i] ?? 0) }
                 }
             }
         }
         record(y) { dy in
             // dx = r/d · (d·g − Σg − x̂·Σ(g⊙x̂)) with g = dy⊙w
-            let ph = normalized.pointer, pr = inverse.pointer   // keeps both buffers alive until backward
+            let ph = normalized!.pointer, pr = inverse.pointer   // keeps both buffers alive until backward
             if x.requiresGrad {
                 let gx = x.gradBuffer()
                 Parallel.forEach(n, minChunk: 16) { range in
