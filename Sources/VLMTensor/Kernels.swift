@@ -68,37 +68,6 @@ public enum Kernels {
         while i < n { y[i] += alpha * x[i]; i += 1 }
     }
 
-    /// y = x · rsqrt(mean(x²) + eps) · weight, per row of `dim` (Llama RMSNorm, computed in Float32).
-    public static func rmsNorm(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
-                               rows: Int, dim: Int, eps: Float) {
-        Parallel.forEach(rows, minChunk: 16) { range in
-            for r in range {
-                let xr = x + r * dim, yr = y + r * dim
-                let ms = dot(xr, xr, dim) / Float(dim)
-                let scale = 1 / (ms + eps).squareRoot()
-                for i in 0..<dim { yr[i] = (xr[i] * scale) * weight[i] }
-            }
-        }
-    }
-
-    /// y = (x - mean) / sqrt(var + eps) · weight + bias, per row (LayerNorm, biased variance).
-    public static func layerNorm(_ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>, _ bias: UnsafePointer<Float>?,
-                                 _ y: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
-        Parallel.forEach(rows, minChunk: 16) { range in
-            for r in range {
-                let xr = x + r * dim, yr = y + r * dim
-                var mean: Float = 0
-                for i in 0..<dim { mean += xr[i] }
-                mean /= Float(dim)
-                var variance: Float = 0
-                for i in 0..<dim { let d = xr[i] - mean; variance += d * d }
-                variance /= Float(dim)
-                let inv = 1 / (variance + eps).squareRoot()
-                for i in 0..<dim { yr[i] = (xr[i] - mean) * inv * weight[i] + (bias?[i] ?? 0) }
-            }
-        }
-    }
-
     /// In-place softmax over `n` values, max-subtracted for stability.
     @inlinable
     public static func softmax(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
@@ -128,7 +97,7 @@ public enum Kernels {
     }
 }
 
-/// Plain, obviously-correct versions of `Kernels`, for tests.
+/// Plain, obviously-correct versions of `Kernels` and of the tape's norms, for tests.
 public enum Reference {
     public static func matmulTransposed(_ a: [Float], _ b: [Float], m: Int, n: Int, k: Int) -> [Float] {
         var c = [Float](repeating: 0, count: m * n)
