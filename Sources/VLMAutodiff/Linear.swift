@@ -30,9 +30,6 @@ public struct Linear: @unchecked Sendable {
 
     public var inFeatures: Int { weight.cols }
     public var outFeatures: Int { weight.rows }
-
-    /// The trainable leaves when the whole layer trains: W and b.
-    public var leaves: [Variable] { [weightLeaf, bias].compactMap { $0 } }
 }
 
 /// Float32 buffers a stored matrix is dequantized into for one product, reused across products

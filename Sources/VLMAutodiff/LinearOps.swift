@@ -63,14 +63,7 @@ extension Tape {
     /// PEFT LoRA around a frozen linear: y = x·Wᵀ (+ b) + scale · (dropout(x)·Aᵀ)·Bᵀ.
     public func loraLinear(_ x: Variable, _ weight: Variable, bias: Variable?, a: Variable, b: Variable, scale: Float,
                            dropout: Float, random: inout SeededRandom) -> Variable {
-        lowRankLinear(x, weight, bias: bias, adapterInput: self.dropout(x, probability: dropout, random: &random),
-                      a: a, b: b, scale: scale)
-    }
-
-    /// y = x·Wᵀ (+ b) + scale · (xa·Aᵀ)·Bᵀ as one op (xa is x, or x after LoRA dropout).
-    package func lowRankLinear(_ x: Variable, _ weight: Variable, bias: Variable?, adapterInput xa: Variable,
-                               a: Variable, b: Variable, scale: Float) -> Variable {
-        affine(x, .value(weight), bias: bias, adapter: (xa, a, b, scale))
+        affine(x, .value(weight), bias: bias, adapter: (self.dropout(x, probability: dropout, random: &random), a, b, scale))
     }
 
     /// y = x·Wᵀ (+ b) (+ scale · (xa·Aᵀ)·Bᵀ): the adapter's product is added by the GEMM into y,

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VLMApp
+import VLMFormats
 import VLMGeneration
 import VLMImage
 import VLMModels
@@ -93,8 +94,10 @@ struct PromptOptions: ParsableArguments {
         if !image.isEmpty {
             guard let support = model.images else { throw ValidationError("this model takes no images (--image)") }
             for path in image {
-                let hash = try ContentHash.hex(file: path)
-                features.attach([ImageInput(hash: hash, pixels: support.preprocess(try ImageLoader.load(path: path)))])
+                let file = try MappedFile(path: path)
+                let bytes = UnsafeRawBufferPointer(start: file.base, count: file.size)
+                let hash = ContentHash.hex(bytes)
+                features.attach([ImageInput(hash: hash, pixels: support.preprocess(try ImageLoader.decode(bytes, path: path)))])
                 hashes.append(hash)
             }
         }

@@ -425,7 +425,7 @@ public struct ModelConfigFile: Sendable {
         return ModelConfigFile(path: path, data: data, modelType: type)
     }
 
-    static func require(folder: String) throws -> ModelConfigFile {
+    public static func require(folder: String) throws -> ModelConfigFile {
         guard let file = try read(folder: folder) else {
             throw FormatError(folder + "/config.json", "missing: a model folder needs config.json")
         }

@@ -19,22 +19,9 @@ public final class TextModel: @unchecked Sendable {
             throw FormatError(path, "no such file or folder")
         }
         if isDirectory.boolValue {
-            let configPath = path + "/config.json"
-            guard let data = FileManager.default.contents(atPath: configPath) else {
-                throw FormatError(configPath, "missing: a model folder needs config.json")
-            }
-            let config: LlamaConfiguration
-            do { config = try JSONDecoder().decode(LlamaConfiguration.self, from: data) } catch {
-                throw FormatError(configPath, "not a supported text model config (\(Self.describe(error)))")
-            }
-            guard LlamaConfiguration.supportedTypes.contains(config.modelType) else {
-                throw FormatError(configPath, "unsupported model_type '\(config.modelType)'")
-            }
-            let weights = WeightMap(file: path, source: try openCheckpoint(folder: path))
-            weights.rename(LlamaWeights.sanitizeHF)
-            decoder = try LlamaModel(config: config, weights: weights, ropePairing: .halves)
+            decoder = try Self.decoder(folder: path, config: try ModelConfigFile.require(folder: path))
             tokenizer = try Tokenizer.load(folder: path)
-            architecture = config.modelType
+            architecture = decoder.config.modelType
         } else {
             let gguf = try GGUFFile(path: path)
             let config = try LlamaConfiguration(gguf: gguf)
@@ -47,6 +34,20 @@ public final class TextModel: @unchecked Sendable {
         }
         let name = template ?? ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: architecture)
         self.template = try ChatTemplate.load(name: name, directory: ChatTemplate.defaultDirectory(), jinja: tokenizer.chatTemplateSource)
+    }
+
+    /// The decoder of a Hugging Face text model folder whose config.json is `config`.
+    public static func decoder(folder: String, config file: ModelConfigFile) throws -> LlamaModel {
+        let config: LlamaConfiguration
+        do { config = try JSONDecoder().decode(LlamaConfiguration.self, from: file.data) } catch {
+            throw FormatError(file.path, "not a supported text model config (\(describe(error)))")
+        }
+        guard LlamaConfiguration.supportedTypes.contains(config.modelType) else {
+            throw FormatError(file.path, "unsupported model_type '\(config.modelType)'")
+        }
+        let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
+        weights.rename(LlamaWeights.sanitizeHF)
+        return try LlamaModel(config: config, weights: weights, ropePairing: .halves)
     }
 
     /// The ids of one user message wrapped by the chat template with the generation prompt.

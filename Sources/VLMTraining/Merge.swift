@@ -109,10 +109,10 @@ public enum Merge {
 
         init(folder: String) throws {
             self.folder = folder
-            let config = try ModelConfigFile.read(folder: folder)
-            isLlava = config?.isLlava ?? false
+            let config = try ModelConfigFile.require(folder: folder)
+            isLlava = config.isLlava
             guard isLlava else {
-                decoder = try loadTextDecoder(folder: folder)
+                decoder = try TextModel.decoder(folder: folder, config: config)
                 projector = nil; tower = nil; composed = false
                 sanitize = { LlamaWeights.sanitizeHF($0) }
                 languagePrefix = ""
@@ -217,24 +217,6 @@ public enum Merge {
         let scaledB = Tensor(shape: [adapter.outFeatures, r], zeroed: false)
         for i in 0..<scaledB.count { scaledB.data[i] = adapter.b.value.data[i] * adapter.scale }
         Kernels.matmul(scaledB.data, adapter.a.data, weight.data, m: adapter.outFeatures, n: adapter.inFeatures, k: r, accumulate: true)
-    }
-
-    /// The decoder of a Hugging Face text model folder (no tokenizer needed).
-    static func loadTextDecoder(folder: String) throws -> LlamaModel {
-        let configPath = folder + "/config.json"
-        guard let data = FileManager.default.contents(atPath: configPath) else {
-            throw FormatError(configPath, "missing: a model folder needs config.json")
-        }
-        let config: LlamaConfiguration
-        do { config = try JSONDecoder().decode(LlamaConfiguration.self, from: data) } catch {
-            throw FormatError(configPath, "not a supported text model config (\(error))")
-        }
-        guard LlamaConfiguration.supportedTypes.contains(config.modelType) else {
-            throw FormatError(configPath, "unsupported model_type '\(config.modelType)'")
-        }
-        let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
-        weights.rename(LlamaWeights.sanitizeHF)
-        return try LlamaModel(config: config, weights: weights, ropePairing: .halves)
     }
 
     /// The files a model folder needs besides its weights: config, tokenizer, chat template,

@@ -117,9 +117,7 @@ public final class TrainableModel: @unchecked Sendable {
         }
         guard let llava = (chat as? VisionLanguageModel)?.llava else { return }
         for (_, leaf) in llava.projector.namedLeaves { leaf.requiresGrad = false }
-        if let tower = llava.visionTransformer, let leaves = try? tower.leaves(featureLayer: tower.layers.count) {
-            for (_, leaf) in leaves { leaf.requiresGrad = false }
-        }
+        for (_, leaf) in llava.visionTransformer?.namedLeaves ?? [] { leaf.requiresGrad = false }
     }
 
     /// What the objective divides a step's summed loss by, for `batch`'s share: its label tokens
