@@ -64,14 +64,16 @@ let package = Package(
         ], swiftSettings: fast),
         .executableTarget(name: "vlmsh", dependencies: ["VLMCLI"]),
 
+        // What the test targets share: the installed default model, skipped or failed when missing.
+        .target(name: "VLMTestSupport", dependencies: ["VLMHome"], path: "Tests/TestSupport"),
         .testTarget(name: "VLMTensorTests", dependencies: ["VLMTensor"]),
-        .testTarget(name: "VLMFormatsTests", dependencies: ["VLMFormats", "VLMTensor", "VLMHome"]),
+        .testTarget(name: "VLMFormatsTests", dependencies: ["VLMTestSupport", "VLMFormats", "VLMTensor", "VLMHome"]),
         .testTarget(name: "VLMTokenizersTests", dependencies: ["VLMTokenizers", "VLMFormats"]),
         .testTarget(name: "VLMImageTests", dependencies: ["VLMImage", "VLMDemo", "VLMTensor", "VLMFormats"]),
         .testTarget(name: "VLMStoreTests", dependencies: ["VLMStore", "VLMHome", "vlmsh-store-child"]),
-        .testTarget(name: "VLMModelsTests", dependencies: ["VLMHome", "VLMModels", "VLMAutodiff", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
+        .testTarget(name: "VLMModelsTests", dependencies: ["VLMTestSupport", "VLMHome", "VLMModels", "VLMAutodiff", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
-        .testTarget(name: "VLMTrainingTests", dependencies: ["VLMHome", "VLMTraining", "VLMAutodiff", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
-        .testTarget(name: "VLMCLITests", dependencies: ["VLMCLI", "VLMApp", "VLMStore", "VLMModels", "VLMTraining", "VLMHome"]),
+        .testTarget(name: "VLMTrainingTests", dependencies: ["VLMTestSupport", "VLMHome", "VLMTraining", "VLMAutodiff", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
+        .testTarget(name: "VLMCLITests", dependencies: ["VLMTestSupport", "VLMCLI", "VLMApp", "VLMStore", "VLMModels", "VLMTraining", "VLMHome"]),
     ]
 )

@@ -2,9 +2,11 @@ import Foundation
 import VLMHome
 import XCTest
 
+/// Helpers every test target shares.
+
 /// SmolLM2 from the model store (`$VLMSH_HOME/models`). `make test` sets VLMSH_REQUIRE_MODEL, so a
 /// missing model fails there, while a bare `swift test` skips.
-func installedDefaultModel() throws -> String {
+public func installedDefaultModel() throws -> String {
     let path = VLMHome.models() + "/SmolLM2-135M-Instruct.Q4_1.gguf"
     if FileManager.default.fileExists(atPath: path) { return path }
     if ProcessInfo.processInfo.environment["VLMSH_REQUIRE_MODEL"] == "1" {

@@ -1,5 +1,6 @@
 import Foundation
 import VLMHome
+import VLMTestSupport
 import XCTest
 
 /// Runs the built `vlmsh` binary as a user would and checks the `--json` contract and the
@@ -68,12 +69,7 @@ final class CLITests: XCTestCase {
         XCTAssertEqual(install.terminationStatus, 0, "scripts/install-demo.sh")
     }
 
-    static func defaultModel() throws -> String {
-        let path = VLMHome.models() + "/SmolLM2-135M-Instruct.Q4_1.gguf"
-        if FileManager.default.fileExists(atPath: path) { return path }
-        if ProcessInfo.processInfo.environment["VLMSH_REQUIRE_MODEL"] == "1" { XCTFail("default model missing at \(path)") }
-        throw XCTSkip("default model not installed; run `make model`")
-    }
+    static func defaultModel() throws -> String { try installedDefaultModel() }
 
     func json(_ r: Result) throws -> [String: Any] {
         XCTAssertEqual(r.status, 0, r.stderr)

@@ -1,3 +1,4 @@
+import VLMTestSupport
 import XCTest
 import Foundation
 import VLMFormats

@@ -1,5 +1,6 @@
 import Foundation
 import VLMHome
+import VLMTestSupport
 import XCTest
 
 /// Paths of committed fixtures and the real default model.
@@ -14,14 +15,7 @@ enum Fixtures {
 
     /// The default model from the store; `make test` fetches it and sets VLMSH_REQUIRE_MODEL so
     /// its absence fails there, while a bare `swift test` skips.
-    static func defaultModel() throws -> String {
-        let path = VLMHome.models() + "/SmolLM2-135M-Instruct.Q4_1.gguf"
-        if FileManager.default.fileExists(atPath: path) { return path }
-        if ProcessInfo.processInfo.environment["VLMSH_REQUIRE_MODEL"] == "1" {
-            XCTFail("default model missing at \(path) (make model)")
-        }
-        throw XCTSkip("default model not installed at \(path); run `make model`")
-    }
+    static func defaultModel() throws -> String { try installedDefaultModel() }
 }
 
 /// Largest absolute difference, for failure messages.

@@ -1,5 +1,6 @@
 import Foundation
 import VLMHome
+import VLMTestSupport
 import XCTest
 @testable import VLMTraining
 import VLMGeneration
