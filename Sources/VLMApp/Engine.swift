@@ -214,14 +214,11 @@ public final class Engine {
         try requireModel()
         guard let support = model?.images else { throw UsageError("\(modelPath ?? "this model") takes no images") }
         let expanded = (path as NSString).expandingTildeInPath
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: expanded)) } catch {
-            throw UsageError("\(path): cannot read file")
-        }
-        let image = try data.withUnsafeBytes { try ImageLoader.decode($0, path: expanded) }
-        let hash = ContentHash.hex(data)
-        let record = try store.addImage(sha256: hash, path: expanded, width: image.width, height: image.height, bytes: Int64(data.count))
-        pendingImages.append((ImageInput(hash: hash, pixels: support.preprocess(image)), record, expanded))
+        guard FileManager.default.fileExists(atPath: expanded) else { throw UsageError("\(path): cannot read file") }
+        let file = try ImageFile(path: expanded)
+        let image = file.image
+        let record = try store.addImage(sha256: file.hash, path: expanded, width: image.width, height: image.height, bytes: Int64(file.byteCount))
+        pendingImages.append((ImageInput(hash: file.hash, pixels: support.preprocess(image)), record, expanded))
         console.line("attached \(path) (\(image.width)×\(image.height))")
     }
 
@@ -308,11 +305,10 @@ public final class Engine {
     /// The image a stored turn referenced, checked against its recorded content hash.
     func reloadImage(_ record: ImageRecord) throws -> ImageInput {
         guard let support = model?.images else { throw UsageError("the session has images but the model takes none") }
-        guard let data = FileManager.default.contents(atPath: record.path) else { throw UsageError("\(record.path): image is gone") }
-        let hash = ContentHash.hex(data)
-        guard hash == record.sha256 else { throw UsageError("\(record.path): image changed since the session (content hash differs)") }
-        let image = try data.withUnsafeBytes { try ImageLoader.decode($0, path: record.path) }
-        return ImageInput(hash: hash, pixels: support.preprocess(image))
+        guard FileManager.default.fileExists(atPath: record.path) else { throw UsageError("\(record.path): image is gone") }
+        let file = try ImageFile(path: record.path)
+        guard file.hash == record.sha256 else { throw UsageError("\(record.path): image changed since the session (content hash differs)") }
+        return ImageInput(hash: file.hash, pixels: support.preprocess(file.image))
     }
 
     public func runScript(_ path: String) throws {

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import VLMApp
-import VLMFormats
 import VLMGeneration
 import VLMImage
 import VLMModels
@@ -94,11 +93,9 @@ struct PromptOptions: ParsableArguments {
         if !image.isEmpty {
             guard let support = model.images else { throw ValidationError("this model takes no images (--image)") }
             for path in image {
-                let file = try MappedFile(path: path)
-                let bytes = UnsafeRawBufferPointer(start: file.base, count: file.size)
-                let hash = ContentHash.hex(bytes)
-                features.attach([ImageInput(hash: hash, pixels: support.preprocess(try ImageLoader.decode(bytes, path: path)))])
-                hashes.append(hash)
+                let file = try ImageFile(path: path)
+                features.attach([ImageInput(hash: file.hash, pixels: support.preprocess(file.image))])
+                hashes.append(file.hash)
             }
         }
         return (ids, try Prompt(ids: ids, images: hashes, support: model.images), features)

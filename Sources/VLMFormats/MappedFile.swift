@@ -11,7 +11,9 @@ public final class MappedFile: @unchecked Sendable {
 
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
+        // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; fstat below then
+        // refuses anything that is not a regular file.
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { throw FormatError(path, String(cString: strerror(errno))) }
         defer { close(fd) }
         var st = stat()

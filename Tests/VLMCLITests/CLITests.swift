@@ -143,6 +143,14 @@ final class CLITests: XCTestCase {
         assertOneLineError(try vlmsh(["generate", "--model", path, "--prompt", "hi"]), mentions: [path, "magic"])
     }
 
+    func testFIFOAsModelOrImageIsOneErrorNotAHang() throws {
+        let fifo = try scratchDirectory("vlmsh-fifo") + "/pipe.png"
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        assertOneLineError(try vlmsh(["generate", "--model", fifo, "--prompt", "hi"], timeout: 60), mentions: [fifo, "not a regular file"])
+        assertOneLineError(try vlmsh(["generate", "--model", "vlmsh-demo", "--image", fifo, "--prompt", "hi"], timeout: 60),
+                           mentions: [fifo, "not a regular file"])
+    }
+
     func testTruncatedHeader() throws {
         let path = try temporaryFile("cut.gguf", try header(ofModel: defaultModel(), bytes: 100_000))
         assertOneLineError(try vlmsh(["generate", "--model", path, "--prompt", "hi"]), mentions: [path, "truncated"])
