@@ -74,23 +74,26 @@ extension Tape {
         let blocks = stride(from: 0, to: t, by: blockSize).map { ($0, min($0 + blockSize, t)) }
         func keysEnd(_ blockEnd: Int) -> Int { causal ? blockEnd : t }
         // P[b, h] = softmax(S), kept for backward: [batch, heads, t, t]; within a row, entries
-        // past its block's last key are never written nor read.
-        let probabilities = FloatStorage(count: layout.batch * heads * t * t, zeroed: false)
+        // past its block's last key are never written nor read. Without a backward pass, each
+        // thread's tasks share one [t, t] scratch instead.
+        let keepsProbabilities = isRecording && out.requiresGrad
+        let probabilities = FloatStorage(count: keepsProbabilities ? layout.batch * heads * t * t : 0, zeroed: false)
         let pq = q.data, pk = k.data, pv = v.data, po = out.data
         withSingleThreadedBLAS {
             Parallel.forEach(layout.batch * heads) { tasks in
+                let scratch = keepsProbabilities ? nil : FloatStorage(count: t * t, zeroed: false)
                 for task in tasks {
                     let b = task / heads, h = task % heads
-                    let p = probabilities.pointer + task * t * t
+                    let p = scratch?.pointer ?? probabilities.pointer + task * t * t
                     let qh = pq + b * t * qw + h * hd, kh = pk + b * t * kw + (h / group) * hd, vh = pv + b * t * kw + (h / group) * hd
                     let oh = po + b * t * qw + h * hd
                     for (start, end) in blocks {
                         let keys = keysEnd(end)
-                        Kernels.gemm(m: end - start, n: keys, k: hd, qh + start * qw, lda: qw, kh, ldb: kw, transB: true, p + start * t, ldc: t)
+                        Kernels.gemm(m: end - start, n: keys, k: hd, qh + start * qw, lda: qw, kh, ldb: kw, transB: true, p + start * t, ldc: t,
+                                     alpha: scale)
                         for i in start..<end {
                             let row = p + i * t, visible = causal ? i + 1 : t
-                            for j in 0..<visible { row[j] *= scale }
-                            Kernels.softmax(row, visible)
+                            Kernels.softmaxVectorized(row, visible)
                             for j in visible..<keys { row[j] = 0 }
                         }
                         Kernels.gemm(m: end - start, n: hd, k: keys, p + start * t, lda: t, vh, ldb: kw, transB: false, oh + start * qw, ldc: qw)
@@ -208,12 +211,12 @@ extension Tape {
         ScratchPool.shared.withBuffer(count: n * total) { s in
             for head in 0..<heads {
                 let kvOffset = (head / group) * hd
-                Kernels.gemm(m: n, n: total, k: hd, pq + head * hd, lda: qDim, keys + kvOffset, ldb: kvDim, transB: true, s, ldc: total)
+                Kernels.gemm(m: n, n: total, k: hd, pq + head * hd, lda: qDim, keys + kvOffset, ldb: kvDim, transB: true, s, ldc: total,
+                             alpha: scale)
                 Parallel.forEach(n, minChunk: 8) { range in
                     for i in range {
                         let row = s + i * total, visible = start + i + 1
-                        for j in 0..<visible { row[j] *= scale }
-                        Kernels.softmax(row, visible)
+                        Kernels.softmaxVectorized(row, visible)
                         for j in visible..<total { row[j] = 0 }
                     }
                 }

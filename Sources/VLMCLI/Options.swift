@@ -76,12 +76,12 @@ struct PromptOptions: ParsableArguments {
             return parsed.map { $0! }
         }
         var text = prompt ?? ""
-        if raw { return model.encodePrompt(text, addSpecialTokens: true) }
+        if raw { return model.promptEncoding.ids(text, addSpecialTokens: true) }
         if let support = model.images { text = ChatMessage.placingImages(image.count, in: text, placeholder: support.tokenText) }
         var messages: [ChatMessage] = []
         if let system { messages.append(ChatMessage(role: .system, text: system)) }
         messages.append(ChatMessage(role: .user, text: text))
-        return model.encodePrompt(model.template.render(messages, addGenerationPrompt: true), addSpecialTokens: false)
+        return model.promptEncoding.ids(messages, addGenerationPrompt: true)
     }
 
     /// The prompt as the model runs it: `promptIDs` with the images at their placeholders,

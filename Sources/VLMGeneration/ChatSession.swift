@@ -10,13 +10,13 @@ public protocol ChatModel: AnyObject {
     var tokenizer: Tokenizer { get }
     var template: ChatTemplate { get }
     var images: ImageSupport? { get }
-    /// Prompt text → ids; models whose image placeholder is no vocabulary token override this.
-    func encodePrompt(_ text: String, addSpecialTokens: Bool) -> [Int]
 }
 
 extension ChatModel {
-    public func encodePrompt(_ text: String, addSpecialTokens: Bool) -> [Int] {
-        tokenizer.encode(text, addSpecialTokens: addSpecialTokens)
+    /// How this model's prompts become ids (its template, tokenizer and image token).
+    public var promptEncoding: PromptEncoding {
+        PromptEncoding(tokenizer: tokenizer, template: template,
+                       imageToken: images.map { PromptEncoding.ImageToken(text: $0.tokenText, id: $0.tokenID) })
     }
 }
 
@@ -116,7 +116,7 @@ public final class ChatSession {
     func inputSlots(addGenerationPrompt: Bool) throws -> Prompt {
         var all = messages
         if let system, all.first?.role != .system { all.insert(ChatMessage(role: .system, text: system), at: 0) }
-        let ids = model.encodePrompt(model.template.render(all, addGenerationPrompt: addGenerationPrompt), addSpecialTokens: false)
+        let ids = model.promptEncoding.ids(all, addGenerationPrompt: addGenerationPrompt)
         return try Prompt(ids: ids, images: messageImages.flatMap { $0 }.map(\.hash), support: model.images)
     }
 

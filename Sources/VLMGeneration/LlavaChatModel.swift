@@ -37,23 +37,10 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
         self.template = try ChatTemplate.load(name: name, directory: ChatTemplate.defaultDirectory(), jinja: tokenizer.chatTemplateSource)
     }
 
-    /// Whether the tokenizer itself maps `<image>` to the image token id.
-    var tokenizerKnowsImageToken: Bool { tokenizer.tokenID(imageTokenText) == imageTokenID }
-
     public var images: ImageSupport? {
         let llava = self.llava
         return ImageSupport(tokenID: imageTokenID, tokenText: imageTokenText, featureCount: llava.featureCount,
                             preprocess: { llava.preprocess($0) }, encode: { try llava.imageFeatures(pixels: $0) })
-    }
-
-    /// Prompt text → ids. Without `<image>` in the vocabulary, the text is split at each `<image>`,
-    /// the pieces tokenized separately (BOS only on the first) and joined with the sentinel id, as
-    /// LLaVA's `tokenizer_image_token` does.
-    public func encodePrompt(_ text: String, addSpecialTokens: Bool) -> [Int] {
-        if tokenizerKnowsImageToken || !text.contains(imageTokenText) {
-            return tokenizer.encode(text, addSpecialTokens: addSpecialTokens)
-        }
-        return tokenizer.encode(text, placeholder: imageTokenText, as: imageTokenID, addSpecialTokens: addSpecialTokens)
     }
 
     public var stopTokens: Set<Int> { tokenizer.eosTokenIDs }

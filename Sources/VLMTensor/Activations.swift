@@ -124,8 +124,9 @@ extension Kernels {
         }
     }
 
+    /// In-place softmax of one row with the vectorized exp.
     @inline(__always)
-    static func softmaxVectorized(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
+    public static func softmaxVectorized(_ x: UnsafeMutablePointer<Float>, _ n: Int) {
         let raw = UnsafeMutableRawPointer(x)
         var mx = -Float.infinity
         var vmax = SIMD8<Float>(repeating: -.infinity)

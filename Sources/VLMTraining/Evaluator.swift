@@ -288,7 +288,7 @@ public enum Evaluator {
         if let conversations = row["conversations"] as? [Any] {
             guard let (prompt, reference) = conversationPrompt(conversations, hasImage: example.hasImage, chat: chat) else { return nil }
             // ChatSession.inputSlots: the rendered chat with the generation prompt, no added specials.
-            let ids = chat.encodePrompt(chat.template.render(prompt, addGenerationPrompt: true), addSpecialTokens: false)
+            let ids = chat.promptEncoding.ids(prompt, addGenerationPrompt: true)
             let placeholder = chat.images?.tokenText ?? ConversationEncoder.imagePlaceholder
             return (ids, example.hasImage && prompt.contains { $0.text.contains(placeholder) }, reference)
         }
@@ -323,17 +323,7 @@ public enum Evaluator {
             default: return nil
             }
         }
-        // LLaVA skips assistant turns before the first human one.
-        guard let firstUser = messages.firstIndex(where: { $0.role == .user }) else { return nil }
-        messages = messages.enumerated().filter { !($0.element.role == .assistant && $0.offset < firstUser) }.map(\.element)
-        if hasImage {
-            if !messages.contains(where: { $0.text.contains(placeholder) }), let i = messages.firstIndex(where: { $0.role == .user }) {
-                messages[i].text = ChatMessage.placingImages(1, in: messages[i].text, placeholder: placeholder)
-            }
-            if chat.template.name == "plain", let i = messages.firstIndex(where: { $0.text.contains(placeholder) }) {
-                messages[i].text = placeholder
-            }
-        }
+        messages = chat.promptEncoding.arranging(messages, images: hasImage ? 1 : 0, placeholder: placeholder)
         guard let last = messages.lastIndex(where: { $0.role == .assistant }), messages[..<last].contains(where: { $0.role == .user }) else {
             return nil
         }

@@ -106,7 +106,7 @@ final class LlavaTests: XCTestCase {
                 // Our tokenization of the prompt, then expansion at the image tokens.
                 let promptIDs = try XCTUnwrap(c["prompt_ids"] as? [Int])
                 let prompt = try XCTUnwrap(c["prompt"] as? String)
-                XCTAssertEqual(model.encodePrompt(prompt, addSpecialTokens: true), promptIDs, "\(label) prompt ids")
+                XCTAssertEqual(model.promptEncoding.ids(prompt, addSpecialTokens: true), promptIDs, "\(label) prompt ids")
                 let slots = try ChatSession.expand(ids: promptIDs, images: inputs, support: model.images)
                 let expanded = slots.map { slot -> Int in
                     if case .token(let id) = slot { return id } else { return goldenImageID ?? -1 }
@@ -173,7 +173,7 @@ final class LlavaTests: XCTestCase {
 
     func testOriginalLlavaChatPromptUsesTheSentinel() throws {
         let model = try self.model("original-llava")
-        let ids = model.encodePrompt("USER: <image>\nHi ASSISTANT:", addSpecialTokens: true)
+        let ids = model.promptEncoding.ids("USER: <image>\nHi ASSISTANT:", addSpecialTokens: true)
         XCTAssertEqual(ids.filter { $0 == -200 }.count, 1)
         XCTAssertEqual(ids.first, model.tokenizer.bosTokenID)
     }

@@ -191,9 +191,8 @@ final class DataTests: XCTestCase {
                                             template: model.template, image: (support.tokenID, support.featureCount),
                                             imageFolder: Self.images)
         let example = data[0]
-        let prompt = model.encodePrompt(model.template.render([ChatMessage(role: .user, text: "<image>\nWhat is it?"),
-                                                               ChatMessage(role: .assistant, text: "A square.")], addGenerationPrompt: false),
-                                        addSpecialTokens: false)
+        let prompt = model.promptEncoding.ids([ChatMessage(role: .user, text: "<image>\nWhat is it?"),
+                                               ChatMessage(role: .assistant, text: "A square.")], addGenerationPrompt: false)
         let at = try XCTUnwrap(prompt.firstIndex(of: -200))
         XCTAssertEqual(example.inputIDs, Array(prompt[..<at]) + [Int](repeating: -200, count: support.featureCount) + Array(prompt[(at + 1)...]))
         XCTAssertEqual(targetRuns(example, model.tokenizer).map { $0.trimmingCharacters(in: .whitespaces) }, ["A square.</s>"])

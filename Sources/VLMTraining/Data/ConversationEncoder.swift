@@ -1,10 +1,10 @@
 import Foundation
+import VLMGeneration
 import VLMTokenizers
 
 /// Turns a conversation into training ids and labels the way LLaVA's `preprocess` does, with the
-/// model's own chat template: the whole conversation is rendered and tokenized once, exactly as
-/// inference would tokenize it (`ChatSession`: the template's textual BOS, no added special
-/// tokens; `<image>` split out when the vocabulary has no such token), and the tokens of each
+/// model's own chat template: the whole conversation is rendered and tokenized once by the
+/// `PromptEncoding` inference uses, and the tokens of each
 /// assistant reply plus its end-of-turn marker become targets. The system message, user turns,
 /// template scaffolding and the assistant prefix are -100 (`preprocess_v1` / `preprocess_plain`).
 ///
@@ -12,34 +12,30 @@ import VLMTokenizers
 /// longest common token prefix with the full tokenization, so a token that straddles the start of
 /// a reply (SentencePiece's "▁answer" after "ASSISTANT: ") is a target, as in LLaVA.
 public struct ConversationEncoder: Sendable {
-    public let tokenizer: Tokenizer
-    public let template: ChatTemplate
+    /// The model's own prompt rule, shared with inference.
+    public let encoding: PromptEncoding
     /// The image token and how many positions one image takes; nil for a text-only model.
     public let image: (tokenID: Int, featureCount: Int)?
     public static let imagePlaceholder = "<image>"
 
-    /// The vocabulary spells the placeholder as the image token itself (HF LLaVA); otherwise the
-    /// text is split at it and the pieces joined with the id (original LLaVA's -200 sentinel).
-    private let splitsAtPlaceholder: Bool
+    public var tokenizer: Tokenizer { encoding.tokenizer }
+    public var template: ChatTemplate { encoding.template }
 
     public init(tokenizer: Tokenizer, template: ChatTemplate, image: (tokenID: Int, featureCount: Int)?) {
-        self.tokenizer = tokenizer
-        self.template = template
+        encoding = PromptEncoding(tokenizer: tokenizer, template: template,
+                                  imageToken: image.map { PromptEncoding.ImageToken(text: Self.imagePlaceholder, id: $0.tokenID) })
         self.image = image
-        if let image { splitsAtPlaceholder = tokenizer.tokenID(Self.imagePlaceholder) != image.tokenID } else { splitsAtPlaceholder = false }
     }
 
-    /// Ids and labels of `messages` (roles system/user/assistant). With `hasImage`, the one
-    /// `<image>` placeholder stays where it is, or "<image>\n" opens the first user turn when there
-    /// is none; the image token is expanded to `featureCount` positions with -100 labels.
-    /// A leading assistant turn is dropped, as LLaVA skips a first turn not from the human.
+    /// Ids and labels of `messages` (roles system/user/assistant), arranged as
+    /// `PromptEncoding.arranging` does (at most one `<image>` placeholder, in a user turn); the
+    /// image token is expanded to `featureCount` positions with -100 labels.
     public func encode(_ input: [ChatMessage], hasImage: Bool) throws -> (inputIDs: [Int], labels: [Int], imageRange: Range<Int>?) {
         let placeholder = Self.imagePlaceholder
-        var messages = input
-        guard let firstUser = messages.firstIndex(where: { $0.role == .user }) else {
-            throw TrainingDataError(messages.contains { $0.role == .assistant } ? "no human turn" : "no human or assistant turn")
+        guard input.contains(where: { $0.role == .user }) else {
+            throw TrainingDataError(input.contains { $0.role == .assistant } ? "no human turn" : "no human or assistant turn")
         }
-        messages = messages.enumerated().filter { !($0.element.role == .assistant && $0.offset < firstUser) }.map(\.element)
+        var messages = encoding.arranging(input, images: 0, placeholder: placeholder)
         guard messages.contains(where: { $0.role == .assistant }) else { throw TrainingDataError("no assistant turn") }
 
         let counts = messages.map { $0.text.components(separatedBy: placeholder).count - 1 }
@@ -47,22 +43,16 @@ public struct ConversationEncoder: Sendable {
         if hasImage {
             guard image != nil else { throw TrainingDataError("the row has an image but the model takes no images") }
             if total > 1 { throw TrainingDataError("\(total) \(placeholder) placeholders for one image") }
-            let userIndex = messages.firstIndex { $0.role == .user }!
-            if total == 0 {
-                messages[userIndex].text = ChatMessage.placingImages(1, in: messages[userIndex].text, placeholder: placeholder)
-            } else if let at = counts.firstIndex(of: 1), messages[at].role == .assistant {
+            if let at = counts.firstIndex(of: 1), messages[at].role == .assistant {
                 throw TrainingDataError("the \(placeholder) placeholder is in an assistant turn")
             }
-            if template.name == "plain", let at = messages.firstIndex(where: { $0.text.contains(placeholder) }) {
-                // preprocess_plain: the human turn is the image alone, the caption follows it.
-                messages[at].text = placeholder
-            }
+            messages = encoding.arranging(messages, images: 1, placeholder: placeholder)
         } else if image != nil && total > 0 {
             throw TrainingDataError("\(placeholder) placeholder but the row has no image")
         }
 
         let full = template.render(messages, addGenerationPrompt: false)
-        let ids = encodeText(full)
+        let ids = encoding.ids(full)
         var labels = [Int](repeating: ignoreIndex, count: ids.count)
         let keptSuffix = keptSuffixBytes()
         for k in messages.indices where messages[k].role == .assistant {
@@ -73,21 +63,21 @@ public struct ConversationEncoder: Sendable {
             guard full.utf8.starts(with: before.utf8), full.utf8.starts(with: upTo.utf8) else {
                 throw TrainingDataError("the \(template.name) template does not render this conversation turn by turn")
             }
-            let start = Self.commonPrefix(ids, encodeText(before))
-            let end = Self.commonPrefix(ids, encodeText(upTo))
+            let start = Self.commonPrefix(ids, encoding.ids(before))
+            let end = Self.commonPrefix(ids, encoding.ids(upTo))
             if start < end { for i in start..<end { labels[i] = ids[i] } }
         }
 
         guard let image else { return (ids, labels, nil) }
-        let positions = ids.indices.filter { ids[$0] == image.tokenID }
+        let runs = Prompt.imageRuns(ids, tokenID: image.tokenID)
         guard hasImage else {
-            if !positions.isEmpty { throw TrainingDataError("the text tokenizes to the image token without an image") }
+            if !runs.isEmpty { throw TrainingDataError("the text tokenizes to the image token without an image") }
             return (ids, labels, nil)
         }
-        guard positions.count == 1 else {
-            throw TrainingDataError("expected one image token after tokenization, found \(positions.count)")
+        guard runs.count == 1, runs[0].count == 1 else {
+            throw TrainingDataError("expected one image token after tokenization, found \(runs.map(\.count).reduce(0, +))")
         }
-        return Self.expandImage(ids: ids, labels: labels, at: positions[0], run: 1, image: image)
+        return Self.expandImage(ids: ids, labels: labels, at: runs[0].start, run: 1, image: image)
     }
 
     /// Replaces the image token run at `at` (1 token, or already `featureCount`) with
@@ -98,14 +88,6 @@ public struct ConversationEncoder: Sendable {
         let outIDs = Array(ids[..<p]) + [Int](repeating: image.tokenID, count: n) + Array(ids[(p + run)...])
         let outLabels = Array(labels[..<p]) + [Int](repeating: ignoreIndex, count: n) + Array(labels[(p + run)...])
         return (outIDs, outLabels, p..<(p + n))
-    }
-
-    /// Prompt text → ids as inference encodes it (`ChatModel.encodePrompt(_, addSpecialTokens: false)`).
-    func encodeText(_ text: String) -> [Int] {
-        guard splitsAtPlaceholder, let image, text.contains(Self.imagePlaceholder) else {
-            return tokenizer.encode(text, addSpecialTokens: false)
-        }
-        return tokenizer.encode(text, placeholder: Self.imagePlaceholder, as: image.tokenID)
     }
 
     /// UTF-8 bytes of the assistant suffix that are targets: through the end of the first stop
