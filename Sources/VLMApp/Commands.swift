@@ -83,10 +83,11 @@ extension Engine {
         REPLCommand("/show", "", "model, architecture, parameters, template") { engine, _ in engine.show() },
         REPLCommand("/history", "", "this chat's messages") { engine, _ in engine.history() },
         REPLCommand("/stats", "", "time to first token and tokens/s of the last reply") { engine, _ in engine.stats() },
-        REPLCommand("/save", "NAME", "name this session") { engine, args in
+        REPLCommand("/save", "[--replace] NAME", "name this session (--replace takes the name from an older one)") { engine, args in
             let words = try args.words()
-            guard words.count == 1 else { throw args.usageError }
-            try engine.save(as: words[0])
+            let replacing = words.first == "--replace"
+            guard words.count == (replacing ? 2 : 1) else { throw args.usageError }
+            try engine.save(as: words[words.count - 1], replacing: replacing)
         },
         REPLCommand("/sessions", "", "stored sessions") { engine, _ in try engine.listSessions() },
         REPLCommand("/open", "ID|NAME", "continue a stored session") { engine, args in

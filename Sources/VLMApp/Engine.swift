@@ -47,10 +47,14 @@ public final class Engine {
 
     // MARK: - Input
 
-    /// Handles one REPL entry (a command or a message). Returns false when the user quits.
+    /// Handles one typed line (a command or a message). Returns false when the user quits.
+    @discardableResult
+    public func handle(_ line: String) -> Bool { handle(.line(line)) }
+
+    /// Handles one REPL entry. Returns false when the user quits.
     /// Errors are printed as one line; nothing here ends the REPL.
     @discardableResult
-    public func handle(_ entry: String) -> Bool {
+    public func handle(_ entry: InputEntry) -> Bool {
         do {
             return try perform(entry)
         } catch {
@@ -59,10 +63,11 @@ public final class Engine {
         }
     }
 
-    /// One entry, its error thrown: a script stops there.
-    private func perform(_ entry: String) throws -> Bool {
-        if entry.hasPrefix("/") { return try command(entry) }
-        try send(entry)
+    /// One entry, its error thrown: a script stops there. A block is a message even when its
+    /// text starts with `/`.
+    private func perform(_ entry: InputEntry) throws -> Bool {
+        if entry.isCommand { return try command(entry.text) }
+        try send(entry.text)
         return true
     }
 
@@ -98,9 +103,15 @@ public final class Engine {
                             s.timeToFirstToken, s.prefillTokensPerSecond, s.promptTokens, s.decodeTokensPerSecond, s.generatedTokens))
     }
 
-    func save(as name: String) throws {
+    /// `/save NAME`; `replacing` moves a name another session holds to this one (that session
+    /// stays, by its id), so a script that saves under a fixed name can run again.
+    func save(as name: String, replacing: Bool = false) throws {
         let id = try ensureSession()
-        try store.renameSession(id, to: name)
+        do {
+            try store.renameSession(id, to: name, replacing: replacing)
+        } catch let error as StoreError where error.kind == .nameTaken {
+            throw UsageError("a session named '\(name)' already exists; /save --replace \(name) moves the name to this one")
+        }
         console.line("session \(id) saved as '\(name)'")
     }
 
@@ -174,13 +185,14 @@ public final class Engine {
             guard let v = T(value) else { throw UsageError("/set \(key): '\(value)' is not a number") }
             return v
         }
+        var p = parameters
         switch key {
-        case "temperature": parameters.temperature = try number(Float.self)
-        case "top_p": parameters.topP = try number(Float.self)
-        case "top_k": parameters.topK = try number(Int.self)
-        case "min_p": parameters.minP = try number(Float.self)
-        case "repeat_penalty": parameters.repetitionPenalty = try number(Float.self)
-        case "max_tokens": parameters.maxTokens = try number(Int.self)
+        case "temperature": p.temperature = try number(Float.self)
+        case "top_p": p.topP = try number(Float.self)
+        case "top_k": p.topK = try number(Int.self)
+        case "min_p": p.minP = try number(Float.self)
+        case "repeat_penalty": p.repetitionPenalty = try number(Float.self)
+        case "max_tokens": p.maxTokens = try number(Int.self)
         case "seed": fixedSeed = value.isEmpty || value == "random" ? nil : try number(UInt64.self)
         case "system":
             system = value.isEmpty ? nil : value
@@ -191,20 +203,25 @@ public final class Engine {
         default:
             throw UsageError("usage: /set \(Self.settable.joined(separator: "|")) VALUE")
         }
+        // Checked before it is kept: a NaN would poison every reply and could not be stored.
+        do { try p.validate() } catch let error as ParameterError { throw UsageError("/set \(error)") }
+        parameters = p
     }
 
     func show() {
         guard let model else { console.line("no model loaded"); return }
-        console.line("model        \(modelPath ?? "")")
-        if let text = model as? TextModel { console.line("architecture \(text.architecture)") }
+        // Names come from the model's files: shown escaped and short (TerminalText).
+        let field = TerminalText.field
+        console.line("model        \(field(modelPath ?? ""))")
+        if let text = model as? TextModel { console.line("architecture \(field(text.architecture))") }
         let c = model.decoder.config
-        console.line("text model   \(c.modelType), \(c.numHiddenLayers) layers, hidden \(c.hiddenSize), vocab \(c.vocabSize)")
+        console.line("text model   \(field(c.modelType)), \(c.numHiddenLayers) layers, hidden \(c.hiddenSize), vocab \(c.vocabSize), context \(c.contextLength)")
         console.line("images       \(model.images.map { "\($0.featureCount) positions per image" } ?? "no")")
-        console.line("template     \(model.template.name)")
+        console.line("template     \(field(model.template.name))")
         console.line("parameters   " + String(format: "temperature %g, top_k %d, top_p %g, min_p %g, repeat_penalty %g, max_tokens %d, seed %@",
                                               parameters.temperature, parameters.topK, parameters.topP, parameters.minP,
                                               parameters.repetitionPenalty, parameters.maxTokens, fixedSeed.map(String.init) ?? "random"))
-        if let system { console.line("system       \(system)") }
+        if let system { console.line("system       \(field(system))") }
         console.line("session      \(sessionID.map(String.init) ?? "(new)")")
     }
 
@@ -253,6 +270,9 @@ public final class Engine {
             if shouldStop() { generator.cancel() }
         }
         console.write("\n")
+        if generator.finishReason == .context {
+            console.line("(the reply stopped at the model's context of \(model!.decoder.config.contextLength) tokens; /clear starts a new chat)")
+        }
         chat.commit(reply: generator.text)
         replies.append(generator.text)
         lastStats = generator.stats
@@ -311,17 +331,32 @@ public final class Engine {
         return ImageInput(hash: file.hash, pixels: support.preprocess(file.image))
     }
 
+    /// Scripts running inside one another (`/run` in a script), at most; a script that runs
+    /// itself would otherwise recurse until the stack overflows.
+    public static let maximumScriptDepth = 16
+    private var scriptDepth = 0
+
     public func runScript(_ path: String) throws {
+        guard scriptDepth < Self.maximumScriptDepth else {
+            throw ScriptError("\(path): /run nests more than \(Self.maximumScriptDepth) scripts deep (does a script /run itself?)")
+        }
         let expanded = (path as NSString).expandingTildeInPath
         guard let text = try? String(contentsOfFile: expanded, encoding: .utf8) else { throw UsageError("\(path): cannot read script") }
-        for entry in InputAssembler.entries(of: text) {
-            if entry.hasPrefix("/") { console.line("» \(entry)") } else { console.line("» \(entry.replacingOccurrences(of: "\n", with: "\n  "))") }
+        let entries: [InputEntry]
+        do { entries = try InputAssembler.entries(of: text) } catch { throw ScriptError("\(path): \(error)") }
+        scriptDepth += 1
+        defer { scriptDepth -= 1 }
+        for entry in entries {
+            console.line("» \(entry.isCommand ? entry.text : entry.text.replacingOccurrences(of: "\n", with: "\n  "))")
             // Like a notebook's "run all", the script stops at the first failing entry: later
             // entries would work on what it did not make (a stale model, a missing folder).
             do {
                 if try !perform(entry) { break }
+            } catch let error as ScriptError {
+                throw error   // a nested script's stop already says where
             } catch {
-                throw UsageError("\(path): stopped at \"\(entry.prefix(60))\(entry.count > 60 ? "…" : "")\": \(error)")
+                let text = entry.text
+                throw ScriptError("\(path): stopped at \"\(text.prefix(60))\(text.count > 60 ? "…" : "")\": \(error)")
             }
         }
     }
@@ -331,6 +366,12 @@ public final class Engine {
         f.dateFormat = "yyyy-MM-dd HH:mm"
         return f.string(from: d)
     }
+}
+
+/// Why a script stopped, naming the script and the entry.
+public struct ScriptError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ message: String) { description = message }
 }
 
 /// A command used the wrong way: a short usage line.

@@ -67,6 +67,7 @@ public final class FineTuneRunner {
         for problem in dataset.problems + (evalSet?.problems ?? []) { console.line("skipped \(problem)") }
         let trainer = try Trainer(model: model, dataset: dataset, settings: settings)
         if let resume = request.resume { try trainer.restore(from: resume) }
+        for name in Trainer.removeStaleCheckpoints(in: request.out) { console.line("removed the half-written \(name) of an earlier run") }
         let run = try recordRun(settings, examples: dataset.count)
         let loop = TrainingLoop(runner: self, trainer: trainer, settings: settings, run: run, evalSet: evalSet, started: started)
         let status = try loop.run(shouldStop: shouldStop)
@@ -116,7 +117,8 @@ public final class FineTuneRunner {
     private func load(_ path: String, _ settings: FineTuneSettings) throws -> TrainingDataset {
         let image = chat.images.map { (tokenID: $0.tokenID, featureCount: $0.featureCount) }
         return try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template, image: image,
-                                        imageFolder: request.imageFolder, maxLength: settings.maxLength, skipBadRows: request.skipBadRows,
+                                        imageFolder: request.imageFolder, maxLength: settings.maxLength,
+                                        contextLength: chat.decoder.config.contextLength, skipBadRows: request.skipBadRows,
                                         readsImageTokenTexts: settings.trainingObjective == .imageTokenEmbeddings)
     }
 

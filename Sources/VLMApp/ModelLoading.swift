@@ -23,10 +23,10 @@ public func hasOwnAdapter(_ path: String) -> Bool {
     FileManager.default.fileExists(atPath: path + "/config.json") && FileManager.default.fileExists(atPath: path + "/adapter_config.json")
 }
 
-/// Opens the store at `$VLMSH_HOME/vlmsh.sqlite`.
-public func openStore() throws -> Store {
+/// Opens the store at `$VLMSH_HOME/vlmsh.sqlite`; `.readOnly` for commands that only list or export.
+public func openStore(access: Store.Access = .readWrite) throws -> Store {
     try FileManager.default.createDirectory(atPath: ModelStore.home, withIntermediateDirectories: true)
-    return try Store(path: ModelStore.home + "/vlmsh.sqlite")
+    return try Store(path: ModelStore.home + "/vlmsh.sqlite", access: access)
 }
 
 /// A cheap identity for a model file or folder: the store's per-file fingerprint (size plus the

@@ -32,6 +32,10 @@ struct BenchCommand: AsyncParsableCommand {
         if let vision { return try benchVision(vision) }
         if train { return try benchTraining() }
         let m = try model.loadText()
+        let context = m.decoder.config.contextLength
+        guard prefill + decode <= context else {
+            throw ValidationError("--prefill + --decode is \(prefill + decode), more than the model's context of \(context)")
+        }
         // Fixed pseudo-random prompt over ordinary tokens, the same every run.
         var random = SeededRandom(seed: 42)
         let vocab = m.decoder.vocabularySize

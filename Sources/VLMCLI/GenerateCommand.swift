@@ -16,7 +16,8 @@ struct GenerateCommand: AsyncParsableCommand {
         let (ids, input, features) = try prompt.prepare(m)
         var parameters = sampling.parameters
         parameters.stopStrings += m.template.stopStrings
-        let cache = m.decoder.makeCache(capacity: input.count + parameters.maxTokens)
+        // Capped before adding: --max-tokens may be any Int, the cache is never more than the context.
+        let cache = m.decoder.makeCache(capacity: input.count + min(parameters.maxTokens, m.decoder.config.contextLength))
         let generator = try input.generator(model: m, features: features, cache: cache, parameters: parameters)
         while let token = try generator.next() {
             if !json { FileHandle.standardOutput.write(Data(token.text.utf8)) }
@@ -30,6 +31,9 @@ struct GenerateCommand: AsyncParsableCommand {
             ])
         } else {
             FileHandle.standardOutput.write(Data("\n".utf8))
+            if generator.finishReason == .context {
+                FileHandle.standardError.write(Data("stopped at the model's context of \(m.decoder.config.contextLength) tokens\n".utf8))
+            }
         }
     }
 }
@@ -58,10 +62,12 @@ struct SamplingOptions: ParsableArguments {
         return p
     }
 
+    /// Every number finite and in range, by the rules `/set` applies (GenerationParameters.validate).
     func validate() throws {
-        if maxTokens < 0 { throw ValidationError("--max-tokens must be ≥ 0") }
-        if temperature < 0 { throw ValidationError("--temperature must be ≥ 0") }
-        if !(0...1).contains(topP) { throw ValidationError("--top-p must be in 0…1") }
-        if repeatPenalty <= 0 { throw ValidationError("--repeat-penalty must be > 0") }
+        do {
+            try parameters.validate()
+        } catch let error as ParameterError {
+            throw ValidationError("--\(error.key.replacingOccurrences(of: "_", with: "-")) must be \(error.rule), not \(error.value)")
+        }
     }
 }

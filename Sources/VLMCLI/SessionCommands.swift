@@ -66,7 +66,7 @@ struct SessionsCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "Print one JSON object.") var json = false
 
     func run() async throws {
-        let sessions = try openStore().sessions()
+        let sessions = try openStore(access: .readOnly).sessions()
         if json {
             let formatter = ISO8601DateFormatter()
             try printJSON(["sessions": sessions.map {
@@ -84,7 +84,7 @@ struct ShowCommand: AsyncParsableCommand {
     @Argument(help: "Session id or name.") var session: String
 
     func run() async throws {
-        let store = try openStore()
+        let store = try openStore(access: .readOnly)
         let id = try Engine(console: TerminalConsole(), store: store).sessionID(session)
         print(try store.export(session: id, format: .md))
     }
@@ -96,7 +96,7 @@ struct ExportCommand: AsyncParsableCommand {
     @Option(name: .long, help: "md (a transcript), jsonl (one turn per line) or llava (conversations and image paths for fine-tuning).") var format: ExportFormat = .md
 
     func run() async throws {
-        let store = try openStore()
+        let store = try openStore(access: .readOnly)
         let id = try Engine(console: TerminalConsole(), store: store).sessionID(session)
         print(try store.export(session: id, format: format))
     }

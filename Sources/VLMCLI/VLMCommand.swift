@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import VLMApp
 
 public struct VLMCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
@@ -29,7 +31,28 @@ extension VLMCommand {
                 try command.run()
             }
         } catch {
-            exit(withError: error)
+            exit(withError: printable(error))
         }
     }
+
+    /// The error as it may reach the terminal: messages quoting files and models go through
+    /// TerminalText (control characters escaped, length capped); ArgumentParser's own errors
+    /// (usage, help, exit codes) pass as they are.
+    static func printable(_ error: Error) -> Error {
+        switch error {
+        case let error as ValidationError: return ValidationError(TerminalText.error(error.message))
+        case is CleanExit, is ExitCode: return error
+        default:
+            if String(reflecting: type(of: error)).hasPrefix("ArgumentParser.") { return error }
+            // Worded as ArgumentParser words errors it prints itself.
+            let message = (error as? LocalizedError)?.errorDescription
+                ?? (type(of: error) is NSError.Type ? error.localizedDescription : "\(error)")
+            return PrintableError(description: TerminalText.error(message))
+        }
+    }
+}
+
+/// An error's message, already made safe to print.
+struct PrintableError: Error, CustomStringConvertible {
+    let description: String
 }

@@ -59,7 +59,7 @@ public final class ChatSession {
         self.system = system
         messages = history
         messageImages = historyImages ?? history.map { _ in [] }
-        cache = model.decoder.makeCache(capacity: 512)
+        cache = model.decoder.makeCache(capacity: 512)   // grows with the chat, up to the context
         features = ImageFeatures(model: model)
         features.attach(messageImages.flatMap { $0 })
     }
@@ -135,6 +135,7 @@ public final class ChatSession {
     public func generator(for prompt: Prompt, parameters: GenerationParameters,
                           encodeProgress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> Generator {
         guard !prompt.slots.isEmpty else { throw ModelError("empty prompt") }
+        try prompt.checkFits(model)
         let slots = prompt.slots
         var common = 0
         while common < min(slots.count, cachedSlots.count) && slots[common] == cachedSlots[common] { common += 1 }

@@ -20,8 +20,8 @@ public struct GenerationStats: Sendable, Codable {
     public var timeToFirstToken: Double { prefillSeconds }
 }
 
-/// Why generation ended.
-public enum FinishReason: String, Sendable, Codable { case endOfSequence = "eos", stopString = "stop", length, cancelled }
+/// Why generation ended: `context` when the model's context had no room for another position.
+public enum FinishReason: String, Sendable, Codable { case endOfSequence = "eos", stopString = "stop", length, context, cancelled }
 
 /// The generate loop as an iterator: the caller drives it token by token (and may stop early).
 /// The model is reached through two closures, so text and multimodal prompts share the loop:
@@ -36,6 +36,9 @@ public final class Generator {
     private let stopTokens: Set<Int>
     private var history: Set<Int>
     private var pendingLogits: Logits?
+    /// Decode steps the context still has room for; at 0 the next token is the last.
+    private var stepsLeft: Int
+    private var contextFull = false
     private var heldText = ""          // text that might be the start of a stop string
 
     public private(set) var ids: [Int] = []
@@ -45,9 +48,11 @@ public final class Generator {
     /// The logits the prompt produced (copied once, at prefill).
     public private(set) var promptLogits: [Float] = []
 
+    /// `decodeSteps` is how many tokens `step` may still feed (the context left after the prompt).
     public init(tokenizer: Tokenizer, parameters: GenerationParameters, promptIDs: [Int], stopTokens: Set<Int>,
-                prefill: @escaping () throws -> Logits, step: @escaping (Int) throws -> Logits) {
+                decodeSteps: Int = .max, prefill: @escaping () throws -> Logits, step: @escaping (Int) throws -> Logits) {
         self.prefill = prefill
+        stepsLeft = max(decodeSteps, 0)
         self.step = step
         sampler = Sampler(parameters: parameters)
         detokenizer = StreamingDetokenizer(tokenizer: tokenizer)
@@ -56,10 +61,11 @@ public final class Generator {
         stats.promptTokens = promptIDs.count
     }
 
-    /// The next token, or nil once finished (end of sequence, stop string, or max tokens).
+    /// The next token, or nil once finished (end of sequence, stop string, max tokens, full context).
     public func next() throws -> GeneratedToken? {
         guard finishReason == nil else { return nil }
         if ids.count >= sampler.parameters.maxTokens { return finish(.length) }
+        if contextFull { return finish(.context) }
 
         let logits: Logits
         let started = DispatchTime.now().uptimeNanoseconds
@@ -78,6 +84,8 @@ public final class Generator {
 
         let piece = emit(detokenizer.append(id))
         if finishReason == nil && ids.count < sampler.parameters.maxTokens {
+            guard stepsLeft > 0 else { contextFull = true; return GeneratedToken(id: id, text: piece) }
+            stepsLeft -= 1
             let t0 = DispatchTime.now().uptimeNanoseconds
             pendingLogits = try step(id)
             stats.decodeSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9

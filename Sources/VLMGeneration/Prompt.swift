@@ -67,6 +67,15 @@ public struct Prompt: Sendable {
 
     public var count: Int { slots.count }
 
+    /// Refuses a prompt the model's context cannot hold, before anything is computed or
+    /// allocated for it (past the context the model degenerates, and memory grows with length).
+    public func checkFits(_ model: ChatModel) throws {
+        let context = model.decoder.config.contextLength
+        guard count <= context else {
+            throw ModelError("the prompt is \(count) tokens, more than the model's context of \(context)")
+        }
+    }
+
     /// The text tokens (what the repetition penalty sees).
     public var tokenIDs: [Int] { slots.compactMap { if case .token(let id) = $0 { return id } else { return nil } } }
 
@@ -90,21 +99,25 @@ public struct Prompt: Sendable {
 
     /// Runs `slots[range]` after what `cache` holds and returns the last position's logits.
     public func run(_ range: Range<Int>? = nil, model: ChatModel, features: ImageFeatures, cache: KVCache) throws -> UnsafeBufferPointer<Float> {
+        try checkFits(model)
         let x = try embeddings(range, model: model, features: features)
         return withExtendedLifetime(x) { model.decoder.forward(embeddings: x.data, count: x.shape[0], cache: cache) }
     }
 
     /// The reply to this prompt as a generator: `slots[start...]` run after the `start` positions
-    /// already in `cache`, then one token at a time. `onPrefill` sees the prompt's last logits.
+    /// already in `cache`, then one token at a time until the context is full. `onPrefill` sees the
+    /// prompt's last logits.
     public func generator(model: ChatModel, features: ImageFeatures, cache: KVCache, from start: Int = 0,
                           parameters: GenerationParameters, onPrefill: ((UnsafeBufferPointer<Float>) -> Void)? = nil,
                           onToken: ((Int) -> Void)? = nil) throws -> Generator {
         guard !slots.isEmpty else { throw ModelError("empty prompt") }
+        try checkFits(model)
         // The image rows are encoded before the generator starts (progress is reported then).
         let x = try embeddings(start..<slots.count, model: model, features: features)
         let decoder = model.decoder
         return Generator(
             tokenizer: model.tokenizer, parameters: parameters, promptIDs: tokenIDs, stopTokens: model.tokenizer.eosTokenIDs,
+            decodeSteps: decoder.config.contextLength - slots.count,
             prefill: {
                 let logits = withExtendedLifetime(x) { decoder.forward(embeddings: x.data, count: x.shape[0], cache: cache) }
                 onPrefill?(logits)

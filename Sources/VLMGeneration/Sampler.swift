@@ -21,6 +21,28 @@ public struct GenerationParameters: Codable, Sendable, Equatable {
         case maxTokens = "max_tokens", temperature, topK = "top_k", topP = "top_p", minP = "min_p"
         case repetitionPenalty = "repeat_penalty", seed, stopStrings = "stop"
     }
+
+    /// Refuses numbers the sampler cannot use (NaN and infinities poison every probability and
+    /// cannot be stored as JSON). The error names the knob by its `/set` key.
+    public func validate() throws {
+        func check(_ ok: Bool, _ key: CodingKeys, _ value: Any, _ rule: String) throws {
+            if !ok { throw ParameterError(key: key.rawValue, value: "\(value)", rule: rule) }
+        }
+        try check(maxTokens >= 0, .maxTokens, maxTokens, "a whole number ≥ 0")
+        try check(temperature.isFinite && (0...100).contains(temperature), .temperature, temperature, "a number in 0…100 (0 is greedy)")
+        try check(topK >= 0, .topK, topK, "a whole number ≥ 0 (0 turns it off)")
+        try check(topP.isFinite && (0...1).contains(topP), .topP, topP, "a number in 0…1")
+        try check(minP.isFinite && (0...1).contains(minP), .minP, minP, "a number in 0…1")
+        try check(repetitionPenalty.isFinite && repetitionPenalty > 0, .repetitionPenalty, repetitionPenalty, "a finite number > 0 (1 is off)")
+    }
+}
+
+/// A sampling parameter out of its range: `key` is its `/set` name (top_p), `rule` what it must be.
+public struct ParameterError: Error, CustomStringConvertible, Sendable {
+    public let key: String
+    public let value: String
+    public let rule: String
+    public var description: String { "\(key) must be \(rule), not \(value)" }
 }
 
 /// Picks the next token from logits. Order as transformers applies its processors: repetition

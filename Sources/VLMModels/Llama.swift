@@ -94,6 +94,10 @@ public struct LlamaConfiguration: Codable, Sendable {
         try c.encode(attentionBias, forKey: .attentionBias)
     }
 
+    /// The most positions the model was trained for (config.json's `max_position_embeddings`,
+    /// GGUF's `<arch>.context_length`): prompts, replies, training rows and the KV cache stay within it.
+    public var contextLength: Int { maxPositionEmbeddings }
+
     public static let supportedTypes: Set<String> = ["llama", "mistral", "qwen2"]
 
     /// The configuration a GGUF file describes in its `<arch>.*` metadata keys.
@@ -267,8 +271,11 @@ public final class LlamaModel: @unchecked Sendable {
         return (i, parts[3])
     }
 
+    /// A KV cache for `capacity` positions, never more than the context (it cannot grow past it).
     public func makeCache(capacity: Int = 256) -> KVCache {
-        KVCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim, capacity: capacity)
+        let limit = max(config.contextLength, 1)
+        return KVCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim,
+                       capacity: min(capacity, limit), limit: limit)
     }
 
     /// Rows `tokens` of the embedding table into `out` `[tokens, hidden]`.

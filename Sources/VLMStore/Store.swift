@@ -11,7 +11,10 @@ public final class Store: Sendable {
     public let path: String
     /// Migrations applied by this open (empty when the file was already current).
     public let appliedMigrations: [String]
-    let pool: DatabasePool
+    let pool: any DatabaseWriter
+
+    /// How a command uses the store: listings and exports only read.
+    public enum Access: Sendable { case readWrite, readOnly }
 
     /// `$VLMSH_HOME/vlmsh.sqlite`, `~/.vlmsh/vlmsh.sqlite` when VLMSH_HOME is unset.
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
@@ -20,7 +23,9 @@ public final class Store: Sendable {
 
     /// Opens (creating folders and file as needed) and migrates the database at `path`.
     /// - Parameter busyTimeout: how long a write waits for another process's transaction.
-    public init(path: String, busyTimeout: TimeInterval = 5) throws {
+    /// - Parameter access: `.readOnly` still opens a current file when the usual open fails, e.g.
+    ///   on a full disk, where SQLite cannot create the `-shm` and `-wal` files WAL readers share.
+    public init(path: String, busyTimeout: TimeInterval = 5, access: Access = .readWrite) throws {
         let path = (path as NSString).expandingTildeInPath
         self.path = path
         let folder = (path as NSString).deletingLastPathComponent
@@ -31,6 +36,20 @@ public final class Store: Sendable {
                 throw StoreError(.open, path: path, "cannot create folder \(folder): \(error.localizedDescription)")
             }
         }
+        let opened: (writer: any DatabaseWriter, migrations: [String])
+        do {
+            let pool = try Store.openPool(path: path, busyTimeout: busyTimeout)
+            opened = (pool, try Store.migrate(pool, path: path))
+        } catch let error as StoreError {
+            guard access == .readOnly, let reader = Store.readerWithoutSharedFiles(path: path, busyTimeout: busyTimeout) else { throw error }
+            opened = (reader, [])
+        }
+        pool = opened.writer
+        appliedMigrations = opened.migrations
+    }
+
+    /// The shared WAL pool every vlmsh process uses.
+    private static func openPool(path: String, busyTimeout: TimeInterval) throws -> DatabasePool {
         var config = Configuration()
         config.busyMode = .timeout(busyTimeout)
         config.label = "vlmsh.store"
@@ -39,15 +58,29 @@ public final class Store: Sendable {
         let deadline = Date().addingTimeInterval(busyTimeout)
         while true {
             do {
-                pool = try DatabasePool(path: path, configuration: config)
-                break
+                return try DatabasePool(path: path, configuration: config)
             } catch let error as DatabaseError where error.resultCode == .SQLITE_BUSY && Date() < deadline {
                 usleep(20_000)
             } catch {
                 throw StoreError(.open, path: path, "cannot open database: \(Store.message(error))")
             }
         }
-        appliedMigrations = try Store.migrate(pool, path: path)
+    }
+
+    /// One connection in exclusive locking mode, which keeps the WAL index in memory and so needs
+    /// no `-shm` file: a reader for an existing, current file when the disk has no room for one.
+    /// Other processes wait (busy timeout) while it reads. Nil when that does not work either.
+    private static func readerWithoutSharedFiles(path: String, busyTimeout: TimeInterval) -> DatabaseQueue? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        var config = Configuration()
+        config.busyMode = .timeout(busyTimeout)
+        config.label = "vlmsh.store.reader"
+        config.prepareDatabase { db in try db.execute(sql: "PRAGMA locking_mode = EXCLUSIVE") }
+        guard let queue = try? DatabaseQueue(path: path, configuration: config),
+              let current = try? queue.read({ db in
+                  try Schema.migrator.hasCompletedMigrations(db) && !Schema.migrator.hasBeenSuperseded(db)
+              }), current else { return nil }
+        return queue
     }
 
     /// Runs pending migrations. Two processes opening a fresh file at once can both see v1 as
@@ -63,6 +96,8 @@ public final class Store: Sendable {
                     }
                     return try migrator.appliedIdentifiers(db)
                 }
+                // A current file is not touched: the barrier write would wait for every reader.
+                if Set(migrator.migrations).isSubset(of: before) { return [] }
                 try migrator.migrate(pool)
                 let after = try pool.read { try migrator.appliedMigrations($0) }
                 return after.filter { !before.contains($0) }
@@ -197,10 +232,14 @@ public final class Store: Sendable {
         }
     }
 
-    /// Renames a session; nil removes its name.
-    public func renameSession(_ id: Int64, to name: String?) throws {
+    /// Renames a session; nil removes its name. With `replacing`, a session holding the name
+    /// gives it up in the same transaction (it keeps its turns and its id).
+    public func renameSession(_ id: Int64, to name: String?, replacing: Bool = false) throws {
         try write("rename session \(id)") { db in
             try require(db, "sessions", id, "session")
+            if replacing, let name {
+                try db.execute(sql: "UPDATE sessions SET name = NULL WHERE name = ? AND id != ?", arguments: [name, id])
+            }
             do {
                 try db.execute(sql: "UPDATE sessions SET name = ? WHERE id = ?", arguments: [name, id])
             } catch let error as DatabaseError where error.extendedResultCode == .SQLITE_CONSTRAINT_UNIQUE {

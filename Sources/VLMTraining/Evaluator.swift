@@ -153,7 +153,8 @@ public enum Evaluator {
         let support = chat.images
         let dataset = try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template,
                                                image: support.map { ($0.tokenID, $0.featureCount) },
-                                               imageFolder: imageFolder, skipBadRows: skipBadRows)
+                                               imageFolder: imageFolder, contextLength: chat.decoder.config.contextLength,
+                                               skipBadRows: skipBadRows)
         // The raw rows again, for the fields the dataset does not keep (kind, id, the reply text).
         var raw: [String: [String: Any]] = [:]
         for row in try DataRows.read(path: path) {
@@ -348,7 +349,7 @@ public enum Evaluator {
         parameters.temperature = 0
         parameters.maxTokens = maxNewTokens
         parameters.stopStrings = chat.template.stopStrings
-        let cache = chat.decoder.makeCache(capacity: prompt.count + maxNewTokens + 1)
+        let cache = chat.decoder.makeCache(capacity: prompt.count + min(maxNewTokens, chat.decoder.config.contextLength) + 1)
         var promptLogits: [Float] = []
         let generator = try prompt.generator(model: chat, features: features, cache: cache, parameters: parameters,
                                              onPrefill: { promptLogits = Array($0) })

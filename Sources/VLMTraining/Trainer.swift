@@ -182,14 +182,26 @@ public final class Trainer {
 
     /// Writes a checkpoint folder: the adapter (PEFT files), the projector (HF and LLaVA names),
     /// optimizer moments and the trainer state. Built under a temporary name and renamed, so a
-    /// crash never leaves a half-written checkpoint.
+    /// crash never leaves a half-written checkpoint; a failed write (a full disk) removes it.
     public func save(to directory: String, baseModel: String?) throws {
         let fm = FileManager.default
         let parent = URL(fileURLWithPath: directory).deletingLastPathComponent().path
         try fm.createDirectory(atPath: parent, withIntermediateDirectories: true)
-        let temp = directory + ".tmp-\(getpid())"
+        let temp = directory + Self.temporarySuffix + "\(getpid())"
         try? fm.removeItem(atPath: temp)
-        try fm.createDirectory(atPath: temp, withIntermediateDirectories: true)
+        do {
+            try writeCheckpoint(to: temp, baseModel: baseModel)
+            if fm.fileExists(atPath: directory) { try fm.removeItem(atPath: directory) }
+            guard rename(temp, directory) == 0 else { throw FormatError(directory, "cannot rename checkpoint into place (errno \(errno))") }
+        } catch {
+            try? fm.removeItem(atPath: temp)
+            throw error
+        }
+    }
+
+    /// What a checkpoint folder holds, written into `temp`.
+    private func writeCheckpoint(to temp: String, baseModel: String?) throws {
+        try FileManager.default.createDirectory(atPath: temp, withIntermediateDirectories: true)
         try writeWeights(to: temp, baseModel: baseModel)
         try SafetensorsWriter.write(optimizer.stateTensors.map { ($0.name, $0.tensor, .f32) },
                                     metadata: ["step": "\(optimizer.step)"], to: temp + "/optimizer.safetensors")
@@ -197,8 +209,26 @@ public final class Trainer {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try writeAtomically(try encoder.encode(record), to: temp + "/trainer_state.json")
-        if fm.fileExists(atPath: directory) { try fm.removeItem(atPath: directory) }
-        guard rename(temp, directory) == 0 else { throw FormatError(directory, "cannot rename checkpoint into place (errno \(errno))") }
+    }
+
+    /// A checkpoint being written is `checkpoint-N.tmp-PID`.
+    static let temporarySuffix = ".tmp-"
+
+    /// Removes half-written checkpoint folders in `directory` left by runs that died before they
+    /// could (killed, or the machine went down); a folder of a process still running stays.
+    /// Returns the names removed.
+    @discardableResult
+    public static func removeStaleCheckpoints(in directory: String) -> [String] {
+        let fm = FileManager.default
+        var removed: [String] = []
+        for name in (try? fm.contentsOfDirectory(atPath: directory)) ?? [] {
+            guard let range = name.range(of: temporarySuffix, options: .backwards), name.hasPrefix("checkpoint-"),
+                  let pid = pid_t(name[range.upperBound...]) else { continue }
+            // kill(pid, 0) fails with ESRCH once no such process exists (EPERM: it exists).
+            if pid != getpid() && (kill(pid, 0) == 0 || errno == EPERM) { continue }
+            if (try? fm.removeItem(atPath: directory + "/" + name)) != nil { removed.append(name) }
+        }
+        return removed.sorted()
     }
 
     /// The trained tensors, and those the init folder carried (what `--adapter` and `/adapter

@@ -34,7 +34,7 @@ final class REPLCommandTests: XCTestCase {
         XCTAssertTrue(engine.handle("/image \"unterminated.png"))
         XCTAssertEqual(console.errors.last, "unterminated \" quote")
         XCTAssertTrue(engine.handle("/save"))
-        XCTAssertEqual(console.errors.last, "usage: /save NAME")
+        XCTAssertEqual(console.errors.last, "usage: /save [--replace] NAME")
         XCTAssertTrue(engine.handle("/sessions"))
         XCTAssertEqual(console.errors.count, 3)
         XCTAssertFalse(engine.handle("/bye"), "an alias of /quit")

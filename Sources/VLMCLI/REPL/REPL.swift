@@ -19,8 +19,10 @@ struct REPL {
         while let line = editor.readLine(prompt: assembler.isContinuing ? "... " : ">>> ") {
             _ = Interrupt.take()
             guard let entry = assembler.feed(line) else { continue }
-            editor.remember(entry)
-            if !engine.handle(entry) { break }
+            editor.remember(entry.text)
+            if !engine.handle(entry) { return }
         }
+        // Ctrl-D inside a block: its text is not sent, and the user hears why.
+        if let error = assembler.unterminatedBlock { engine.console.error("\(error); its text was not sent") }
     }
 }

@@ -30,7 +30,8 @@ public final class TerminalConsole: Console {
         }
     }
 
-    public func error(_ text: String) { FileHandle.standardError.write(Data(("error: " + text + "\n").utf8)) }
+    /// Errors quote files and models: printed through TerminalText (escaped, capped).
+    public func error(_ text: String) { FileHandle.standardError.write(Data(("error: " + TerminalText.error(text) + "\n").utf8)) }
 
     private func show(_ step: TrainingStep) {
         guard ProgressBar.stderrIsTerminal else { return line(step.line) }
@@ -57,5 +58,5 @@ final class JSONLinesConsole: Console {
         }
     }
 
-    func error(_ text: String) { FileHandle.standardError.write(Data(("error: " + text + "\n").utf8)) }
+    func error(_ text: String) { FileHandle.standardError.write(Data(("error: " + TerminalText.error(text) + "\n").utf8)) }
 }

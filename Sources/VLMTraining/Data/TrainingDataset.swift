@@ -41,16 +41,19 @@ public struct TrainingDataset: Sendable {
     /// Reads and tokenizes `path`. `image` is the model's image token and positions per image (nil
     /// for a text-only model: a row with an image is then bad). `maxLength` truncates each sequence
     /// like the tokenizer's `model_max_length`, but a row whose image would be cut, or that would
-    /// keep no target token, is bad ("over-long sample"). Bad rows throw (the first one and the
-    /// count) unless `skipBadRows`, which keeps the good ones and lists the rest in `problems`.
+    /// keep no target token, is bad ("over-long sample"). `contextLength` (the model's) bounds every
+    /// row: a longer one is bad too, reported before any memory is sized for it. Bad rows throw (the
+    /// first one and the count) unless `skipBadRows`, which keeps the good ones and lists the rest in `problems`.
     public static func load(path: String, tokenizer: Tokenizer, template: ChatTemplate,
                             image: (tokenID: Int, featureCount: Int)?, imageFolder: String? = nil,
-                            maxLength: Int? = nil, skipBadRows: Bool = false, readsImageTokenTexts: Bool = false) throws -> TrainingDataset {
+                            maxLength: Int? = nil, contextLength: Int? = nil, skipBadRows: Bool = false,
+                            readsImageTokenTexts: Bool = false) throws -> TrainingDataset {
         let rows = try DataRows.read(path: path)
         let dataFolder = URL(fileURLWithPath: path).standardizedFileURL.deletingLastPathComponent().path
         let imageBase = imageFolder.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? dataFolder
         let encoder = ConversationEncoder(tokenizer: tokenizer, template: template, image: image)
-        let builder = RowBuilder(encoder: encoder, imageBase: imageBase, maxLength: maxLength, readsImageTokenTexts: readsImageTokenTexts)
+        let builder = RowBuilder(encoder: encoder, imageBase: imageBase, maxLength: maxLength, contextLength: contextLength,
+                                 readsImageTokenTexts: readsImageTokenTexts)
 
         var examples: [TrainingExample] = []
         var problems: [String] = []
@@ -87,6 +90,7 @@ private struct RowBuilder {
     let encoder: ConversationEncoder
     let imageBase: String
     let maxLength: Int?
+    let contextLength: Int?
     let readsImageTokenTexts: Bool
 
     func example(from value: Any, source: String) throws -> TrainingExample {
@@ -115,6 +119,9 @@ private struct RowBuilder {
             if encoded.labels.dropFirst().allSatisfy({ $0 == ignoreIndex }) {
                 throw RowProblem("over-long sample: \(n) positions; no reply token is left within max length \(maxLength)")
             }
+        }
+        if let contextLength, encoded.inputIDs.count > contextLength {
+            throw RowProblem("over-long sample: \(encoded.inputIDs.count) positions, more than the model's context of \(contextLength) (--max-length truncates)")
         }
         if encoded.labels.dropFirst().allSatisfy({ $0 == ignoreIndex }) {
             throw RowProblem("no target tokens (every label is -100)")
