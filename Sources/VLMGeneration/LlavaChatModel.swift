@@ -43,7 +43,7 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
     public var images: ImageSupport? {
         let llava = self.llava
         return ImageSupport(tokenID: imageTokenID, tokenText: imageTokenText, featureCount: llava.featureCount,
-                            preprocess: { llava.preprocess($0) }, encode: { try llava.imageFeatures(pixels: $0) })
+                            preprocess: { try llava.preprocess($0) }, encode: { try llava.imageFeatures(pixels: $0) })
     }
 
     /// Prompt text → ids. Without `<image>` in the vocabulary, the text is split at each `<image>`,
