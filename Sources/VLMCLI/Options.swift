@@ -94,7 +94,7 @@ struct PromptOptions: ParsableArguments {
             guard let support = model.images else { throw ValidationError("this model takes no images (--image)") }
             for path in image {
                 let file = try ImageFile(path: path)
-                features.attach([ImageInput(hash: file.hash, pixels: support.preprocess(file.image))])
+                features.attach([ImageInput(hash: file.hash, pixels: try support.preprocess(file.image))])
                 hashes.append(file.hash)
             }
         }

@@ -18,7 +18,7 @@ struct PreprocessCommand: AsyncParsableCommand {
     func run() async throws {
         let m = try loadChatModel(path: ModelStore.resolve(model))
         guard let support = m.images else { throw ValidationError("\(model) takes no images") }
-        let pixels = support.preprocess(try ImageLoader.load(path: image))
+        let pixels = try support.preprocess(try ImageLoader.load(path: image))
         let batched = Tensor(shape: [1] + pixels.shape, zeroed: false)
         batched.data.update(from: pixels.data, count: pixels.count)
         try SafetensorsWriter.write([(name: "pixel_values", tensor: batched, dtype: .f32)], to: out)

@@ -11,15 +11,9 @@ public final class MappedFile: @unchecked Sendable {
 
     public init(path: String) throws {
         self.path = path
-        // O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; fstat below then
-        // refuses anything that is not a regular file.
-        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw FormatError(path, String(cString: strerror(errno))) }
+        let (fd, size) = try openRegularFile(path)
         defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw FormatError(path, String(cString: strerror(errno))) }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw FormatError(path, "not a regular file") }
-        size = Int(st.st_size)
+        self.size = size
         guard size > 0 else { throw FormatError(path, "file is empty") }
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
             throw FormatError(path, "cannot map file: \(String(cString: strerror(errno)))")
@@ -28,6 +22,25 @@ public final class MappedFile: @unchecked Sendable {
     }
 
     deinit { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+}
+
+/// Opens `path` read-only and returns the descriptor (the caller closes it) and the size.
+/// O_NONBLOCK: opening a FIFO (or a device) must not wait for a writer; fstat then refuses
+/// anything that is not a regular file. Every input file is opened here.
+func openRegularFile(_ path: String) throws -> (descriptor: Int32, size: Int) {
+    let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+    guard fd >= 0 else { throw FormatError(path, String(cString: strerror(errno))) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else {
+        let message = String(cString: strerror(errno))
+        close(fd)
+        throw FormatError(path, message)
+    }
+    guard (st.st_mode & S_IFMT) == S_IFREG else {
+        close(fd)
+        throw FormatError(path, "not a regular file")
+    }
+    return (fd, Int(st.st_size))
 }
 
 /// A problem with an input file: one line naming the file and what is wrong with it.

@@ -176,9 +176,7 @@ public final class ShardedCheckpoint: WeightSource {
     /// Opens `model.safetensors.index.json` (or any index in that format) and every shard it lists.
     public init(index path: String) throws {
         self.path = path
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw FormatError(path, "cannot read index file")
-        }
+        let data = try SmallFile.read(path)
         guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw FormatError(path, "index is not a valid JSON object")
         }

@@ -26,10 +26,10 @@ public struct ImageSupport {
     public let tokenID: Int
     public let tokenText: String
     public let featureCount: Int
-    public let preprocess: (RGBImage) -> Tensor
+    public let preprocess: (RGBImage) throws -> Tensor
     public let encode: (Tensor) throws -> Tensor
     public init(tokenID: Int, tokenText: String, featureCount: Int,
-                preprocess: @escaping (RGBImage) -> Tensor, encode: @escaping (Tensor) throws -> Tensor) {
+                preprocess: @escaping (RGBImage) throws -> Tensor, encode: @escaping (Tensor) throws -> Tensor) {
         self.tokenID = tokenID; self.tokenText = tokenText; self.featureCount = featureCount
         self.preprocess = preprocess; self.encode = encode
     }

@@ -40,7 +40,7 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
     public var images: ImageSupport? {
         let llava = self.llava
         return ImageSupport(tokenID: imageTokenID, tokenText: imageTokenText, featureCount: llava.featureCount,
-                            preprocess: { llava.preprocess($0) }, encode: { try llava.imageFeatures(pixels: $0) })
+                            preprocess: { try llava.preprocess($0) }, encode: { try llava.imageFeatures(pixels: $0) })
     }
 
     public var stopTokens: Set<Int> { tokenizer.eosTokenIDs }

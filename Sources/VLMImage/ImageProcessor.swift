@@ -70,7 +70,7 @@ public struct ImageProcessor: Codable, Sendable {
     /// Reads `preprocessor_config.json` from a model folder and checks the values preprocessing relies on.
     public static func load(folder: String) throws -> ImageProcessor {
         let path = URL(fileURLWithPath: folder).appendingPathComponent("preprocessor_config.json").path
-        guard let data = FileManager.default.contents(atPath: path) else { throw FormatError(path, "cannot read file") }
+        let data = try SmallFile.read(path)
         let processor: ImageProcessor
         do { processor = try JSONDecoder().decode(ImageProcessor.self, from: data) }
         catch { throw FormatError(path, "not a valid preprocessor config: \(Self.describe(error))") }
@@ -78,22 +78,33 @@ public struct ImageProcessor: Codable, Sendable {
         return processor
     }
 
+    /// Sizes above this are corrupt (released towers take at most about 1000 pixels a side).
+    public static let maxSide = 4096
+
     /// Checks what `preprocess` would otherwise trip over.
     public func validate(path: String) throws {
         guard ResampleFilter(rawValue: resample ?? 3) != nil else { throw FormatError(path, "unknown resample filter \(resample!)") }
         guard effectiveMean.count == 3, effectiveStd.count == 3, effectiveStd.allSatisfy({ $0 != 0 }) else {
             throw FormatError(path, "image_mean and image_std need 3 values and a non-zero std")
         }
-        if resizes {
-            let s = effectiveSize
-            guard (s.shortestEdge ?? 1) > 0, (s.height ?? 1) > 0, (s.width ?? 1) > 0,
-                  s.shortestEdge != nil || (s.height != nil && s.width != nil) else {
-                throw FormatError(path, "size needs shortest_edge or height and width")
-            }
+        guard (effectiveMean + effectiveStd + [rescaleFactor ?? 1]).allSatisfy(\.isFinite) else {
+            throw FormatError(path, "image_mean, image_std and rescale_factor must be finite numbers")
         }
-        if cropsCenter {
-            let c = effectiveCropSize
-            guard let h = c.height, let w = c.width, h > 0, w > 0 else { throw FormatError(path, "crop_size needs height and width") }
+        do {
+            if resizes { try Self.checkSides(effectiveSize, key: "size", needsShortestEdge: true) }
+            if cropsCenter { try Self.checkSides(effectiveCropSize, key: "crop_size", needsShortestEdge: false) }
+        } catch let e as ConfigValueError {
+            throw FormatError(path, e.description)
+        }
+    }
+
+    /// `size` needs shortest_edge or height and width, `crop_size` height and width; each side in 1...maxSide.
+    static func checkSides(_ size: ImageSize, key: String, needsShortestEdge: Bool) throws {
+        let sides = [("shortest_edge", size.shortestEdge), ("height", size.height), ("width", size.width)]
+        for case let (name, value?) in sides { try ConfigValueError.check("\(key).\(name)", value, in: 1...maxSide) }
+        let complete = size.height != nil && size.width != nil
+        guard complete || (needsShortestEdge && size.shortestEdge != nil) else {
+            throw ConfigValueError(key, needsShortestEdge ? "needs shortest_edge or height and width" : "needs height and width")
         }
     }
 
@@ -165,9 +176,52 @@ public struct ImageProcessor: Codable, Sendable {
         return out
     }
 
+    /// What `preprocess` may allocate for one image. A decoded image is at most 64M pixels
+    /// (192 MB); only an aspect ratio that resizing blows up (1 000 000×1 to a 96-pixel short
+    /// side is 96 000 000×96) goes past this.
+    public static let maxPreprocessingBytes = 1_000_000_000
+
+    /// Bytes `preprocess` allocates for a `width`×`height` image (the padded square, both resize
+    /// passes and their filter taps, the Float32 output), and the size it resizes to.
+    public func preprocessingBytes(width: Int, height: Int, padToSquare pad: Bool) -> (bytes: Double, resized: (height: Int, width: Int)) {
+        var w = width, h = height, bytes = 0.0
+        if pad && w != h {
+            w = max(w, h); h = w
+            bytes += 3 * Double(w) * Double(h)
+        }
+        if resizes {
+            let target = resizedSize(width: w, height: h)
+            let tw = max(1, target.width), th = max(1, target.height)
+            if (tw, th) != (w, h) {
+                // The larger of the two first-pass orders, then the output; taps as ResampleCoefficients sizes them.
+                bytes += 3 * max(Double(h) * Double(tw), Double(th) * Double(w)) + 3 * Double(tw) * Double(th)
+                func taps(_ inSize: Int, _ outSize: Int) -> Double {
+                    let taps = (filter.support * max(Double(inSize) / Double(outSize), 1)).rounded(.up) * 2 + 1
+                    return Double(outSize) * (4 * taps + 16)
+                }
+                if filter != .nearest { bytes += taps(w, tw) + taps(h, th) }
+            }
+            w = tw; h = th
+        }
+        let crop = cropsCenter ? effectiveCropSize : ImageSize()
+        bytes += 4 * 3 * Double(crop.height ?? h) * Double(crop.width ?? w)
+        return (bytes, (h, w))
+    }
+
+    /// Refuses an image whose preprocessing would allocate more than `maxPreprocessingBytes`.
+    public func checkPreprocessingSize(width: Int, height: Int, padToSquare pad: Bool) throws {
+        let (bytes, resized) = preprocessingBytes(width: width, height: height, padToSquare: pad)
+        guard bytes <= Double(Self.maxPreprocessingBytes) else {
+            throw PreprocessingError(
+                "image \(width)×\(height): preprocessing it (resized to \(resized.width)×\(resized.height)) would allocate "
+                + "\(PreprocessingError.gigabytes(bytes)), more than the \(PreprocessingError.gigabytes(Double(Self.maxPreprocessingBytes))) allowed")
+        }
+    }
+
     /// The model input for one image: `[3, H, W]` Float32, equal to transformers' `pixel_values[0]`.
-    /// `padToSquare` is LLaVA's `image_aspect_ratio: pad`.
-    public func preprocess(_ image: RGBImage, padToSquare pad: Bool = false) -> Tensor {
+    /// `padToSquare` is LLaVA's `image_aspect_ratio: pad`. What it would allocate is checked first.
+    public func preprocess(_ image: RGBImage, padToSquare pad: Bool = false) throws -> Tensor {
+        try checkPreprocessingSize(width: image.width, height: image.height, padToSquare: pad)
         var image = pad ? padToSquare(image) : image
         if resizes {
             let target = resizedSize(width: image.width, height: image.height)
@@ -219,4 +273,12 @@ public struct ImageProcessor: Codable, Sendable {
         }
         return out
     }
+}
+
+/// An image preprocessing refuses (one line: the image size and why).
+public struct PreprocessingError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+
+    static func gigabytes(_ bytes: Double) -> String { String(format: "%.1f GB", bytes / 1e9) }
 }

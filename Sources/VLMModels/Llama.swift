@@ -48,7 +48,8 @@ public struct LlamaConfiguration: Codable, Sendable {
                 tieWordEmbeddings: Bool, attentionBias: Bool) {
         self.modelType = modelType; self.hiddenSize = hiddenSize; self.intermediateSize = intermediateSize
         self.numHiddenLayers = numHiddenLayers; self.numAttentionHeads = numAttentionHeads
-        self.numKeyValueHeads = numKeyValueHeads; self.headDim = headDim ?? hiddenSize / numAttentionHeads
+        self.numKeyValueHeads = numKeyValueHeads
+        self.headDim = headDim ?? Self.derivedHeadDim(hidden: hiddenSize, heads: numAttentionHeads)
         self.rmsNormEps = rmsNormEps; self.ropeTheta = ropeTheta; self.ropeScaling = ropeScaling
         self.vocabSize = vocabSize; self.maxPositionEmbeddings = maxPositionEmbeddings
         self.tieWordEmbeddings = tieWordEmbeddings; self.attentionBias = attentionBias
@@ -62,7 +63,8 @@ public struct LlamaConfiguration: Codable, Sendable {
         numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
         numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
         numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads) ?? numAttentionHeads
-        headDim = try c.decodeIfPresent(Int.self, forKey: .headDim) ?? hiddenSize / numAttentionHeads
+        let givenHeadDim = try c.decodeIfPresent(Int.self, forKey: .headDim)
+        headDim = givenHeadDim ?? Self.derivedHeadDim(hidden: hiddenSize, heads: numAttentionHeads)
         rmsNormEps = try c.decodeIfPresent(Float.self, forKey: .rmsNormEps) ?? 1e-6
         // transformers 5 writes `rope_parameters` (theta included); 4.x `rope_theta` + `rope_scaling`.
         let parameters = try c.decodeIfPresent(RopeScaling.self, forKey: .ropeParameters)
@@ -74,6 +76,9 @@ public struct LlamaConfiguration: Codable, Sendable {
         tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
         // Qwen2 always has q/k/v biases and says so only through its model type.
         attentionBias = try c.decodeIfPresent(Bool.self, forKey: .attentionBias) ?? (modelType == "qwen2")
+        do { try validate(keys: .json, headDimGiven: givenHeadDim != nil) } catch let e as ConfigValueError {
+            throw e.nested(under: decoder.codingPath)
+        }
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -100,7 +105,8 @@ public struct LlamaConfiguration: Codable, Sendable {
 
     public static let supportedTypes: Set<String> = ["llama", "mistral", "qwen2"]
 
-    /// The configuration a GGUF file describes in its `<arch>.*` metadata keys.
+    /// The configuration a GGUF file describes in its `<arch>.*` metadata keys, checked against
+    /// the tensors before anything is sized from it.
     public init(gguf: GGUFFile) throws {
         let m = gguf.metadata, file = gguf.path
         guard let arch = m["general.architecture"]?.string else { throw FormatError(file, "general.architecture missing") }
@@ -108,26 +114,128 @@ public struct LlamaConfiguration: Codable, Sendable {
             throw FormatError(file, "unsupported architecture '\(arch)' (supported: llama, mistral, qwen2)")
         }
         func int(_ key: String) throws -> Int {
-            guard let v = m["\(arch).\(key)"]?.int else { throw FormatError(file, "\(arch).\(key) missing") }
+            guard let v = m["\(arch).\(key)"]?.int else { throw FormatError(file, "\(arch).\(key) missing or not an integer") }
             return v
         }
         let heads = try int("attention.head_count")
         let hidden = try int("embedding_length")
-        guard let embed = gguf.info("token_embd.weight") else { throw FormatError(file, "token_embd.weight missing") }
+        guard let embed = gguf.info("token_embd.weight"), embed.shape.count == 2 else {
+            throw FormatError(file, "token_embd.weight missing or not 2-D")
+        }
         var scaling: RopeScaling?
         if let kind = m["\(arch).rope.scaling.type"]?.string, kind != "none" {
             scaling = RopeScaling(kind: kind, factor: Float(m["\(arch).rope.scaling.factor"]?.double ?? 1),
                                   originalMaxPositions: m["\(arch).rope.scaling.original_context_length"]?.int)
         }
+        let givenHeadDim = m["\(arch).attention.key_length"]?.int ?? m["\(arch).rope.dimension_count"]?.int
         self.init(
             modelType: arch, hiddenSize: hidden, intermediateSize: try int("feed_forward_length"),
             numHiddenLayers: try int("block_count"), numAttentionHeads: heads,
-            numKeyValueHeads: m["\(arch).attention.head_count_kv"]?.int ?? heads,
-            headDim: m["\(arch).attention.key_length"]?.int ?? m["\(arch).rope.dimension_count"]?.int ?? hidden / heads,
+            numKeyValueHeads: m["\(arch).attention.head_count_kv"]?.int ?? heads, headDim: givenHeadDim,
             rmsNormEps: Float(m["\(arch).attention.layer_norm_rms_epsilon"]?.double ?? 1e-5),
             ropeTheta: Float(m["\(arch).rope.freq_base"]?.double ?? 10000), ropeScaling: scaling,
             vocabSize: embed.shape[0], maxPositionEmbeddings: m["\(arch).context_length"]?.int ?? 4096,
             tieWordEmbeddings: gguf.info("output.weight") == nil, attentionBias: gguf.info("blk.0.attn_q.bias") != nil)
+        do {
+            try validate(keys: .gguf(arch), headDimGiven: givenHeadDim != nil)
+            try checkTensors(of: gguf, keys: .gguf(arch))
+        } catch let e as ConfigValueError {
+            throw FormatError(file, e.description)
+        }
+    }
+}
+
+// MARK: - Validation
+
+extension LlamaConfiguration {
+    /// The names a file gives the values `validate` checks: config.json keys or GGUF metadata keys.
+    struct Keys {
+        let hidden, intermediate, layers, heads, kvHeads, headDim, vocab, positions, eps, theta, ropeFactor, ropeOriginal: String
+
+        static let json = Keys(
+            hidden: "hidden_size", intermediate: "intermediate_size", layers: "num_hidden_layers",
+            heads: "num_attention_heads", kvHeads: "num_key_value_heads", headDim: "head_dim", vocab: "vocab_size",
+            positions: "max_position_embeddings", eps: "rms_norm_eps", theta: "rope_theta",
+            ropeFactor: "rope_scaling.factor", ropeOriginal: "rope_scaling.original_max_position_embeddings")
+
+        static func gguf(_ arch: String) -> Keys {
+            Keys(hidden: "\(arch).embedding_length", intermediate: "\(arch).feed_forward_length", layers: "\(arch).block_count",
+                 heads: "\(arch).attention.head_count", kvHeads: "\(arch).attention.head_count_kv",
+                 headDim: "\(arch).attention.key_length", vocab: "token_embd.weight rows", positions: "\(arch).context_length",
+                 eps: "\(arch).attention.layer_norm_rms_epsilon", theta: "\(arch).rope.freq_base",
+                 ropeFactor: "\(arch).rope.scaling.factor", ropeOriginal: "\(arch).rope.scaling.original_context_length")
+        }
+    }
+
+    /// Bounds well above any released model; past them a count is corrupt and sizing from it
+    /// would trap or ask for terabytes.
+    static let maxLayers = 1024, maxHidden = 1 << 16, maxIntermediate = 1 << 18, maxHeads = 1024
+    static let maxHeadDim = 4096, maxVocabulary = 1 << 22, maxPositions = 1 << 24
+
+    /// hidden / heads when the file gives no head size; 0 (refused by `validate`) when heads is not positive.
+    static func derivedHeadDim(hidden: Int, heads: Int) -> Int { heads > 0 ? hidden / heads : 0 }
+
+    /// Every count and size in a range a model can be built with, and the head sizes consistent.
+    func validate(keys: Keys, headDimGiven: Bool) throws {
+        try ConfigValueError.check(keys.layers, numHiddenLayers, in: 1...Self.maxLayers)
+        try ConfigValueError.check(keys.hidden, hiddenSize, in: 1...Self.maxHidden)
+        try ConfigValueError.check(keys.intermediate, intermediateSize, in: 1...Self.maxIntermediate)
+        try ConfigValueError.check(keys.heads, numAttentionHeads, in: 1...Self.maxHeads)
+        try ConfigValueError.check(keys.kvHeads, numKeyValueHeads, in: 1...numAttentionHeads)
+        guard numAttentionHeads % numKeyValueHeads == 0 else {
+            throw ConfigValueError(keys.heads, "\(numAttentionHeads) is not a multiple of \(keys.kvHeads) \(numKeyValueHeads)")
+        }
+        if !headDimGiven && hiddenSize % numAttentionHeads != 0 {
+            throw ConfigValueError(keys.hidden, "\(hiddenSize) is not a multiple of \(keys.heads) \(numAttentionHeads)")
+        }
+        try ConfigValueError.check(keys.headDim, headDim, in: 2...Self.maxHeadDim)
+        guard headDim % 2 == 0 else { throw ConfigValueError(keys.headDim, "\(headDim) is odd; rotary embeddings rotate pairs") }
+        try ConfigValueError.check(keys.vocab, vocabSize, in: 1...Self.maxVocabulary)
+        try ConfigValueError.check(keys.positions, maxPositionEmbeddings, in: 1...Self.maxPositions)
+        try ConfigValueError.checkPositive(keys.eps, Double(rmsNormEps))
+        try ConfigValueError.checkPositive(keys.theta, Double(ropeTheta))
+        if let ropeScaling {
+            try ConfigValueError.checkPositive(keys.ropeFactor, Double(ropeScaling.factor))
+            if let original = ropeScaling.originalMaxPositions {
+                try ConfigValueError.check(keys.ropeOriginal, original, in: 1...Self.maxPositions)
+            }
+        }
+    }
+
+    /// A GGUF file's counts against its tensors: the block count, and the sizes the first
+    /// block's projections and the tokenizer imply.
+    func checkTensors(of gguf: GGUFFile, keys: Keys) throws {
+        let blocks = Set(gguf.tensorInfos.compactMap { Self.blockIndex($0.name) })
+        guard blocks.count == numHiddenLayers, blocks.max() == numHiddenLayers - 1 else {
+            let held = blocks.isEmpty ? "none" : "\(blocks.count), numbered \(blocks.min()!)…\(blocks.max()!)"
+            throw ConfigValueError(keys.layers, "\(numHiddenLayers) does not match the tensors' blocks (\(held))")
+        }
+        let expected: [(tensor: String, key: String, shape: [Int])] = [
+            ("token_embd.weight", keys.hidden, [vocabSize, hiddenSize]),
+            ("blk.0.attn_q.weight", keys.heads, [numAttentionHeads * headDim, hiddenSize]),
+            ("blk.0.attn_k.weight", keys.kvHeads, [numKeyValueHeads * headDim, hiddenSize]),
+            ("blk.0.ffn_up.weight", keys.intermediate, [intermediateSize, hiddenSize]),
+        ]
+        for e in expected {
+            // A missing tensor is the weight loader's to report, by its name.
+            guard let info = gguf.info(e.tensor) else { continue }
+            guard info.shape == e.shape else {
+                throw ConfigValueError(e.key, "does not match tensor \(e.tensor) \(info.shape) (the metadata implies \(e.shape))")
+            }
+        }
+        let m = gguf.metadata
+        if let declared = m["\(modelType).vocab_size"], declared.int != vocabSize {
+            throw ConfigValueError("\(modelType).vocab_size", "\(declared.int.map(String.init) ?? "\(declared)") differs from token_embd.weight's \(vocabSize) rows")
+        }
+        if let tokens = m["tokenizer.ggml.tokens"]?.array, tokens.count > vocabSize {
+            throw ConfigValueError("tokenizer.ggml.tokens", "has \(tokens.count) tokens, more than token_embd.weight's \(vocabSize) rows")
+        }
+    }
+
+    /// `n` of a GGUF tensor name `blk.n.…`.
+    static func blockIndex(_ name: String) -> Int? {
+        guard name.hasPrefix("blk.") else { return nil }
+        return Int(name.dropFirst(4).prefix { $0 != "." })
     }
 }
 
@@ -187,8 +295,8 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Loads from canonical (HF) names; every weight must be used exactly as expected.
     public init(config: LlamaConfiguration, weights: WeightMap, ropePairing: RoPE.Pairing) throws {
-        guard config.numAttentionHeads % max(config.numKeyValueHeads, 1) == 0 else {
-            throw FormatError(weights.file, "attention heads \(config.numAttentionHeads) not a multiple of key/value heads \(config.numKeyValueHeads)")
+        do { try config.validate(keys: .json, headDimGiven: true) } catch let e as ConfigValueError {
+            throw FormatError(weights.file, e.description)
         }
         self.config = config
         let d = config.hiddenSize, f = config.intermediateSize, hd = config.headDim

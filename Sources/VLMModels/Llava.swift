@@ -255,10 +255,7 @@ public final class LlavaModel: @unchecked Sendable {
     public static func load(folder: String, config file: ModelConfigFile? = nil) throws -> LlavaModel {
         let file = try file ?? ModelConfigFile.require(folder: folder)
         if file.modelType == "llava_llama" { return try loadOriginal(folder: folder, configData: file.data) }
-        let config: LlavaConfiguration
-        do { config = try JSONDecoder().decode(LlavaConfiguration.self, from: file.data) } catch {
-            throw FormatError(file.path, "not a supported LLaVA config (\(TextModel.describe(error)))")
-        }
+        let config = try TextModel.decodeConfig(LlavaConfiguration.self, from: file.data, path: file.path, expected: "LLaVA config")
         guard LlamaConfiguration.supportedTypes.contains(config.textConfig.modelType) else {
             throw FormatError(file.path, "unsupported text model_type '\(config.textConfig.modelType)'")
         }
@@ -302,14 +299,8 @@ public final class LlavaModel: @unchecked Sendable {
 
     static func loadOriginal(folder: String, configData data: Data) throws -> LlavaModel {
         let configPath = folder + "/config.json"
-        var text: LlamaConfiguration
-        let original: OriginalLlavaConfiguration
-        do {
-            text = try JSONDecoder().decode(LlamaConfiguration.self, from: data)
-            original = try JSONDecoder().decode(OriginalLlavaConfiguration.self, from: data)
-        } catch {
-            throw FormatError(configPath, "not a supported LLaVA config (\(TextModel.describe(error)))")
-        }
+        var text = try TextModel.decodeConfig(LlamaConfiguration.self, from: data, path: configPath, expected: "LLaVA config")
+        let original = try TextModel.decodeConfig(OriginalLlavaConfiguration.self, from: data, path: configPath, expected: "LLaVA config")
         text.modelType = "llama"
         // LLaVA resolves mm_vision_tower against the working directory; a folder beside the
         // checkpoint is what a self-contained download has, so that is tried first.
@@ -322,10 +313,8 @@ public final class LlavaModel: @unchecked Sendable {
             throw FormatError(configPath, "mm_vision_tower '\(tower)': no vision tower folder with config.json (tried \(candidates.joined(separator: ", ")))")
         }
         let visionConfigPath = visionFolder + "/config.json"
-        let visionConfig: LlavaVisionConfiguration
-        do { visionConfig = try JSONDecoder().decode(LlavaVisionConfiguration.self, from: Data(contentsOf: URL(fileURLWithPath: visionConfigPath))) } catch {
-            throw FormatError(visionConfigPath, "not a supported vision tower config (\(TextModel.describe(error)))")
-        }
+        let visionConfig = try TextModel.decodeConfig(LlavaVisionConfiguration.self, from: try SmallFile.read(visionConfigPath),
+                                                      path: visionConfigPath, expected: "vision tower config")
         let kind: MultiModalProjector.Kind
         switch original.mmProjectorType {
         case "linear": kind = .linear
@@ -379,8 +368,8 @@ public final class LlavaModel: @unchecked Sendable {
     }
 
     /// The model input for one image, `[3, H, W]`.
-    public func preprocess(_ image: RGBImage) -> Tensor {
-        imageProcessor.preprocess(image, padToSquare: padToSquare)
+    public func preprocess(_ image: RGBImage) throws -> Tensor {
+        try imageProcessor.preprocess(image, padToSquare: padToSquare)
     }
 
     /// The projector's input for one image: the hidden states at the feature layers (class
@@ -420,7 +409,7 @@ public struct ModelConfigFile: Sendable {
     /// `folder/config.json`, or nil when the folder has none.
     public static func read(folder: String) throws -> ModelConfigFile? {
         let path = folder + "/config.json"
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        guard let data = try SmallFile.readIfPresent(path) else { return nil }
         let type = (try? JSONDecoder().decode(TypeField.self, from: data))?.model_type
         return ModelConfigFile(path: path, data: data, modelType: type)
     }

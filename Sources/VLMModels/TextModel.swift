@@ -38,10 +38,7 @@ public final class TextModel: @unchecked Sendable {
 
     /// The decoder of a Hugging Face text model folder whose config.json is `config`.
     public static func decoder(folder: String, config file: ModelConfigFile) throws -> LlamaModel {
-        let config: LlamaConfiguration
-        do { config = try JSONDecoder().decode(LlamaConfiguration.self, from: file.data) } catch {
-            throw FormatError(file.path, "not a supported text model config (\(describe(error)))")
-        }
+        let config = try decodeConfig(LlamaConfiguration.self, from: file.data, path: file.path, expected: "text model config")
         guard LlamaConfiguration.supportedTypes.contains(config.modelType) else {
             throw FormatError(file.path, "unsupported model_type '\(config.modelType)'")
         }
@@ -57,6 +54,14 @@ public final class TextModel: @unchecked Sendable {
 
     /// Token ids that end a reply: the tokenizer's end-of-sequence ids.
     public var stopTokens: Set<Int> { tokenizer.eosTokenIDs }
+
+    /// A model folder's JSON config decoded: a value out of range is one line naming the file and
+    /// the key; any other problem says what kind of config the file should have been.
+    static func decodeConfig<T: Decodable>(_ type: T.Type, from data: Data, path: String, expected what: String) throws -> T {
+        do { return try JSONDecoder().decode(type, from: data) }
+        catch let e as ConfigValueError { throw FormatError(path, e.description) }
+        catch { throw FormatError(path, "not a supported \(what) (\(describe(error)))") }
+    }
 
     static func describe(_ error: Error) -> String {
         switch error {

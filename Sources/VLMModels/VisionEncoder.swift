@@ -85,18 +85,33 @@ package struct VisionShape: Sendable {
         }
     }
 
-    func validate(file: String) throws {
-        guard hidden > 0, heads > 0, hidden % heads == 0 else {
-            throw FormatError(file, "hidden_size \(hidden) is not a multiple of num_attention_heads \(heads)")
+    /// Bounds well above any released vision tower; past them a size is corrupt, and
+    /// `patches` (grid²) or the weights sized from it would overflow or ask for terabytes.
+    static let maxHidden = 1 << 14, maxIntermediate = 1 << 16, maxLayers = 1024, maxHeads = 1024
+    static let maxChannels = 16, maxImageSize = 8192, maxPatches = 1 << 16
+
+    /// Every size in range and consistent (the keys as config.json spells them).
+    func check() throws {
+        try ConfigValueError.check("hidden_size", hidden, in: 1...Self.maxHidden)
+        try ConfigValueError.check("num_attention_heads", heads, in: 1...Self.maxHeads)
+        guard hidden % heads == 0 else {
+            throw ConfigValueError("hidden_size", "\(hidden) is not a multiple of num_attention_heads \(heads)")
         }
+        try ConfigValueError.check("intermediate_size", intermediate, in: 1...Self.maxIntermediate)
+        try ConfigValueError.check("num_hidden_layers", layers, in: 0...Self.maxLayers)
+        try ConfigValueError.check("num_channels", channels, in: 1...Self.maxChannels)
+        try ConfigValueError.check("image_size", imageSize, in: 1...Self.maxImageSize)
         // Not necessarily a multiple: SigLIP-so400m is 384 with patch 14, and the conv's valid
         // padding drops the last 384 mod 14 pixel rows and columns.
-        guard patchSize > 0, imageSize >= patchSize else {
-            throw FormatError(file, "image_size \(imageSize) is smaller than patch_size \(patchSize)")
+        try ConfigValueError.check("patch_size", patchSize, in: 1...imageSize)
+        guard patches <= Self.maxPatches else {
+            throw ConfigValueError("image_size", "\(imageSize) with patch_size \(patchSize) makes \(patches) patches (at most \(Self.maxPatches))")
         }
-        guard layers >= 0, intermediate > 0, channels > 0 else {
-            throw FormatError(file, "vision config has a non-positive size")
-        }
+        guard eps.isFinite, eps > 0 else { throw ConfigValueError("layer_norm_eps", "\(eps) must be a finite number above 0") }
+    }
+
+    func validate(file: String) throws {
+        do { try check() } catch let e as ConfigValueError { throw FormatError(file, e.description) }
     }
 }
 

@@ -104,6 +104,7 @@ public struct VisionTowerConfiguration<Family: VisionTowerFamily>: Codable, Send
         patchSize = try c.decodeSquareSize(.patchSize, default: d.patchSize)
         hiddenAct = try c.decodeIfPresent(Activation.self, forKey: .hiddenAct) ?? d.hiddenAct
         layerNormEps = try c.decodeIfPresent(Float.self, forKey: .layerNormEps) ?? d.layerNormEps
+        do { try shape.check() } catch let e as ConfigValueError { throw e.nested(under: decoder.codingPath) }
     }
 
     var shape: VisionShape {

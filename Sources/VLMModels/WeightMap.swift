@@ -54,15 +54,27 @@ public final class WeightMap {
     }
 
     /// A matrix kept in its stored encoding; `shape` is checked when given (PyTorch order).
+    /// Plain float matrices (F32, F16, BF16) are scanned for NaN/Inf; quantized ones are not.
     public func matrix(_ name: String, shape: [Int]? = nil) throws -> QuantizedMatrix {
         let e = try locate(name, shape: shape)
-        return try e.source.matrix(e.name)
+        let m = try e.source.matrix(e.name)
+        try requireFinite(m.data, type: m.type, count: m.rows * m.cols, name: e.name)
+        return m
     }
 
-    /// A tensor converted to Float32.
+    /// A tensor converted to Float32, scanned for NaN/Inf as it is now in cache.
     public func floats(_ name: String, shape: [Int]? = nil) throws -> Tensor {
         let e = try locate(name, shape: shape)
-        return try e.source.floats(e.name)
+        let t = try e.source.floats(e.name)
+        try requireFinite(UnsafeRawPointer(t.data), type: .f32, count: t.count, name: e.name)
+        return t
+    }
+
+    /// A NaN or infinite weight would load and silently make every output garbage.
+    private func requireFinite(_ data: UnsafeRawPointer, type: GGMLType, count: Int, name: String) throws {
+        if let bad = FiniteScan.firstNonFinite(data, type: type, count: count) {
+            throw FormatError(file, "weight '\(name)' holds a non-finite value (\(bad.value)) at element \(bad.index)")
+        }
     }
 
     /// Fails when a weight was never used: a left-over key means the checkpoint is not what we think.

@@ -52,7 +52,7 @@ public struct ChatTemplate: Sendable {
     static func source(name: String, directory: String?) throws -> (text: String, file: String) {
         if let directory {
             let path = (directory as NSString).appendingPathComponent("\(name).txt")
-            if let data = FileManager.default.contents(atPath: path) { return (String(decoding: data, as: UTF8.self), path) }
+            if let data = try SmallFile.readIfPresent(path) { return (String(decoding: data, as: UTF8.self), path) }
         }
         if let text = builtinTexts[name] { return (text, "built-in:\(name)") }
         let known = Set(builtinTexts.keys).union(names(inFolder: directory)).sorted().joined(separator: ", ")

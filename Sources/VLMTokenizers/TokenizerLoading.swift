@@ -92,7 +92,7 @@ extension Tokenizer {
     /// Loads a Hugging Face tokenizer folder (tokenizer.json + tokenizer_config.json).
     public static func load(folder: String) throws -> Tokenizer {
         let tokenizerPath = (folder as NSString).appendingPathComponent("tokenizer.json")
-        guard let data = FileManager.default.contents(atPath: tokenizerPath) else {
+        guard let data = try SmallFile.readIfPresent(tokenizerPath) else {
             throw FormatError(folder, "no tokenizer: tokenizer.json missing")
         }
         guard let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
@@ -100,7 +100,7 @@ extension Tokenizer {
         }
         let configPath = (folder as NSString).appendingPathComponent("tokenizer_config.json")
         var config: [String: Any] = [:]
-        if let configData = FileManager.default.contents(atPath: configPath) {
+        if let configData = try SmallFile.readIfPresent(configPath) {
             guard let object = (try? JSONSerialization.jsonObject(with: configData)) as? [String: Any] else {
                 throw FormatError(configPath, "not a JSON object")
             }
@@ -108,7 +108,7 @@ extension Tokenizer {
         }
         // Newer transformers save the template beside the config.
         let jinjaPath = (folder as NSString).appendingPathComponent("chat_template.jinja")
-        if config["chat_template"] == nil, let jinja = FileManager.default.contents(atPath: jinjaPath) {
+        if config["chat_template"] == nil, let jinja = try SmallFile.readIfPresent(jinjaPath) {
             config["chat_template"] = String(decoding: jinja, as: UTF8.self)
         }
         return try load(tokenizerJSON: json, config: config, file: tokenizerPath)
@@ -142,6 +142,7 @@ extension Tokenizer {
             added.append(AddedToken(content: content, id: id, special: entry["special"] as? Bool ?? false,
                                     leftStrip: entry["lstrip"] as? Bool ?? false, rightStrip: entry["rstrip"] as? Bool ?? false))
         }
+        try checkIDs(vocab: vocab, added: added, file: file)
         let addedIDs = Dictionary(added.map { ($0.content, $0.id) }, uniquingKeysWith: { a, _ in a })
         func tokenID(configKey: String) -> Int? {
             var name = config[configKey] as? String
@@ -177,6 +178,18 @@ extension Tokenizer {
                          padding: tokenID(configKey: "pad_token"),
                          addsBOS: addsBOS ?? false, addsEOS: config["add_eos_token"] as? Bool ?? false,
                          chatTemplate: template)
+    }
+
+    /// Token ids index the id → spelling tables, sized by the largest id: every id must lie in
+    /// 0..<(vocab entries + added tokens), so a stray id cannot trap or size a table of terabytes.
+    static func checkIDs(vocab: [String: Int], added: [AddedToken], file: String) throws {
+        let bound = vocab.count + added.count
+        if let (token, id) = vocab.first(where: { $0.value < 0 || $0.value >= bound }) {
+            throw FormatError(file, "model.vocab id \(id) of '\(token)' is out of range (0…\(bound - 1))")
+        }
+        if let token = added.first(where: { $0.id < 0 || $0.id >= bound }) {
+            throw FormatError(file, "added_tokens id \(token.id) of '\(token.content)' is out of range (0…\(bound - 1))")
+        }
     }
 
     private static func templateStartsWithBOS(_ processor: [String: Any], bos: Int?, vocab: [String: Int], added: [String: Int]) -> Bool {

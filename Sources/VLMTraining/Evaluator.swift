@@ -384,7 +384,7 @@ final class ImageFeatureCache {
             var image: RGBImage
             do { image = try ImageLoader.load(path: path) } catch { throw TrainingError("\(error)") }
             if blank { image = Evaluator.blankImage(like: image) }
-            features.attach([ImageInput(hash: path, pixels: support.preprocess(image))])
+            features.attach([ImageInput(hash: path, pixels: try support.preprocess(image))])
         }
         return try features.features(hash: path)
     }

@@ -223,7 +223,7 @@ public final class TrainableModel: @unchecked Sendable {
 
     /// The model input of the image at `path`.
     private func pixels(_ path: String, llava: LlavaModel) throws -> Tensor {
-        do { return llava.preprocess(try ImageLoader.load(path: path)) } catch { throw TrainingError("\(error)") }
+        do { return try llava.preprocess(try ImageLoader.load(path: path)) } catch { throw TrainingError("\(error)") }
     }
 
     /// Frozen-tower features `[images·featureCount, visionHidden]` stacked in order.

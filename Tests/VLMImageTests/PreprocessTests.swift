@@ -15,7 +15,7 @@ final class PreprocessTests: XCTestCase {
             var worst: Float = 0
             for name in config.images {
                 let image = try ImageLoader.load(path: ImageFixtures.file(name))
-                let got = processor.preprocess(image, padToSquare: config.pad)
+                let got = try processor.preprocess(image, padToSquare: config.pad)
                 let want = try golden.floats("\(configName)/\(name)")
                 XCTAssertEqual(got.shape, want.shape, "\(configName)/\(name)")
                 guard got.shape == want.shape else { continue }
@@ -53,7 +53,7 @@ final class PreprocessTests: XCTestCase {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         try json.write(to: folder.appendingPathComponent("preprocessor_config.json"), atomically: true, encoding: .utf8)
         let loaded = try ImageProcessor.load(folder: folder.path)
-        let out = loaded.preprocess(RGBImage(width: 500, height: 400, filledWith: (10, 20, 30)))
+        let out = try loaded.preprocess(RGBImage(width: 500, height: 400, filledWith: (10, 20, 30)))
         XCTAssertEqual(out.shape, [3, 336, 336])
         try #"{"resample": 9}"#.write(to: folder.appendingPathComponent("preprocessor_config.json"), atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try ImageProcessor.load(folder: folder.path)) { XCTAssertTrue($0 is FormatError) }
@@ -65,7 +65,7 @@ final class PreprocessTests: XCTestCase {
         for i in pixels.indices { pixels[i] = UInt8(truncatingIfNeeded: i &* 2654435761 >> 13) }
         let image = RGBImage(width: 1920, height: 1080, pixels: pixels)
         let processor = ImageProcessor(size: ImageSize(shortestEdge: 336), cropSize: ImageSize(height: 336, width: 336))
-        _ = processor.preprocess(image)
+        _ = try processor.preprocess(image)
         var best = Double.infinity
         for _ in 0..<5 {
             let start = Date()
@@ -73,10 +73,36 @@ final class PreprocessTests: XCTestCase {
             best = min(best, Date().timeIntervalSince(start))
         }
         let start = Date()
-        let out = processor.preprocess(image)
+        let out = try processor.preprocess(image)
         let total = Date().timeIntervalSince(start)
         print(String(format: "1920x1080 -> 597x336 bicubic resize: %.1f ms; full preprocess: %.1f ms", best * 1000, total * 1000))
         XCTAssertEqual(out.shape, [3, 336, 336])
         XCTAssertLessThan(best, 0.25)  // loose: shared CI machines; release builds take a few ms
+    }
+}
+
+/// What preprocessing allocates is computed from the image size and refused past the limit
+/// before any of it is allocated.
+final class PreprocessingSizeTests: XCTestCase {
+    func testExtremeAspectRatiosAreRefusedAndPhotosPass() throws {
+        let demo = ImageProcessor(size: ImageSize(shortestEdge: 96), cropSize: ImageSize(height: 96, width: 96))
+        // 96 000 000×96 RGB is 27.6 GB on its own.
+        let (bytes, resized) = demo.preprocessingBytes(width: 1_000_000, height: 1, padToSquare: false)
+        XCTAssertTrue(resized == (96, 96_000_000))
+        XCTAssertGreaterThan(bytes, 27.6e9)
+        XCTAssertThrowsError(try demo.preprocess(RGBImage(width: 1_000_000, height: 1, filledWith: (1, 2, 3)))) { error in
+            XCTAssertTrue("\(error)".hasPrefix("image 1000000×1: preprocessing it (resized to 96000000×96) would allocate 31.4 GB"), "\(error)")
+        }
+        // Padding to a square is counted too: 20 000×20 000 RGB is 1.2 GB before any resize.
+        XCTAssertThrowsError(try demo.checkPreprocessingSize(width: 20_000, height: 1, padToSquare: true))
+        XCTAssertNoThrow(try demo.checkPreprocessingSize(width: 20_000, height: 1, padToSquare: false))
+        // A large photo to CLIP-336 stays far below the limit, padded or not.
+        let clip = ImageProcessor(size: ImageSize(shortestEdge: 336), cropSize: ImageSize(height: 336, width: 336))
+        for pad in [false, true] {
+            let photo = clip.preprocessingBytes(width: 8000, height: 6000, padToSquare: pad).bytes
+            XCTAssertLessThan(photo, 250e6, "pad \(pad)")
+            XCTAssertNoThrow(try clip.checkPreprocessingSize(width: 8000, height: 6000, padToSquare: pad))
+        }
+        XCTAssertEqual(try clip.preprocess(RGBImage(width: 2000, height: 10, filledWith: (9, 9, 9))).shape, [3, 336, 336])
     }
 }

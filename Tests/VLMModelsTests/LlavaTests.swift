@@ -85,7 +85,7 @@ final class LlavaTests: XCTestCase {
                 var inputs: [ImageInput] = []
                 for (i, file) in names.enumerated() {
                     // Our preprocessing of the image file.
-                    let ours = llava.preprocess(try image(file))
+                    let ours = try llava.preprocess(try image(file))
                     XCTAssertEqual(ours.shape, Array(pixels.shape.dropFirst()), label)
                     let expected = Array(pixels.values[(i * plane)..<((i + 1) * plane)])
                     let pd = maxDifference(ours.array, expected)
@@ -144,7 +144,7 @@ final class LlavaTests: XCTestCase {
         for name in ["clip-llama", "original-llava"] {
             let model = try self.model(name)
             let support = try XCTUnwrap(model.images)
-            let square = ImageInput(hash: "square", pixels: support.preprocess(try image("square.png")))
+            let square = ImageInput(hash: "square", pixels: try support.preprocess(try image("square.png")))
             let chat = ChatSession(model: model)
             let first = try chat.send("What is in the image?", images: [square], parameters: greedy(4))
             while try first.next() != nil {}
@@ -155,7 +155,7 @@ final class LlavaTests: XCTestCase {
             XCTAssertEqual(chat.encoderRuns, 1, "\(name): the same image is not encoded again")
             XCTAssertGreaterThan(chat.reusedPositions, support.featureCount, "\(name): the first turn comes from the cache")
             chat.commit(reply: second.text)
-            let wide = ImageInput(hash: "wide", pixels: support.preprocess(try image("wide.png")))
+            let wide = ImageInput(hash: "wide", pixels: try support.preprocess(try image("wide.png")))
             let third = try chat.send("Compare.", images: [wide], parameters: greedy(2))
             while try third.next() != nil {}
             XCTAssertEqual(chat.encoderRuns, 2, name)

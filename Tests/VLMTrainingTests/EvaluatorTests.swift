@@ -158,7 +158,7 @@ final class EvaluatorTests: XCTestCase {
         var parameters = GenerationParameters()
         parameters.temperature = 0; parameters.maxTokens = 6; parameters.stopStrings = model.template.stopStrings
         func image(_ name: String) throws -> ImageInput {
-            ImageInput(hash: name, pixels: model.llava.preprocess(try ImageLoader.load(path: Self.data + "/llava/images/" + name)))
+            ImageInput(hash: name, pixels: try model.llava.preprocess(try ImageLoader.load(path: Self.data + "/llava/images/" + name)))
         }
         func reply(_ chat: ChatSession, _ text: String, images: [ImageInput] = []) throws -> String {
             let g = try chat.send(text, images: images, parameters: parameters)
@@ -213,8 +213,8 @@ final class EvaluatorTests: XCTestCase {
         let blank = Evaluator.blankImage(like: square)
         XCTAssertEqual([blank.width, blank.height], [square.width, square.height])
         XCTAssertTrue(blank.pixels.allSatisfy { $0 == 128 })
-        let real = try model.llava.imageFeatures(pixels: model.llava.preprocess(square))
-        let grey = try model.llava.imageFeatures(pixels: model.llava.preprocess(blank))
+        let real = try model.llava.imageFeatures(pixels: try model.llava.preprocess(square))
+        let grey = try model.llava.imageFeatures(pixels: try model.llava.preprocess(blank))
         XCTAssertEqual(real.shape, grey.shape)
         XCTAssertGreaterThan(zip(real.array, grey.array).map { abs($0 - $1) }.max()!, 1e-3)
 
@@ -234,7 +234,7 @@ final class EvaluatorTests: XCTestCase {
 
     /// Last-position logits of example A through a fresh ChatSession (the chat path).
     func chatLogits(_ model: VisionLanguageModel) throws -> [Float] {
-        let image = ImageInput(hash: "square", pixels: model.llava.preprocess(try ImageLoader.load(path: Self.data + "/llava/images/square.png")))
+        let image = ImageInput(hash: "square", pixels: try model.llava.preprocess(try ImageLoader.load(path: Self.data + "/llava/images/square.png")))
         let chat = ChatSession(model: model, history: [ChatMessage(role: .user, text: "<image>")], historyImages: [[image]])
         let slots = try ChatSession.expand(ids: Self.exampleA, images: [image], support: model.images)
         var p = GenerationParameters()
@@ -448,7 +448,7 @@ final class EvaluatorTests: XCTestCase {
 
     /// Last-position logits of a chat turn with an image (any LLaVA layout).
     func turnLogits(_ model: VisionLanguageModel) throws -> [Float] {
-        let image = ImageInput(hash: "wide", pixels: model.llava.preprocess(try ImageLoader.load(path: Self.data + "/llava/images/wide.png")))
+        let image = ImageInput(hash: "wide", pixels: try model.llava.preprocess(try ImageLoader.load(path: Self.data + "/llava/images/wide.png")))
         var p = GenerationParameters()
         p.temperature = 0; p.maxTokens = 1
         // The generator reaches its session unowned: keep the session alive.

@@ -72,7 +72,7 @@ final class ImageTokenObjectiveTests: XCTestCase {
         let candidates = try distinct.map(embedding)
         var expected = 0.0, nearest = 0
         for e in examples {
-            let features = try model.llava.imageFeatures(pixels: model.llava.preprocess(try ImageLoader.load(path: e.imagePath!)))
+            let features = try model.llava.imageFeatures(pixels: try model.llava.preprocess(try ImageLoader.load(path: e.imagePath!)))
             for (k, ids) in e.imageTokenTexts!.enumerated() {
                 let x = (0..<d).map { Double(features.data[k * d + $0]) }
                 let distances = candidates.map { c in zip(x, c).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) } }

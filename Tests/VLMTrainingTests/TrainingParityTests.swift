@@ -174,7 +174,7 @@ final class TrainingParityTests: XCTestCase {
     func inferenceLogits(_ model: VisionLanguageModel) throws -> [Float] {
         let example = try dataset(model, names: ["A"])[0]
         let llava = model.llava, d = model.decoder.config.hiddenSize
-        let features = try llava.imageFeatures(pixels: llava.preprocess(try ImageLoader.load(path: example.imagePath!)))
+        let features = try llava.imageFeatures(pixels: try llava.preprocess(try ImageLoader.load(path: example.imagePath!)))
         let x = Tensor(shape: [example.length, d], zeroed: false)
         let range = example.imageRange!
         for (i, id) in example.inputIDs.enumerated() {
