@@ -10,7 +10,7 @@ BIN := .build/release/vlmsh
 # `make install` puts the one binary in $(DESTDIR)$(PREFIX)/bin; chat templates are compiled in.
 PREFIX ?= /usr/local
 
-.PHONY: run test bench build install uninstall templates deps model fixtures reference-venv clean
+.PHONY: run test bench build install uninstall templates deps model fixtures reference-venv fuzz clean
 
 run: deps model build
 	$(BIN)
@@ -59,5 +59,20 @@ fixtures: reference-venv model
 reference-venv:
 	@scripts/reference-venv.sh "$(VLMSH_VENV)"
 
+# libFuzzer over every reader of untrusted input (Tests/Fuzz), FUZZ_SECONDS per target, seeded
+# from Tests/Fuzz/corpus; findings land in .fuzz/findings (add each as a regression input there).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := gguf safetensors config tokenizer preprocessor image data script
+fuzz: deps
+	swift build -c release --product vlmsh-fuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING
+	@mkdir -p .fuzz/findings
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p .fuzz/corpus/$$t; \
+		echo "== $$t ($(FUZZ_SECONDS) s)"; \
+		VLMSH_FUZZ_TARGET=$$t .build-fuzz/release/vlmsh-fuzz .fuzz/corpus/$$t Tests/Fuzz/corpus/$$t \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=4096 -artifact_prefix=.fuzz/findings/$$t- -print_final_stats=1 \
+			2>&1 | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==ERROR|SUMMARY|artifact_prefix)|Test unit written" || exit 1; \
+	done
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz .fuzz

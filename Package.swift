@@ -52,6 +52,9 @@ let package = Package(
         ]),
         // Writer processes the store's multi-process tests launch and kill.
         .executableTarget(name: "vlmsh-store-child", dependencies: ["VLMStore"], path: "Tests/StoreChild"),
+        // Fuzz targets over every reader of untrusted input (`make fuzz`); built plainly, it replays files.
+        .executableTarget(name: "vlmsh-fuzz", dependencies: ["VLMApp", "VLMTraining", "VLMGeneration", "VLMModels", "VLMTokenizers",
+                                                          "VLMImage", "VLMFormats"], path: "Tests/Fuzz"),
         // The application: the REPL engine (chat, sessions, command table), replay, fine-tune and
         // eval runs; it reports progress as events and never parses arguments or draws.
         .target(name: "VLMApp", dependencies: [
@@ -74,6 +77,6 @@ let package = Package(
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMTestSupport", "VLMHome", "VLMModels", "VLMAutodiff", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
         .testTarget(name: "VLMTrainingTests", dependencies: ["VLMTestSupport", "VLMHome", "VLMTraining", "VLMAutodiff", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
-        .testTarget(name: "VLMCLITests", dependencies: ["VLMTestSupport", "VLMCLI", "VLMApp", "VLMStore", "VLMModels", "VLMTraining", "VLMHome"]),
+        .testTarget(name: "VLMCLITests", dependencies: ["VLMTestSupport", "vlmsh-fuzz", "VLMCLI", "VLMApp", "VLMStore", "VLMModels", "VLMTraining", "VLMHome"]),
     ]
 )

@@ -1,0 +1,117 @@
+import Foundation
+import VLMApp
+import VLMFormats
+import VLMGeneration
+import VLMImage
+import VLMModels
+import VLMTokenizers
+import VLMTraining
+
+// Fuzz targets over every reader of untrusted input. Each target takes one input's bytes, puts
+// them where the reader expects them (a file beside good fixture files, or a string) and runs
+// the reader: an error is the expected outcome, a trap, a signal or a hang is a finding.
+//
+// Built with `-sanitize=fuzzer -DFUZZING` (`make fuzz`), libFuzzer drives `LLVMFuzzerTestOneInput`
+// with the target named by `$VLMSH_FUZZ_TARGET`. Built plainly (every `swift build`), the same
+// code replays files: `vlmsh-fuzz TARGET FILE…`, which the bad-input tests use for the corpus.
+
+/// The fixtures the targets read beside the fuzzed bytes; `$VLMSH_FUZZ_FIXTURES` or this checkout's.
+let fixtures = ProcessInfo.processInfo.environment["VLMSH_FUZZ_FIXTURES"]
+    ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../Fixtures/data").standardized.path
+
+/// A scratch folder per process, holding a copy of a tiny LLaVA checkpoint whose files the
+/// targets replace one at a time.
+let scratch: String = {
+    let dir = NSTemporaryDirectory() + "vlmsh-fuzz-\(getpid())"
+    try? FileManager.default.removeItem(atPath: dir)
+    try! FileManager.default.copyItem(atPath: fixtures + "/llava/clip-llama", toPath: dir)
+    return dir
+}()
+
+let fixtureTokenizer = try! Tokenizer.load(folder: fixtures + "/llava/clip-llama")
+let template = try! ChatTemplate.load(name: "chatml", directory: nil)
+let processor = try! ImageProcessor.load(folder: fixtures + "/llava/clip-llama")
+
+/// Writes `bytes` as `name` in the scratch folder, runs `body` on its path, puts the fixture back.
+func withFile(_ name: String, _ bytes: Data, restoring fixture: String? = nil, _ body: (String) throws -> Void) {
+    let path = scratch + "/" + name
+    try! bytes.write(to: URL(fileURLWithPath: path))
+    defer {
+        if let fixture { try? FileManager.default.removeItem(atPath: path); try! FileManager.default.copyItem(atPath: fixture, toPath: path) }
+    }
+    _ = try? body(path)
+}
+
+enum Target: String, CaseIterable {
+    case gguf, safetensors, config, tokenizer, preprocessor, image, data, script
+
+    func run(_ bytes: Data) {
+        let llava = fixtures + "/llava/clip-llama/"
+        switch self {
+        case .gguf:
+            withFile("model.gguf", bytes) { _ = try TextModel(path: $0) }
+        case .safetensors:
+            withFile("model.safetensors", bytes, restoring: llava + "model.safetensors") { _ in _ = try VisionLanguageModel(path: scratch) }
+        case .config:
+            withFile("config.json", bytes, restoring: llava + "config.json") { _ in _ = try VisionLanguageModel(path: scratch) }
+        case .tokenizer:
+            withFile("tokenizer.json", bytes, restoring: llava + "tokenizer.json") { _ in
+                let fuzzed = try Tokenizer.load(folder: scratch)
+                _ = fuzzed.decode(fuzzed.encode("a cat <image> on a mat", addSpecialTokens: true))
+            }
+        case .preprocessor:
+            withFile("preprocessor_config.json", bytes, restoring: llava + "preprocessor_config.json") { _ in
+                let fuzzed = try ImageProcessor.load(folder: scratch)
+                _ = try fuzzed.preprocess(RGBImage(width: 7, height: 5, pixels: [UInt8](repeating: 128, count: 7 * 5 * 3)))
+            }
+        case .image:
+            _ = try? bytes.withUnsafeBytes { raw in
+                let image = try ImageLoader.decode(raw, path: "fuzz-image")
+                _ = try processor.preprocess(image)
+            }
+        case .data:
+            withFile("data.json", bytes) { path in
+                _ = try TrainingDataset.load(path: path, tokenizer: fixtureTokenizer, template: template, image: (32000, 16),
+                                             imageFolder: scratch, skipBadRows: true)
+            }
+        case .script:
+            let text = String(decoding: bytes, as: UTF8.self)
+            guard let entries = try? InputAssembler.entries(of: text) else { return }
+            for entry in entries where entry.isCommand {
+                guard let words = try? ShellWords.split(entry.text), let name = words.first else { continue }
+                _ = Engine.builtInCommands.first { $0.name == name }
+            }
+        }
+    }
+}
+
+#if FUZZING
+let target: Target = {
+    guard let name = ProcessInfo.processInfo.environment["VLMSH_FUZZ_TARGET"], let target = Target(rawValue: name) else {
+        fatalError("set VLMSH_FUZZ_TARGET to one of " + Target.allCases.map(\.rawValue).joined(separator: ", "))
+    }
+    return target
+}()
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    target.run(Data(bytes: data, count: size))
+    return 0
+}
+#else
+@main
+enum Replay {
+    static func main() {
+        let args = CommandLine.arguments.dropFirst()
+        guard let name = args.first, let target = Target(rawValue: name) else {
+            print("usage: vlmsh-fuzz TARGET FILE…  (targets: " + Target.allCases.map(\.rawValue).joined(separator: ", ") + ")")
+            exit(2)
+        }
+        for file in args.dropFirst() {
+            guard let bytes = FileManager.default.contents(atPath: file) else { print("cannot read \(file)"); exit(2) }
+            target.run(bytes)
+        }
+        try? FileManager.default.removeItem(atPath: scratch)
+    }
+}
+#endif
