@@ -64,7 +64,7 @@ reference-venv:
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := gguf safetensors config tokenizer preprocessor image data script
 fuzz: deps
-	swift build -c release --product vlmsh-fuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING
+	swift build -c release --product vlmsh-fuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld
 	@mkdir -p .fuzz/findings
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p .fuzz/corpus/$$t; \

@@ -11,9 +11,9 @@ import VLMTraining
 // them where the reader expects them (a file beside good fixture files, or a string) and runs
 // the reader: an error is the expected outcome, a trap, a signal or a hang is a finding.
 //
-// Built with `-sanitize=fuzzer -DFUZZING` (`make fuzz`), libFuzzer drives `LLVMFuzzerTestOneInput`
-// with the target named by `$VLMSH_FUZZ_TARGET`. Built plainly (every `swift build`), the same
-// code replays files: `vlmsh-fuzz TARGET FILE…`, which the bad-input tests use for the corpus.
+// Built with `-sanitize=fuzzer -DFUZZING` (`make fuzz`), libFuzzer drives the target named by
+// `$VLMSH_FUZZ_TARGET`. Built plainly (every `swift build`), the same code replays files:
+// `vlmsh-fuzz TARGET FILE…`, which the tests run over Tests/Fuzz/corpus.
 
 /// The fixtures the targets read beside the fuzzed bytes; `$VLMSH_FUZZ_FIXTURES` or this checkout's.
 let fixtures = ProcessInfo.processInfo.environment["VLMSH_FUZZ_FIXTURES"]
@@ -86,22 +86,32 @@ enum Target: String, CaseIterable {
 }
 
 #if FUZZING
-let target: Target = {
-    guard let name = ProcessInfo.processInfo.environment["VLMSH_FUZZ_TARGET"], let target = Target(rawValue: name) else {
-        fatalError("set VLMSH_FUZZ_TARGET to one of " + Target.allCases.map(\.rawValue).joined(separator: ", "))
-    }
-    return target
-}()
+// libFuzzer's own driver, started from this executable's main (SwiftPM names every executable's
+// entry point itself, so libFuzzer's `main` cannot be the one that runs).
+@_silgen_name("LLVMFuzzerRunDriver")
+func runFuzzerDriver(_ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>>,
+                     _ test: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt) -> CInt
 
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    target.run(Data(bytes: data, count: size))
-    return 0
-}
-#else
+nonisolated(unsafe) var fuzzedTarget: Target!
+#endif
+
 @main
-enum Replay {
+enum Main {
     static func main() {
+        #if FUZZING
+        guard let name = ProcessInfo.processInfo.environment["VLMSH_FUZZ_TARGET"], let target = Target(rawValue: name) else {
+            print("set VLMSH_FUZZ_TARGET to one of " + Target.allCases.map(\.rawValue).joined(separator: ", "))
+            exit(2)
+        }
+        fuzzedTarget = target
+        var argc = CommandLine.argc
+        var argv = CommandLine.unsafeArgv
+        exit(runFuzzerDriver(&argc, &argv) { data, size in
+            fuzzedTarget.run(data.map { Data(bytes: $0, count: size) } ?? Data())
+            return 0
+        })
+        #else
+        // Replays files: `vlmsh-fuzz TARGET FILE…`.
         let args = CommandLine.arguments.dropFirst()
         guard let name = args.first, let target = Target(rawValue: name) else {
             print("usage: vlmsh-fuzz TARGET FILE…  (targets: " + Target.allCases.map(\.rawValue).joined(separator: ", ") + ")")
@@ -112,6 +122,6 @@ enum Replay {
             target.run(bytes)
         }
         try? FileManager.default.removeItem(atPath: scratch)
+        #endif
     }
 }
-#endif
