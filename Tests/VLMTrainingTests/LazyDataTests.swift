@@ -3,6 +3,7 @@ import XCTest
 @testable import VLMTraining
 import VLMGeneration
 import VLMTensor
+import VLMModels
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -175,5 +176,25 @@ extension DataTests {
         XCTAssertEqual(length(#"{"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "image": "x.png"}"#), 3)
         XCTAssertEqual(length(#"{"conversations": [{"value": "un"#), 0, "a row that does not scan counts 0")
         XCTAssertEqual(length(#""text""#), 0)
+    }
+
+    func testTrainingPassesOverBadRowsOfALazyFileAndCountsThem() throws {
+        let model = try VisionLanguageModel(path: Self.clipLlama)
+        let good = row([("human", "Hi"), ("gpt", "Hello")]), bad = row([("human", "Hi")])
+        let rows = (0..<TrainingDataset.lazyProbeRows).map { _ in good } + Array(repeating: bad, count: 6)
+        let dir = try folder(["d.jsonl": rows.joined(separator: "\n")])
+        let path = dir.appendingPathComponent("d.jsonl").path
+        let data = try TrainingDataset.load(path: path, tokenizer: model.tokenizer, template: model.template,
+                                            image: (model.imageTokenID, model.llava.featureCount), eagerRowLimit: 0)
+        var settings = FineTuneSettings()
+        settings.mode = .projector
+        settings.steps = rows.count   // one epoch of micro-batches, and 6 more
+        let trainer = try Trainer(model: try TrainableModel(chat: model, mode: .projector, lora: nil), dataset: data, settings: settings)
+        while !trainer.isFinished { try trainer.step() }
+        XCTAssertEqual(trainer.state.step, rows.count)
+        XCTAssertEqual(data.badRowsMetWhileReading, 6)
+        let lines = (TrainingDataset.lazyProbeRows + 1...rows.count).map { "\(path):\($0): no assistant turn" }
+        XCTAssertEqual(data.problemsMetWhileReading.sorted(), lines.sorted())
+        XCTAssertTrue(trainer.state.history.allSatisfy { $0.labelTokens > 0 }, "every step trained on good rows")
     }
 }
