@@ -37,11 +37,14 @@ public final class FineTuneRunner {
         public var seconds: Double
         /// Every step's loss, in order.
         public var losses: [Double]
+        /// Bad data rows skipped: at load (with --skip-bad-rows) and, for a lazily read file, when met.
+        public var skippedRows = 0
 
         public var text: String {
             var s = "run \(run) \(status.rawValue): \(steps) steps"
             if let finalLoss { s += String(format: ", loss %.4f", finalLoss) }
             if let evalLoss { s += String(format: ", eval loss %.4f", evalLoss) }
+            if skippedRows > 0 { s += ", \(skippedRows) bad row\(skippedRows == 1 ? "" : "s") skipped" }
             return s + String(format: " in %.1fs; adapter in %@", seconds, outDir)
         }
     }
@@ -69,11 +72,15 @@ public final class FineTuneRunner {
         if let resume = request.resume { try trainer.restore(from: resume) }
         for name in Trainer.removeStaleCheckpoints(in: request.out) { console.line("removed the half-written \(name) of an earlier run") }
         let run = try recordRun(settings, examples: dataset.count)
+        if dataset.isLazy {
+            console.line("\(dataset.count) rows in \(request.data): read as training goes (bad rows met are skipped and counted)")
+        }
         let loop = TrainingLoop(runner: self, trainer: trainer, settings: settings, run: run, evalSet: evalSet, started: started)
         let status = try loop.run(shouldStop: shouldStop)
+        let skipped = [dataset, evalSet].compactMap { $0 }.reduce(0) { $0 + $1.problems.count + $1.badRowsMetWhileReading }
         return Summary(run: run, status: status, steps: trainer.state.step, finalLoss: trainer.state.history.last?.loss,
                        evalLoss: loop.evalLoss, outDir: request.out, seconds: Date().timeIntervalSince(started),
-                       losses: trainer.state.history.map(\.loss))
+                       losses: trainer.state.history.map(\.loss), skippedRows: skipped)
     }
 
     /// The request's settings; a resumed run continues with its checkpoint's (`steps` may extend
@@ -144,6 +151,8 @@ public final class FineTuneRunner {
         let started: Date
         private(set) var evalLoss: Double?
         private var evaluations: [(step: Int, loss: Double)] = []
+        /// Lazily met bad rows already reported, per file (training, evaluation).
+        private var reportedProblems = (train: 0, eval: 0)
 
         init(runner: FineTuneRunner, trainer: Trainer, settings: FineTuneSettings, run: Int64, evalSet: TrainingDataset?, started: Date) {
             self.runner = runner; self.trainer = trainer; self.settings = settings; self.run = run; self.evalSet = evalSet; self.started = started
@@ -158,6 +167,7 @@ public final class FineTuneRunner {
             do {
                 while !trainer.isFinished {
                     let m = try trainer.step()
+                    reportNewProblems()
                     try store.addMetric(run: run, step: m.step, loss: m.loss, lr: m.learningRate, gradNorm: m.gradNorm, tokensPerSecond: m.tokensPerSecond)
                     runner.console.report(.trainingStep(TrainingStep(
                         step: m.step, total: total, loss: m.loss, learningRate: Double(m.learningRate), gradNorm: Double(m.gradNorm),
@@ -188,6 +198,17 @@ public final class FineTuneRunner {
             try store.updateRunStatus(run, status)
         }
 
+        /// The bad rows met since the last report (files read lazily find them as training goes).
+        private func reportNewProblems() {
+            let train = trainer.dataset.problemsMetWhileReading
+            for problem in train.dropFirst(reportedProblems.train) { runner.console.line("skipped \(problem)") }
+            reportedProblems.train = train.count
+            guard let evalSet else { return }
+            let eval = evalSet.problemsMetWhileReading
+            for problem in eval.dropFirst(reportedProblems.eval) { runner.console.line("skipped \(problem)") }
+            reportedProblems.eval = eval.count
+        }
+
         private func checkpoint(_ directory: String) throws {
             guard let kind = CheckpointKind(rawValue: settings.mode.rawValue) else { throw UsageError("no checkpoint kind for --mode \(settings.mode.rawValue)") }
             try trainer.save(to: directory, baseModel: runner.modelPath)
@@ -201,6 +222,7 @@ public final class FineTuneRunner {
             let stats = try trainer.evaluate(evalSet)
             let loss = stats.lossSum / Double(max(stats.tokens, 1))
             evalLoss = loss
+            reportNewProblems()
             evaluations.append((trainer.state.step, loss))
             try store.addMetric(run: run, step: trainer.state.step, evalLoss: loss)
             runner.console.report(.trainingEvaluation(TrainingEvaluation(

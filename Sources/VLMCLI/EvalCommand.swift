@@ -21,7 +21,7 @@ struct EvalCommand: AsyncParsableCommand {
             """)
 
     @OptionGroup var model: ModelOptions
-    @Option(name: .long, help: "Evaluation data: LLaVA JSON or JSON Lines (conversation or pre-tokenized rows).") var data: String
+    @Option(name: .long, help: "Evaluation data: LLaVA JSON or JSON Lines (conversation or pre-tokenized rows); files of more than \(TrainingDataset.eagerRowLimit) rows are read lazily, as --limit reaches them (bad rows met are skipped and listed).") var data: String
     @Option(name: .long, help: "Folder image paths are relative to (default: the data file's folder).") var imageFolder: String?
     @Option(name: .long, help: "Evaluate only the first N rows.") var limit: Int?
     @Option(name: .long, help: "Evaluate only rows of these kinds (a comma list of \"kind\" tags).") var kinds: String?

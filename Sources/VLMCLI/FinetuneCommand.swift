@@ -6,7 +6,7 @@ import VLMTraining
 
 /// The fine-tune arguments, shared by `vlmsh finetune` and the REPL's `/finetune`.
 struct FineTuneOptions: ParsableArguments {
-    @Option(name: .long, help: "Training data: LLaVA JSON/JSONL conversations or pre-tokenized JSONL rows.") var data: String
+    @Option(name: .long, help: "Training data: LLaVA JSON/JSONL conversations or pre-tokenized JSONL rows. Files of up to \(TrainingDataset.eagerRowLimit) rows are checked whole before training; larger ones are read lazily (an index of row offsets; the first \(TrainingDataset.lazyProbeRows) rows checked up front, a bad row met later skipped with a warning and counted in the summary; --group-by-modality-length then uses LLaVA's word-count lengths).") var data: String
     @Option(name: .long, help: "What trains.") var mode: FineTuneMode = .lora
     @Option(name: .long, help: "What the loss compares (image-token-embeddings: image tokens against the summed embeddings of the data's image_token_texts).") var objective: TrainingObjective = .nextToken
     @Option(name: .long, help: "Output folder (checkpoints, final adapter, loss.svg).") var out: String
@@ -83,6 +83,7 @@ struct FinetuneCommand: AsyncParsableCommand {
                                      "out": summary.outDir, "seconds": summary.seconds, "losses": summary.losses]
         if let loss = summary.finalLoss { object["final_loss"] = loss }
         if let loss = summary.evalLoss { object["eval_loss"] = loss }
+        if summary.skippedRows > 0 { object["skipped_rows"] = summary.skippedRows }
         try printJSON(["summary": object])
     }
 }

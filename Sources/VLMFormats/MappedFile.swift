@@ -22,6 +22,17 @@ public final class MappedFile: @unchecked Sendable {
     }
 
     deinit { munmap(UnsafeMutableRawPointer(mutating: base), size) }
+
+    /// Lets the kernel drop the pages of `range` from this process (they are read back from the
+    /// page cache when touched again): a scan through a large file then leaves no trace in its
+    /// resident size.
+    public func releasePages(_ range: Range<Int>) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = range.lowerBound / page * page
+        let end = min(size, range.upperBound)
+        guard end > start else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
+    }
 }
 
 /// Opens `path` read-only and returns the descriptor (the caller closes it) and the size.

@@ -155,20 +155,14 @@ public enum Evaluator {
                                                image: support.map { ($0.tokenID, $0.featureCount) },
                                                imageFolder: imageFolder, contextLength: chat.decoder.config.contextLength,
                                                skipBadRows: skipBadRows)
-        // The raw rows again, for the fields the dataset does not keep (kind, id, the reply text).
-        var raw: [String: [String: Any]] = [:]
-        for row in try DataRows.read(path: path) {
-            if case .success(let value) = row.value, let object = value as? [String: Any] { raw[row.location] = object }
-        }
-        var examples = dataset.examples
-        if let kinds { examples = examples.filter { raw[$0.source]?["kind"].flatMap(Self.string).map(kinds.contains) ?? false } }
-        if let limit { examples = Array(examples.prefix(max(limit, 0))) }
-
         let images = ImageFeatureCache(chat: chat, blank: blankImages)
         var rows: [EvalRowResult] = []
-        progress?(0, examples.count)
-        for (n, example) in examples.enumerated() {
-            let object = raw[example.source] ?? [:]
+        let selection = selectedExamples(dataset, kinds: kinds, limit: limit)
+        // A lazily read file is walked once as it is evaluated; its row count is then an upper bound.
+        let listed = dataset.isLazy ? nil : Array(selection)
+        let total = listed?.count ?? min(limit.map { max($0, 0) } ?? dataset.count, dataset.count)
+        progress?(0, total)
+        for (n, (example, object)) in (listed.map { AnySequence($0) } ?? AnySequence(selection)).enumerated() {
             let features = try example.imagePath.map { try images.features(path: $0) }
             var row = EvalRowResult(source: example.source, id: object["id"].flatMap(Self.string), kind: object["kind"].flatMap(Self.string),
                                     hasImage: example.hasImage, tokens: 0, lossSum: 0, correct: 0,
@@ -186,9 +180,23 @@ public enum Evaluator {
             let stats = try teacherForced(example, chat: chat, imageFeatures: features, prefix: prefix)
             row.tokens = stats.tokens; row.lossSum = stats.lossSum; row.correct = stats.correct
             rows.append(row)
-            progress?(n + 1, examples.count)
+            progress?(n + 1, total)
         }
-        return EvalResult(dataset: path, rows: rows, skippedRows: dataset.problems, blankImages: blankImages, maxNewTokens: maxNewTokens)
+        return EvalResult(dataset: path, rows: rows, skippedRows: dataset.problems + dataset.problemsMetWhileReading,
+                          blankImages: blankImages, maxNewTokens: maxNewTokens)
+    }
+
+    /// The examples to evaluate, in file order, each with its raw row (for the fields the dataset
+    /// does not keep: kind, id, the reply text): rows of `kinds`, the first `limit` of them.
+    /// Lazy, so rows of a lazily read file are parsed and tokenized only when reached.
+    private static func selectedExamples(_ dataset: TrainingDataset, kinds: Set<String>?, limit: Int?)
+        -> some Sequence<(TrainingExample, [String: Any])> {
+        let wanted = (0..<dataset.count).lazy.compactMap { index -> (TrainingExample, [String: Any])? in
+            let object = dataset.rawRow(of: index) ?? [:]
+            if let kinds, !(object["kind"].flatMap(Self.string).map(kinds.contains) ?? false) { return nil }
+            return dataset.example(at: index).map { ($0, object) }
+        }
+        return wanted.prefix(limit.map { max($0, 0) } ?? Int.max)
     }
 
     // MARK: - Scoring

@@ -92,7 +92,8 @@ public final class Trainer {
     public private(set) var state: TrainerState
     public let padID: Int
     private let order: TrainingOrder
-    private var epochBatches: (epoch: Int, batches: [[Int]])?
+    /// The current epoch's example order (micro-batches are consecutive slices of it).
+    private var epochOrder: (epoch: Int, indices: [Int])?
 
     public init(model: TrainableModel, dataset: TrainingDataset, settings: FineTuneSettings) throws {
         guard settings.batchSize > 0, settings.gradientAccumulation > 0 else { throw TrainingError("--batch-size and --grad-accum must be positive") }
@@ -118,26 +119,38 @@ public final class Trainer {
     }
 
     public var totalSteps: Int { schedule.totalSteps }
+    /// Micro-batches in one epoch (the last may be short, as the Trainer's DataLoader's).
+    public var batchesPerEpoch: Int { (dataset.count + settings.batchSize - 1) / settings.batchSize }
     public var isFinished: Bool { state.step >= totalSteps }
 
     /// The next micro-batch's example indices, moving to the next epoch's order at the end of one.
     private func nextMicroBatch() -> [Int] {
-        if epochBatches?.epoch != state.epoch {
-            let indices = order.indices(for: dataset, seed: settings.seed, epoch: state.epoch)
-            epochBatches = (state.epoch, TrainingOrder.batches(indices, batchSize: settings.batchSize))
+        if epochOrder?.epoch != state.epoch {
+            epochOrder = (state.epoch, order.indices(for: dataset, seed: settings.seed, epoch: state.epoch))
         }
-        let batches = epochBatches!.batches
-        let batch = batches[state.batchCursor]
+        let indices = epochOrder!.indices
+        let start = state.batchCursor * settings.batchSize
+        let batch = Array(indices[start..<min(start + settings.batchSize, indices.count)])
         state.batchCursor += 1
-        if state.batchCursor == batches.count { state.epoch += 1; state.batchCursor = 0 }
+        if state.batchCursor == batchesPerEpoch { state.epoch += 1; state.batchCursor = 0 }
         return batch
+    }
+
+    /// The next micro-batch with a row in it: bad rows of a lazily read file are left out of
+    /// their batch, and a batch of nothing but bad rows is passed over.
+    private func nextNonEmptyBatch() throws -> TrainingBatch {
+        for _ in 0..<batchesPerEpoch {
+            let batch = dataset.batch(nextMicroBatch(), padID: padID)
+            if batch.layout.batch > 0 { return batch }
+        }
+        throw TrainingError("\(dataset.path): a whole epoch of micro-batches held only bad rows")
     }
 
     /// One optimizer step over `gradientAccumulation` micro-batches.
     @discardableResult
     public func step() throws -> StepMetrics {
         let start = Date()
-        let batches = (0..<settings.gradientAccumulation).map { _ in dataset.batch(nextMicroBatch(), padID: padID) }
+        let batches = try (0..<settings.gradientAccumulation).map { _ in try nextNonEmptyBatch() }
         let units = batches.reduce(0) { $0 + model.lossUnits($1) }
         guard units > 0 else { throw TrainingError("step \(state.step + 1): nothing in the batch for the loss (no label tokens or image-token texts)") }
         var loss = 0.0, tokens = 0
@@ -166,8 +179,9 @@ public final class Trainer {
     public func evaluate(_ data: TrainingDataset) throws -> TokenStatistics {
         var total = TokenStatistics()
         var random = SeededRandom(seed: 0)
-        for indices in TrainingOrder.batches(Array(0..<data.count), batchSize: settings.batchSize) {
-            let batch = data.batch(indices, padID: padID)
+        for start in stride(from: 0, to: data.count, by: settings.batchSize) {
+            let batch = data.batch(Array(start..<min(start + settings.batchSize, data.count)), padID: padID)
+            guard batch.layout.batch > 0 else { continue }
             let units = model.lossUnits(batch)
             guard units > 0 else { continue }
             let tape = Tape()
@@ -259,7 +273,7 @@ public final class Trainer {
         for name in file.weightNames { tensors[name] = try file.floats(name) }
         try optimizer.restore(step: record.optimizerStep, tensors: tensors)
         state = record.state
-        epochBatches = nil
+        epochOrder = nil
     }
 }
 

@@ -36,15 +36,21 @@ public enum TrainingOrder: Sendable, Equatable {
         }
     }
 
+    /// The epoch's order over `dataset`; its lengths are asked for only by the grouping orders
+    /// (for a lazily read file they take a scan of the whole text).
     public func indices(for dataset: TrainingDataset, random: inout SeededRandom) -> [Int] {
-        indices(modalityLengths: dataset.modalityLengths, random: &random)
+        switch self {
+        case .sequential: return Array(0..<dataset.count)
+        case .shuffled: return random.permutation(dataset.count)
+        case .lengthGrouped, .modalityLengthGrouped: return indices(modalityLengths: dataset.modalityLengths, random: &random)
+        }
     }
 
     /// The order of epoch `epoch` for a run seeded with `seed` (each epoch has its own stream, so
     /// a resumed run reproduces the order without replaying earlier epochs).
     public func indices(for dataset: TrainingDataset, seed: UInt64, epoch: Int) -> [Int] {
         var random = Self.random(seed: seed, epoch: epoch)
-        return indices(modalityLengths: dataset.modalityLengths, random: &random)
+        return indices(for: dataset, random: &random)
     }
 
     /// An independent stream for one epoch of a seeded run.
