@@ -11,23 +11,10 @@ import VLMTensor
 // vision tower (`vision_tower.safetensors`, always with a projector), or what a `--mode` with
 // several parts writes.
 
-/// What an adapter folder holds.
-public enum AdapterKind: String, Sendable, Codable {
-    /// A PEFT LoRA on the language model.
-    case lora
-    /// Projector weights only.
-    case projector
-    /// A PEFT LoRA and projector weights.
-    case loraProjector = "lora+projector"
-    /// A trained vision tower and projector.
-    case visionProjector = "vision+projector"
-    /// A trained vision tower, projector and LoRA.
-    case visionLoRAProjector = "vision+lora+projector"
+/// What an adapter folder holds: the parts the fine-tune mode that wrote it trains.
+public typealias AdapterKind = FineTuneMode
 
-    public var hasLoRA: Bool { self == .lora || self == .loraProjector || self == .visionLoRAProjector }
-    public var hasProjector: Bool { self != .lora }
-    public var hasVisionTower: Bool { self == .visionProjector || self == .visionLoRAProjector }
-
+extension FineTuneMode {
     /// What `directory` holds, from its file names alone (nothing is read). Throws one line naming
     /// the file an adapter folder needs when it is not one.
     public static func detect(directory: String) throws -> AdapterKind {
@@ -96,9 +83,9 @@ public final class AppliedAdapter: @unchecked Sendable {
         let kind = try AdapterKind.detect(directory: directory)
         let decoder = chat.decoder
         let llava = (chat as? VisionLanguageModel)?.llava
-        let lora = kind.hasLoRA ? try LoRA.load(directory: directory, decoder: decoder) : nil
+        let lora = kind.trainsLoRA ? try LoRA.load(directory: directory, decoder: decoder) : nil
         var projectorWeights: [Tensor]?
-        if kind.hasProjector {
+        if kind.trainsProjector {
             guard let llava else {
                 let file = FileManager.default.fileExists(atPath: directory + "/" + ProjectorFiles.hfFile) ? ProjectorFiles.hfFile : ProjectorFiles.llavaFile
                 throw FormatError(directory + "/" + file, "projector weights, but the model has no multimodal projector (not a LLaVA model)")
@@ -106,7 +93,7 @@ public final class AppliedAdapter: @unchecked Sendable {
             projectorWeights = try ProjectorFiles.load(directory: directory, for: llava.projector)
         }
         var towerWeights: [Tensor]?
-        if kind.hasVisionTower {
+        if kind.trainsVisionTower {
             guard let tower = llava?.visionTransformer else {
                 throw FormatError(directory + "/" + VisionTowerFiles.file, "vision tower weights, but the model has no vision tower vlmsh can replace")
             }
@@ -145,8 +132,8 @@ public final class AppliedAdapter: @unchecked Sendable {
             let c = lora.configuration
             parts.append("lora r=\(c.rank) alpha=\(Self.number(c.alpha))\(c.useRSLoRA ? " rslora" : "") on \(lora.adapters.count) layers")
         }
-        if kind.hasVisionTower { parts.append("vision tower") }
-        if kind.hasProjector { parts.append("projector") }
+        if kind.trainsVisionTower { parts.append("vision tower") }
+        if kind.trainsProjector { parts.append("projector") }
         return parts.joined(separator: " + ") + " (\(directory))"
     }
 

@@ -61,7 +61,7 @@ public enum Merge {
         if fm.fileExists(atPath: output) { throw FormatError(output, "already exists; choose a new --out folder") }
         let kind = try AdapterKind.detect(directory: adapter)
         let base = try Base(folder: model)
-        let lora = kind.hasLoRA ? try LoRA.load(directory: adapter, decoder: base.decoder) : nil
+        let lora = kind.trainsLoRA ? try LoRA.load(directory: adapter, decoder: base.decoder) : nil
         let plan = try Plan(base: base, adapter: adapter, kind: kind, lora: lora)
 
         // Build the folder beside the target, then move it into place.
@@ -176,7 +176,7 @@ public enum Merge {
 
         /// The adapter's projector tensors under the base's canonical names.
         static func projectorTensors(base: Base, adapter: String, kind: AdapterKind) throws -> [String: Tensor] {
-            guard kind.hasProjector else { return [:] }
+            guard kind.trainsProjector else { return [:] }
             guard let projector = base.projector else {
                 throw FormatError(adapter + "/" + ProjectorFiles.hfFile, "projector weights, but \(base.folder) is a text model with no multimodal projector")
             }
@@ -186,7 +186,7 @@ public enum Merge {
 
         /// The adapter's vision tower tensors under the base's canonical names.
         static func towerTensors(base: Base, adapter: String, kind: AdapterKind) throws -> [String: Tensor] {
-            guard kind.hasVisionTower else { return [:] }
+            guard kind.trainsVisionTower else { return [:] }
             guard let tower = base.tower else {
                 throw FormatError(adapter + "/" + VisionTowerFiles.file, "vision tower weights, but \(base.folder) has no vision tower vlmsh can replace")
             }

@@ -73,8 +73,8 @@ public final class TrainableModel: @unchecked Sendable {
         self.chat = chat
         self.mode = mode
         self.objective = objective
-        carriesProjector = initKind?.hasProjector ?? false
-        carriesVisionTower = initKind?.hasVisionTower ?? false
+        carriesProjector = initKind?.trainsProjector ?? false
+        carriesVisionTower = initKind?.trainsVisionTower ?? false
         decoder = chat.decoder
         llava = (chat as? VisionLanguageModel)?.llava
         layout = llava == nil ? .text : .llava
