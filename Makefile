@@ -62,7 +62,8 @@ reference-venv:
 # libFuzzer over every reader of untrusted input (Tests/Fuzz), FUZZ_SECONDS per target (or
 # FUZZ_RUNS executions each), seeded from Tests/Fuzz/corpus; findings land in .fuzz/findings
 # (add each to Tests/Fuzz/corpus, where the tests replay it). Leak reports are off: Foundation and
-# Dispatch keep allocations for the life of the process.
+# Dispatch keep allocations for the life of the process. Swift's backtracer is off so that
+# libFuzzer itself catches a trap and writes the input.
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?=
 FUZZ_TARGETS ?= gguf safetensors config tokenizer preprocessor image data script
@@ -72,7 +73,7 @@ fuzz: deps
 	@for t in $(FUZZ_TARGETS); do \
 		mkdir -p .fuzz/corpus/$$t; \
 		echo "== $$t"; start=$$(date +%s); \
-		ASAN_OPTIONS=detect_leaks=0 VLMSH_FUZZ_TARGET=$$t .build-fuzz/release/vlmsh-fuzz .fuzz/corpus/$$t Tests/Fuzz/corpus/$$t \
+		ASAN_OPTIONS=detect_leaks=0 SWIFT_BACKTRACE=enable=no VLMSH_FUZZ_TARGET=$$t .build-fuzz/release/vlmsh-fuzz .fuzz/corpus/$$t Tests/Fuzz/corpus/$$t \
 			$(if $(FUZZ_RUNS),-runs=$(FUZZ_RUNS),-max_total_time=$(FUZZ_SECONDS)) -timeout=10 -rss_limit_mb=4096 -artifact_prefix=.fuzz/findings/$$t- -print_final_stats=1 \
 			2>&1 | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==ERROR|SUMMARY|artifact_prefix)|Test unit written" || exit 1; \
 		echo "seconds: $$(( $$(date +%s) - start ))"; \

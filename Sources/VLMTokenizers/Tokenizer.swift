@@ -46,10 +46,12 @@ public final class Tokenizer: Sendable {
         self.addedTokens = AddedTokenMatcher(addedTokens)
         var table = vocab
         for token in addedTokens { table[token.content] = token.id }
-        let count = (table.values.max() ?? -1) + 1
+        // Every id, not only the table's: two added tokens may share a spelling (the table keeps
+        // the last) and still both need a slot. Loaders have bounded the ids already.
+        let count = max(vocab.values.max() ?? -1, addedTokens.map(\.id).max() ?? -1) + 1
         var spellings = [String?](repeating: nil, count: count)
         for (token, id) in vocab where id >= 0 { spellings[id] = token }
-        for token in addedTokens { spellings[token.id] = token.content }
+        for token in addedTokens where token.id >= 0 { spellings[token.id] = token.content }
         idToToken = spellings
         tokenToIDTable = table
         specialIDs = Set(addedTokens.filter(\.special).map(\.id))

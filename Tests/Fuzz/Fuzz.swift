@@ -35,7 +35,8 @@ let processor = try! ImageProcessor.load(folder: fixtures + "/llava/clip-llama")
 /// Writes `bytes` as `name` in the scratch folder, runs `body` on its path, puts the fixture back.
 func withFile(_ name: String, _ bytes: Data, restoring fixture: String? = nil, _ body: (String) throws -> Void) {
     let path = scratch + "/" + name
-    try! bytes.write(to: URL(fileURLWithPath: path))
+    // Atomically: a model mapped by the previous input keeps its own file, as a user's would.
+    try! bytes.write(to: URL(fileURLWithPath: path), options: .atomic)
     defer {
         if let fixture { try? FileManager.default.removeItem(atPath: path); try! FileManager.default.copyItem(atPath: fixture, toPath: path) }
     }
