@@ -320,19 +320,9 @@ public enum Evaluator {
     /// placeholder where training puts it (`ConversationEncoder`): where the row has it, else at
     /// the start of the first user turn.
     static func conversationPrompt(_ turns: [Any], hasImage: Bool, chat: ChatModel) -> (prompt: [ChatMessage], reference: String)? {
-        let placeholder = ConversationEncoder.imagePlaceholder
-        var messages: [ChatMessage] = []
-        for turn in turns {
-            guard let object = turn as? [String: Any], let from = (object["from"] as? String)?.lowercased(),
-                  let text = object["value"] as? String else { return nil }
-            switch from {
-            case "human", "user": messages.append(ChatMessage(role: .user, text: text))
-            case "gpt", "assistant": messages.append(ChatMessage(role: .assistant, text: text))
-            case "system": messages.append(ChatMessage(role: .system, text: text))
-            default: return nil
-            }
-        }
-        messages = chat.promptEncoding.arranging(messages, images: hasImage ? 1 : 0, placeholder: placeholder)
+        // The row already loaded as a training example, so it parses; nil only for safety.
+        guard let parsed = try? RowBuilder.messages(turns) else { return nil }
+        let messages = chat.promptEncoding.arranging(parsed, images: hasImage ? 1 : 0, placeholder: ConversationEncoder.imagePlaceholder)
         guard let last = messages.lastIndex(where: { $0.role == .assistant }), messages[..<last].contains(where: { $0.role == .user }) else {
             return nil
         }
