@@ -1,4 +1,5 @@
 import Foundation
+import VLMFormats
 import VLMGeneration
 import VLMImage
 import VLMModels
@@ -341,7 +342,9 @@ public final class Engine {
             throw ScriptError("\(path): /run nests more than \(Self.maximumScriptDepth) scripts deep (does a script /run itself?)")
         }
         let expanded = (path as NSString).expandingTildeInPath
-        guard let text = try? String(contentsOfFile: expanded, encoding: .utf8) else { throw UsageError("\(path): cannot read script") }
+        // SmallFile: a FIFO or a folder is refused at once, never waited on.
+        let text: String
+        do { text = String(decoding: try SmallFile.read(expanded), as: UTF8.self) } catch { throw UsageError("\(path): cannot read script (\(error))") }
         let entries: [InputEntry]
         do { entries = try InputAssembler.entries(of: text) } catch { throw ScriptError("\(path): \(error)") }
         scriptDepth += 1

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import VLMFormats
 import VLMGeneration
 import VLMModels
 import VLMTensor
@@ -69,10 +70,10 @@ struct BenchCommand: AsyncParsableCommand {
     /// One image through a CLIP tower up to hidden state -2 (what LLaVA-1.5 uses), random weights.
     private func benchVision(_ path: String) throws {
         let config: CLIPVisionConfiguration
-        do { config = try JSONDecoder().decode(CLIPVisionConfiguration.self, from: Data(contentsOf: URL(fileURLWithPath: path))) } catch {
+        do { config = try JSONDecoder().decode(CLIPVisionConfiguration.self, from: SmallFile.read(path)) } catch {
             throw ValidationError("\(path): not a CLIP vision config")
         }
-        let tower = try CLIPVisionTower(config: config, weights: WeightMap(file: path, source: RandomWeights.clip(config)))
+        let tower = try CLIPVisionTower(config: config, weights: try WeightMap(file: path, source: RandomWeights.clip(config)))
         let side = config.imageSize
         let pixels = Tensor(shape: [3, side, side], values: (0..<(3 * side * side)).map { Float(($0 * 7919) % 255) / 127.5 - 1 })
         _ = try tower.hiddenStates(pixels: pixels, layers: [1])   // page in, spin up threads

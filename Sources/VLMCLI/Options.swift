@@ -21,6 +21,8 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "An adapter folder to apply: a PEFT LoRA, projector or vision tower weights, or a fine-tune's output (llama.cpp's --lora).")
     var adapter: String?
 
+    @OptionGroup var memory: MemoryOptions
+
     /// The model file or folder `--model` names.
     func path() throws -> String { try ModelStore.resolve(model) }
 
@@ -45,6 +47,26 @@ struct ModelOptions: ParsableArguments {
     /// For commands that take a model but no adapter: `--adapter` is an error saying what to use.
     func rejectAdapter(_ instead: String) throws {
         if adapter != nil { throw ValidationError("--adapter: \(instead)") }
+    }
+}
+
+/// `--max-memory`: what a model, an image or a sequence needs is checked against it before it is
+/// allocated. Set once for the process when the arguments are validated.
+struct MemoryOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Memory vlmsh may use, e.g. 8G or 512M (default: $VLMSH_MAX_MEMORY, else this machine's RAM).", valueName: "size"))
+    var maxMemory: ByteCount?
+
+    func validate() throws {
+        if let maxMemory { MemoryBudget.limit = maxMemory.bytes }
+    }
+}
+
+/// A size in bytes as `MemoryBudget.parse` reads it (8G, 512M, 1.5GiB, plain bytes).
+struct ByteCount: ExpressibleByArgument {
+    let bytes: Int
+    init?(argument: String) {
+        guard let bytes = MemoryBudget.parse(argument) else { return nil }
+        self.bytes = bytes
     }
 }
 

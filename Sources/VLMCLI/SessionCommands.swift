@@ -7,6 +7,7 @@ import VLMStore
 struct ChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "chat", abstract: "The interactive REPL (the default command).")
     @Option(name: .long, help: "Model to load first (the demo vision-language model; smollm2 for text only).") var model = "vlmsh-demo"
+    @OptionGroup var memory: MemoryOptions
 
     func run() async throws { try REPL(model: model).run() }
 }
@@ -15,6 +16,7 @@ struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Run a .vlm notebook script without a terminal.")
     @Argument(help: "The script: REPL commands and messages, \"\"\" blocks, # comments.") var script: String
     @Option(name: .long, help: "Model to use when the script does not /load one.") var model = "smollm2"
+    @OptionGroup var memory: MemoryOptions
     @Flag(name: .long, help: "Print one JSON object: the transcript and the stored session ids.") var json = false
 
     func run() async throws {
@@ -42,6 +44,7 @@ struct ReplayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "replay", abstract: "Re-run a stored session; --check compares every reply.")
     @Argument(help: "Session id or name.") var session: String
     @Flag(name: .long, help: "Compare each reply with the recorded one.") var check = false
+    @OptionGroup var memory: MemoryOptions
     @Flag(name: .long, help: "Print one JSON object.") var json = false
 
     func run() async throws {

@@ -1,16 +1,32 @@
 import VLMTensor
 
-/// Finds NaN and ±Inf in plain float weights (F32, F16, BF16) so a broken checkpoint is refused at
-/// load instead of generating garbage. A value is non-finite exactly when its exponent bits are all
-/// ones; the scan ORs that test over blocks without branches (it vectorizes) and only looks for
-/// the index in a block that has one. Quantized types are not scanned.
+/// Finds NaN and ±Inf in weights so a broken checkpoint is refused at load instead of generating
+/// garbage. A value is non-finite exactly when its exponent bits are all ones; the scan ORs that
+/// test over blocks without branches (it vectorizes) and only looks for the index in a block that
+/// has one. In quantized types only the F16 block scales can be non-finite (the quants are small
+/// integers, K-quant sub-block scales 6-bit integers), so only those are read.
 public enum FiniteScan {
     /// Elements per block: small enough to stay in cache, large enough to vectorize.
     static let block = 4096
 
-    /// The first non-finite element of `count` values of `type` at `data`, or nil (also for
-    /// types that are not plain floats).
+    /// Byte offsets of the F16 scale fields in one block of a quantized type (d, and the min term
+    /// where there is one); nil for plain floats.
+    static func scaleOffsets(_ type: GGMLType) -> [Int]? {
+        switch type {
+        case .f32, .f16, .bf16: return nil
+        case .q4_0, .q5_0, .q8_0: return [0]
+        case .q4_1, .q5_1, .q8_1, .q4_K, .q5_K: return [0, 2]
+        case .q2_K: return [80, 82]
+        case .q3_K: return [108]
+        case .q6_K: return [208]
+        case .q8_K: return []   // an F32 scale; only ever made in memory, never read from a file
+        }
+    }
+
+    /// The first non-finite element of `count` values of `type` at `data`, or nil. For a
+    /// quantized type, the first element of the first block whose scale is not finite.
     public static func firstNonFinite(_ data: UnsafeRawPointer, type: GGMLType, count: Int) -> (index: Int, value: Float)? {
+        if let offsets = scaleOffsets(type) { return firstNonFiniteScale(data, type: type, count: count, offsets: offsets) }
         let blocks = (count + block - 1) / block
         let flags = UnsafeMutablePointer<UInt8>.allocate(capacity: max(blocks, 1))
         defer { flags.deallocate() }
@@ -25,6 +41,34 @@ public enum FiniteScan {
         for i in (bad * block)..<min((bad + 1) * block, count) {
             let value = element(data, type: type, i)
             if !value.isFinite { return (i, value) }
+        }
+        return nil
+    }
+
+    private static func firstNonFiniteScale(_ data: UnsafeRawPointer, type: GGMLType, count: Int, offsets: [Int]) -> (index: Int, value: Float)? {
+        guard !offsets.isEmpty else { return nil }
+        let quantBlocks = count / type.blockSize, stride = type.blockBytes
+        let chunks = (quantBlocks + block - 1) / block
+        let flags = UnsafeMutablePointer<UInt8>.allocate(capacity: max(chunks, 1))
+        defer { flags.deallocate() }
+        flags.initialize(repeating: 0, count: max(chunks, 1))
+        Parallel.forEach(chunks, minChunk: 16) { range in
+            for c in range {
+                var acc: UInt16 = 0
+                for b in (c * block)..<min((c + 1) * block, quantBlocks) {
+                    for offset in offsets {
+                        acc |= ((data.loadUnaligned(fromByteOffset: b * stride + offset, as: UInt16.self) & 0x7C00) &+ 0x0400) >> 15
+                    }
+                }
+                flags[c] = acc != 0 ? 1 : 0
+            }
+        }
+        guard let bad = (0..<chunks).first(where: { flags[$0] != 0 }) else { return nil }
+        for b in (bad * block)..<min((bad + 1) * block, quantBlocks) {
+            for offset in offsets {
+                let value = Half.f16ToFloat(data.loadUnaligned(fromByteOffset: b * stride + offset, as: UInt16.self))
+                if !value.isFinite { return (b * type.blockSize, value) }
+            }
         }
         return nil
     }

@@ -81,7 +81,7 @@ public final class GGUFFile: WeightSource {
         metadata.reserveCapacity(count)
         keys.reserveCapacity(count)
         for _ in 0..<count {
-            let key = try reader.string("metadata key")
+            let key = try reader.name("metadata key")
             let typeCode = try reader.u32()
             let value = try reader.value(typeCode, key: key, depth: 0)
             guard metadata.updateValue(value, forKey: key) == nil else {
@@ -101,7 +101,7 @@ public final class GGUFFile: WeightSource {
         raws.reserveCapacity(count)
         var index: [String: Int] = [:]
         for i in 0..<count {
-            let name = try reader.string("tensor name")
+            let name = try reader.name("tensor name")
             let dimCount = Int(try reader.u32())
             guard dimCount <= Self.maxDims else {
                 throw FormatError(path, "tensor '\(name)' has \(dimCount) dimensions (at most \(Self.maxDims))")
@@ -227,6 +227,26 @@ struct GGUFReader {
             throw FormatError(file.path, "\(what) length \(n) at offset \(offset - 8) runs past end of file")
         }
         return String(decoding: try bytes(Int(n)), as: UTF8.self)
+    }
+
+    /// Longest metadata key or tensor name accepted (llama.cpp's names are at most 64 bytes).
+    static let maxNameBytes = 1024
+
+    /// A metadata key or tensor name: short and printable, as the format's names are, so that a
+    /// corrupt length is caught at once and every message quoting a name stays one short line.
+    mutating func name(_ what: String) throws -> String {
+        let start = offset, n = try u64()
+        guard n <= UInt64(Self.maxNameBytes) else {
+            throw FormatError(file.path, "\(what) length \(n) at offset \(start) is longer than any name (at most \(Self.maxNameBytes) bytes): corrupt file")
+        }
+        guard n <= UInt64(remaining) else {
+            throw FormatError(file.path, "\(what) length \(n) at offset \(start) runs past end of file")
+        }
+        let raw = try bytes(Int(n))
+        guard !raw.contains(where: { $0 < 0x20 || $0 == 0x7F }) else {
+            throw FormatError(file.path, "\(what) at offset \(start) holds control characters: corrupt file")
+        }
+        return String(decoding: raw, as: UTF8.self)
     }
 
     /// Bytes a value of this type takes at least (for array count checks), nil for unknown types.

@@ -33,7 +33,7 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
         } else {
             imageTokenID = llava.imageTokenID
         }
-        let name = template ?? ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: "llava")
+        let name = try template ?? ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: "llava")
         self.template = try ChatTemplate.load(name: name, directory: ChatTemplate.defaultDirectory(), jinja: tokenizer.chatTemplateSource)
     }
 

@@ -101,7 +101,7 @@ public struct Prompt: Sendable {
     public func run(_ range: Range<Int>? = nil, model: ChatModel, features: ImageFeatures, cache: KVCache) throws -> UnsafeBufferPointer<Float> {
         try checkFits(model)
         let x = try embeddings(range, model: model, features: features)
-        return withExtendedLifetime(x) { model.decoder.forward(embeddings: x.data, count: x.shape[0], cache: cache) }
+        return try withExtendedLifetime(x) { try model.decoder.forward(embeddings: x.data, count: x.shape[0], cache: cache) }
     }
 
     /// The reply to this prompt as a generator: `slots[start...]` run after the `start` positions
@@ -119,7 +119,7 @@ public struct Prompt: Sendable {
             tokenizer: model.tokenizer, parameters: parameters, promptIDs: tokenIDs, stopTokens: model.tokenizer.eosTokenIDs,
             decodeSteps: decoder.config.contextLength - slots.count,
             prefill: {
-                let logits = withExtendedLifetime(x) { decoder.forward(embeddings: x.data, count: x.shape[0], cache: cache) }
+                let logits = try withExtendedLifetime(x) { try decoder.forward(embeddings: x.data, count: x.shape[0], cache: cache) }
                 onPrefill?(logits)
                 return logits
             },

@@ -208,14 +208,16 @@ public struct ImageProcessor: Codable, Sendable {
         return (bytes, (h, w))
     }
 
-    /// Refuses an image whose preprocessing would allocate more than `maxPreprocessingBytes`.
+    /// Refuses an image whose preprocessing would allocate more than `maxPreprocessingBytes`, or
+    /// more than the memory budget leaves.
     public func checkPreprocessingSize(width: Int, height: Int, padToSquare pad: Bool) throws {
         let (bytes, resized) = preprocessingBytes(width: width, height: height, padToSquare: pad)
+        let what = "image \(width)×\(height): preprocessing it (resized to \(resized.width)×\(resized.height))"
         guard bytes <= Double(Self.maxPreprocessingBytes) else {
-            throw PreprocessingError(
-                "image \(width)×\(height): preprocessing it (resized to \(resized.width)×\(resized.height)) would allocate "
-                + "\(PreprocessingError.gigabytes(bytes)), more than the \(PreprocessingError.gigabytes(Double(Self.maxPreprocessingBytes))) allowed")
+            throw PreprocessingError("\(what) would allocate \(PreprocessingError.gigabytes(bytes)), "
+                                     + "more than the \(PreprocessingError.gigabytes(Double(Self.maxPreprocessingBytes))) allowed")
         }
+        try MemoryBudget.require(bytes, for: what)
     }
 
     /// The model input for one image: `[3, H, W]` Float32, equal to transformers' `pixel_values[0]`.

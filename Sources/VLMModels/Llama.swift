@@ -103,6 +103,26 @@ public struct LlamaConfiguration: Codable, Sendable {
     /// GGUF's `<arch>.context_length`): prompts, replies, training rows and the KV cache stay within it.
     public var contextLength: Int { maxPositionEmbeddings }
 
+    /// Keys and values of one position over every layer, Float32.
+    public var kvCacheBytesPerPosition: Int { 2 * 4 * numHiddenLayers * numKeyValueHeads * headDim }
+
+    /// Bytes a forward pass over `rows` sequences of `length` positions allocates. Recording (for a
+    /// backward pass) keeps each layer's intermediates and attention probabilities; inference
+    /// reuses one layer's buffers and keeps a `[length, length]` score matrix per thread. An
+    /// estimate from the shapes, made before anything is allocated: the order of magnitude is
+    /// what matters (a row 100× too long must be refused, not run into the allocator).
+    public func activationBytes(rows: Int, length: Int, recording: Bool) -> Double {
+        let t = Double(rows) * Double(length), d = Double(hiddenSize), f = Double(intermediateSize)
+        let q = Double(numAttentionHeads * headDim), kv = Double(numKeyValueHeads * headDim)
+        let perPosition = 6 * d + 3 * q + 4 * kv + 4 * f
+        let scores = recording ? Double(numAttentionHeads) * Double(rows) * Double(length) * Double(length)
+                               : Double(Parallel.threads) * Double(length) * Double(length)
+        let layers = recording ? Double(numHiddenLayers) : 1
+        // Gradients of the recorded intermediates are about as large again during backward.
+        let backward = recording ? 2.0 : 1.0
+        return 4 * (layers * backward * (t * perPosition + scores) + Double(vocabSize) * min(t, 256))
+    }
+
     public static let supportedTypes: Set<String> = ["llama", "mistral", "qwen2"]
 
     /// The configuration a GGUF file describes in its `<arch>.*` metadata keys, checked against
@@ -397,6 +417,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// Runs `tokens` after the cached positions and returns the logits of the last one.
     @discardableResult
     public func forward(tokens: [Int], cache: KVCache) throws -> UnsafeBufferPointer<Float> {
+        try requireMemory(positions: tokens.count, cache: cache)
         let x = Tensor(shape: [tokens.count, config.hiddenSize], zeroed: false)
         try embed(tokens, into: x.data)
         return lastLogits(Variable(x), cache: cache)
@@ -404,10 +425,24 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// Runs input embeddings `[n, hidden]` (text and image features spliced) after the cached positions.
     @discardableResult
-    public func forward(embeddings: UnsafePointer<Float>, count n: Int, cache: KVCache) -> UnsafeBufferPointer<Float> {
+    public func forward(embeddings: UnsafePointer<Float>, count n: Int, cache: KVCache) throws -> UnsafeBufferPointer<Float> {
+        try requireMemory(positions: n, cache: cache)
         let x = Tensor(shape: [n, config.hiddenSize], zeroed: false)
         x.data.update(from: embeddings, count: n * config.hiddenSize)
         return lastLogits(Variable(x), cache: cache)
+    }
+
+    /// Checks what running `positions` more positions allocates (activations, and the cache's
+    /// growth) against the memory budget. A decode step that fits the cache allocates nothing
+    /// new and is not checked (no file read per token).
+    private func requireMemory(positions: Int, cache: KVCache) throws {
+        let growth = max(0, cache.count + positions - cache.capacity)
+        guard positions > 1 || growth > 0 else { return }
+        // The cache doubles: count what it grows to, not just the positions asked for.
+        let grownCapacity = growth > 0 ? Double(max(2 * cache.capacity, cache.count + positions)) : 0
+        let bytes = config.activationBytes(rows: 1, length: positions, recording: false)
+            + grownCapacity * Double(config.kvCacheBytesPerPosition)
+        try MemoryBudget.require(bytes, for: "a forward pass over \(positions) positions after \(cache.count)")
     }
 
     private func lastLogits(_ x: Variable, cache: KVCache) -> UnsafeBufferPointer<Float> {

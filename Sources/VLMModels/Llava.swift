@@ -259,7 +259,7 @@ public final class LlavaModel: @unchecked Sendable {
         guard LlamaConfiguration.supportedTypes.contains(config.textConfig.modelType) else {
             throw FormatError(file.path, "unsupported text model_type '\(config.textConfig.modelType)'")
         }
-        let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
+        let weights = try WeightMap(file: folder, source: try openCheckpoint(folder: folder))
         weights.rename(LlavaWeights.sanitizeHF)
         if let reference = config.textModel { return try loadComposed(folder: folder, config: config, textModel: reference, weights: weights) }
         return try LlavaModel(config: config, weights: weights, imageProcessor: try ImageProcessor.load(folder: folder))
@@ -335,13 +335,13 @@ public final class LlavaModel: @unchecked Sendable {
             visionFeatureLayers: [original.mmVisionSelectLayer], visionFeatureSelectStrategy: select,
             projectorHiddenAct: .gelu, multimodalProjectorBias: true)
 
-        let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
+        let weights = try WeightMap(file: folder, source: try openCheckpoint(folder: folder))
         weights.rename(LlavaWeights.sanitizeOriginal)
         let visionWeights: WeightMap
         if weights.names.contains(where: { $0.hasPrefix("vision_tower.") }) {
             visionWeights = weights.scoped("vision_tower.")
         } else {
-            visionWeights = WeightMap(file: visionFolder, source: try openCheckpoint(folder: visionFolder))
+            visionWeights = try WeightMap(file: visionFolder, source: try openCheckpoint(folder: visionFolder))
             visionWeights.rename(LlamaWeights.sanitizeHF)
         }
         let vision = try LlavaModel.tower(visionConfig, weights: visionWeights)

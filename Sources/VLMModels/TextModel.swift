@@ -25,14 +25,14 @@ public final class TextModel: @unchecked Sendable {
         } else {
             let gguf = try GGUFFile(path: path)
             let config = try LlamaConfiguration(gguf: gguf)
-            let weights = WeightMap(file: path, source: gguf)
+            let weights = try WeightMap(file: path, source: gguf)
             weights.rename(LlamaWeights.sanitizeGGUF)
             // llama.cpp permutes Llama-style Q/K rows when converting; qwen2 keeps HF order.
             decoder = try LlamaModel(config: config, weights: weights, ropePairing: config.modelType == "qwen2" ? .halves : .interleaved)
             tokenizer = try Tokenizer.load(gguf: gguf.metadata, file: path)
             architecture = config.modelType
         }
-        let name = template ?? ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: architecture)
+        let name = try template ?? ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: architecture)
         self.template = try ChatTemplate.load(name: name, directory: ChatTemplate.defaultDirectory(), jinja: tokenizer.chatTemplateSource)
     }
 
@@ -42,7 +42,7 @@ public final class TextModel: @unchecked Sendable {
         guard LlamaConfiguration.supportedTypes.contains(config.modelType) else {
             throw FormatError(file.path, "unsupported model_type '\(config.modelType)'")
         }
-        let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
+        let weights = try WeightMap(file: folder, source: try openCheckpoint(folder: folder))
         weights.rename(LlamaWeights.sanitizeHF)
         return try LlamaModel(config: config, weights: weights, ropePairing: .halves)
     }

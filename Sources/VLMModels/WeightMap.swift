@@ -14,11 +14,24 @@ public final class WeightMap {
         self.entries = entries
     }
 
-    /// Every tensor of `source` under its own name.
-    public convenience init(file: String, source: WeightSource) {
+    /// Every tensor of `source` under its own name. What the tensors take once read (they are
+    /// mapped, and every one of them is touched by a forward pass) is checked against the memory
+    /// budget first.
+    public convenience init(file: String, source: WeightSource) throws {
         var e: [String: (source: WeightSource, name: String)] = [:]
-        for n in source.weightNames { e[n] = (source, n) }
+        var bytes = 0.0
+        for n in source.weightNames {
+            e[n] = (source, n)
+            if let info = source.info(n) { bytes += Self.storedBytes(info) }
+        }
+        try MemoryBudget.require(bytes, for: "the weights in \(file) (\(e.count) tensors)")
         self.init(file: file, entries: e)
+    }
+
+    /// Bytes a tensor takes in its stored encoding (Double: the shapes come from the file).
+    static func storedBytes(_ info: WeightInfo) -> Double {
+        let elements = info.shape.reduce(1.0) { $0 * Double($1) }
+        return elements / Double(info.type.blockSize) * Double(info.type.blockBytes)
     }
 
     public var names: [String] { Array(entries.keys) }
@@ -54,7 +67,7 @@ public final class WeightMap {
     }
 
     /// A matrix kept in its stored encoding; `shape` is checked when given (PyTorch order).
-    /// Plain float matrices (F32, F16, BF16) are scanned for NaN/Inf; quantized ones are not.
+    /// Scanned for NaN/Inf (values, or a quantized type's block scales).
     public func matrix(_ name: String, shape: [Int]? = nil) throws -> QuantizedMatrix {
         let e = try locate(name, shape: shape)
         let m = try e.source.matrix(e.name)

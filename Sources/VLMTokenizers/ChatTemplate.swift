@@ -155,12 +155,19 @@ public struct ChatTemplate: Sendable {
     }
 
     /// The template name for a model's Jinja chat template (or, without one, its architecture).
-    public static func detect(jinja: String?, architecture: String?) -> String {
+    /// A Jinja template none of ours matches is an error naming `--template`: guessing would
+    /// prompt the model in a format it was not trained on, and its replies would be garbage.
+    public static func detect(jinja: String?, architecture: String?) throws -> String {
         if let jinja {
             if jinja.contains("<|im_start|>") { return "chatml" }
             if jinja.contains("<|start_header_id|>") { return "llama-3" }
             if jinja.contains("[INST]") { return "mistral" }
-            if jinja.contains("USER:") && jinja.contains("ASSISTANT:") { return "llava-v1" }
+            // Vicuna v1 / LLaVA-1.5, written out or as transformers' LLaVA template spells the roles.
+            if (jinja.contains("USER:") && jinja.contains("ASSISTANT:")) || jinja.contains("['role'].upper() + ': '") {
+                return "llava-v1"
+            }
+            let known = Set(builtinTexts.keys).union(names(inFolder: defaultDirectory())).sorted().joined(separator: ", ")
+            throw UnknownChatTemplate(description: "the model's own chat template matches none of vlmsh's (\(known)): choose one with --template NAME")
         }
         let arch = architecture?.lowercased() ?? ""
         if arch.contains("qwen") || arch.contains("smollm") { return "chatml" }
@@ -209,4 +216,9 @@ public struct ChatTemplate: Sendable {
         }
         return nil
     }
+}
+
+/// A model whose Jinja chat template vlmsh cannot map to one of its templates.
+public struct UnknownChatTemplate: Error, CustomStringConvertible {
+    public let description: String
 }

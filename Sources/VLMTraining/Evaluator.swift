@@ -238,7 +238,7 @@ public enum Evaluator {
             stats.tokens += 1
             if Sampler.argmax(logits) == target { stats.correct += 1 }
         }
-        withExtendedLifetime(embeddings) {
+        try withExtendedLifetime(embeddings) {
             for position in wanted {
                 if let reuse, position == reuse.ids.count - 1 {
                     cache.truncate(to: reuse.ids.count)
@@ -246,7 +246,7 @@ public enum Evaluator {
                     cursor = position + 1
                     continue
                 }
-                let logits = decoder.forward(embeddings: embeddings.data + cursor * d, count: position - cursor + 1, cache: cache)
+                let logits = try decoder.forward(embeddings: embeddings.data + cursor * d, count: position - cursor + 1, cache: cache)
                 cursor = position + 1
                 score(logits, example.labels[position + 1])
             }

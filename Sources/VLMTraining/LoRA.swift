@@ -113,7 +113,7 @@ public struct LoRAConfiguration: Codable, Sendable, Equatable {
     /// `directory`/adapter_config.json, as PEFT writes it.
     public static func read(directory: String) throws -> LoRAConfiguration {
         let path = directory + "/adapter_config.json"
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard let data = try SmallFile.readIfPresent(path) else {
             throw FormatError(path, "missing: an adapter folder needs adapter_config.json")
         }
         do { return try JSONDecoder().decode(LoRAConfiguration.self, from: data) } catch {

@@ -235,7 +235,7 @@ public enum Merge {
     /// its config.json names when that folder lies inside the base. Returns the names copied.
     static func copyNonWeightFiles(from source: String, to destination: String) throws -> [String] {
         let fm = FileManager.default
-        let config = fm.contents(atPath: source + "/config.json").flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
+        let config = (try SmallFile.readIfPresent(source + "/config.json")).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
         let base = URL(fileURLWithPath: source, isDirectory: true)
         let towerFolder = (config?["mm_vision_tower"] as? String).map { URL(fileURLWithPath: $0, relativeTo: base).standardizedFileURL.path }
         var copied: [String] = []

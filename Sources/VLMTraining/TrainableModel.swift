@@ -136,6 +136,9 @@ public final class TrainableModel: @unchecked Sendable {
     /// (evaluation runs without it).
     public func loss(_ batch: TrainingBatch, normalizer: Float, tape: Tape, random: inout SeededRandom,
                      training: Bool = true) throws -> (loss: Variable, stats: TokenStatistics) {
+        let rows = batch.layout.batch, length = batch.layout.length
+        try MemoryBudget.require(decoder.config.activationBytes(rows: rows, length: length, recording: true),
+                                 for: "a training batch of \(rows)×\(length) positions (\(batch.sources.first ?? "?"))")
         switch objective {
         case .nextToken: return try nextTokenLoss(batch, normalizer: normalizer, tape: tape, random: &random, training: training)
         case .imageTokenEmbeddings: return try imageTokenEmbeddingLoss(batch, normalizer: normalizer, tape: tape)

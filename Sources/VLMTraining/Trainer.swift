@@ -297,7 +297,7 @@ struct CheckpointRecord: Codable {
 
     static func read(directory: String) throws -> CheckpointRecord {
         let statePath = directory + "/trainer_state.json"
-        guard let data = FileManager.default.contents(atPath: statePath) else { throw FormatError(statePath, "missing: not a vlmsh checkpoint") }
+        guard let data = try SmallFile.readIfPresent(statePath) else { throw FormatError(statePath, "missing: not a vlmsh checkpoint") }
         do { return try JSONDecoder().decode(CheckpointRecord.self, from: data) } catch { throw FormatError(statePath, "unreadable (\(error))") }
     }
 }

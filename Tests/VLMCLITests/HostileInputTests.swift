@@ -12,10 +12,11 @@ final class HostileInputTests: XCTestCase {
     struct Outcome { let status: Int32; let signaled: Bool; let stderr: String }
 
     /// Runs the built binary with a deadline (a hang is a failure, not a stuck suite).
-    func run(_ arguments: [String], timeout: TimeInterval = 60) throws -> Outcome {
+    func run(_ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 60) throws -> Outcome {
         let process = Process()
         process.executableURL = CLITests.binary
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let errURL = FileManager.default.temporaryDirectory.appendingPathComponent("vlmsh-err-\(UUID().uuidString)")
         FileManager.default.createFile(atPath: errURL.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: errURL) }

@@ -193,6 +193,13 @@ final class GGUFTests: XCTestCase {
     func testAbsurdStringLength() {
         // The first metadata key's length.
         expectError(containing: "metadata key length") { $0.put64(at: 24, 1 << 50) }
+        // A corrupt key length inside the file (14 MB) used to become a 14 MB key quoted in the
+        // message; names are short, so it is caught at the length.
+        expectError(containing: "metadata key length 14000000 at offset 24 is longer than any name (at most 1024 bytes)") {
+            $0.put64(at: 24, 14_000_000)
+        }
+        // Names are printable: a control character means the length or the bytes are wrong.
+        expectError(containing: "metadata key at offset 24 holds control characters") { $0.put64(at: 24, 40) }
         expectError(containing: "string value of 'test.string' length") { f in
             f.put64(at: f.endOfKey("test.string") + 4, UInt64.max)
         }

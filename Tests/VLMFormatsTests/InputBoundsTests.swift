@@ -50,6 +50,32 @@ final class InputBoundsTests: XCTestCase {
         }
     }
 
+    /// In quantized types the F16 block scales are what can be non-finite: a NaN or infinite `d`
+    /// (or min term) in any block is found and reported at that block's first element; random
+    /// finite blocks pass.
+    func testFiniteScanFindsNonFiniteScalesOfQuantizedBlocks() {
+        var random = SeededRandom(seed: 7)
+        let blocks = 5000
+        let cases: [(GGMLType, [Int])] = [(.q4_0, [0]), (.q4_1, [0, 2]), (.q5_0, [0]), (.q5_1, [0, 2]), (.q8_0, [0]),
+                                          (.q2_K, [80, 82]), (.q3_K, [108]), (.q4_K, [0, 2]), (.q5_K, [0, 2]), (.q6_K, [208])]
+        for (type, offsets) in cases {
+            var bytes = [UInt8](repeating: 0, count: blocks * type.blockBytes)
+            for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: random.next()) }
+            // Every scale finite (a random exponent field of all ones would be a NaN or Inf).
+            for b in 0..<blocks { for o in offsets { bytes[b * type.blockBytes + o + 1] &= 0x3B } }
+            let count = blocks * type.blockSize
+            XCTAssertNil(bytes.withUnsafeBytes { FiniteScan.firstNonFinite($0.baseAddress!, type: type, count: count) }, "\(type)")
+            for (block, bits) in [(4999, UInt16(0x7C00)), (4097, 0xFE00), (3, 0x7E01)] {
+                var poisoned = bytes
+                let at = block * type.blockBytes + offsets.last!
+                poisoned[at] = UInt8(bits & 0xFF); poisoned[at + 1] = UInt8(bits >> 8)
+                let found = poisoned.withUnsafeBytes { FiniteScan.firstNonFinite($0.baseAddress!, type: type, count: count) }
+                XCTAssertEqual(found?.index, block * type.blockSize, "\(type) block \(block)")
+                XCTAssertEqual(found?.value.isFinite, false)
+            }
+        }
+    }
+
     /// The largest, smallest and subnormal finite values of each type, and zeros, pass.
     func testFiniteScanPassesEveryFiniteExtreme() {
         let extremes: [GGMLType: [Float]] = [

@@ -116,7 +116,7 @@ final class LlavaTests: XCTestCase {
                 // Last-position logits and 12 greedy ids (no EOS stop).
                 let x = try embeddings(slots, model: model, features: features)
                 let cache = model.decoder.makeCache(capacity: slots.count + 16)
-                var logits = withExtendedLifetime(x) { model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }
+                var logits = try withExtendedLifetime(x) { try model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }
                 let goldenLogits = try XCTUnwrap(c["last_logits"] as? [Double]).map(Float.init)
                 XCTAssertEqual(logits.count, goldenLogits.count, label)
                 let ld = maxDifference(Array(logits), goldenLogits)
@@ -192,7 +192,7 @@ final class LlavaTests: XCTestCase {
 
             let cache = model.decoder.makeCache(capacity: slots.count + 8)
             let x = try embeddings(slots, model: model, features: features)
-            var logits = withExtendedLifetime(x) { Array(model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache)) }
+            var logits = try withExtendedLifetime(x) { Array(try model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache)) }
             var generated: [Int] = []
             for _ in 0..<6 {
                 let id = logits.indices.max { logits[$0] < logits[$1] }!
@@ -202,7 +202,7 @@ final class LlavaTests: XCTestCase {
             let all = slots + generated.map { .token($0) }
             let fresh = model.decoder.makeCache(capacity: all.count)
             let y = try embeddings(all, model: model, features: features)
-            let full = withExtendedLifetime(y) { Array(model.decoder.forward(embeddings: y.data, count: all.count, cache: fresh)) }
+            let full = try withExtendedLifetime(y) { Array(try model.decoder.forward(embeddings: y.data, count: all.count, cache: fresh)) }
             let diff = maxDifference(logits, full)
             XCTAssertLessThan(diff, 1e-4, "\(name): cached decode vs full recompute, max diff \(diff)")
         }

@@ -14,7 +14,7 @@ final class TinyLlamaTests: XCTestCase {
     func load(folder: String) throws -> LlamaModel {
         let config = try JSONDecoder().decode(LlamaConfiguration.self,
                                               from: Data(contentsOf: URL(fileURLWithPath: folder + "/config.json")))
-        let weights = WeightMap(file: folder, source: try openCheckpoint(folder: folder))
+        let weights = try WeightMap(file: folder, source: try openCheckpoint(folder: folder))
         weights.rename(LlamaWeights.sanitizeHF)
         return try LlamaModel(config: config, weights: weights, ropePairing: .halves)
     }
@@ -65,7 +65,7 @@ final class TinyLlamaTests: XCTestCase {
                                               from: Data(contentsOf: URL(fileURLWithPath: folder + "/config.json")))
         let source = try openCheckpoint(folder: folder)
 
-        let missing = WeightMap(file: folder, source: source)
+        let missing = try WeightMap(file: folder, source: source)
         missing.rename { $0 == "model.norm.weight" ? nil : $0 }
         XCTAssertThrowsError(try LlamaModel(config: config, weights: missing, ropePairing: .halves)) {
             XCTAssertTrue("\($0)".contains("missing weight 'model.norm.weight'"), "\($0)")
@@ -73,7 +73,7 @@ final class TinyLlamaTests: XCTestCase {
 
         var extra = config
         extra.numHiddenLayers = 1
-        XCTAssertThrowsError(try LlamaModel(config: extra, weights: WeightMap(file: folder, source: source), ropePairing: .halves)) {
+        XCTAssertThrowsError(try LlamaModel(config: extra, weights: try WeightMap(file: folder, source: source), ropePairing: .halves)) {
             XCTAssertTrue("\($0)".contains("unexpected weight 'model.layers.1."), "\($0)")
         }
     }

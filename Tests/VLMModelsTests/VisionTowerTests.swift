@@ -21,7 +21,7 @@ final class VisionTowerTests: XCTestCase {
 
     func weights(_ name: String) throws -> WeightMap {
         let path = Self.folder.appendingPathComponent(name).path
-        return WeightMap(file: path, source: try openCheckpoint(folder: path))
+        return try WeightMap(file: path, source: try openCheckpoint(folder: path))
     }
 
     func clip(_ weights: WeightMap? = nil) throws -> CLIPVisionTower {
@@ -115,7 +115,7 @@ final class VisionTowerTests: XCTestCase {
             let projector = try MultiModalProjector(
                 kind: kind, inputSize: 32, outputSize: try XCTUnwrap(expected["text_hidden"] as? Int),
                 bias: try XCTUnwrap(expected["bias"] as? Bool),
-                weights: WeightMap(file: path, source: try SafetensorsFile(path: path)))
+                weights: try WeightMap(file: path, source: try SafetensorsFile(path: path)))
             let out = try projector.forward(features)
             XCTAssertEqual(out.shape, [16, 48])
             let diff = maxDifference(out.array, try floats(expected["output"]))
@@ -146,11 +146,11 @@ final class VisionTowerTests: XCTestCase {
 
         let projectorPath = Self.folder.appendingPathComponent("projector-mlp2x_gelu.safetensors").path
         let projector = try MultiModalProjector(kind: .mlp2xGelu, inputSize: 32, outputSize: 48,
-                                                weights: WeightMap(file: projectorPath, source: try SafetensorsFile(path: projectorPath)))
+                                                weights: try WeightMap(file: projectorPath, source: try SafetensorsFile(path: projectorPath)))
         XCTAssertThrowsError(try projector.forward(Tensor(shape: [4, 31])))
         // A `linear` projector over mlp weights leaves linear_2 unused.
         XCTAssertThrowsError(try MultiModalProjector(kind: .linear, inputSize: 32, outputSize: 48,
-                                                     weights: WeightMap(file: projectorPath, source: try SafetensorsFile(path: projectorPath))))
+                                                     weights: try WeightMap(file: projectorPath, source: try SafetensorsFile(path: projectorPath))))
     }
 
     func testConfigurationsDecodeWithTransformersDefaults() throws {
@@ -176,7 +176,7 @@ final class VisionTowerTests: XCTestCase {
         let config = try JSONDecoder().decode(CLIPVisionConfiguration.self,
                                               from: Data(contentsOf: Self.folder.appendingPathComponent("clip-vit-large-patch14-336.json")))
         let start = Date()
-        let tower = try CLIPVisionTower(config: config, weights: WeightMap(file: "random", source: RandomWeights.clip(config)))
+        let tower = try CLIPVisionTower(config: config, weights: try WeightMap(file: "random", source: RandomWeights.clip(config)))
         print(String(format: "ViT-L/14-336: random weights built in %.2f s", Date().timeIntervalSince(start)))
         var image = [Float](repeating: 0, count: 3 * 336 * 336)
         for i in image.indices { image[i] = Float((i * 7919) % 255) / 127.5 - 1 }

@@ -54,12 +54,27 @@ final class ChatTemplateTests: XCTestCase {
         XCTAssertEqual(text, "<s>A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions. USER: <image>\nWhat is this? ASSISTANT:")
     }
 
-    func testDetect() {
-        XCTAssertEqual(ChatTemplate.detect(jinja: "{{ '<|im_start|>' }}", architecture: nil), "chatml")
-        XCTAssertEqual(ChatTemplate.detect(jinja: "<|start_header_id|>", architecture: "llama"), "llama-3")
-        XCTAssertEqual(ChatTemplate.detect(jinja: "[INST] x [/INST]", architecture: "llama"), "mistral")
-        XCTAssertEqual(ChatTemplate.detect(jinja: nil, architecture: "llava"), "llava-v1")
-        XCTAssertEqual(ChatTemplate.detect(jinja: nil, architecture: "qwen2"), "chatml")
+    func testDetect() throws {
+        XCTAssertEqual(try ChatTemplate.detect(jinja: "{{ '<|im_start|>' }}", architecture: nil), "chatml")
+        XCTAssertEqual(try ChatTemplate.detect(jinja: "<|start_header_id|>", architecture: "llama"), "llama-3")
+        XCTAssertEqual(try ChatTemplate.detect(jinja: "[INST] x [/INST]", architecture: "llama"), "mistral")
+        XCTAssertEqual(try ChatTemplate.detect(jinja: "{{ 'USER: ' + m }}{{ 'ASSISTANT:' }}", architecture: "llama"), "llava-v1")
+        // transformers' LLaVA template spells the roles from the message.
+        XCTAssertEqual(try ChatTemplate.detect(jinja: "{{ message['role'].upper() + ': ' }}", architecture: "llava"), "llava-v1")
+        XCTAssertEqual(try ChatTemplate.detect(jinja: nil, architecture: "llava"), "llava-v1")
+        XCTAssertEqual(try ChatTemplate.detect(jinja: nil, architecture: "qwen2"), "chatml")
+    }
+
+    /// A Jinja template none of ours matches (Gemma's turns, Phi-3's tags) is one line naming
+    /// the known templates and --template, not a silent guess.
+    func testUnknownJinjaTemplateNamesTheOption() {
+        for jinja in ["{{ '<start_of_turn>user\n' + content + '<end_of_turn>\n' }}", "{{ '<|user|>\n' + content + '<|end|>' }}"] {
+            XCTAssertThrowsError(try ChatTemplate.detect(jinja: jinja, architecture: "llama")) { error in
+                let text = "\(error)"
+                XCTAssertTrue(text.hasPrefix("the model's own chat template matches none of vlmsh's (chatml, llama-3, llava-v1, mistral, plain"), text)
+                XCTAssertTrue(text.hasSuffix("choose one with --template NAME"), text)
+            }
+        }
     }
 
     func testDefaultDirectoryFindsPrompts() throws {

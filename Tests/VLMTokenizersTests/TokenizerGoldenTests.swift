@@ -146,7 +146,7 @@ final class TokenizerGoldenTests: XCTestCase {
         XCTAssertEqual(tokenizer.tokenID("<|im_end|>"), 2)
         XCTAssertTrue(tokenizer.eosTokenIDs.contains(2))
         XCTAssertNotNil(tokenizer.chatTemplateSource)
-        XCTAssertEqual(ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: "llama"), "chatml")
+        XCTAssertEqual(try ChatTemplate.detect(jinja: tokenizer.chatTemplateSource, architecture: "llama"), "chatml")
     }
 
     func testStreamingNeverSplitsCharacters() throws {

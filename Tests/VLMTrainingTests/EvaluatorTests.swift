@@ -508,7 +508,7 @@ final class EvaluatorTests: XCTestCase {
         let folder = Self.data + "/tinyllama/llama"
         func decoder(_ path: String) throws -> LlamaModel {
             let config = try JSONDecoder().decode(LlamaConfiguration.self, from: Data(contentsOf: URL(fileURLWithPath: path + "/config.json")))
-            let weights = WeightMap(file: path, source: try openCheckpoint(folder: path))
+            let weights = try WeightMap(file: path, source: try openCheckpoint(folder: path))
             weights.rename(LlamaWeights.sanitizeHF)
             return try LlamaModel(config: config, weights: weights, ropePairing: .halves)
         }

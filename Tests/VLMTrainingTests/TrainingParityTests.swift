@@ -181,7 +181,7 @@ final class TrainingParityTests: XCTestCase {
             if range.contains(i) { (x.data + i * d).update(from: features.data + (i - range.lowerBound) * d, count: d) }
             else { try model.decoder.embed([id], into: x.data + i * d) }
         }
-        return Array(model.decoder.forward(embeddings: x.data, count: example.length, cache: model.decoder.makeCache()))
+        return Array(try model.decoder.forward(embeddings: x.data, count: example.length, cache: model.decoder.makeCache()))
     }
 
     func assertLogits(_ got: [Float], _ key: String, file: StaticString = #filePath, line: UInt = #line) {
