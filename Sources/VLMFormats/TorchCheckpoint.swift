@@ -202,15 +202,21 @@ public final class TorchCheckpointFile: CheckpointShard {
         }
         let pickleBytes = UnsafeRawBufferPointer(start: file.base + pickle.offset, count: pickle.size)
         guard CRC32.checksum(pickleBytes) == pickle.crc32 else { throw FormatError(path, "data.pkl fails its CRC check: damaged") }
-        let root: PickleValue
-        do { root = try TorchUnpickler.load(pickleBytes) } catch let e as PickleError { throw FormatError(path, e.description) }
+        let tensors: [(String, TorchTensorRecord)]
+        do {
+            tensors = try TorchUnpickler.load(pickleBytes) { root in
+                guard case .dict(let dict) = root else { throw PickleError("the checkpoint holds a \(root.kind), not a state dict") }
+                return try dict.items.compactMap { key, value in
+                    guard case .string(let name) = key else { throw PickleError("state dict key is a \(key.kind), not a string") }
+                    // Non-tensor values (a saved step count, a config string) are not weights.
+                    guard case .tensor(let record) = value else { return nil }
+                    return (name, record)
+                }
+            }
+        } catch let e as PickleError { throw FormatError(path, e.description) }
 
-        guard case .dict(let dict) = root else { throw FormatError(path, "the checkpoint holds a \(root.kind), not a state dict") }
         var entries: [String: TorchTensorEntry] = [:]
-        for (key, value) in dict.items {
-            guard case .string(let name) = key else { throw FormatError(path, "state dict key is a \(key.kind), not a string") }
-            // Non-tensor values (a saved step count, a config string) are not weights.
-            guard case .tensor(let record) = value else { continue }
+        for (name, record) in tensors {
             guard entries[name] == nil else { throw FormatError(path, "tensor '\(name)' appears twice") }
             entries[name] = try Self.entry(name, record, archive: zip, prefix: prefix, path: path)
         }

@@ -80,9 +80,19 @@ enum TorchGlobal: Sendable, Equatable {
     }
 }
 
-/// Mutable containers are shared through the memo, so they are reference types.
+/// Mutable containers are shared through the memo, so they are reference types. A hostile
+/// pickle can chain them millions deep (or into cycles); the unpickler empties every one it made
+/// when it is done, so none is freed recursively.
 final class PickleList { var items: [PickleValue] = [] }
 final class PickleDict { var items: [(key: PickleValue, value: PickleValue)] = [] }
+
+/// Tuples are immutable, so their nesting depth is known when they are built and can be capped
+/// (freeing a deep chain would recurse once per level).
+final class PickleTuple {
+    let items: [PickleValue]
+    let depth: Int
+    init(_ items: [PickleValue], depth: Int) { self.items = items; self.depth = depth }
+}
 
 indirect enum PickleValue {
     case none
@@ -90,7 +100,7 @@ indirect enum PickleValue {
     case int(Int)
     case float(Double)
     case string(String)
-    case tuple([PickleValue])
+    case tuple(PickleTuple)
     case list(PickleList)
     case dict(PickleDict)
     case global(TorchGlobal)
@@ -127,17 +137,33 @@ struct TorchUnpickler {
     private var stack: [PickleValue] = []
     private var marks: [Int] = []
     private var memo: [Int: PickleValue] = [:]
+    private var containers: [AnyObject] = []
 
     /// Nesting deeper than this is no checkpoint (state dicts are two levels deep); the limit
     /// keeps a hostile pickle from piling up marks.
     static let maxMarks = 10_000
+    /// Tensor arguments nest three tuples deep.
+    static let maxTupleDepth = 64
 
     init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
 
-    /// The object the pickle describes.
-    static func load(_ bytes: UnsafeRawBufferPointer) throws -> PickleValue {
+    /// Reads the object the pickle describes and hands it to `body`; the object lives only for
+    /// that call, after which every list and dict it made is emptied.
+    static func load<T>(_ bytes: UnsafeRawBufferPointer, _ body: (PickleValue) throws -> T) throws -> T {
         var reader = TorchUnpickler(bytes)
-        return try reader.run()
+        defer { reader.tearDown() }
+        return try body(try reader.run())
+    }
+
+    /// Empties every container without recursion: each one is still held by `containers` when
+    /// its items go, so no release cascades.
+    private mutating func tearDown() {
+        stack.removeAll()
+        memo.removeAll()
+        for c in containers {
+            if let l = c as? PickleList { l.items.removeAll() } else if let d = c as? PickleDict { d.items.removeAll() }
+        }
+        containers.removeAll()
     }
 
     private mutating func run() throws -> PickleValue {
@@ -158,13 +184,14 @@ struct TorchUnpickler {
             case 0x28: // MARK
                 guard marks.count < Self.maxMarks else { throw PickleError("pickle nests more than \(Self.maxMarks) levels") }
                 marks.append(stack.count)
-            case 0x7D: stack.append(.dict(PickleDict()))            // EMPTY_DICT
-            case 0x5D: stack.append(.list(PickleList()))            // EMPTY_LIST
-            case 0x29: stack.append(.tuple([]))                     // EMPTY_TUPLE
-            case 0x74: stack.append(.tuple(try popMark()))          // TUPLE
-            case 0x85: stack.append(.tuple(try pop(1)))             // TUPLE1
-            case 0x86: stack.append(.tuple(try pop(2)))             // TUPLE2
-            case 0x87: stack.append(.tuple(try pop(3)))             // TUPLE3
+            case 0x7D: stack.append(newDict())                      // EMPTY_DICT
+            case 0x5D: // EMPTY_LIST
+                let l = PickleList(); containers.append(l); stack.append(.list(l))
+            case 0x29: stack.append(try tuple([]))                  // EMPTY_TUPLE
+            case 0x74: stack.append(try tuple(try popMark()))       // TUPLE
+            case 0x85: stack.append(try tuple(try pop(1)))          // TUPLE1
+            case 0x86: stack.append(try tuple(try pop(2)))          // TUPLE2
+            case 0x87: stack.append(try tuple(try pop(3)))          // TUPLE3
             case 0x4E: stack.append(.none)                          // NONE
             case 0x88: stack.append(.bool(true))                    // NEWTRUE
             case 0x89: stack.append(.bool(false))                   // NEWFALSE
@@ -305,6 +332,17 @@ struct TorchUnpickler {
 
     private mutating func put(_ index: Int) throws { memo[index] = try top() }
 
+    private mutating func newDict() -> PickleValue {
+        let d = PickleDict(); containers.append(d); return .dict(d)
+    }
+
+    private func tuple(_ items: [PickleValue]) throws -> PickleValue {
+        var depth = 1
+        for case .tuple(let inner) in items { depth = max(depth, inner.depth + 1) }
+        guard depth <= Self.maxTupleDepth else { throw PickleError("pickle nests tuples more than \(Self.maxTupleDepth) deep") }
+        return .tuple(PickleTuple(items, depth: depth))
+    }
+
     private mutating func get(_ index: Int) throws {
         guard let v = memo[index] else { throw PickleError("pickle reads memo slot \(index), never written") }
         stack.append(v)
@@ -336,7 +374,7 @@ struct TorchUnpickler {
     }
 
     private func storage(_ pid: PickleValue) throws -> TorchStorageRef {
-        guard case .tuple(let t) = pid, t.count == 5, case .string("storage") = t[0] else {
+        guard case .tuple(let tuple) = pid, case let t = tuple.items, t.count == 5, case .string("storage") = t[0] else {
             throw PickleError("persistent id is not a ('storage', type, key, location, count) tuple")
         }
         guard case .global(.storage(let dtype)) = t[1] else { throw PickleError("persistent id names no storage type") }
@@ -350,17 +388,17 @@ struct TorchUnpickler {
 
     /// REDUCE applies only the tensor-rebuilding functions and OrderedDict(); nothing is called,
     /// the arguments are checked and turned into a record.
-    private func reduce(_ callable: PickleValue, _ arguments: PickleValue) throws -> PickleValue {
+    private mutating func reduce(_ callable: PickleValue, _ arguments: PickleValue) throws -> PickleValue {
         guard case .global(let g) = callable else { throw PickleError("REDUCE of a \(callable.kind), not an allowed function") }
         guard case .tuple(let args) = arguments else { throw PickleError("REDUCE arguments are a \(arguments.kind), not a tuple") }
-        return try apply(g, args)
+        return try apply(g, args.items)
     }
 
-    private func apply(_ g: TorchGlobal, _ args: [PickleValue]) throws -> PickleValue {
+    private mutating func apply(_ g: TorchGlobal, _ args: [PickleValue]) throws -> PickleValue {
         switch g {
         case .orderedDict:
             guard args.isEmpty else { throw PickleError("OrderedDict with arguments is not allowed") }
-            return .dict(PickleDict())
+            return newDict()
         case .rebuildTensor:
             return .tensor(try tensor(args))
         case .rebuildParameter, .rebuildParameterWithState:
@@ -378,7 +416,7 @@ struct TorchUnpickler {
             guard function == .rebuildTensor || function == .rebuildParameter || function == .rebuildParameterWithState else {
                 throw PickleError("_rebuild_from_type_v2 of a function that does not rebuild a tensor")
             }
-            return try apply(function, inner)
+            return try apply(function, inner.items)
         case .tensorClass, .parameterClass, .storage:
             throw PickleError("REDUCE of a class is not allowed")
         }
@@ -424,8 +462,8 @@ struct TorchUnpickler {
     }
 
     private func ints(_ v: PickleValue, _ what: String) throws -> [Int] {
-        guard case .tuple(let items) = v else { throw PickleError("_rebuild_tensor_v2: \(what) is a \(v.kind), not a tuple") }
-        return try items.map {
+        guard case .tuple(let tuple) = v else { throw PickleError("_rebuild_tensor_v2: \(what) is a \(v.kind), not a tuple") }
+        return try tuple.items.map {
             guard case .int(let i) = $0 else { throw PickleError("_rebuild_tensor_v2: \(what) holds a \($0.kind)") }
             return i
         }

@@ -13,6 +13,8 @@ Written under data/torch_bin/:
                       at storage offsets, a tensor sharing their storage, float16, bfloat16, a 0-d tensor,
                       an nn.Parameter, an int64 buffer and a non-tensor value; views-p4.bin the same with
                       pickle protocol 4 (FRAME, MEMOIZE, STACK_GLOBAL). views.json: shapes and values.
+  views-zip64.bin     views.bin's records re-zipped with zip64 fields everywhere (sizes, offsets, end
+                      record), as torch writes shards past 4 GB; records no longer 64-byte aligned.
   legacy.bin          torch.save(..., _use_new_zipfile_serialization=False): the pre-1.6 format.
   evil-system.bin     a real tensor, then a value whose unpickling calls os.system (GLOBAL posix.system).
   evil-eval.bin       a value whose unpickling calls builtins.eval on Python that runs a command.
@@ -143,9 +145,24 @@ def views(out):
               for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
     (out / "views.json").write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n")
     # torch's own restricted loader does not take protocol 4's FRAME; this file is ours, load it fully.
-    for name, restricted in [("views.bin", True), ("views-p4.bin", False)]:
+    zip64(out / "views.bin", out / "views-zip64.bin")
+    for name, restricted in [("views.bin", True), ("views-p4.bin", False), ("views-zip64.bin", True)]:
         loaded = torch.load(out / name, weights_only=restricted)
         assert all(torch.equal(loaded[k], state[k]) for k in golden)
+
+
+def zip64(source, target):
+    """The records of `source` in an archive whose every size and offset goes through zip64 fields."""
+    limit = zipfile.ZIP64_LIMIT
+    zipfile.ZIP64_LIMIT = 0
+    try:
+        with zipfile.ZipFile(source) as z, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as out:
+            for info in z.infolist():
+                out.writestr(info.filename.replace("views/", "views-zip64/", 1), z.read(info))
+    finally:
+        zipfile.ZIP64_LIMIT = limit
+    with open(target, "rb") as f:
+        assert b"PK\x06\x06" in f.read(), "expected a zip64 end record"
 
 
 class Storage:

@@ -1,5 +1,5 @@
 import Foundation
-import VLMFormats
+@testable import VLMFormats
 import VLMTensor
 import XCTest
 
@@ -33,10 +33,11 @@ final class TorchCheckpointTests: XCTestCase {
 
     /// Views of one storage (a transpose, slices at offsets), float16, bfloat16, a 0-d tensor and a
     /// Parameter read back as torch holds them; the int64 buffer is listed but not loadable and
-    /// the non-tensor value is no weight. Protocol 2 and protocol 4 pickles alike.
+    /// the non-tensor value is no weight. Protocol 2 and protocol 4 pickles alike, and the same
+    /// records in a zip64 archive (unaligned there, so read through copies).
     func testViewsReadLikeTorch() throws {
         let golden = try JSONDecoder().decode([String: GoldenTensor].self, from: Data(contentsOf: URL(fileURLWithPath: fixture("views.json"))))
-        for name in ["views.bin", "views-p4.bin"] {
+        for name in ["views.bin", "views-p4.bin", "views-zip64.bin"] {
             let file = try TorchCheckpointFile(path: fixture(name))
             XCTAssertEqual(file.weightNames, golden.keys.sorted(), name)
             XCTAssertEqual(file.allTensorNames, (golden.keys + ["position_ids"]).sorted(), name)
@@ -52,8 +53,9 @@ final class TorchCheckpointTests: XCTestCase {
                 let m = try file.matrix(tensor)
                 XCTAssertEqual(m.rows * m.cols, g.values.count, "\(name) \(tensor)")
             }
-            // Stored row-major: the matrix is the mapping itself; a transpose is gathered into a copy.
-            XCTAssertTrue(try file.matrix("rows").owner is MappedFile)
+            // Stored row-major and aligned (torch aligns records to 64 bytes): the matrix is the
+            // mapping itself; a transpose is gathered into a copy.
+            if name != "views-zip64.bin" { XCTAssertTrue(try file.matrix("rows").owner is MappedFile, name) }
             XCTAssertFalse(try file.matrix("transposed").owner is MappedFile)
             let transposed = try file.matrix("transposed")
             XCTAssertEqual(transposed.data.load(fromByteOffset: 4, as: Float.self), Float(6) / 7)   // base[1][0]
@@ -129,6 +131,42 @@ final class TorchCheckpointTests: XCTestCase {
         }
         let safetensors = fixtures.appendingPathComponent("llava/clip-llama/model.safetensors").path
         XCTAssertTrue(expectFormatError(safetensors) { _ = try TorchCheckpointFile(path: safetensors) }.contains("not a PyTorch checkpoint"))
+    }
+
+    /// The unpickler alone on hand-written opcodes: what it refuses, and that nesting a hostile
+    /// pickle piles up (tuples, lists chained a million deep, a list holding itself) is an error or
+    /// is freed without recursion.
+    func testUnpicklerRefusesMalformedOpcodes() throws {
+        func load(_ bytes: [UInt8]) throws -> String {
+            try bytes.withUnsafeBytes { raw in try TorchUnpickler.load(raw) { $0.kind } }
+        }
+        func refusal(_ bytes: [UInt8], line: UInt = #line) -> String {
+            do { _ = try load(bytes); XCTFail("accepted", line: line) } catch { return "\(error)" }
+            return ""
+        }
+        XCTAssertEqual(try load([0x80, 0x02, 0x7D, 0x2E]), "dict")
+        XCTAssertTrue(refusal([0x80, 0x02, 0x7D]).contains("truncated"))
+        XCTAssertTrue(refusal([0x80, 0x02, 0x2E]).contains("stack"))
+        XCTAssertTrue(refusal([0x80, 0x02, 0x85, 0x2E]).contains("underflow"))
+        XCTAssertTrue(refusal([0x80, 0x02, 0x68, 0x05, 0x2E]).contains("memo slot 5"))
+        XCTAssertTrue(refusal([0x80, 0x02, 0x69, 0x2E]).contains("opcode 0x69"))   // INST
+        XCTAssertTrue(refusal([0x80, 0x02, 0x81, 0x2E]).contains("opcode 0x81"))   // NEWOBJ
+        XCTAssertTrue(refusal([0x80, 0x02, 0x28, 0x4B, 0x01, 0x4B, 0x02, 0x75, 0x2E]).contains("SETITEM"))   // no dict below
+        XCTAssertTrue(refusal([0x80, 0x02, 0x63] + Array("os\nsystem\n".utf8) + [0x2E]).contains("refusing global 'os.system'"))
+        var global: [UInt8] = [0x80, 0x02, 0x63]
+        global += Array("collections\nOrderedDict\n".utf8) + [0x4B, 0x01, 0x85, 0x52, 0x2E]
+        XCTAssertTrue(refusal(global).contains("OrderedDict with arguments"))
+
+        let depth = 1_000_000
+        let tuples: [UInt8] = [0x80, 0x02, 0x29] + [UInt8](repeating: 0x85, count: depth) + [0x2E]
+        XCTAssertTrue(refusal(tuples).contains("nests tuples"))
+        var lists: [UInt8] = [0x80, 0x02, 0x5D]
+        for _ in 0..<depth { lists += [0x5D, 0x71, 0x01, 0x61, 0x30, 0x68, 0x01] }   // ] put1 append pop get1
+        XCTAssertEqual(try load(lists + [0x2E]), "list")
+        XCTAssertEqual(try load([0x80, 0x02, 0x5D, 0x71, 0x00, 0x68, 0x00, 0x61, 0x2E]), "list")   // holds itself
+        var marks: [UInt8] = [0x80, 0x02] + [UInt8](repeating: 0x28, count: depth)
+        marks.append(0x2E)
+        XCTAssertTrue(refusal(marks).contains("nests more than"))
     }
 
     /// A checkpoint cut anywhere, or with a byte of its pickle or directory flipped, is one error
