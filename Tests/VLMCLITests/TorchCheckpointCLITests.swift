@@ -62,6 +62,24 @@ extension HostileInputTests {
                 var bytes = good
                 withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange((end + offset)..<(end + offset + width), with: $0.prefix(width)) }
                 try put(bytes)
+                if value == 0xFFFF_FFFF {
+                    // Saturated: the field is read from the zip64 end record torch always writes, which is right.
+                    let r = try run(args(model))
+                    XCTAssertEqual(r.status, 0, "\(label) saturated: \(r.stderr)")
+                } else {
+                    try assertOneLineError(args(model), "\(label) \(value)")
+                }
+            }
+        }
+        // Lying zip64 end record (56 bytes before the 20-byte locator), read once the end record points to it.
+        let zip64 = end - 20 - 56
+        XCTAssertEqual(good[zip64..<(zip64 + 4)], Data([0x50, 0x4B, 0x06, 0x06]))
+        for (offset, label) in [(32, "zip64 entry count"), (40, "zip64 directory size"), (48, "zip64 directory offset")] {
+            for value: UInt64 in [0, 1, UInt64(good.count), 1 << 40, UInt64.max] {
+                var bytes = good
+                bytes.replaceSubrange((end + 10)..<(end + 12), with: [0xFF, 0xFF])
+                withUnsafeBytes(of: value.littleEndian) { bytes.replaceSubrange((zip64 + offset)..<(zip64 + offset + 8), with: $0) }
+                try put(bytes)
                 try assertOneLineError(args(model), "\(label) \(value)")
             }
         }
