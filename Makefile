@@ -66,7 +66,7 @@ reference-venv:
 # libFuzzer itself catches a trap and writes the input.
 FUZZ_SECONDS ?= 60
 FUZZ_RUNS ?=
-FUZZ_TARGETS ?= gguf safetensors config tokenizer preprocessor image data script
+FUZZ_TARGETS ?= gguf safetensors torch config tokenizer preprocessor image data script
 fuzz: deps
 	swift build -c release --product vlmsh-fuzz --scratch-path .build-fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -Xclang-linker -Xswiftc -fuse-ld=lld
 	@mkdir -p .fuzz/findings

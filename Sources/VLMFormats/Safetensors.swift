@@ -14,7 +14,7 @@ struct SafetensorsEntry: Sendable {
 
 /// A `.safetensors` file: an 8-byte little-endian header length, a JSON header, then raw
 /// tensor data. The file is memory-mapped; `matrix` points into the mapping without copying.
-public final class SafetensorsFile: WeightSource {
+public final class SafetensorsFile: CheckpointShard {
     public let path: String
     /// The header's `__metadata__` object (string values only, as the format requires).
     public let metadata: [String: String]
@@ -163,17 +163,27 @@ public final class SafetensorsFile: WeightSource {
     }
 }
 
-/// Several safetensors files seen as one source: a Hugging Face sharded checkpoint
-/// (`model.safetensors.index.json` mapping each tensor to its shard) or a folder of shards
-/// without an index.
+/// One file of a sharded checkpoint: a safetensors file or a PyTorch `.bin`.
+public protocol CheckpointShard: WeightSource {
+    var path: String { get }
+    /// String metadata the file carries (safetensors' `__metadata__`; none in a `.bin`).
+    var metadata: [String: String] { get }
+    /// The stored dtype of `name` in safetensors' spelling, also for tensors vlmsh cannot load.
+    func dtype(_ name: String) -> String?
+}
+
+/// Several checkpoint files seen as one source: a Hugging Face sharded checkpoint
+/// (`model.safetensors.index.json` or `pytorch_model.bin.index.json` mapping each tensor to its
+/// shard) or a folder of safetensors shards without an index.
 public final class ShardedCheckpoint: WeightSource {
     /// The index file, or the folder when there is none; errors about the whole set name it.
     public let path: String
-    public let shards: [SafetensorsFile]
+    public let shards: [any CheckpointShard]
     public let weightNames: [String]
-    let owner: [String: SafetensorsFile]
+    let owner: [String: any CheckpointShard]
 
-    /// Opens `model.safetensors.index.json` (or any index in that format) and every shard it lists.
+    /// Opens `model.safetensors.index.json` (or any index in that format) and every shard it
+    /// lists; shards named `*.bin` are read as PyTorch checkpoints.
     public init(index path: String) throws {
         self.path = path
         let data = try SmallFile.read(path)
@@ -189,15 +199,16 @@ public final class ShardedCheckpoint: WeightSource {
             guard let shard = v as? String, !shard.isEmpty else { throw FormatError(path, "weight_map entry for '\(name)' is not a file name") }
             byShard[shard, default: []].append(name)
         }
-        var files: [SafetensorsFile] = []
-        var owner: [String: SafetensorsFile] = [:]
+        var files: [any CheckpointShard] = []
+        var owner: [String: any CheckpointShard] = [:]
         for shard in byShard.keys.sorted() {
             let names = byShard[shard]!.sorted()
             let shardPath = folder.isEmpty ? shard : (folder as NSString).appendingPathComponent(shard)
             guard FileManager.default.fileExists(atPath: shardPath) else {
                 throw FormatError(path, "shard '\(shard)' is missing (it holds \(names.count) tensors, e.g. '\(names[0])')")
             }
-            let file = try SafetensorsFile(path: shardPath)
+            let file: any CheckpointShard = shard.hasSuffix(".bin") ? try TorchCheckpointFile(path: shardPath)
+                                                                    : try SafetensorsFile(path: shardPath)
             for name in names {
                 guard file.dtype(name) != nil else {
                     throw FormatError(path, "tensor '\(name)' is listed in shard '\(shard)' but absent from it")
@@ -215,8 +226,8 @@ public final class ShardedCheckpoint: WeightSource {
     /// Several shards without an index: each tensor must appear in exactly one of them.
     public init(files paths: [String], folder: String) throws {
         path = folder
-        var files: [SafetensorsFile] = []
-        var owner: [String: SafetensorsFile] = [:]
+        var files: [any CheckpointShard] = []
+        var owner: [String: any CheckpointShard] = [:]
         for p in paths.sorted() {
             let file = try SafetensorsFile(path: p)
             for name in file.weightNames {
@@ -239,7 +250,7 @@ public final class ShardedCheckpoint: WeightSource {
 
     public func info(_ name: String) -> WeightInfo? { owner[name]?.info(name) }
 
-    func shard(_ name: String) throws -> SafetensorsFile {
+    func shard(_ name: String) throws -> any CheckpointShard {
         guard let f = owner[name] else { throw FormatError(path, "no tensor named '\(name)'") }
         return f
     }
@@ -249,7 +260,8 @@ public final class ShardedCheckpoint: WeightSource {
 }
 
 /// Opens the weights of a Hugging Face model folder, in the order transformers looks for them:
-/// `model.safetensors`, then `model.safetensors.index.json`, then whatever `*.safetensors` are there.
+/// `model.safetensors`, `model.safetensors.index.json`, then PyTorch's `pytorch_model.bin` and
+/// `pytorch_model.bin.index.json`; failing those, whatever `*.safetensors` are there.
 public func openCheckpoint(folder: String) throws -> WeightSource {
     let fm = FileManager.default
     let url = URL(fileURLWithPath: folder)
@@ -261,11 +273,15 @@ public func openCheckpoint(folder: String) throws -> WeightSource {
     if fm.fileExists(atPath: single) { return try SafetensorsFile(path: single) }
     let index = url.appendingPathComponent("model.safetensors.index.json").path
     if fm.fileExists(atPath: index) { return try ShardedCheckpoint(index: index) }
+    let torchSingle = url.appendingPathComponent("pytorch_model.bin").path
+    if fm.fileExists(atPath: torchSingle) { return try TorchCheckpointFile(path: torchSingle) }
+    let torchIndex = url.appendingPathComponent("pytorch_model.bin.index.json").path
+    if fm.fileExists(atPath: torchIndex) { return try ShardedCheckpoint(index: torchIndex) }
     let found = ((try? fm.contentsOfDirectory(atPath: folder)) ?? [])
         .filter { $0.hasSuffix(".safetensors") }.sorted()
         .map { url.appendingPathComponent($0).path }
     switch found.count {
-    case 0: throw FormatError(folder, "no model.safetensors, model.safetensors.index.json or *.safetensors files")
+    case 0: throw FormatError(folder, "no model.safetensors, model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json or *.safetensors files")
     case 1: return try SafetensorsFile(path: found[0])
     default: return try ShardedCheckpoint(files: found, folder: folder)
     }

@@ -80,6 +80,6 @@ public struct MemoryLimitError: Error, CustomStringConvertible {
 
     public var description: String {
         let used = resident > 0 ? " with \(MemoryBudget.describe(resident)) already in use" : ""
-        return "\(what) needs about \(MemoryBudget.describe(bytes)), more than the \(MemoryBudget.describe(limit)) limit\(used) (--max-memory)"
+        return "\(what) would need about \(MemoryBudget.describe(bytes)), more than the \(MemoryBudget.describe(limit)) limit\(used) (--max-memory)"
     }
 }

@@ -7,7 +7,7 @@ import VLMTensor
 // Putting a fine-tune's output on a loaded model for inference: `/adapter load|unload PATH` in
 // the REPL and `--adapter` on the commands. A folder is recognised by its files: a PEFT LoRA
 // (`adapter_config.json` + `adapter_model.safetensors`, transformers 4.x or 5 key names), a
-// trained projector (`multi_modal_projector.safetensors` / `mm_projector.safetensors`), a trained
+// trained projector (`multi_modal_projector.safetensors` / `mm_projector.safetensors` / `.bin`), a trained
 // vision tower (`vision_tower.safetensors`, always with a projector), or what a `--mode` with
 // several parts writes.
 
@@ -39,7 +39,7 @@ extension FineTuneMode {
         case (false, true): return .projector
         case (false, false):
             throw FormatError(directory + "/adapter_config.json",
-                              "missing: not an adapter folder (expected a PEFT LoRA's adapter_config.json + adapter_model.safetensors, or \(ProjectorFiles.hfFile) / \(ProjectorFiles.llavaFile))")
+                              "missing: not an adapter folder (expected a PEFT LoRA's adapter_config.json + adapter_model.safetensors, or \(ProjectorFiles.hfFile) / \(ProjectorFiles.llavaFile) / \(ProjectorFiles.llavaTorchFile))")
         }
     }
 }
@@ -87,7 +87,7 @@ public final class AppliedAdapter: @unchecked Sendable {
         var projectorWeights: [Tensor]?
         if kind.trainsProjector {
             guard let llava else {
-                let file = FileManager.default.fileExists(atPath: directory + "/" + ProjectorFiles.hfFile) ? ProjectorFiles.hfFile : ProjectorFiles.llavaFile
+                let file = ProjectorFiles.file(in: directory) ?? ProjectorFiles.hfFile
                 throw FormatError(directory + "/" + file, "projector weights, but the model has no multimodal projector (not a LLaVA model)")
             }
             projectorWeights = try ProjectorFiles.load(directory: directory, for: llava.projector)

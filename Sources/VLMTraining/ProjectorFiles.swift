@@ -3,13 +3,14 @@ import VLMFormats
 import VLMModels
 import VLMTensor
 
-/// A trained projector on disk, under both names users' tools expect: transformers'
+/// A trained projector on disk, under the names users' tools expect: transformers'
 /// (`multi_modal_projector.linear_1.*` in `multi_modal_projector.safetensors`) and the LLaVA
-/// repo's (`model.mm_projector.0.*`/`.2.*` in `mm_projector.safetensors`, what
-/// `--pretrain_mm_mlp_adapter` reads once converted from .bin).
+/// repo's (`model.mm_projector.0.*`/`.2.*`), both as `mm_projector.safetensors` and as the
+/// torch.save file `mm_projector.bin` that LLaVA's `--pretrain_mm_mlp_adapter` reads as is.
 public enum ProjectorFiles {
     public static let hfFile = "multi_modal_projector.safetensors"
     public static let llavaFile = "mm_projector.safetensors"
+    public static let llavaTorchFile = "mm_projector.bin"
 
     static func named(_ projector: MultiModalProjector) -> [(hf: String, llava: String, tensor: Tensor)] {
         // LLaVA's Sequential(Linear, GELU, Linear) numbers its linears 0 and 2; a `linear` projector is bare.
@@ -25,20 +26,27 @@ public enum ProjectorFiles {
         let tensors = named(projector)
         try SafetensorsWriter.write(tensors.map { ($0.hf, $0.tensor, .f32) }, metadata: ["format": "pt"], to: directory + "/" + hfFile)
         try SafetensorsWriter.write(tensors.map { ($0.llava, $0.tensor, .f32) }, metadata: ["format": "pt"], to: directory + "/" + llavaFile)
+        try TorchCheckpointWriter.write(tensors.map { ($0.llava, $0.tensor) }, to: directory + "/" + llavaTorchFile)
     }
 
     /// Whether `directory` holds projector weights.
     public static func exists(in directory: String) -> Bool {
-        [hfFile, llavaFile].contains { FileManager.default.fileExists(atPath: directory + "/" + $0) }
+        [hfFile, llavaFile, llavaTorchFile].contains { FileManager.default.fileExists(atPath: directory + "/" + $0) }
     }
 
-    /// Reads projector weights (either file; keys with or without the `model.` prefix), checked
-    /// against the projector's shapes. Returns the tensors in `named` order.
+    /// The projector file `load` reads in `directory`: transformers' names first, then LLaVA's
+    /// safetensors, then LLaVA's `.bin` (nil when there is none).
+    public static func file(in directory: String) -> String? {
+        [hfFile, llavaFile, llavaTorchFile].first { FileManager.default.fileExists(atPath: directory + "/" + $0) }
+    }
+
+    /// Reads projector weights (any of the files; LLaVA keys with or without the `model.` prefix),
+    /// checked against the projector's shapes. Returns the tensors in `named` order.
     public static func load(directory: String, for projector: MultiModalProjector) throws -> [Tensor] {
-        let hf = directory + "/" + hfFile, llava = directory + "/" + llavaFile
-        let useHF = FileManager.default.fileExists(atPath: hf)
-        let path = useHF ? hf : llava
-        let file = try SafetensorsFile(path: path)
+        let name = file(in: directory) ?? hfFile
+        let path = directory + "/" + name
+        let useHF = name == hfFile
+        let file: any CheckpointShard = name == llavaTorchFile ? try TorchCheckpointFile(path: path) : try SafetensorsFile(path: path)
         let available = Set(file.weightNames)
         var out: [Tensor] = []
         for entry in named(projector) {

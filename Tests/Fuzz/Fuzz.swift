@@ -44,7 +44,7 @@ func withFile(_ name: String, _ bytes: Data, restoring fixture: String? = nil, _
 }
 
 enum Target: String, CaseIterable {
-    case gguf, safetensors, config, tokenizer, preprocessor, image, data, script
+    case gguf, safetensors, torch, config, tokenizer, preprocessor, image, data, script
 
     func run(_ bytes: Data) {
         let llava = fixtures + "/llava/clip-llama/"
@@ -53,6 +53,11 @@ enum Target: String, CaseIterable {
             withFile("model.gguf", bytes) { _ = try TextModel(path: $0) }
         case .safetensors:
             withFile("model.safetensors", bytes, restoring: llava + "model.safetensors") { _ in _ = try VisionLanguageModel(path: scratch) }
+        case .torch:
+            withFile("weights.bin", bytes) { path in
+                let file = try TorchCheckpointFile(path: path)
+                for name in file.weightNames { _ = try file.matrix(name); _ = try file.floats(name) }
+            }
         case .config:
             withFile("config.json", bytes, restoring: llava + "config.json") { _ in _ = try VisionLanguageModel(path: scratch) }
         case .tokenizer:

@@ -61,7 +61,7 @@ final class FinetuneCLITests: XCTestCase {
         XCTAssertEqual(summary["status"] as? String, "completed")
         XCTAssertNotNil(summary["eval_loss"])
         // PEFT adapter, projector under both names, curve, checkpoints.
-        for f in ["adapter_config.json", "adapter_model.safetensors", "multi_modal_projector.safetensors", "mm_projector.safetensors",
+        for f in ["adapter_config.json", "adapter_model.safetensors", "multi_modal_projector.safetensors", "mm_projector.safetensors", "mm_projector.bin",
                   "loss.svg", "checkpoint-2/trainer_state.json", "checkpoint-4/optimizer.safetensors"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/" + f), f)
         }

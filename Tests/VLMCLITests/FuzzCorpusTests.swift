@@ -13,7 +13,7 @@ final class FuzzCorpusTests: XCTestCase {
             return XCTFail("\(binary.path) is missing: the vlmsh-fuzz target is built with the tests")
         }
         let targets = try FileManager.default.contentsOfDirectory(atPath: Self.corpus.path).sorted()
-        XCTAssertEqual(targets, ["config", "data", "gguf", "image", "preprocessor", "safetensors", "script", "tokenizer"])
+        XCTAssertEqual(targets, ["config", "data", "gguf", "image", "preprocessor", "safetensors", "script", "tokenizer", "torch"])
         for target in targets {
             let folder = Self.corpus.appendingPathComponent(target)
             let files = try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted().map { folder.appendingPathComponent($0).path }

@@ -12,7 +12,7 @@ extension HostileInputTests {
         let model = try installedDefaultModel()
         // SmolLM2's tensors are about 90 MB.
         try assertRefused(model: model, extra: ["--max-memory", "60M"],
-                          mentions: ["the weights in \(model) (", "tensors) needs about 9", "MB, more than the 63 MB limit", "(--max-memory)"])
+                          mentions: ["the weights in \(model) (", "tensors) would need about 9", "MB, more than the 63 MB limit", "(--max-memory)"])
     }
 
     func testMaxMemoryRefusesAPromptWhoseActivationsDoNotFit() throws {
@@ -20,7 +20,7 @@ extension HostileInputTests {
         let long = String(repeating: "hello ", count: 4000)
         // The weights fit in 400 MB; 4000 positions of activations, scores and cache do not.
         try assertRefused(model: model, extra: ["--max-memory", "400M", "--raw", "--prompt", long],
-                          mentions: ["a forward pass over 400", "positions after 0 needs about", "(--max-memory)"])
+                          mentions: ["a forward pass over 400", "positions after 0 would need about", "(--max-memory)"])
         // The environment sets the same limit for every command (the REPL and scripts too).
         let r = try run(["generate", "--model", model, "--raw", "--prompt", long, "--max-tokens", "1"],
                         environment: ["VLMSH_MAX_MEMORY": "400M"])

@@ -26,7 +26,7 @@ final class MemoryBudgetTests: XCTestCase {
         XCTAssertNoThrow(try MemoryBudget.require(50e6, for: "half"))
         XCTAssertThrowsError(try MemoryBudget.require(200e6, for: "a thing")) { error in
             let text = "\(error)"
-            XCTAssertTrue(text.hasPrefix("a thing needs about 200 MB, more than the "), text)
+            XCTAssertTrue(text.hasPrefix("a thing would need about 200 MB, more than the "), text)
             XCTAssertTrue(text.hasSuffix("already in use (--max-memory)"), text)
         }
         XCTAssertThrowsError(try MemoryBudget.require(.infinity, for: "an unbounded thing"))
