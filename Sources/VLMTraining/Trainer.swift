@@ -446,6 +446,10 @@ struct CheckpointRecord: Codable {
     static func read(directory: String) throws -> CheckpointRecord {
         let statePath = directory + "/" + fileName
         guard let data = FileManager.default.contents(atPath: statePath) else { throw FormatError(statePath, "missing: not a vlmsh checkpoint") }
+        // A run's output folder holds the HF fields alone.
+        if let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], object["vlmsh"] == nil, object["settings"] == nil {
+            throw FormatError(statePath, "no resume state (a run's output folder or another trainer's): resume from a vlmsh checkpoint-N folder")
+        }
         do { return try JSONDecoder().decode(CheckpointRecord.self, from: data) } catch { throw FormatError(statePath, "unreadable (\(error))") }
     }
 }

@@ -111,3 +111,14 @@ final class TrainerStateTests: XCTestCase {
         XCTAssertEqual(record.optimizerStep, 1)
     }
 }
+
+extension TrainerStateTests {
+    func testAnOutputFolderIsNotTakenForACheckpoint() throws {
+        let trainer = try makeTrainer(steps: 1)
+        try trainer.step()
+        try trainer.writeTrainerState(to: work, baseModel: nil, resumable: false)
+        XCTAssertThrowsError(try trainer.restore(from: work)) { error in
+            XCTAssertTrue("\(error)".contains("no resume state"), "\(error)")
+        }
+    }
+}
