@@ -16,11 +16,21 @@ public struct FineTuneRequest: Sendable {
     public var evalSteps: Int?
     public var imageFolder: String?
     public var skipBadRows: Bool
+    /// How the run was launched in LLaVA's words, when it was (`--from-script`, LLaVA's flags):
+    /// recorded with the run.
+    public var launch: LaunchRecord?
+
+    /// A LLaVA-style launch: the script read (if any) and the LLaVA arguments, script's first.
+    public struct LaunchRecord: Sendable, Codable, Equatable {
+        public var script: String?
+        public var arguments: [String]
+        public init(script: String?, arguments: [String]) { self.script = script; self.arguments = arguments }
+    }
 
     public init(data: String, out: String, settings: FineTuneSettings, resume: String? = nil, evalData: String? = nil,
-                evalSteps: Int? = nil, imageFolder: String? = nil, skipBadRows: Bool = false) {
+                evalSteps: Int? = nil, imageFolder: String? = nil, skipBadRows: Bool = false, launch: LaunchRecord? = nil) {
         self.data = data; self.out = out; self.settings = settings; self.resume = resume; self.evalData = evalData
-        self.evalSteps = evalSteps; self.imageFolder = imageFolder; self.skipBadRows = skipBadRows
+        self.evalSteps = evalSteps; self.imageFolder = imageFolder; self.skipBadRows = skipBadRows; self.launch = launch
     }
 }
 
@@ -137,6 +147,11 @@ public final class FineTuneRunner {
         args["model"] = modelPath; args["model_id"] = Int(modelID); args["data"] = request.data; args["examples"] = examples
         if let resume = request.resume { args["resume"] = resume }
         if let e = request.evalData { args["eval_data"] = e }
+        if let folder = request.imageFolder { args["image_folder"] = folder }
+        if let launch = request.launch {
+            args["llava_arguments"] = launch.arguments
+            if let script = launch.script { args["from_script"] = script }
+        }
         let argsText = String(decoding: try JSONSerialization.data(withJSONObject: args, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self)
         return try store.startRun(session: session, args: argsText, outDir: request.out)
     }
@@ -192,6 +207,7 @@ public final class FineTuneRunner {
             try checkpoint(out + "/checkpoint-\(trainer.state.step)")
             try trainer.writeWeights(to: out, baseModel: runner.modelPath)
             if status == .completed { try evaluate() }
+            try trainer.writeTrainerState(to: out, baseModel: runner.modelPath, resumable: false)
             let curve = LossCurve.svg(steps: trainer.state.history.map { ($0.step, $0.loss) }, evaluations: evaluations,
                                       title: "\(URL(fileURLWithPath: runner.modelPath).lastPathComponent) · \(settings.mode.rawValue) · run \(run)")
             try Data(curve.utf8).write(to: URL(fileURLWithPath: out + "/loss.svg"), options: .atomic)
@@ -224,6 +240,7 @@ public final class FineTuneRunner {
             evalLoss = loss
             reportNewProblems()
             evaluations.append((trainer.state.step, loss))
+            trainer.recordEvaluation(loss: loss)
             try store.addMetric(run: run, step: trainer.state.step, evalLoss: loss)
             runner.console.report(.trainingEvaluation(TrainingEvaluation(
                 step: trainer.state.step, loss: loss, tokenAccuracy: Double(stats.correct) / Double(max(stats.tokens, 1)))))

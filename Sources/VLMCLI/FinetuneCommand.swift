@@ -36,6 +36,11 @@ struct FineTuneOptions: ParsableArguments {
     @Flag(name: .long, help: "LLaVA's --group_by_modality_length sampler.") var groupByModalityLength = false
     @Flag(name: .long, help: "Skip bad data rows (reported) instead of stopping.") var skipBadRows = false
     @Option(name: .long, help: "Continue from a checkpoint folder of an earlier run.") var resume: String?
+    @Option(name: .customLong("from-script"), help: "Read the training command (deepspeed/python/torchrun … train.py --flags) of one of LLaVA's launch scripts and run it with LLaVA's flags mapped onto these options; flags on the command line override the script's. LLaVA's flag names (--lora_enable True, --data_path, --output_dir, …) are also accepted directly.") var fromScript: String?
+    // What the LLaVA flags' translation (LlavaArguments) passes on.
+    @Option(name: .customLong("llava-ignored"), help: .hidden) var llavaIgnored: String?
+    @Option(name: .customLong("llava-model-check"), help: .hidden) var llavaModelChecks: [String] = []
+    @Option(name: .customLong("llava-launch"), help: .hidden) var llavaLaunch: String?
 
     func settings() throws -> FineTuneSettings {
         var s = FineTuneSettings()
@@ -54,8 +59,10 @@ struct FineTuneOptions: ParsableArguments {
 
     /// The run these options ask for.
     func request() throws -> FineTuneRequest {
-        FineTuneRequest(data: data, out: out, settings: try settings(), resume: resume, evalData: evalData, evalSteps: evalSteps,
-                        imageFolder: imageFolder, skipBadRows: skipBadRows)
+        if fromScript != nil { throw UsageError("\(LlavaArguments.fromScriptOption) is read by `vlmsh finetune` on the command line") }
+        let launch = try llavaLaunch.map { try JSONDecoder().decode(FineTuneRequest.LaunchRecord.self, from: Data($0.utf8)) }
+        return FineTuneRequest(data: data, out: out, settings: try settings(), resume: resume, evalData: evalData, evalSteps: evalSteps,
+                               imageFolder: imageFolder, skipBadRows: skipBadRows, launch: launch)
     }
 }
 
@@ -70,12 +77,17 @@ struct FinetuneCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let request = try options.request()
+        if let ignored = options.llavaIgnored {
+            FileHandle.standardError.write(Data("ignored (cluster, precision and memory settings a CPU run has no use for): \(ignored)\n".utf8))
+        }
         let path = URL(fileURLWithPath: try model.path()).standardizedFileURL.path
         let chat = try ProgressBar.run("loading \(URL(fileURLWithPath: path).lastPathComponent)", enabled: !json && ProgressBar.stderrIsTerminal) { _ in
             try loadChatModel(path: path, template: model.template)
         }
+        try LlavaModelCheck.verify(options.llavaModelChecks, against: chat)
         Interrupt.install()
-        let runner = FineTuneRunner(chat: chat, modelPath: path, request: try options.request(), store: try openStore(),
+        let runner = FineTuneRunner(chat: chat, modelPath: path, request: request, store: try openStore(),
                                     console: json ? JSONLinesConsole() : TerminalConsole())
         let summary = try runner.run(shouldStop: { Interrupt.take() })
         guard json else { return print(summary.text) }

@@ -94,13 +94,22 @@ struct ShowCommand: AsyncParsableCommand {
 }
 
 struct ExportCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "export", abstract: "Export a session as md, jsonl, or LLaVA training data.")
-    @Argument(help: "Session id or name.") var session: String
+    static let configuration = CommandConfiguration(commandName: "export", abstract: "Export sessions as md, jsonl, or LLaVA training data.")
+    @Argument(help: "Session ids or names (several go into one output, in the order given).") var sessions: [String]
     @Option(name: .long, help: "md (a transcript), jsonl (one turn per line) or llava (conversations and image paths for fine-tuning).") var format: ExportFormat = .md
+    @Option(name: .long, help: "With --format llava: write a self-contained training folder here (DIR/llava.json and the images copied into DIR/images/, named by content) instead of printing.") var out: String?
+
+    func validate() throws {
+        if sessions.isEmpty { throw ValidationError("name at least one session") }
+        if out != nil && format != .llava { throw ValidationError("--out writes a LLaVA training folder: use it with --format llava") }
+    }
 
     func run() async throws {
         let store = try openStore(access: .readOnly)
-        let id = try Engine(console: TerminalConsole(), store: store).sessionID(session)
-        print(try store.export(session: id, format: format))
+        let engine = Engine(console: TerminalConsole(), store: store)
+        let ids = try sessions.map { try engine.sessionID($0) }
+        guard let out else { return print(try store.export(sessions: ids, format: format)) }
+        let written = try store.exportLLaVAFolder(sessions: ids, to: out)
+        print("\(written.dataFile): \(written.records) conversation\(written.records == 1 ? "" : "s"), \(written.images) image\(written.images == 1 ? "" : "s")")
     }
 }

@@ -24,7 +24,8 @@ extension VLMCommand {
     /// and exit code 1 (ArgumentParser's own usage errors keep their messages).
     public static func run(_ arguments: [String]? = nil) async {
         do {
-            var command = try parseAsRoot(arguments)
+            // LLaVA's training flags become vlmsh's options before ArgumentParser reads the list.
+            var command = try parseAsRoot(try LlavaArguments.translate(arguments ?? Array(CommandLine.arguments.dropFirst())))
             if var asyncCommand = command as? AsyncParsableCommand {
                 try await asyncCommand.run()
             } else {

@@ -29,22 +29,33 @@ public struct Prompt: Sendable {
             return
         }
         var slots: [InputSlot] = []
-        var next = 0, i = 0
-        for run in Self.imageRuns(ids, tokenID: support.tokenID) {
-            guard run.count == 1 || run.count == support.featureCount else {
-                throw ModelError("a run of \(run.count) image tokens: expected 1 or \(support.featureCount) per image")
-            }
-            guard next < images.count else { throw ModelError("the prompt has more image tokens than images (\(images.count))") }
+        var i = 0
+        let runs = try Self.imagePlacements(ids, images: images.count, tokenID: support.tokenID, featureCount: support.featureCount)
+        for (run, image) in zip(runs, images) {
             slots += ids[i..<run.start].map { .token($0) }
-            slots += (0..<support.featureCount).map { .image(hash: images[next], row: $0) }
-            next += 1
+            slots += (0..<support.featureCount).map { .image(hash: image, row: $0) }
             i = run.start + run.count
         }
         slots += ids[i...].map { .token($0) }
-        guard next == images.count else {
-            throw ModelError("\(images.count) images but \(next) image placeholders in the prompt")
-        }
         self.slots = slots
+    }
+
+    /// The image-token runs of `ids`, the k-th standing for the k-th of `images` images: each run
+    /// one token (to expand) or already `featureCount` long. Placeholders and images that do not
+    /// pair up one to one, in order, are an error. Chat prompts and training rows with several
+    /// images are spliced by this one rule.
+    public static func imagePlacements(_ ids: [Int], images: Int, tokenID: Int, featureCount: Int) throws -> [(start: Int, count: Int)] {
+        let runs = imageRuns(ids, tokenID: tokenID)
+        for (k, run) in runs.enumerated() {
+            guard run.count == 1 || run.count == featureCount else {
+                throw ModelError("a run of \(run.count) image tokens: expected 1 or \(featureCount) per image")
+            }
+            guard k < images else { throw ModelError("the prompt has more image tokens than images (\(images))") }
+        }
+        guard runs.count == images else {
+            throw ModelError("\(images) images but \(runs.count) image placeholders in the prompt")
+        }
+        return runs
     }
 
     public init(slots: [InputSlot]) { self.slots = slots }

@@ -5,19 +5,104 @@ extension Store {
     /// A session as text: `md` (readable transcript), `jsonl` (one JSON object per turn) or
     /// `llava` (a LLaVA training list holding one conversation record for the session).
     public func export(session id: Int64, format: ExportFormat) throws -> String {
-        // One read transaction, so the header and the turns describe the same moment.
-        let (session, turns) = try read("export session \(id)") { db -> (SessionRecord, [TurnRecord]) in
+        try export(sessions: [id], format: format)
+    }
+
+    /// Several sessions as one text: transcripts and turn lines one session after another; for
+    /// `llava`, one training list with a record per session, in the order given.
+    public func export(sessions ids: [Int64], format: ExportFormat) throws -> String {
+        let sessions = try ids.map(sessionWithTurns)
+        switch format {
+        case .md: return sessions.map { Transcript.markdown($0.0, $0.1) }.joined(separator: "\n")
+        case .jsonl: return sessions.map { Transcript.jsonLines($0.0, $0.1) }.joined()
+        case .llava: return Transcript.llavaList(sessions.map { Transcript.llavaRecord($0.0, $0.1, imagePath: \.path) })
+        }
+    }
+
+    /// Sessions as a self-contained LLaVA training folder: `directory/llava.json` (a record per
+    /// session, in the order given) and every image copied to `directory/images/` under a name
+    /// taken from its content (the first 16 hex digits of its SHA-256 and its extension), with
+    /// paths in the data relative to `directory`, so the folder trains wherever it is moved
+    /// (`vlmsh finetune --data directory/llava.json`). Each image is checked against the hash the
+    /// chat recorded, so the data holds the pictures the model saw; the data file is written last,
+    /// by renaming, so it never names an image not yet copied.
+    public func exportLLaVAFolder(sessions ids: [Int64], to directory: String) throws -> LLaVAFolderExport {
+        let sessions = try ids.map(sessionWithTurns)
+        let fm = FileManager.default
+        let imagesDirectory = directory + "/" + LLaVAFolderExport.imagesFolder
+        do {
+            try fm.createDirectory(atPath: imagesDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw StoreError(.invalidArgument, path: path, "\(directory): cannot create the export folder (\(error.localizedDescription))")
+        }
+        var copied: [String: String] = [:]   // sha256 → name relative to `directory`
+        var records: [JSON] = []
+        for (session, turns) in sessions {
+            for image in turns.flatMap(\.images) where copied[image.sha256] == nil {
+                copied[image.sha256] = try copyImage(image, session: session.id, into: imagesDirectory)
+            }
+            records.append(Transcript.llavaRecord(session, turns) { copied[$0.sha256]! })
+        }
+        let dataFile = directory + "/" + LLaVAFolderExport.dataFileName
+        do {
+            try Data(Transcript.llavaList(records).utf8).write(to: URL(fileURLWithPath: dataFile), options: .atomic)
+        } catch {
+            throw StoreError(.invalidArgument, path: path, "\(dataFile): cannot write (\(error.localizedDescription))")
+        }
+        return LLaVAFolderExport(dataFile: dataFile, records: records.count, images: copied.count)
+    }
+
+    /// Copies the file of `image` into `folder` as `<sha256 prefix>.<ext>` (kept when already
+    /// there) and returns its path relative to the export folder.
+    private func copyImage(_ image: ImageRecord, session: Int64, into folder: String) throws -> String {
+        let ext = (image.path as NSString).pathExtension.lowercased()
+        let name = String(image.sha256.prefix(16)) + (ext.isEmpty ? "" : "." + ext)
+        let target = folder + "/" + name
+        let relative = LLaVAFolderExport.imagesFolder + "/" + name
+        let fm = FileManager.default
+        if fm.fileExists(atPath: target), (try? ContentHash.hex(file: target)) == image.sha256 { return relative }
+        guard fm.isReadableFile(atPath: image.path) else {
+            throw StoreError(.notFound, path: path, "\(image.path): the image of session \(session) is gone (sha256 \(image.sha256.prefix(12)))")
+        }
+        guard try ContentHash.hex(file: image.path) == image.sha256 else {
+            throw StoreError(.invalidArgument, path: path,
+                             "\(image.path): the file changed since session \(session) attached it (sha256 \(image.sha256.prefix(12)) then)")
+        }
+        // Copied under a temporary name and renamed, so an interrupted export leaves no partial image.
+        let temporary = target + ".tmp-\(getpid())"
+        do {
+            try? fm.removeItem(atPath: temporary)
+            try fm.copyItem(atPath: image.path, toPath: temporary)
+            if fm.fileExists(atPath: target) { try fm.removeItem(atPath: target) }
+            try fm.moveItem(atPath: temporary, toPath: target)
+        } catch {
+            try? fm.removeItem(atPath: temporary)
+            throw StoreError(.invalidArgument, path: path, "\(target): cannot copy \(image.path) (\(error.localizedDescription))")
+        }
+        return relative
+    }
+
+    /// A session and its turns read in one transaction, so they describe the same moment.
+    private func sessionWithTurns(_ id: Int64) throws -> (SessionRecord, [TurnRecord]) {
+        try read("export session \(id)") { db -> (SessionRecord, [TurnRecord]) in
             guard let session = try fetchSession(db, "s.id = ?", [id]) else {
                 throw StoreError(.notFound, path: path, "no session \(id)")
             }
             return (session, try fetchTurns(db, session: id))
         }
-        switch format {
-        case .md: return Transcript.markdown(session, turns)
-        case .jsonl: return Transcript.jsonLines(session, turns)
-        case .llava: return Transcript.llava(session, turns)
-        }
     }
+}
+
+/// What `Store.exportLLaVAFolder` wrote.
+public struct LLaVAFolderExport: Sendable, Equatable {
+    public static let dataFileName = "llava.json"
+    public static let imagesFolder = "images"
+    /// The training data file (absolute, or as the folder was given).
+    public var dataFile: String
+    /// Conversation records (one per session).
+    public var records: Int
+    /// Distinct images in the folder.
+    public var images: Int
 }
 
 enum Transcript {
@@ -96,15 +181,17 @@ enum Transcript {
     // MARK: LLaVA
 
     /// LLaVA keeps only human/gpt turns; system turns are dropped. Each image's `<image>` token
-    /// goes on the first human turn at or after the turn that attached it, once per image.
-    static func llava(_ session: SessionRecord, _ turns: [TurnRecord]) -> String {
+    /// goes on the first human turn at or after the turn that attached it, once per image, so
+    /// the placeholders come in the order of the record's images. `imagePath` names each image
+    /// in the record.
+    static func llavaRecord(_ session: SessionRecord, _ turns: [TurnRecord], imagePath: (ImageRecord) -> String) -> JSON {
         var seen = Set<String>()
         var paths: [String] = []
         var pendingTokens = 0
         var conversations: [JSON] = []
         for turn in turns {
             for image in turn.images where seen.insert(image.sha256).inserted {
-                paths.append(image.path)
+                paths.append(imagePath(image))
                 pendingTokens += 1
             }
             switch turn.role {
@@ -127,7 +214,12 @@ enum Transcript {
             record.append(("image", .array(paths.map(JSON.string))))
         }
         record.append(("conversations", .array(conversations)))
-        return JSON.array([.object(record)]).render(indent: 2) + "\n"
+        return .object(record)
+    }
+
+    /// A LLaVA training file's text: the list of records.
+    static func llavaList(_ records: [JSON]) -> String {
+        JSON.array(records).render(indent: 2) + "\n"
     }
 }
 

@@ -163,6 +163,10 @@ public enum Evaluator {
         let total = listed?.count ?? min(limit.map { max($0, 0) } ?? dataset.count, dataset.count)
         progress?(0, total)
         for (n, (example, object)) in (listed.map { AnySequence($0) } ?? AnySequence(selection)).enumerated() {
+            // Evaluation's prompts and answers take one image (training takes rows with several).
+            guard example.imagePaths.count <= 1 else {
+                throw TrainingError("\(example.source): \(example.imagePaths.count) images in the row; evaluation takes one image per row")
+            }
             let features = try example.imagePath.map { try images.features(path: $0) }
             var row = EvalRowResult(source: example.source, id: object["id"].flatMap(Self.string), kind: object["kind"].flatMap(Self.string),
                                     hasImage: example.hasImage, tokens: 0, lossSum: 0, correct: 0,

@@ -156,7 +156,7 @@ public final class TrainableModel: @unchecked Sendable {
         }
         var x = Variable(embeddings)
         if !imageRows.isEmpty {
-            x = tape.scatterRows(x, positions: batch.imageRows, source: try imageTokens(batch.imagePaths.compactMap { $0 }, of: batch, tape: tape))
+            x = tape.scatterRows(x, positions: batch.imageRows, source: try imageTokens(batch.imagePaths.flatMap { $0 }, of: batch, tape: tape))
         }
         // LoRA dropout draws from the run's stream while training.
         tape.random = training ? random : nil
@@ -180,9 +180,9 @@ public final class TrainableModel: @unchecked Sendable {
         guard !rows.isEmpty else {
             throw TrainingError("\(batch.sources.joined(separator: ", ")): --objective \(objective.rawValue) needs rows with \"image_token_texts\"")
         }
-        let paths = try rows.map { r in
-            guard let path = batch.imagePaths[r] else { throw TrainingError("\(batch.sources[r]): image_token_texts without an image") }
-            return path
+        let paths = try rows.flatMap { r in
+            guard !batch.imagePaths[r].isEmpty else { throw TrainingError("\(batch.sources[r]): image_token_texts without an image") }
+            return batch.imagePaths[r]
         }
         let tokens = try imageTokens(paths, of: batch, tape: tape)           // [rows·featureCount, hidden]
         let texts = rows.flatMap { batch.imageTokenTexts[$0]! }

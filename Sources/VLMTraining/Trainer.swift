@@ -62,11 +62,22 @@ public struct StepMetrics: Codable, Sendable, Equatable {
     public var tokensPerSecond: Double
     public var labelTokens: Int
     public var seconds: Double
+    /// Epochs done when the step ended, fractional, as the HF Trainer logs it (nil in checkpoints
+    /// written before it was kept).
+    public var epoch: Double?
 
     enum CodingKeys: String, CodingKey {
         case step, loss, learningRate = "lr", gradNorm = "grad_norm", tokensPerSecond = "tokens_per_second"
-        case labelTokens = "label_tokens", seconds
+        case labelTokens = "label_tokens", seconds, epoch
     }
+}
+
+/// One evaluation of held-out data during a run.
+public struct EvaluationMetrics: Codable, Sendable, Equatable {
+    public var step: Int
+    public var loss: Double
+    public var epoch: Double
+    enum CodingKeys: String, CodingKey { case step, loss = "eval_loss", epoch }
 }
 
 /// Where the loop is: enough to continue exactly (data position, dropout stream, log).
@@ -77,9 +88,24 @@ public struct TrainerState: Codable, Sendable, Equatable {
     public var batchCursor = 0
     public var dropoutRandom: SeededRandom
     public var history: [StepMetrics] = []
+    /// Evaluations of held-out data, in order.
+    public var evaluations: [EvaluationMetrics] = []
+
+    public init(dropoutRandom: SeededRandom) { self.dropoutRandom = dropoutRandom }
 
     enum CodingKeys: String, CodingKey {
         case step = "global_step", epoch, batchCursor = "batch_cursor", dropoutRandom = "dropout_random", history = "log_history"
+        case evaluations
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        step = try c.decode(Int.self, forKey: .step)
+        epoch = try c.decode(Int.self, forKey: .epoch)
+        batchCursor = try c.decode(Int.self, forKey: .batchCursor)
+        dropoutRandom = try c.decode(SeededRandom.self, forKey: .dropoutRandom)
+        history = try c.decode([StepMetrics].self, forKey: .history)
+        evaluations = try c.decodeIfPresent([EvaluationMetrics].self, forKey: .evaluations) ?? []
     }
 }
 
@@ -119,6 +145,10 @@ public final class Trainer {
     }
 
     public var totalSteps: Int { schedule.totalSteps }
+    /// Optimizer steps in one epoch (at least one).
+    public var stepsPerEpoch: Int { max(1, batchesPerEpoch / settings.gradientAccumulation) }
+    /// Epochs done, fractional (the HF Trainer's `state.epoch`).
+    public var epochProgress: Double { Double(state.epoch) + Double(state.batchCursor) / Double(max(batchesPerEpoch, 1)) }
     /// Micro-batches in one epoch (the last may be short, as the Trainer's DataLoader's).
     public var batchesPerEpoch: Int { (dataset.count + settings.batchSize - 1) / settings.batchSize }
     public var isFinished: Bool { state.step >= totalSteps }
@@ -170,7 +200,7 @@ public final class Trainer {
         let seconds = Date().timeIntervalSince(start)
         let metrics = StepMetrics(step: state.step, loss: loss, learningRate: Double(settings.learningRate * factor),
                                   gradNorm: Double(norm), tokensPerSecond: Double(tokens) / max(seconds, 1e-9),
-                                  labelTokens: units, seconds: seconds)
+                                  labelTokens: units, seconds: seconds, epoch: epochProgress)
         state.history.append(metrics)
         return metrics
     }
@@ -190,6 +220,11 @@ public final class Trainer {
             total += stats
         }
         return total
+    }
+
+    /// Records an evaluation of held-out data at the current step (it goes into `trainer_state.json`).
+    public func recordEvaluation(loss: Double) {
+        state.evaluations.append(EvaluationMetrics(step: state.step, loss: loss, epoch: epochProgress))
     }
 
     // MARK: - Checkpoints
@@ -219,10 +254,19 @@ public final class Trainer {
         try writeWeights(to: temp, baseModel: baseModel)
         try SafetensorsWriter.write(optimizer.stateTensors.map { ($0.name, $0.tensor, .f32) },
                                     metadata: ["step": "\(optimizer.step)"], to: temp + "/optimizer.safetensors")
-        let record = CheckpointRecord(settings: settings, state: state, baseModel: baseModel, optimizerStep: optimizer.step)
+        try writeTrainerState(to: temp, baseModel: baseModel, resumable: true)
+    }
+
+    /// `directory/trainer_state.json` as the Hugging Face Trainer writes it (global_step,
+    /// max_steps, num_train_epochs, log_history, …), written atomically. A checkpoint's
+    /// (`resumable`) also holds what `restore` continues from, under "vlmsh".
+    public func writeTrainerState(to directory: String, baseModel: String?, resumable: Bool) throws {
+        let record = CheckpointRecord(settings: settings, state: state, baseModel: baseModel, optimizerStep: optimizer.step,
+                                      maxSteps: totalSteps, stepsPerEpoch: stepsPerEpoch, epoch: epochProgress)
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try writeAtomically(try encoder.encode(record), to: temp + "/trainer_state.json")
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let data = try encoder.encode(resumable ? record : record.withoutResumeState)
+        try writeAtomically(data, to: directory + "/" + CheckpointRecord.fileName)
     }
 
     /// A checkpoint being written is `checkpoint-N.tmp-PID`.
@@ -285,19 +329,127 @@ public enum TrainingCheckpoint {
     }
 }
 
-/// `trainer_state.json`.
+/// `trainer_state.json`: the Hugging Face Trainer's `TrainerState` (what tools that read LLaVA
+/// runs look for), with vlmsh's own record of the run (settings, loop state, optimizer step)
+/// under "vlmsh" in a checkpoint. Files written before the HF fields had vlmsh's at the top.
 struct CheckpointRecord: Codable {
+    static let fileName = "trainer_state.json"
+
     var settings: FineTuneSettings
     var state: TrainerState
     var baseModel: String?
     var optimizerStep: Int
-    enum CodingKeys: String, CodingKey {
-        case settings, state, baseModel = "base_model", optimizerStep = "optimizer_step"
+    /// The HF fields' figures (not read back: they follow from the rest).
+    var maxSteps = 0
+    var stepsPerEpoch = 1
+    var epoch = 0.0
+    /// Whether "vlmsh" is written (a checkpoint) or only the HF fields (a run's output folder).
+    var includesResumeState = true
+
+    init(settings: FineTuneSettings, state: TrainerState, baseModel: String?, optimizerStep: Int,
+         maxSteps: Int, stepsPerEpoch: Int, epoch: Double) {
+        self.settings = settings; self.state = state; self.baseModel = baseModel; self.optimizerStep = optimizerStep
+        self.maxSteps = maxSteps; self.stepsPerEpoch = stepsPerEpoch; self.epoch = epoch
+    }
+
+    var withoutResumeState: CheckpointRecord {
+        var copy = self
+        copy.includesResumeState = false
+        return copy
+    }
+
+    /// vlmsh's part.
+    private struct ResumeState: Codable {
+        var settings: FineTuneSettings
+        var state: TrainerState
+        var baseModel: String?
+        var optimizerStep: Int
+        enum CodingKeys: String, CodingKey {
+            case settings, state, baseModel = "base_model", optimizerStep = "optimizer_step"
+        }
+    }
+
+    private struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(_ string: String) { stringValue = string }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: Key.self)
+        let resume = try c.decodeIfPresent(ResumeState.self, forKey: Key("vlmsh")) ?? ResumeState(from: decoder)
+        settings = resume.settings; state = resume.state; baseModel = resume.baseModel; optimizerStep = resume.optimizerStep
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: Key.self)
+        // Fields of transformers' TrainerState; no best checkpoint is tracked.
+        for key in ["best_global_step", "best_metric", "best_model_checkpoint", "trial_name", "trial_params"] { try c.encodeNil(forKey: Key(key)) }
+        try c.encode(epoch, forKey: Key("epoch"))
+        try c.encode(state.step, forKey: Key("global_step"))
+        try c.encode(maxSteps, forKey: Key("max_steps"))
+        // As the Trainer sets it for a run of max_steps: the epochs those steps touch.
+        try c.encode((maxSteps + stepsPerEpoch - 1) / stepsPerEpoch, forKey: Key("num_train_epochs"))
+        try c.encode(1, forKey: Key("logging_steps"))
+        // No --save-steps: the one checkpoint comes at the end.
+        try c.encode(settings.saveSteps ?? maxSteps, forKey: Key("save_steps"))
+        try c.encode(settings.batchSize, forKey: Key("train_batch_size"))
+        try c.encode(false, forKey: Key("is_hyper_param_search"))
+        try c.encode(true, forKey: Key("is_local_process_zero"))
+        try c.encode(true, forKey: Key("is_world_process_zero"))
+        try c.encode(0, forKey: Key("num_input_tokens_seen"))
+        try c.encode(0, forKey: Key("total_flos"))
+        try c.encode(logHistory, forKey: Key("log_history"))
+        if includesResumeState {
+            try c.encode(ResumeState(settings: settings, state: state, baseModel: baseModel, optimizerStep: optimizerStep), forKey: Key("vlmsh"))
+        }
+    }
+
+    /// The Trainer's log: a training entry per step, an evaluation entry after the step it
+    /// followed.
+    private var logHistory: [LogEntry] {
+        let steps = state.history.map { LogEntry.training($0, fallbackEpoch: Double($0.step) / Double(stepsPerEpoch)) }
+        let evaluations = state.evaluations.map(LogEntry.evaluation)
+        return (steps + evaluations).enumerated().sorted { ($0.element.step, $0.offset) < ($1.element.step, $1.offset) }.map(\.element)
+    }
+
+    private enum LogEntry: Encodable {
+        case training(StepMetrics, fallbackEpoch: Double)
+        case evaluation(EvaluationMetrics)
+
+        var step: Int {
+            switch self {
+            case .training(let m, _): return m.step
+            case .evaluation(let e): return e.step
+            }
+        }
+
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: Key.self)
+            switch self {
+            case .training(let m, let fallbackEpoch):
+                try c.encode(m.epoch ?? fallbackEpoch, forKey: Key("epoch"))
+                try c.encode(m.gradNorm, forKey: Key("grad_norm"))
+                try c.encode(m.learningRate, forKey: Key("learning_rate"))
+                try c.encode(m.loss, forKey: Key("loss"))
+                try c.encode(m.step, forKey: Key("step"))
+            case .evaluation(let e):
+                try c.encode(e.epoch, forKey: Key("epoch"))
+                try c.encode(e.loss, forKey: Key("eval_loss"))
+                try c.encode(e.step, forKey: Key("step"))
+            }
+        }
     }
 
     static func read(directory: String) throws -> CheckpointRecord {
-        let statePath = directory + "/trainer_state.json"
+        let statePath = directory + "/" + fileName
         guard let data = try SmallFile.readIfPresent(statePath) else { throw FormatError(statePath, "missing: not a vlmsh checkpoint") }
+        // A run's output folder holds the HF fields alone.
+        if let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any], object["vlmsh"] == nil, object["settings"] == nil {
+            throw FormatError(statePath, "no resume state (a run's output folder or another trainer's): resume from a vlmsh checkpoint-N folder")
+        }
         do { return try JSONDecoder().decode(CheckpointRecord.self, from: data) } catch { throw FormatError(statePath, "unreadable (\(error))") }
     }
 }

@@ -155,4 +155,62 @@ final class ExportTests: XCTestCase {
         XCTAssertFalse(try store.export(session: plain, format: .llava).contains("\"image\""))
         XCTAssertThrowsError(try store.export(session: 9999, format: .md))
     }
+
+    /// A picture file with `bytes` in `folder`, recorded in the store as a chat records it.
+    private func picture(_ name: String, _ bytes: String, in folder: String) throws -> Int64 {
+        let path = folder + "/" + name
+        try Data(bytes.utf8).write(to: URL(fileURLWithPath: path))
+        return try store.addImage(sha256: ContentHash.hex(bytes), path: path, width: 1, height: 1, bytes: Int64(bytes.utf8.count))
+    }
+
+    func testLLaVAFolderIsSelfContainedWithSeveralPicturesAndSessions() throws {
+        let originals = NSTemporaryDirectory() + "vlmsh-export-src-\(UUID().uuidString)"
+        let out = NSTemporaryDirectory() + "vlmsh-export-out-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: originals, withIntermediateDirectories: true)
+        defer { for dir in [originals, out] { try? FileManager.default.removeItem(atPath: dir) } }
+        let a = try picture("a.PNG", "first picture", in: originals), b = try picture("b.jpg", "second picture", in: originals)
+        let c = try picture("c", "third picture", in: originals)
+        let two = try store.createSession(name: "two-pictures")
+        try store.appendTurn(session: two, role: .user, text: "Same?", images: [a, b])
+        try store.appendTurn(session: two, role: .assistant, text: "No.")
+        try store.appendTurn(session: two, role: .user, text: "And this one?", images: [c])
+        try store.appendTurn(session: two, role: .assistant, text: "Also no.")
+        let again = try store.createSession()
+        try store.appendTurn(session: again, role: .user, text: "Seen before?", images: [b])
+        try store.appendTurn(session: again, role: .assistant, text: "Yes.")
+
+        let written = try store.exportLLaVAFolder(sessions: [two, again], to: out)
+        XCTAssertEqual(written.dataFile, out + "/llava.json")
+        XCTAssertEqual(written.records, 2)
+        XCTAssertEqual(written.images, 3)
+        let records = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/llava.json"))) as? [[String: Any]])
+        XCTAssertEqual(records.map { $0["id"] as? String }, ["two-pictures", "session-\(again)"])
+        let names = ["first picture", "second picture", "third picture"].map { "images/" + ContentHash.hex($0).prefix(16) }
+        XCTAssertEqual(records[0]["image"] as? [String], [names[0] + ".png", names[1] + ".jpg", names[2]])
+        XCTAssertEqual(records[1]["image"] as? String, names[1] + ".jpg")
+        let values = (records[0]["conversations"] as? [[String: String]])?.map { $0["value"] ?? "" }
+        XCTAssertEqual(values, ["<image>\n<image>\nSame?", "No.", "<image>\nAnd this one?", "Also no."])
+        for (name, content) in zip([names[0] + ".png", names[1] + ".jpg", names[2]], ["first picture", "second picture", "third picture"]) {
+            XCTAssertEqual(try String(contentsOfFile: out + "/" + name, encoding: .utf8), content)
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out + "/images").count, 3)
+        // Again into the same folder: the same files.
+        XCTAssertEqual(try store.exportLLaVAFolder(sessions: [two, again], to: out), written)
+
+        // A picture changed since the chat is not what the model saw: refused, naming it.
+        try Data("edited".utf8).write(to: URL(fileURLWithPath: originals + "/c"))
+        try FileManager.default.removeItem(atPath: out)
+        XCTAssertThrowsError(try store.exportLLaVAFolder(sessions: [two], to: out)) { error in
+            XCTAssertTrue("\(error)".contains(originals + "/c: the file changed since session \(two) attached it"), "\(error)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out + "/llava.json"))
+        try FileManager.default.removeItem(atPath: originals + "/c")
+        XCTAssertThrowsError(try store.exportLLaVAFolder(sessions: [two], to: out)) { error in
+            XCTAssertTrue("\(error)".contains("is gone"), "\(error)")
+        }
+
+        // Several sessions print as one list too.
+        let text = try store.export(sessions: [two, again], format: .llava)
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [Any])?.count, 2)
+    }
 }

@@ -301,7 +301,7 @@ final class DataTests: XCTestCase {
             "\(path):9: labels/input_ids length mismatch: 2 labels for 3 input_ids",
             "\(path):11: over-long sample: ",
             "\(path):12: malformed row: conversations[0]: unknown speaker \"robot\" (expected human, gpt, user, assistant or system)",
-            "\(path):13: malformed row: \"image\" must be a file name, found a number",
+            "\(path):13: malformed row: \"image\" must be a file name or a list of them, found a number",
             "\(path):15: malformed row: \"input_ids\" must be an array of integers",
         ]
         XCTAssertEqual(data.problems.count, expected.count, data.problems.joined(separator: "\n"))
@@ -469,7 +469,7 @@ final class DataTests: XCTestCase {
         XCTAssertEqual(batch.targets, [-100, -100, -100, 11, 12, -100, 20, 21, -100, -100, -100, -100])
         XCTAssertEqual(batch.labelTokenCount, 4)
         XCTAssertEqual(batch.lengths, [6, 3])
-        XCTAssertEqual(batch.imagePaths, ["/x.png", nil])
+        XCTAssertEqual(batch.imagePaths, [["/x.png"], []])
         XCTAssertEqual(batch.imagePositions, [[1, 2], []])
         XCTAssertEqual(batch.sources, ["d:1", "d:2"])
         // Image rows of the second row sit after the first row's length.

@@ -28,9 +28,10 @@ public struct ConversationEncoder: Sendable {
     }
 
     /// Ids and labels of `messages` (roles system/user/assistant), arranged as
-    /// `PromptEncoding.arranging` does (at most one `<image>` placeholder, in a user turn); the
-    /// image token is expanded to `featureCount` positions with -100 labels.
-    public func encode(_ input: [ChatMessage], hasImage: Bool) throws -> (inputIDs: [Int], labels: [Int], imageRange: Range<Int>?) {
+    /// `PromptEncoding.arranging` does, for a row with `images` images: one `<image>` placeholder
+    /// per image, in user turns, in the images' order (none: they all go before the first user
+    /// turn's text). Each image token is expanded to `featureCount` positions with -100 labels.
+    public func encode(_ input: [ChatMessage], images: Int) throws -> (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>]) {
         let placeholder = Self.imagePlaceholder
         guard input.contains(where: { $0.role == .user }) else {
             throw TrainingDataError(input.contains { $0.role == .assistant } ? "no human turn" : "no human or assistant turn")
@@ -40,13 +41,15 @@ public struct ConversationEncoder: Sendable {
 
         let counts = messages.map { $0.text.components(separatedBy: placeholder).count - 1 }
         let total = counts.reduce(0, +)
-        if hasImage {
+        if images > 0 {
             guard image != nil else { throw TrainingDataError("the row has an image but the model takes no images") }
-            if total > 1 { throw TrainingDataError("\(total) \(placeholder) placeholders for one image") }
-            if let at = counts.firstIndex(of: 1), messages[at].role == .assistant {
-                throw TrainingDataError("the \(placeholder) placeholder is in an assistant turn")
+            if total > 0 && total != images {
+                throw TrainingDataError("\(total) \(placeholder) placeholder\(total == 1 ? "" : "s") for \(Self.imageCount(images))")
             }
-            messages = encoding.arranging(messages, images: 1, placeholder: placeholder)
+            if let at = counts.indices.first(where: { counts[$0] > 0 && messages[$0].role == .assistant }) {
+                throw TrainingDataError("the \(placeholder) placeholder is in an assistant turn (conversations[\(at)])")
+            }
+            messages = encoding.arranging(messages, images: images, placeholder: placeholder)
         } else if image != nil && total > 0 {
             throw TrainingDataError("\(placeholder) placeholder but the row has no image")
         }
@@ -68,26 +71,48 @@ public struct ConversationEncoder: Sendable {
             if start < end { for i in start..<end { labels[i] = ids[i] } }
         }
 
-        guard let image else { return (ids, labels, nil) }
+        guard let image else { return (ids, labels, []) }
+        guard images > 0 else {
+            if !Prompt.imageRuns(ids, tokenID: image.tokenID).isEmpty { throw TrainingDataError("the text tokenizes to the image token without an image") }
+            return (ids, labels, [])
+        }
         let runs = Prompt.imageRuns(ids, tokenID: image.tokenID)
-        guard hasImage else {
-            if !runs.isEmpty { throw TrainingDataError("the text tokenizes to the image token without an image") }
-            return (ids, labels, nil)
+        guard runs.count == images, runs.allSatisfy({ $0.count == 1 }) else {
+            throw TrainingDataError("expected \(images) separate image token\(images == 1 ? "" : "s") after tokenization, found \(runs.map(\.count).reduce(0, +))")
         }
-        guard runs.count == 1, runs[0].count == 1 else {
-            throw TrainingDataError("expected one image token after tokenization, found \(runs.map(\.count).reduce(0, +))")
-        }
-        return Self.expandImage(ids: ids, labels: labels, at: runs[0].start, run: 1, image: image)
+        return try Self.expandImages(ids: ids, labels: labels, images: images, image: image)
     }
 
-    /// Replaces the image token run at `at` (1 token, or already `featureCount`) with
-    /// `featureCount` image tokens labelled -100.
-    static func expandImage(ids: [Int], labels: [Int], at p: Int, run: Int, image: (tokenID: Int, featureCount: Int))
-        -> (inputIDs: [Int], labels: [Int], imageRange: Range<Int>?) {
+    /// "one image", "3 images".
+    static func imageCount(_ n: Int) -> String { n == 1 ? "one image" : "\(n) images" }
+
+    /// Splices `images` images into `ids` at their placeholders as the chat does
+    /// (`Prompt.imagePlacements`): each run of the image token (1 token, or already
+    /// `featureCount`) becomes `featureCount` image tokens labelled -100.
+    static func expandImages(ids: [Int], labels: [Int], images: Int, image: (tokenID: Int, featureCount: Int)) throws
+        -> (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>]) {
+        let runs: [(start: Int, count: Int)]
+        do {
+            runs = try Prompt.imagePlacements(ids, images: images, tokenID: image.tokenID, featureCount: image.featureCount)
+        } catch {
+            throw TrainingDataError("\(error)")
+        }
         let n = image.featureCount
-        let outIDs = Array(ids[..<p]) + [Int](repeating: image.tokenID, count: n) + Array(ids[(p + run)...])
-        let outLabels = Array(labels[..<p]) + [Int](repeating: ignoreIndex, count: n) + Array(labels[(p + run)...])
-        return (outIDs, outLabels, p..<(p + n))
+        var outIDs: [Int] = [], outLabels: [Int] = [], ranges: [Range<Int>] = []
+        outIDs.reserveCapacity(ids.count + images * n)
+        outLabels.reserveCapacity(ids.count + images * n)
+        var i = 0
+        for run in runs {
+            outIDs += ids[i..<run.start]
+            outLabels += labels[i..<run.start]
+            ranges.append(outIDs.count..<(outIDs.count + n))
+            outIDs += repeatElement(image.tokenID, count: n)
+            outLabels += repeatElement(ignoreIndex, count: n)
+            i = run.start + run.count
+        }
+        outIDs += ids[i...]
+        outLabels += labels[i...]
+        return (outIDs, outLabels, ranges)
     }
 
     /// UTF-8 bytes of the assistant suffix that are targets: through the end of the first stop

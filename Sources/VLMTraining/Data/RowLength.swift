@@ -27,6 +27,10 @@ struct RowLengthScanner {
             if isKey(key, "image"), peek == Self.quote {
                 guard let name = string() else { return false }
                 hasImage = !name.isEmpty
+            } else if isKey(key, "image"), peek == UInt8(ascii: "[") {
+                // A multi-image row's list of file names.
+                _ = enter(UInt8(ascii: "["))
+                while nextItem(closing: UInt8(ascii: "]")) { guard skipValue() else { return false }; hasImage = true }
             } else if isKey(key, "conversations"), peek == UInt8(ascii: "[") {
                 guard scanConversations() else { return false }
             } else if isKey(key, "input_ids"), peek == UInt8(ascii: "[") {

@@ -15,10 +15,11 @@ public struct TrainingBatch: Sendable {
     public let targets: [Int]
     /// Real (unpadded) length of each row.
     public let lengths: [Int]
-    /// Each row's image (absolute path), nil for text-only rows.
-    public let imagePaths: [String?]
-    /// For each row, the flattened positions (`r·L + i`) its image's feature rows go to, in order
-    /// (feature row k replaces position `imagePositions[r][k]`); empty for text-only rows.
+    /// Each row's images (absolute paths) in placeholder order, empty for text-only rows.
+    public let imagePaths: [[String]]
+    /// For each row, the flattened positions (`r·L + i`) its images' feature rows go to, image
+    /// after image (feature row k of the row's stacked images replaces position
+    /// `imagePositions[r][k]`); empty for text-only rows.
     public let imagePositions: [[Int]]
     /// Positions with a target (`targets` ≠ -100): the loss normalizer's share of this batch.
     public let labelTokenCount: Int
@@ -48,13 +49,13 @@ public struct TrainingBatch: Sendable {
                     count += 1
                 }
             }
-            positions.append(example.imageRange.map { $0.map { base + $0 } } ?? [])
+            positions.append(example.imageRanges.flatMap { $0.map { base + $0 } })
         }
         inputIDs = ids
         self.labels = labels
         self.targets = targets
         lengths = examples.map(\.length)
-        imagePaths = examples.map(\.imagePath)
+        imagePaths = examples.map(\.imagePaths)
         imagePositions = positions
         labelTokenCount = count
         sources = examples.map(\.source)
@@ -62,7 +63,7 @@ public struct TrainingBatch: Sendable {
     }
 
     /// All image positions of the batch, rows in order: where the stacked features of the batch's
-    /// images (one `[featureCount, hidden]` block per row that has an image) are scattered.
+    /// images (one `[featureCount, hidden]` block per image, rows and their images in order) are scattered.
     public var imageRows: [Int] { imagePositions.flatMap { $0 } }
 
     /// The padding id for `tokenizer`: its pad token, else its EOS, else 0.

@@ -264,21 +264,21 @@ struct RowBuilder {
         guard let row = value as? [String: Any] else {
             throw RowProblem("malformed row: expected a JSON object, found \(Self.kind(of: value))")
         }
-        let imagePath = try resolveImage(row["image"])
-        if imagePath != nil && encoder.image == nil {
+        let imagePaths = try resolveImages(row["image"])
+        if !imagePaths.isEmpty && encoder.image == nil {
             throw RowProblem("the row has an image but the model takes no images")
         }
-        var encoded: (inputIDs: [Int], labels: [Int], imageRange: Range<Int>?)
+        var encoded: (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>])
         if let conversations = row["conversations"] {
-            encoded = try encoder.encode(try Self.messages(conversations), hasImage: imagePath != nil)
+            encoded = try encoder.encode(try Self.messages(conversations), images: imagePaths.count)
         } else if row["input_ids"] != nil {
-            encoded = try pretokenized(row, hasImage: imagePath != nil)
+            encoded = try pretokenized(row, images: imagePaths.count)
         } else {
             throw RowProblem("malformed row: no \"conversations\" (or \"input_ids\" and \"labels\")")
         }
         if let maxLength, encoded.inputIDs.count > maxLength {
             let n = encoded.inputIDs.count
-            if let range = encoded.imageRange, range.upperBound > maxLength {
+            if let range = encoded.imageRanges.first(where: { $0.upperBound > maxLength }) {
                 throw RowProblem("over-long sample: \(n) positions; max length \(maxLength) would cut the image at \(range.lowerBound)..<\(range.upperBound)")
             }
             encoded.inputIDs.removeLast(n - maxLength)
@@ -293,30 +293,46 @@ struct RowBuilder {
         if encoded.labels.dropFirst().allSatisfy({ $0 == ignoreIndex }) {
             throw RowProblem("no target tokens (every label is -100)")
         }
-        return TrainingExample(inputIDs: encoded.inputIDs, labels: encoded.labels, imagePath: imagePath,
-                               imageRange: encoded.imageRange, source: source,
-                               imageTokenTexts: readsImageTokenTexts ? try imageTokenTexts(row["image_token_texts"], imageRange: encoded.imageRange) : nil)
+        return TrainingExample(inputIDs: encoded.inputIDs, labels: encoded.labels, imagePaths: imagePaths,
+                               imageRanges: encoded.imageRanges, source: source,
+                               imageTokenTexts: readsImageTokenTexts ? try imageTokenTexts(row["image_token_texts"], imageRanges: encoded.imageRanges) : nil)
     }
 
     /// The token ids of each `image_token_texts` entry, one entry per image feature row.
-    private func imageTokenTexts(_ value: Any?, imageRange: Range<Int>?) throws -> [[Int]] {
+    private func imageTokenTexts(_ value: Any?, imageRanges: [Range<Int>]) throws -> [[Int]] {
         guard let value, !(value is NSNull) else { throw RowProblem("no \"image_token_texts\" (the image-token-embeddings objective needs them)") }
         guard let texts = value as? [String] else {
             throw RowProblem("malformed row: \"image_token_texts\" must be an array of strings, found \(Self.kind(of: value))")
         }
-        guard let imageRange else { throw RowProblem("\"image_token_texts\" but the row has no image") }
-        guard texts.count == imageRange.count else {
-            throw RowProblem("\(texts.count) image_token_texts for \(imageRange.count) image feature rows")
+        guard !imageRanges.isEmpty else { throw RowProblem("\"image_token_texts\" but the row has no image") }
+        let rows = imageRanges.reduce(0) { $0 + $1.count }
+        guard texts.count == rows else {
+            throw RowProblem("\(texts.count) image_token_texts for \(rows) image feature rows")
         }
         return texts.map { $0.isEmpty ? [] : encoder.tokenizer.encode(" " + $0) }
     }
 
-    /// The absolute path of the row's image (nil when the row has none); it must exist.
-    private func resolveImage(_ value: Any?) throws -> String? {
-        guard let value, !(value is NSNull) else { return nil }
-        guard let name = value as? String, !name.isEmpty else {
-            throw RowProblem("malformed row: \"image\" must be a file name, found \(Self.kind(of: value))")
+    /// The absolute paths of the row's images: `"image"` is one file name or, as in LLaVA's
+    /// multi-image data, a list of them (none when absent); each must exist.
+    private func resolveImages(_ value: Any?) throws -> [String] {
+        guard let value, !(value is NSNull) else { return [] }
+        if let list = value as? [Any] {
+            guard !list.isEmpty else { throw RowProblem("malformed row: \"image\" is an empty list") }
+            return try list.enumerated().map { i, element in
+                guard let name = element as? String, !name.isEmpty else {
+                    throw RowProblem("malformed row: \"image\"[\(i)] must be a file name, found \(Self.kind(of: element))")
+                }
+                return try resolveImage(name)
+            }
         }
+        guard let name = value as? String, !name.isEmpty else {
+            throw RowProblem("malformed row: \"image\" must be a file name or a list of them, found \(Self.kind(of: value))")
+        }
+        return [try resolveImage(name)]
+    }
+
+    /// The absolute path of the image file `name` (relative to the image folder); it must exist.
+    private func resolveImage(_ name: String) throws -> String {
         let url = name.hasPrefix("/") ? URL(fileURLWithPath: name) : URL(fileURLWithPath: imageBase).appendingPathComponent(name)
         let path = url.standardizedFileURL.path
         var isDirectory: ObjCBool = false
@@ -352,7 +368,7 @@ struct RowBuilder {
     }
 
     /// A pre-tokenized row: ids and labels checked against the vocabulary, the image expanded.
-    private func pretokenized(_ row: [String: Any], hasImage: Bool) throws -> (inputIDs: [Int], labels: [Int], imageRange: Range<Int>?) {
+    private func pretokenized(_ row: [String: Any], images: Int) throws -> (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>]) {
         guard let ids = Self.integers(row["input_ids"]) else {
             throw RowProblem("malformed row: \"input_ids\" must be an array of integers")
         }
@@ -372,18 +388,20 @@ struct RowBuilder {
         if let bad = labels.first(where: { ($0 < 0 || $0 >= vocab) && $0 != ignoreIndex }) {
             throw RowProblem("label \(bad) is neither -100 nor a vocabulary id (0..<\(vocab))")
         }
-        guard let image = encoder.image else { return (ids, labels, nil) }
+        guard let image = encoder.image else { return (ids, labels, []) }
         let runs = Prompt.imageRuns(ids, tokenID: image.tokenID)
-        guard hasImage else {
+        guard images > 0 else {
             if !runs.isEmpty { throw RowProblem("image token \(image.tokenID) in input_ids but the row has no image") }
-            return (ids, labels, nil)
+            return (ids, labels, [])
         }
-        guard let run = runs.first else { throw RowProblem("the row has an image but input_ids hold no image token \(image.tokenID)") }
-        guard runs.count == 1 else { throw RowProblem("\(runs.count) image placeholders for one image") }
-        guard run.count == 1 || run.count == image.featureCount else {
+        guard !runs.isEmpty else { throw RowProblem("the row has an image but input_ids hold no image token \(image.tokenID)") }
+        guard runs.count == images else {
+            throw RowProblem("\(runs.count) image placeholder\(runs.count == 1 ? "" : "s") for \(ConversationEncoder.imageCount(images))")
+        }
+        if let run = runs.first(where: { $0.count != 1 && $0.count != image.featureCount }) {
             throw RowProblem("a run of \(run.count) image tokens: expected 1 or \(image.featureCount)")
         }
-        return ConversationEncoder.expandImage(ids: ids, labels: labels, at: run.start, run: run.count, image: image)
+        return try ConversationEncoder.expandImages(ids: ids, labels: labels, images: images, image: image)
     }
 
     /// An array of JSON integers (booleans and fractions rejected).

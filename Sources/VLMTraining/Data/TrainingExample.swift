@@ -9,27 +9,37 @@ public struct TrainingExample: Sendable, Equatable {
     /// Same length as `inputIDs`: the token to predict at each position (unshifted, as Hugging Face
     /// labels), `ignoreIndex` (-100) for everything but the assistant's replies and image rows.
     public var labels: [Int]
-    /// Absolute path of the row's image, if it has one.
-    public var imagePath: String?
-    /// Positions of the image's feature rows within `inputIDs`.
-    public var imageRange: Range<Int>?
+    /// Absolute paths of the row's images, in the order their placeholders come.
+    public var imagePaths: [String]
+    /// Positions of each image's feature rows within `inputIDs`, one range per image, in order.
+    public var imageRanges: [Range<Int>]
     /// Where the row came from, "file:line" (or "file: element N").
     public var source: String
     /// The row's `image_token_texts`, tokenized: for each image feature row, the token ids of the
     /// text it should stand for (what the `image-token-embeddings` objective trains toward).
     public var imageTokenTexts: [[Int]]?
 
-    public init(inputIDs: [Int], labels: [Int], imagePath: String? = nil, imageRange: Range<Int>? = nil, source: String,
+    public init(inputIDs: [Int], labels: [Int], imagePaths: [String] = [], imageRanges: [Range<Int>] = [], source: String,
                 imageTokenTexts: [[Int]]? = nil) {
         self.inputIDs = inputIDs
         self.labels = labels
-        self.imagePath = imagePath
-        self.imageRange = imageRange
+        self.imagePaths = imagePaths
+        self.imageRanges = imageRanges
         self.source = source
         self.imageTokenTexts = imageTokenTexts
     }
 
-    public var hasImage: Bool { imagePath != nil }
+    /// A row with at most one image.
+    public init(inputIDs: [Int], labels: [Int], imagePath: String?, imageRange: Range<Int>?, source: String,
+                imageTokenTexts: [[Int]]? = nil) {
+        self.init(inputIDs: inputIDs, labels: labels, imagePaths: imagePath.map { [$0] } ?? [],
+                  imageRanges: imageRange.map { [$0] } ?? [], source: source, imageTokenTexts: imageTokenTexts)
+    }
+
+    public var hasImage: Bool { !imagePaths.isEmpty }
+    /// The first image's path and feature rows (the only ones of a single-image row).
+    public var imagePath: String? { imagePaths.first }
+    public var imageRange: Range<Int>? { imageRanges.first }
     /// Positions, image rows included.
     public var length: Int { inputIDs.count }
     /// LLaVA's `modality_lengths`: the length, negative for a text-only row (what
