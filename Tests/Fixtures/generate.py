@@ -12,7 +12,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 DATA = HERE / "data"
-AREAS = ["quant", "safetensors", "tokenizers", "smollm", "tinyllama", "images", "vision", "llava", "train"]
+AREAS = ["quant", "safetensors", "tokenizers", "smollm", "tinyllama", "images", "resize", "vision", "llava", "train"]
 GENERATOR_VERSION = 1
 
 
