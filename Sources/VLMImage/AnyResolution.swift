@@ -134,9 +134,14 @@ extension ImageProcessor {
     /// squared) and the tile side (`crop_size.height`), as `LlavaNextImageProcessor._preprocess`.
     var anyResolutionSizes: (base: (height: Int, width: Int), tile: Int) {
         let size = effectiveSize
-        let base = size.height != nil && size.width != nil ? (size.height!, size.width!) : (size.shortestEdge!, size.shortestEdge!)
-        return (base, effectiveCropSize.height ?? size.height ?? size.shortestEdge!)
+        // `validate` guarantees shortest_edge or height and width; the last fallback is the class default.
+        let edge = size.shortestEdge ?? size.height ?? size.width ?? 224
+        let base = size.height != nil && size.width != nil ? (size.height!, size.width!) : (edge, edge)
+        return (base, effectiveCropSize.height ?? size.height ?? edge)
     }
+
+    /// A `LlavaNextImageProcessor` config: images go through `preprocessAnyResolution`.
+    public var isAnyResolution: Bool { imageProcessorType?.hasPrefix("LlavaNext") ?? false }
 
     /// Bytes `preprocessAnyResolution` allocates for a `width`×`height` image.
     public func anyResolutionBytes(width: Int, height: Int, gridPinpoints: [[Int]]? = nil) -> Double {

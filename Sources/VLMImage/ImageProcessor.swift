@@ -37,6 +37,7 @@ public struct ImageSize: Codable, Sendable, Equatable {
 /// preprocessor_config.json of a CLIP, SigLIP or LLaVA vision tower, applied as transformers'
 /// PIL backend does (`CLIPImageProcessorPil`, `SiglipImageProcessorPil`, `LlavaImageProcessorPil`):
 /// resize with PIL, center crop, rescale in float64 then float32, normalize in float32.
+/// LLaVA-NeXT's tiling on top of this is `preprocessAnyResolution` (AnyResolution.swift).
 /// Missing fields take the class defaults of transformers 5.
 public struct ImageProcessor: Codable, Sendable {
     public var imageProcessorType: String?

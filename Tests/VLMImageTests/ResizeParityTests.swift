@@ -123,7 +123,8 @@ final class ResizeParityTests: XCTestCase {
             XCTAssertEqual(layout.imageFeatureCount(height: t.height, width: t.width), t.count, "\(t.height)x\(t.width) tile \(t.tile)")
         }
         XCTAssertGreaterThanOrEqual(ResizeFixtures.index.tokens.count, 100)
-        // LLaVA-1.6 at 336: a 600x800 (h x w) photo fits 672x672, 4 tiles; 24x24 base + 24 rows of 32 + newline.
+        // LLaVA-1.6 at 336: a 600x800 (h x w) photo fits 672x672 (2x2 tiles, 48x48 features); its
+        // 4:3 shape unpads that to 36 rows of 48, each with a newline, after the 24x24 base tile.
         let real = AnyResolutionLayout()
         XCTAssertTrue(real.bestResolution(height: 600, width: 800) == (672, 672))
         XCTAssertTrue(real.unpaddedFeatureSize(height: 600, width: 800) == (36, 48))
@@ -145,6 +146,8 @@ final class ResizeParityTests: XCTestCase {
         let base = #""image_processor_type": "LlavaNextImageProcessor", "size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}"#
         let loaded = try load("{\(base), \"image_grid_pinpoints\": [[336, 672], [672, 336]]}")
         XCTAssertEqual(loaded.effectiveGridPinpoints, [[336, 672], [672, 336]])
+        XCTAssertTrue(loaded.isAnyResolution)
+        XCTAssertFalse(ImageProcessor(imageProcessorType: "CLIPImageProcessor").isAnyResolution)
         XCTAssertEqual(try load("{\(base)}").effectiveGridPinpoints, AnyResolutionLayout.llavaNextPinpoints)
         for bad in ["[]", "[[336]]", "[[336, 0]]", "[[336, 99999]]", "[[336, 672, 1]]"] {
             XCTAssertThrowsError(try load("{\(base), \"image_grid_pinpoints\": \(bad)}"), bad) { error in
