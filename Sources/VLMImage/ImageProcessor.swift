@@ -37,6 +37,7 @@ public struct ImageSize: Codable, Sendable, Equatable {
 /// preprocessor_config.json of a CLIP, SigLIP or LLaVA vision tower, applied as transformers'
 /// PIL backend does (`CLIPImageProcessorPil`, `SiglipImageProcessorPil`, `LlavaImageProcessorPil`):
 /// resize with PIL, center crop, rescale in float64 then float32, normalize in float32.
+/// LLaVA-NeXT's tiling on top of this is `preprocessAnyResolution` (AnyResolution.swift).
 /// Missing fields take the class defaults of transformers 5.
 public struct ImageProcessor: Codable, Sendable {
     public var imageProcessorType: String?
@@ -51,20 +52,24 @@ public struct ImageProcessor: Codable, Sendable {
     public var imageMean: [Double]?
     public var imageStd: [Double]?
     public var doConvertRGB: Bool?
+    /// LLaVA-NeXT's candidate resolutions, `[height, width]` each (`LlavaNextImageProcessor`).
+    public var imageGridPinpoints: [[Int]]?
 
     enum CodingKeys: String, CodingKey {
         case imageProcessorType = "image_processor_type", doResize = "do_resize", size, resample
         case doCenterCrop = "do_center_crop", cropSize = "crop_size", doRescale = "do_rescale"
         case rescaleFactor = "rescale_factor", doNormalize = "do_normalize", imageMean = "image_mean"
-        case imageStd = "image_std", doConvertRGB = "do_convert_rgb"
+        case imageStd = "image_std", doConvertRGB = "do_convert_rgb", imageGridPinpoints = "image_grid_pinpoints"
     }
 
     public init(imageProcessorType: String? = nil, doResize: Bool? = nil, size: ImageSize? = nil, resample: Int? = nil,
                 doCenterCrop: Bool? = nil, cropSize: ImageSize? = nil, doRescale: Bool? = nil, rescaleFactor: Double? = nil,
-                doNormalize: Bool? = nil, imageMean: [Double]? = nil, imageStd: [Double]? = nil, doConvertRGB: Bool? = nil) {
+                doNormalize: Bool? = nil, imageMean: [Double]? = nil, imageStd: [Double]? = nil, doConvertRGB: Bool? = nil,
+                imageGridPinpoints: [[Int]]? = nil) {
         self.imageProcessorType = imageProcessorType; self.doResize = doResize; self.size = size; self.resample = resample
         self.doCenterCrop = doCenterCrop; self.cropSize = cropSize; self.doRescale = doRescale; self.rescaleFactor = rescaleFactor
         self.doNormalize = doNormalize; self.imageMean = imageMean; self.imageStd = imageStd; self.doConvertRGB = doConvertRGB
+        self.imageGridPinpoints = imageGridPinpoints
     }
 
     /// Reads `preprocessor_config.json` from a model folder and checks the values preprocessing relies on.
@@ -93,6 +98,7 @@ public struct ImageProcessor: Codable, Sendable {
         do {
             if resizes { try Self.checkSides(effectiveSize, key: "size", needsShortestEdge: true) }
             if cropsCenter { try Self.checkSides(effectiveCropSize, key: "crop_size", needsShortestEdge: false) }
+            if let imageGridPinpoints { try AnyResolutionLayout.checkPinpoints(imageGridPinpoints) }
         } catch let e as ConfigValueError {
             throw FormatError(path, e.description)
         }
@@ -163,17 +169,8 @@ public struct ImageProcessor: Codable, Sendable {
         let side = max(image.width, image.height)
         let mean = effectiveMean
         let color = (UInt8(clamping: Int(mean[0] * 255)), UInt8(clamping: Int(mean[1] * 255)), UInt8(clamping: Int(mean[2] * 255)))
-        var out = RGBImage(width: side, height: side, filledWith: color)
-        let left = (side - image.width) / 2, top = (side - image.height) / 2
-        let rowBytes = image.width * 3
-        image.pixels.withUnsafeBufferPointer { src in
-            out.pixels.withUnsafeMutableBufferPointer { dst in
-                for y in 0..<image.height {
-                    (dst.baseAddress! + ((top + y) * side + left) * 3).update(from: src.baseAddress! + y * rowBytes, count: rowBytes)
-                }
-            }
-        }
-        return out
+        let background = RGBImage(width: side, height: side, filledWith: color)
+        return image.drawn(onto: background, x: (side - image.width) / 2, y: (side - image.height) / 2)
     }
 
     /// What `preprocess` may allocate for one image. A decoded image is at most 64M pixels
@@ -192,15 +189,7 @@ public struct ImageProcessor: Codable, Sendable {
         if resizes {
             let target = resizedSize(width: w, height: h)
             let tw = max(1, target.width), th = max(1, target.height)
-            if (tw, th) != (w, h) {
-                // The larger of the two first-pass orders, then the output; taps as ResampleCoefficients sizes them.
-                bytes += 3 * max(Double(h) * Double(tw), Double(th) * Double(w)) + 3 * Double(tw) * Double(th)
-                func taps(_ inSize: Int, _ outSize: Int) -> Double {
-                    let taps = (filter.support * max(Double(inSize) / Double(outSize), 1)).rounded(.up) * 2 + 1
-                    return Double(outSize) * (4 * taps + 16)
-                }
-                if filter != .nearest { bytes += taps(w, tw) + taps(h, th) }
-            }
+            bytes += resizeBytes(width: w, height: h, toWidth: tw, toHeight: th)
             w = tw; h = th
         }
         let crop = cropsCenter ? effectiveCropSize : ImageSize()
@@ -208,11 +197,28 @@ public struct ImageProcessor: Codable, Sendable {
         return (bytes, (h, w))
     }
 
+    /// Bytes `RGBImage.resized` allocates from `width`×`height` to `toWidth`×`toHeight`.
+    func resizeBytes(width w: Int, height h: Int, toWidth tw: Int, toHeight th: Int) -> Double {
+        if (tw, th) == (w, h) { return 0 }
+        // The larger of the two first-pass orders, then the output; taps as ResampleCoefficients sizes them.
+        var bytes = 3 * max(Double(h) * Double(tw), Double(th) * Double(w)) + 3 * Double(tw) * Double(th)
+        func taps(_ inSize: Int, _ outSize: Int) -> Double {
+            let taps = (filter.support * max(Double(inSize) / Double(outSize), 1)).rounded(.up) * 2 + 1
+            return Double(outSize) * (4 * taps + 16)
+        }
+        if filter != .nearest { bytes += taps(w, tw) + taps(h, th) }
+        return bytes
+    }
+
     /// Refuses an image whose preprocessing would allocate more than `maxPreprocessingBytes`, or
     /// more than the memory budget leaves.
     public func checkPreprocessingSize(width: Int, height: Int, padToSquare pad: Bool) throws {
         let (bytes, resized) = preprocessingBytes(width: width, height: height, padToSquare: pad)
-        let what = "image \(width)×\(height): preprocessing it (resized to \(resized.width)×\(resized.height))"
+        try requirePreprocessing(bytes, "image \(width)×\(height): preprocessing it (resized to \(resized.width)×\(resized.height))")
+    }
+
+    /// `bytes` of preprocessing for `what`: at most `maxPreprocessingBytes`, and within the memory budget.
+    func requirePreprocessing(_ bytes: Double, _ what: String) throws {
         guard bytes <= Double(Self.maxPreprocessingBytes) else {
             throw PreprocessingError("\(what) would allocate \(PreprocessingError.gigabytes(bytes)), "
                                      + "more than the \(PreprocessingError.gigabytes(Double(Self.maxPreprocessingBytes))) allowed")

@@ -23,4 +23,36 @@ public struct RGBImage: Sendable, Equatable {
         }
         self.init(width: width, height: height, pixels: pixels)
     }
+
+    /// The `width`×`height` region whose top-left pixel is (`x`, `y`); it must lie inside the image.
+    public func cropped(x: Int, y: Int, width cropWidth: Int, height cropHeight: Int) -> RGBImage {
+        precondition(x >= 0 && y >= 0 && cropWidth > 0 && cropHeight > 0 && x + cropWidth <= width && y + cropHeight <= height,
+                     "crop \(cropWidth)x\(cropHeight) at (\(x), \(y)) is outside the \(width)x\(height) image")
+        var out = [UInt8](repeating: 0, count: cropWidth * cropHeight * 3)
+        let rowBytes = cropWidth * 3
+        pixels.withUnsafeBufferPointer { src in
+            out.withUnsafeMutableBufferPointer { dst in
+                for row in 0..<cropHeight {
+                    (dst.baseAddress! + row * rowBytes).update(from: src.baseAddress! + ((y + row) * width + x) * 3, count: rowBytes)
+                }
+            }
+        }
+        return RGBImage(width: cropWidth, height: cropHeight, pixels: out)
+    }
+
+    /// `canvas` with this image drawn over it, top-left pixel at (`x`, `y`); it must fit.
+    public func drawn(onto canvas: RGBImage, x: Int, y: Int) -> RGBImage {
+        precondition(x >= 0 && y >= 0 && x + width <= canvas.width && y + height <= canvas.height,
+                     "a \(width)x\(height) image at (\(x), \(y)) does not fit the \(canvas.width)x\(canvas.height) canvas")
+        var out = canvas
+        let rowBytes = width * 3
+        pixels.withUnsafeBufferPointer { src in
+            out.pixels.withUnsafeMutableBufferPointer { dst in
+                for row in 0..<height {
+                    (dst.baseAddress! + ((y + row) * canvas.width + x) * 3).update(from: src.baseAddress! + row * rowBytes, count: rowBytes)
+                }
+            }
+        }
+        return out
+    }
 }

@@ -21,7 +21,7 @@ extension LlavaTests {
             XCTAssertGreaterThan(slots.count, ids.count, "the image expands")
             let x = try embeddings(slots, model: model, features: features)
             let cache = model.decoder.makeCache(capacity: slots.count)
-            results.append(Array(withExtendedLifetime(x) { model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }))
+            results.append(Array(try withExtendedLifetime(x) { try model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }))
         }
         XCTAssertEqual(results[0], results[1])
     }
