@@ -34,8 +34,10 @@ extension QuantizedMatrix {
     nonisolated(unsafe) public static var integerDecode: Bool = ProcessInfo.processInfo.environment["VLMSH_INT8_DECODE"] == "1"
 
     /// matVec with 8-bit activations: one quantization of x into this thread's scratch, then
-    /// every thread's share of rows in one call into the C kernels.
+    /// every thread's share of rows in one call into the C kernels. Types without an integer
+    /// kernel go through matVecFloat.
     public func matVecInteger(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+        guard IntegerDot.supports(type) else { return matVecFloat(x, y) }
         let rowBytes = self.rowBytes, cols = self.cols, type = self.type, data = self.data
         let activations = ActivationScratch.buffer(bytes: IntegerDot.activationBytes(type, cols: cols))
         IntegerDot.quantizeActivations(type, x, cols: cols, into: activations)
