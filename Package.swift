@@ -26,8 +26,11 @@ let package = Package(
         // Where vlmsh keeps its models and store ($VLMSH_HOME): read by every other module.
         .target(name: "VLMHome"),
 
+        // Integer dot products of quantized weights with 8-bit activations (decode), in C for
+        // the vector intrinsics; the instruction set is picked at compile time for this machine.
+        .target(name: "CVLMKernels", cSettings: [.unsafeFlags(["-march=native", "-O3"])]),
         // Tensor core: buffers, kernels, quantized formats, threading, SeededRandom.
-        .target(name: "VLMTensor", dependencies: ["CBLAS"], swiftSettings: fast),
+        .target(name: "VLMTensor", dependencies: ["CBLAS", "CVLMKernels"], swiftSettings: fast),
         // Ops with their forward and backward side by side, the tape that records them only when a
         // gradient is wanted, and the layers built on them (Linear over a QuantizedMatrix, LoRA, RoPE).
         .target(name: "VLMAutodiff", dependencies: ["VLMTensor", "CBLAS"], swiftSettings: fast),

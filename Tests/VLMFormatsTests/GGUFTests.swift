@@ -128,15 +128,30 @@ final class GGUFTests: XCTestCase {
         XCTAssertEqual(embed.dims, [576, 49152])
         XCTAssertEqual(Set(g.tensorInfos.map(\.type)), [.q4_1, .f32, .q8_0])
 
-        // matVec on real weights agrees with the plain path.
+        // matVec on real weights agrees with the plain path; matVecInteger (8-bit activations)
+        // within Σ |w_i|·d_b/2, d_b = max|x| / 127 of x's block.
         for name in ["blk.0.attn_q.weight", "blk.0.ffn_down.weight"] {
             let m = try g.matrix(name)
             let x = (0..<m.cols).map { Float(($0 * 37) % 101) / 50 - 1 }
-            var y = [Float](repeating: 0, count: m.rows), yRef = y
+            var y = [Float](repeating: 0, count: m.rows), yInteger = y, yRef = y
             m.matVec(x, &y)
+            m.matVecInteger(x, &yInteger)
             m.matVecReference(x, &yRef)
             let worst = zip(y, yRef).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
             XCTAssertLessThan(worst, 1e-4, name)
+
+            XCTAssertTrue(IntegerDot.supports(m.type))
+            let per = IntegerDot.activationBlockElements(m.type)
+            let halfStep = (0..<m.cols).map { c in x[(c / per * per)..<(c / per * per + per)].map(abs).max()! / 127 / 2 }
+            var row = [Float](repeating: 0, count: m.cols), worstShare: Float = 0
+            for r in 0..<m.rows {
+                m.dequantizeRow(r, into: &row)
+                let bound = zip(row, halfStep).reduce(Float(0)) { $0 + abs($1.0) * $1.1 }
+                let error = abs(yInteger[r] - yRef[r])
+                XCTAssertLessThanOrEqual(error, bound + 1e-4 * max(1, abs(yRef[r])), "\(name) row \(r)")
+                worstShare = max(worstShare, error / bound)
+            }
+            print(String(format: "%@: 8-bit activations use %.1f%% of their error bound at most", name, 100 * worstShare))
         }
     }
 

@@ -1,5 +1,6 @@
 import VLMGeneration
 import VLMModels
+import VLMTensor
 import VLMTokenizers
 import XCTest
 
@@ -69,6 +70,36 @@ final class SmolLMParityTests: XCTestCase {
             while try generator.next() != nil {}
             XCTAssertEqual(generator.ids, c["greedy_ids"] as? [Int], "greedy reply to \(c["prompt"] ?? "")")
         }
+    }
+
+    /// Decode with 8-bit activations (QuantizedMatrix.integerDecode) against the Float32 decode,
+    /// both fed the Float32 greedy tokens: how far the logits move and how often the argmax
+    /// changes. Prints the figures; asserts only that the 8-bit argmax stays in the Float top 5.
+    func testInt8DecodeAgainstFloatDecode() throws {
+        let m = try model()
+        let saved = QuantizedMatrix.integerDecode
+        defer { QuantizedMatrix.integerDecode = saved }
+        var worst: Float = 0, steps = 0, sameArgmax = 0
+        for c in try cases().cases.prefix(6) {
+            let ids = try XCTUnwrap(c["prompt_ids"] as? [Int])
+            let greedy = Array(try XCTUnwrap(c["greedy_ids"] as? [Int]).prefix(8))
+            var runs: [[[Float]]] = []
+            for integer in [false, true] {
+                QuantizedMatrix.integerDecode = integer
+                let cache = m.decoder.makeCache(capacity: ids.count + greedy.count)
+                _ = try m.decoder.forward(tokens: ids, cache: cache)
+                runs.append(try greedy.map { Array(try m.decoder.forward(tokens: [$0], cache: cache)) })
+            }
+            for (float, int8) in zip(runs[0], runs[1]) {
+                let top5 = (0..<float.count).sorted { float[$0] > float[$1] }.prefix(5)
+                let argmax = int8.indices.max { int8[$0] < int8[$1] }!
+                XCTAssertTrue(top5.contains(argmax), "8-bit argmax \(argmax) outside the Float top 5 \(Array(top5))")
+                worst = max(worst, maxDifference(float, int8))
+                steps += 1
+                if argmax == top5.first { sameArgmax += 1 }
+            }
+        }
+        print(String(format: "8-bit vs Float32 decode: max logit diff %.3f, same argmax at %d of %d steps", worst, sameArgmax, steps))
     }
 
     /// The KV-cached decode gives the logits a full recompute of the same sequence gives.

@@ -104,24 +104,37 @@ final class QuantTests: XCTestCase {
         var rng = SplitMix(seed: seed &+ 99)
         let x = (0..<cols).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
         var y = [Float](repeating: .nan, count: rows), yRef = [Float](repeating: .nan, count: rows)
+        var yInteger = [Float](repeating: .nan, count: rows)
         var dense = [Float](repeating: 0, count: rows * cols), row = [Float](repeating: 0, count: cols)
         blocks.withUnsafeBytes { raw in
             let m = QuantizedMatrix(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
             m.matVec(x, &y)
+            if IntegerDot.supports(type) { m.matVecInteger(x, &yInteger) }
             m.matVecReference(x, &yRef)
             m.dequantize(into: &dense)
             m.dequantizeRow(rows - 1, into: &row)
         }
         // Tolerance scaled by Σ|w·x| of each row: the two sums only differ in rounding order.
-        var worst: Float = 0, ok = true
+        // 8-bit activations (matVecInteger) add at most Σ |w_i|·d_b/2, d_b = max|x| / 127 over x's block b.
+        let integer = IntegerDot.supports(type), per = integer ? IntegerDot.activationBlockElements(type) : 1
+        let halfStep = (0..<cols).map { c in x[(c / per * per)..<(c / per * per + per)].map(Swift.abs).max()! / 127 / 2 }
+        var worst: Float = 0, worstInteger: Float = 0, ok = true, okInteger = true
         for r in 0..<rows {
-            var magnitude: Float = 0
-            for c in 0..<cols { magnitude += Swift.abs(dense[r * cols + c] * x[c]) }
+            var magnitude: Float = 0, activationBound: Float = 0
+            for c in 0..<cols {
+                magnitude += Swift.abs(dense[r * cols + c] * x[c])
+                activationBound += Swift.abs(dense[r * cols + c]) * halfStep[c]
+            }
             let diff = Swift.abs(y[r] - yRef[r])
             worst = max(worst, diff / max(magnitude, 1e-20))
             if !(diff <= 1e-5 * magnitude + 1e-6) { ok = false }
+            guard integer else { continue }
+            let diffInteger = Swift.abs(yInteger[r] - yRef[r])
+            worstInteger = max(worstInteger, diffInteger / max(magnitude, 1e-20))
+            if !(diffInteger <= (integer ? activationBound : 0) + 1e-5 * magnitude + 1e-6) { okInteger = false }
         }
         XCTAssertTrue(ok, "\(type.name) [\(rows), \(cols)]: matVec relative diff \(worst)")
+        XCTAssertTrue(okInteger, "\(type.name) [\(rows), \(cols)]: matVecInteger relative diff \(worstInteger)")
         var refRow = [Float](repeating: 0, count: cols)
         blocks.withUnsafeBytes { raw in
             Dequantize.reference(type, raw.baseAddress! + (rows - 1) * type.byteCount(elements: cols)!, &refRow, count: cols)

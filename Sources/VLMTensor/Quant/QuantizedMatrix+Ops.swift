@@ -1,3 +1,6 @@
+import CVLMKernels
+import Foundation
+
 extension QuantizedMatrix {
     /// Rows per thread chunk so each chunk moves at least ~64 KB (smaller splits cost more in
     /// dispatch than they save).
@@ -17,7 +20,36 @@ extension QuantizedMatrix {
     }
 
     /// y[r] = dot(row r, x) for every row; x has `cols` floats, y has `rows`. Threaded over rows.
+    /// With `integerDecode` on, block-quantized types go through `IntegerDot` (x quantized to
+    /// 8 bits once, as llama.cpp decodes); otherwise, and for F32/F16/BF16 and the types without
+    /// an integer kernel, x stays Float32.
     public func matVec(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+        if Self.integerDecode && IntegerDot.supports(type) { matVecInteger(x, y) } else { matVecFloat(x, y) }
+    }
+
+    /// Whether `matVec` quantizes x to 8 bits for block-quantized weights (`VLMSH_INT8_DECODE=1`).
+    /// Off by default: the 8-bit activations move decode logits by tenths on SmolLM2 (its hidden
+    /// states have outlier channels that coarsen their 32-element blocks), enough to change
+    /// greedy replies and break parity with transformers and with the Float32 prefill.
+    nonisolated(unsafe) public static var integerDecode: Bool = ProcessInfo.processInfo.environment["VLMSH_INT8_DECODE"] == "1"
+
+    /// matVec with 8-bit activations: one quantization of x into this thread's scratch, then
+    /// every thread's share of rows in one call into the C kernels. Types without an integer
+    /// kernel go through matVecFloat.
+    public func matVecInteger(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+        guard IntegerDot.supports(type) else { return matVecFloat(x, y) }
+        let rowBytes = self.rowBytes, cols = self.cols, type = self.type, data = self.data
+        let activations = ActivationScratch.buffer(bytes: IntegerDot.activationBytes(type, cols: cols))
+        IntegerDot.quantizeActivations(type, x, cols: cols, into: activations)
+        let blocks = UnsafeRawPointer(activations)
+        Parallel.forEach(rows, minChunk: minRowsPerChunk) { range in
+            vlm_mat_vec_rows(type.rawValue, Int32(cols), data, rowBytes, Int32(range.lowerBound), Int32(range.upperBound), blocks, y)
+        }
+    }
+
+    /// matVec with x kept in Float32: equals dequantize-then-dot up to float rounding, for
+    /// callers that need exactly that.
+    public func matVecFloat(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
         let rowBytes = self.rowBytes, cols = self.cols, type = self.type, data = self.data
         if let kernel = QuantDot.kernel(for: type) {
             let run = { (sums: UnsafePointer<Float>) in

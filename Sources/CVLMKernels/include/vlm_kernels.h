@@ -1,0 +1,57 @@
+#ifndef VLM_KERNELS_H
+#define VLM_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Decode-time dot products of ggml-encoded weight rows with activations quantized to 8 bits,
+   the way ggml computes them: integer sums inside each block, one float multiply per block.
+
+   The activation row is quantized once per mat-vec into one of two block layouts (the weight
+   type decides which, see vlm_activation_block_elements):
+     - 32 elements for Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: a scale and d * Σ qs, which folds the
+       offset of Q4_0/Q5_0 and the min of Q4_1/Q5_1 into one multiply per block;
+     - 256 elements for Q4_K, Q5_K, Q6_K: a scale and the sum of every 16 quants, which folds
+       the K-quants' sub-block mins (and Q6_K's bias of 32) the same way.
+   Quants are round-to-nearest-even of x * 127 / max|x| in [-127, 127], so every signed
+   byte product fits the unsigned-by-signed byte multiplies of the vector paths.
+
+   Each kernel comes twice: `_ref` is a plain scalar transcription that the tests trust, the
+   other is the vector version for this machine (chosen at compile time: AVX-512 VNNI or
+   AVX-VNNI `vpdpbusd`, else AVX2 `vpmaddubsw`, else the reference itself). */
+
+typedef struct {
+    float d;          /* x ≈ d * qs */
+    float s;          /* d * Σ qs: the block's sum as the quants represent it */
+    int8_t qs[32];
+} vlm_q8_32;
+
+typedef struct {
+    float d;
+    int8_t qs[256];
+    int16_t sums16[16]; /* Σ qs over each 16 elements */
+} vlm_q8_256;
+
+/* Elements per activation block for weight `ggml_type` (32 or 256), 0 when the type has no
+   integer kernel. Bytes per block: sizeof(vlm_q8_32) or sizeof(vlm_q8_256). */
+int vlm_activation_block_elements(uint32_t ggml_type);
+
+/* x: `n` floats, n a multiple of 32 (of 256 for the _256 forms); out: n / 32 (n / 256) blocks. */
+void vlm_quantize_q8_32(const float *x, vlm_q8_32 *out, int n);
+void vlm_quantize_q8_32_ref(const float *x, vlm_q8_32 *out, int n);
+void vlm_quantize_q8_256(const float *x, vlm_q8_256 *out, int n);
+void vlm_quantize_q8_256_ref(const float *x, vlm_q8_256 *out, int n);
+
+/* One row of `n` elements of `ggml_type` dotted with its quantized activations. Returns 0
+   for a type without an integer kernel (callers check vlm_activation_block_elements). */
+float vlm_dot(uint32_t ggml_type, int n, const void *row, const void *activations);
+float vlm_dot_ref(uint32_t ggml_type, int n, const void *row, const void *activations);
+
+/* y[r] = vlm_dot(row r) for r in [row_begin, row_end): one call per thread's share of rows. */
+void vlm_mat_vec_rows(uint32_t ggml_type, int n, const void *data, size_t row_bytes,
+                      int row_begin, int row_end, const void *activations, float *y);
+
+/* Which vector path this build uses: "avx512vnni", "avxvnni", "avx2" or "scalar". */
+const char *vlm_dot_instruction_set(void);
+
+#endif

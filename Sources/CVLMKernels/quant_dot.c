@@ -1,0 +1,585 @@
+/* Integer dot products of ggml weight blocks with 8-bit activation blocks (see vlm_kernels.h).
+   Block layouts are those of Sources/VLMTensor/Quant/Dequantize.swift; every reference kernel
+   below reads its block exactly as the matching decoder there does, and sums integers exactly. */
+
+#include "vlm_kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+enum {
+    TYPE_Q4_0 = 2, TYPE_Q4_1 = 3, TYPE_Q5_0 = 6, TYPE_Q5_1 = 7, TYPE_Q8_0 = 8,
+    TYPE_Q4_K = 12, TYPE_Q5_K = 13, TYPE_Q6_K = 14,
+};
+
+/* MARK: Block fields (unaligned, little-endian) */
+
+static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* IEEE half to float by bits (exact; the reference must not depend on F16C). */
+static inline float f16_ref(const uint8_t *p) {
+    uint16_t h = load_u16(p);
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF, bits;
+    if (exponent == 0) {
+        float magnitude = (float)mantissa * 0x1p-24f; /* zero or subnormal */
+        memcpy(&bits, &magnitude, 4);
+        bits |= sign;
+    } else if (exponent == 31) {
+        bits = sign | 0x7F800000u | (mantissa << 13);
+    } else {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    }
+    float out;
+    memcpy(&out, &bits, 4);
+    return out;
+}
+
+/* The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K 12-byte table (as Block.scaleMinK4). */
+static inline void scale_min_k4(int j, const uint8_t *table, int *scale, int *min) {
+    if (j < 4) {
+        *scale = table[j] & 63;
+        *min = table[j + 4] & 63;
+    } else {
+        *scale = (table[j + 4] & 0x0F) | ((table[j - 4] >> 6) << 4);
+        *min = (table[j + 4] >> 4) | ((table[j] >> 6) << 4);
+    }
+}
+
+int vlm_activation_block_elements(uint32_t ggml_type) {
+    switch (ggml_type) {
+    case TYPE_Q4_0: case TYPE_Q4_1: case TYPE_Q5_0: case TYPE_Q5_1: case TYPE_Q8_0: return 32;
+    case TYPE_Q4_K: case TYPE_Q5_K: case TYPE_Q6_K: return 256;
+    default: return 0;
+    }
+}
+
+/* MARK: Activation quantization, reference */
+
+/* Scale and inverse scale of a block whose largest magnitude is `amax`. The vector versions
+   compute the same two floats and multiply by `inverse` the same way, so quants agree exactly. */
+static inline void block_scale(float amax, float *d, float *inverse) {
+    *d = amax / 127.0f;
+    *inverse = *d != 0.0f ? 1.0f / *d : 0.0f;
+}
+
+void vlm_quantize_q8_32_ref(const float *x, vlm_q8_32 *out, int n) {
+    for (int b = 0; b < n / 32; b++, x += 32, out++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d, inverse;
+        block_scale(amax, &d, &inverse);
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = (int)nearbyintf(x[j] * inverse); /* round half to even, as cvtps2dq */
+            out->qs[j] = (int8_t)q;
+            sum += q;
+        }
+        out->d = d;
+        out->s = d * (float)sum;
+    }
+}
+
+void vlm_quantize_q8_256_ref(const float *x, vlm_q8_256 *out, int n) {
+    for (int b = 0; b < n / 256; b++, x += 256, out++) {
+        float amax = 0.0f;
+        for (int j = 0; j < 256; j++) amax = fmaxf(amax, fabsf(x[j]));
+        float d, inverse;
+        block_scale(amax, &d, &inverse);
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int j = 16 * g; j < 16 * g + 16; j++) {
+                int q = (int)nearbyintf(x[j] * inverse);
+                out->qs[j] = (int8_t)q;
+                sum += q;
+            }
+            out->sums16[g] = (int16_t)sum;
+        }
+        out->d = d;
+    }
+}
+
+/* MARK: Dot kernels, reference. Each sums q_w·q_x exactly in integers per block, then scales. */
+
+/* Q4_0: x = (q - 8)·d; low nibbles are elements 0..15, high nibbles 16..31. */
+static float dot_q4_0_ref(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 18, a++) {
+        int isum = 0;
+        for (int j = 0; j < 16; j++) {
+            isum += ((w[2 + j] & 0x0F) - 8) * a->qs[j] + ((w[2 + j] >> 4) - 8) * a->qs[j + 16];
+        }
+        sum += f16_ref(w) * a->d * (float)isum;
+    }
+    return sum;
+}
+
+/* Q4_1: x = q·d + m, so Σ x·y = d·d_y·Σ q·q_y + m·(d_y·Σ q_y). */
+static float dot_q4_1_ref(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 20, a++) {
+        int isum = 0;
+        for (int j = 0; j < 16; j++) {
+            isum += (w[4 + j] & 0x0F) * a->qs[j] + (w[4 + j] >> 4) * a->qs[j + 16];
+        }
+        sum += f16_ref(w) * a->d * (float)isum + f16_ref(w + 2) * a->s;
+    }
+    return sum;
+}
+
+/* Q5_0 / Q5_1: four low bits as Q4, the fifth bit of element j is bit j of a 32-bit mask. */
+static inline int q5_value(const uint8_t *mask_and_quants, int j) {
+    uint32_t high = load_u32(mask_and_quants);
+    int nibble = j < 16 ? mask_and_quants[4 + j] & 0x0F : mask_and_quants[4 + j - 16] >> 4;
+    return nibble | (int)((high >> j) & 1) << 4;
+}
+
+static float dot_q5_0_ref(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 22, a++) {
+        int isum = 0;
+        for (int j = 0; j < 32; j++) isum += (q5_value(w + 2, j) - 16) * a->qs[j];
+        sum += f16_ref(w) * a->d * (float)isum;
+    }
+    return sum;
+}
+
+static float dot_q5_1_ref(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 24, a++) {
+        int isum = 0;
+        for (int j = 0; j < 32; j++) isum += q5_value(w + 4, j) * a->qs[j];
+        sum += f16_ref(w) * a->d * (float)isum + f16_ref(w + 2) * a->s;
+    }
+    return sum;
+}
+
+static float dot_q8_0_ref(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 34, a++) {
+        int isum = 0;
+        for (int j = 0; j < 32; j++) isum += (int8_t)w[2 + j] * a->qs[j];
+        sum += f16_ref(w) * a->d * (float)isum;
+    }
+    return sum;
+}
+
+/* Q4_K / Q5_K: sub-block j of 32 has scale sc_j and min m_j, x = d·sc_j·q - dmin·m_j, so
+   Σ x·y = d_y·(d·Σ_j sc_j·Σ q·q_y - dmin·Σ_j m_j·Σ q_y); Σ q_y of sub-block j is two 16-sums. */
+static float dot_q4_K_ref(int n, const uint8_t *w, const vlm_q8_256 *a) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / 256; b++, w += 144, a++) {
+        int scaled = 0, mins = 0;
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            scale_min_k4(j, w + 4, &sc, &m);
+            const uint8_t *qs = w + 16 + 32 * (j / 2);
+            int isum = 0;
+            for (int l = 0; l < 32; l++) {
+                int q = j % 2 == 0 ? qs[l] & 0x0F : qs[l] >> 4;
+                isum += q * a->qs[32 * j + l];
+            }
+            scaled += sc * isum;
+            mins += m * (a->sums16[2 * j] + a->sums16[2 * j + 1]);
+        }
+        sum += a->d * (f16_ref(w) * (float)scaled - f16_ref(w + 2) * (float)mins);
+    }
+    return sum;
+}
+
+static float dot_q5_K_ref(int n, const uint8_t *w, const vlm_q8_256 *a) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / 256; b++, w += 176, a++) {
+        int scaled = 0, mins = 0;
+        const uint8_t *qh = w + 16;
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            scale_min_k4(j, w + 4, &sc, &m);
+            const uint8_t *qs = w + 48 + 32 * (j / 2);
+            int isum = 0;
+            for (int l = 0; l < 32; l++) {
+                int q = (j % 2 == 0 ? qs[l] & 0x0F : qs[l] >> 4) | ((qh[l] >> j) & 1) << 4;
+                isum += q * a->qs[32 * j + l];
+            }
+            scaled += sc * isum;
+            mins += m * (a->sums16[2 * j] + a->sums16[2 * j + 1]);
+        }
+        sum += a->d * (f16_ref(w) * (float)scaled - f16_ref(w + 2) * (float)mins);
+    }
+    return sum;
+}
+
+/* Q6_K: x = d·sc_g·(q - 32) with a signed scale per 16 elements (layout as q6_KBlock). */
+static float dot_q6_K_ref(int n, const uint8_t *w, const vlm_q8_256 *a) {
+    float sum = 0.0f;
+    for (int b = 0; b < n / 256; b++, w += 210, a++) {
+        int isum = 0;
+        for (int e = 0; e < 256; e++) {
+            int half = e / 128, l = e % 32, k = (e % 128) / 32;
+            const uint8_t *ql = w + 64 * half, *qh = w + 128 + 32 * half;
+            uint8_t low = ql[l + 32 * (k & 1)];
+            int q = ((k >> 1) ? low >> 4 : low & 0x0F) | ((qh[l] >> (2 * k)) & 3) << 4;
+            int scale = (int8_t)w[192 + e / 16];
+            isum += scale * (q - 32) * a->qs[e];
+        }
+        sum += f16_ref(w + 208) * a->d * (float)isum;
+    }
+    return sum;
+}
+
+float vlm_dot_ref(uint32_t type, int n, const void *row, const void *activations) {
+    const uint8_t *w = row;
+    switch (type) {
+    case TYPE_Q4_0: return dot_q4_0_ref(n, w, activations);
+    case TYPE_Q4_1: return dot_q4_1_ref(n, w, activations);
+    case TYPE_Q5_0: return dot_q5_0_ref(n, w, activations);
+    case TYPE_Q5_1: return dot_q5_1_ref(n, w, activations);
+    case TYPE_Q8_0: return dot_q8_0_ref(n, w, activations);
+    case TYPE_Q4_K: return dot_q4_K_ref(n, w, activations);
+    case TYPE_Q5_K: return dot_q5_K_ref(n, w, activations);
+    case TYPE_Q6_K: return dot_q6_K_ref(n, w, activations);
+    default: return 0.0f;
+    }
+}
+
+#if defined(__AVX2__)
+#define DOT(name) dot_##name
+#else
+#define DOT(name) dot_##name##_ref
+#endif
+
+#if defined(__AVX2__)
+
+/* MARK: Vector building blocks */
+
+#if defined(__F16C__)
+static inline float f16(const uint8_t *p) { return _cvtsh_ss(load_u16(p)); }
+#else
+static inline float f16(const uint8_t *p) { return f16_ref(p); }
+#endif
+
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define VLM_ISA "avx512vnni"
+#define VLM_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#elif defined(__AVXVNNI__)
+#define VLM_ISA "avxvnni"
+#define VLM_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#else
+#define VLM_ISA "avx2"
+#endif
+
+/* Eight int32 lanes, lane k = Σ of u[4k+i]·s[4k+i] (u unsigned bytes, s signed bytes). With VNNI
+   one instruction; with AVX2, byte pairs into int16 (cannot saturate: |u·s| ≤ 128·127 and at
+   most one factor of a pair reaches 128) and int16 pairs into int32. */
+static inline __m256i bytes_dot(__m256i u, __m256i s) {
+#if defined(VLM_DPBUSD)
+    return VLM_DPBUSD(_mm256_setzero_si256(), u, s);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+
+/* As bytes_dot, elements 0..15 weighted by `low`, 16..31 by `high` (K-quant sub-block scales).
+   Without VNNI the weights ride on the int16→int32 step for free. */
+static inline __m256i bytes_dot_scaled(__m256i u, __m256i s, int low, int high) {
+#if defined(VLM_DPBUSD)
+    return _mm256_mullo_epi32(VLM_DPBUSD(_mm256_setzero_si256(), u, s),
+                              _mm256_set_m128i(_mm_set1_epi32(high), _mm_set1_epi32(low)));
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s),
+                             _mm256_set_m128i(_mm_set1_epi16((short)high), _mm_set1_epi16((short)low)));
+#endif
+}
+
+static inline float hsum_ps(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_add_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+static inline int hsum_epi32(__m256i v) {
+    __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, _MM_SHUFFLE(1, 0, 3, 2)));
+    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, _MM_SHUFFLE(2, 3, 0, 1)));
+    return _mm_cvtsi128_si32(x);
+}
+
+static inline __m256i low_nibbles(__m256i v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0F)); }
+static inline __m256i high_nibbles(__m256i v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)); }
+
+/* 16 bytes of nibbles as 32 byte values in element order: low nibbles 0..15, high nibbles 16..31. */
+static inline __m256i nibbles_32(const uint8_t *p) {
+    __m128i b = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), mask), _mm_and_si128(b, mask));
+}
+
+/* Byte j = 0x10 when bit j of `mask` is set, else 0 (Q5_0/Q5_1 fifth bits). */
+static inline __m256i fifth_bits(uint32_t mask) {
+    const __m256i byte_of_bit = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                                 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit_in_byte = _mm256_set1_epi64x(0x8040201008040201LL); /* byte j: 1 << (j % 8) */
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)mask), byte_of_bit);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit_in_byte), bit_in_byte);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+
+static inline __m256i load_256(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+
+/* MARK: Activation quantization, vector */
+
+/* Largest |x| over 32 floats, as a vector of four partial maxima folded later. */
+static inline __m256 abs_max_32(const float *x, __m256 running) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int j = 0; j < 32; j += 8) running = _mm256_max_ps(running, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+    return running;
+}
+
+static inline float fold_max(__m256 v) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    x = _mm_max_ss(x, _mm_movehdup_ps(x));
+    return _mm_cvtss_f32(x);
+}
+
+/* 32 floats · inverse, rounded half to even (MXCSR default), packed to bytes in order; the four
+   int32 vectors before packing are returned for sums. */
+static inline void quantize_32(const float *x, float inverse, int8_t *qs, __m256i parts[4]) {
+    __m256 mul = _mm256_set1_ps(inverse);
+    for (int k = 0; k < 4; k++) parts[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * k), mul));
+    /* The packs interleave 128-bit lanes; the permute restores element order. */
+    __m256i words = _mm256_packs_epi16(_mm256_packs_epi32(parts[0], parts[1]), _mm256_packs_epi32(parts[2], parts[3]));
+    words = _mm256_permutevar8x32_epi32(words, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, words);
+}
+
+void vlm_quantize_q8_32(const float *x, vlm_q8_32 *out, int n) {
+    for (int b = 0; b < n / 32; b++, x += 32, out++) {
+        float d, inverse;
+        block_scale(fold_max(abs_max_32(x, _mm256_setzero_ps())), &d, &inverse);
+        __m256i parts[4];
+        quantize_32(x, inverse, out->qs, parts);
+        int sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(parts[0], parts[1]), _mm256_add_epi32(parts[2], parts[3])));
+        out->d = d;
+        out->s = d * (float)sum;
+    }
+}
+
+void vlm_quantize_q8_256(const float *x, vlm_q8_256 *out, int n) {
+    for (int b = 0; b < n / 256; b++, x += 256, out++) {
+        __m256 running = _mm256_setzero_ps();
+        for (int j = 0; j < 256; j += 32) running = abs_max_32(x + j, running);
+        float d, inverse;
+        block_scale(fold_max(running), &d, &inverse);
+        for (int g = 0; g < 8; g++) {
+            __m256i parts[4];
+            quantize_32(x + 32 * g, inverse, out->qs + 32 * g, parts);
+            out->sums16[2 * g] = (int16_t)hsum_epi32(_mm256_add_epi32(parts[0], parts[1]));
+            out->sums16[2 * g + 1] = (int16_t)hsum_epi32(_mm256_add_epi32(parts[2], parts[3]));
+        }
+        out->d = d;
+    }
+}
+
+/* MARK: Dot kernels, vector. Quants go in as unsigned bytes; signed formats subtract their
+   offset through the activation block's sum (one scalar multiply-add per block). */
+
+static float dot_q4_0(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    __m256 acc = _mm256_setzero_ps();
+    float offset = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 18, a++) {
+        float dw = f16(w);
+        __m256 p = _mm256_cvtepi32_ps(bytes_dot(nibbles_32(w + 2), load_256(a->qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), p, acc);
+        offset += dw * a->s;
+    }
+    return hsum_ps(acc) - 8.0f * offset;
+}
+
+static float dot_q4_1(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 20, a++) {
+        __m256 p = _mm256_cvtepi32_ps(bytes_dot(nibbles_32(w + 4), load_256(a->qs)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), p, acc);
+        mins += f16(w + 2) * a->s;
+    }
+    return hsum_ps(acc) + mins;
+}
+
+static float dot_q5_0(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    __m256 acc = _mm256_setzero_ps();
+    float offset = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 22, a++) {
+        float dw = f16(w);
+        __m256i q = _mm256_or_si256(nibbles_32(w + 6), fifth_bits(load_u32(w + 2)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), _mm256_cvtepi32_ps(bytes_dot(q, load_256(a->qs))), acc);
+        offset += dw * a->s;
+    }
+    return hsum_ps(acc) - 16.0f * offset;
+}
+
+static float dot_q5_1(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int b = 0; b < n / 32; b++, w += 24, a++) {
+        __m256i q = _mm256_or_si256(nibbles_32(w + 8), fifth_bits(load_u32(w + 4)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), _mm256_cvtepi32_ps(bytes_dot(q, load_256(a->qs))), acc);
+        mins += f16(w + 2) * a->s;
+    }
+    return hsum_ps(acc) + mins;
+}
+
+/* Q8_0 weights are signed: |w| as the unsigned operand, the activation takes w's sign. */
+static float dot_q8_0(int n, const uint8_t *w, const vlm_q8_32 *a) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 2 <= n / 32; b += 2, w += 68, a += 2) {
+        __m256i q0 = load_256(w + 2), q1 = load_256(w + 36);
+        __m256i p0 = bytes_dot(_mm256_sign_epi8(q0, q0), _mm256_sign_epi8(load_256(a[0].qs), q0));
+        __m256i p1 = bytes_dot(_mm256_sign_epi8(q1, q1), _mm256_sign_epi8(load_256(a[1].qs), q1));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a[0].d), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16(w + 34) * a[1].d), _mm256_cvtepi32_ps(p1), acc1);
+    }
+    if (b < n / 32) {
+        __m256i q = load_256(w + 2);
+        __m256i p = bytes_dot(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load_256(a->qs), q));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), _mm256_cvtepi32_ps(p), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* Q4_K: 32 bytes per 64 elements, low nibbles one sub-block, high nibbles the next. */
+static float dot_q4_K(int n, const uint8_t *w, const vlm_q8_256 *a) {
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    for (int b = 0; b < n / 256; b++, w += 144, a++) {
+        int sc[8], m[8], minSum = 0;
+        for (int j = 0; j < 8; j++) {
+            scale_min_k4(j, w + 4, &sc[j], &m[j]);
+            minSum += m[j] * (a->sums16[2 * j] + a->sums16[2 * j + 1]);
+        }
+        __m256i isum = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i q = load_256(w + 16 + 32 * c);
+            isum = _mm256_add_epi32(isum, bytes_dot_scaled(low_nibbles(q), load_256(a->qs + 64 * c), sc[2 * c], sc[2 * c]));
+            isum = _mm256_add_epi32(isum, bytes_dot_scaled(high_nibbles(q), load_256(a->qs + 64 * c + 32), sc[2 * c + 1], sc[2 * c + 1]));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), _mm256_cvtepi32_ps(isum), acc);
+        mins += f16(w + 2) * a->d * (float)minSum;
+    }
+    return hsum_ps(acc) - mins;
+}
+
+/* Q5_K: Q4_K plus 32 bytes of fifth bits; 64-element chunk c takes bits 2c and 2c+1. */
+static float dot_q5_K(int n, const uint8_t *w, const vlm_q8_256 *a) {
+    __m256 acc = _mm256_setzero_ps();
+    float mins = 0.0f;
+    const __m256i one = _mm256_set1_epi8(1);
+    for (int b = 0; b < n / 256; b++, w += 176, a++) {
+        int sc[8], m[8], minSum = 0;
+        for (int j = 0; j < 8; j++) {
+            scale_min_k4(j, w + 4, &sc[j], &m[j]);
+            minSum += m[j] * (a->sums16[2 * j] + a->sums16[2 * j + 1]);
+        }
+        __m256i high = load_256(w + 16); /* shifted right by 2 per chunk */
+        __m256i isum = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i q = load_256(w + 48 + 32 * c);
+            __m256i bitLow = _mm256_slli_epi16(_mm256_and_si256(high, one), 4);
+            __m256i bitHigh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 1), one), 4);
+            high = _mm256_srli_epi16(high, 2);
+            isum = _mm256_add_epi32(isum, bytes_dot_scaled(_mm256_or_si256(low_nibbles(q), bitLow),
+                                                           load_256(a->qs + 64 * c), sc[2 * c], sc[2 * c]));
+            isum = _mm256_add_epi32(isum, bytes_dot_scaled(_mm256_or_si256(high_nibbles(q), bitHigh),
+                                                           load_256(a->qs + 64 * c + 32), sc[2 * c + 1], sc[2 * c + 1]));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), _mm256_cvtepi32_ps(isum), acc);
+        mins += f16(w + 2) * a->d * (float)minSum;
+    }
+    return hsum_ps(acc) - mins;
+}
+
+/* Q6_K: per 128 elements, 64 low-nibble bytes and 32 bytes of bit pairs; quants go in unbiased
+   (0..63) and the bias of 32 comes back as 32·Σ_g sc_g·Σ q_y over the sixteen 16-groups. */
+static float dot_q6_K(int n, const uint8_t *w, const vlm_q8_256 *a) {
+    __m256 acc = _mm256_setzero_ps();
+    float bias = 0.0f;
+    const __m256i three = _mm256_set1_epi8(3);
+    for (int b = 0; b < n / 256; b++, w += 210, a++) {
+        const int8_t *scales = (const int8_t *)(w + 192);
+        __m256i isum = _mm256_setzero_si256();
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *ql = w + 64 * half, *qh = w + 128 + 32 * half;
+            const int8_t *sc = scales + 8 * half, *y = a->qs + 128 * half;
+            __m256i lowA = load_256(ql), lowB = load_256(ql + 32), h = load_256(qh);
+            __m256i q0 = _mm256_or_si256(low_nibbles(lowA), _mm256_slli_epi16(_mm256_and_si256(h, three), 4));
+            __m256i q1 = _mm256_or_si256(low_nibbles(lowB), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), three), 4));
+            __m256i q2 = _mm256_or_si256(high_nibbles(lowA), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), three), 4));
+            __m256i q3 = _mm256_or_si256(high_nibbles(lowB), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), three), 4));
+            isum = _mm256_add_epi32(isum, bytes_dot_scaled(q0, load_256(y), sc[0], sc[1]));
+            isum = _mm256_add_epi32(isum, bytes_dot_scaled(q1, load_256(y + 32), sc[2], sc[3]));
+            isum = _mm256_add_epi32(isum, bytes_dot_scaled(q2, load_256(y + 64), sc[4], sc[5]));
+            isum = _mm256_add_epi32(isum, bytes_dot_scaled(q3, load_256(y + 96), sc[6], sc[7]));
+        }
+        /* Σ_g sc_g · sums16_g: scale g covers elements 16g..16g+15. */
+        __m256i weighted = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scales)),
+                                             _mm256_loadu_si256((const __m256i *)a->sums16));
+        float d = f16(w + 208) * a->d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
+        bias += d * (float)hsum_epi32(weighted);
+    }
+    return hsum_ps(acc) - 32.0f * bias;
+}
+
+float vlm_dot(uint32_t type, int n, const void *row, const void *activations) {
+    const uint8_t *w = row;
+    switch (type) {
+    case TYPE_Q4_0: return dot_q4_0(n, w, activations);
+    case TYPE_Q4_1: return dot_q4_1(n, w, activations);
+    case TYPE_Q5_0: return dot_q5_0(n, w, activations);
+    case TYPE_Q5_1: return dot_q5_1(n, w, activations);
+    case TYPE_Q8_0: return dot_q8_0(n, w, activations);
+    case TYPE_Q4_K: return dot_q4_K(n, w, activations);
+    case TYPE_Q5_K: return dot_q5_K(n, w, activations);
+    case TYPE_Q6_K: return dot_q6_K(n, w, activations);
+    default: return 0.0f;
+    }
+}
+
+const char *vlm_dot_instruction_set(void) { return VLM_ISA; }
+
+#else /* no AVX2: the reference kernels are the kernels */
+
+void vlm_quantize_q8_32(const float *x, vlm_q8_32 *out, int n) { vlm_quantize_q8_32_ref(x, out, n); }
+void vlm_quantize_q8_256(const float *x, vlm_q8_256 *out, int n) { vlm_quantize_q8_256_ref(x, out, n); }
+float vlm_dot(uint32_t type, int n, const void *row, const void *activations) { return vlm_dot_ref(type, n, row, activations); }
+const char *vlm_dot_instruction_set(void) { return "scalar"; }
+
+#endif
+
+void vlm_mat_vec_rows(uint32_t type, int n, const void *data, size_t row_bytes,
+                      int row_begin, int row_end, const void *activations, float *y) {
+    const uint8_t *rows = data;
+    /* The switch is hoisted out of the row loop by inlining each case's loop. */
+#define ROWS(kernel, block) \
+    for (int r = row_begin; r < row_end; r++) y[r] = kernel(n, rows + (size_t)r * row_bytes, (const block *)activations); \
+    return;
+    switch (type) {
+    case TYPE_Q4_0: ROWS(DOT(q4_0), vlm_q8_32)
+    case TYPE_Q4_1: ROWS(DOT(q4_1), vlm_q8_32)
+    case TYPE_Q5_0: ROWS(DOT(q5_0), vlm_q8_32)
+    case TYPE_Q5_1: ROWS(DOT(q5_1), vlm_q8_32)
+    case TYPE_Q8_0: ROWS(DOT(q8_0), vlm_q8_32)
+    case TYPE_Q4_K: ROWS(DOT(q4_K), vlm_q8_256)
+    case TYPE_Q5_K: ROWS(DOT(q5_K), vlm_q8_256)
+    case TYPE_Q6_K: ROWS(DOT(q6_K), vlm_q8_256)
+    default:
+        for (int r = row_begin; r < row_end; r++) y[r] = 0.0f;
+    }
+#undef ROWS
+}
