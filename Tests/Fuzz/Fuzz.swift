@@ -36,11 +36,24 @@ let processor = try! ImageProcessor.load(folder: fixtures + "/llava/clip-llama")
 func withFile(_ name: String, _ bytes: Data, restoring fixture: String? = nil, _ body: (String) throws -> Void) {
     let path = scratch + "/" + name
     // Atomically: a model mapped by the previous input keeps its own file, as a user's would.
-    try! bytes.write(to: URL(fileURLWithPath: path), options: .atomic)
+    retrying { try bytes.write(to: URL(fileURLWithPath: path), options: .atomic) }
     defer {
-        if let fixture { try? FileManager.default.removeItem(atPath: path); try! FileManager.default.copyItem(atPath: fixture, toPath: path) }
+        if let fixture {
+            retrying {
+                try? FileManager.default.removeItem(atPath: path)
+                try FileManager.default.copyItem(atPath: fixture, toPath: path)
+            }
+        }
     }
     _ = try? body(path)
+}
+
+/// The harness's own file work, retried: Foundation gives up on EINTR, and libFuzzer's timeout
+/// timer (SIGALRM) interrupts a copy now and then.
+func retrying(_ body: () throws -> Void) {
+    for attempt in 1... {
+        do { return try body() } catch { if attempt == 20 { fatalError("fuzz harness: \(error)") } }
+    }
 }
 
 enum Target: String, CaseIterable {
