@@ -57,7 +57,8 @@ let package = Package(
         .executableTarget(name: "vlmsh-store-child", dependencies: ["VLMStore"], path: "Tests/StoreChild"),
         // Fuzz targets over every reader of untrusted input (`make fuzz`); built plainly, it replays files.
         .executableTarget(name: "vlmsh-fuzz", dependencies: ["VLMApp", "VLMTraining", "VLMGeneration", "VLMModels", "VLMTokenizers",
-                                                          "VLMImage", "VLMFormats"], path: "Tests/Fuzz"),
+                                                          "VLMImage", "VLMFormats"], path: "Tests/Fuzz",
+                          exclude: ["corpus", "make_gguf_seed.py"]),
         // The application: the REPL engine (chat, sessions, command table), replay, fine-tune and
         // eval runs; it reports progress as events and never parses arguments or draws.
         .target(name: "VLMApp", dependencies: [
