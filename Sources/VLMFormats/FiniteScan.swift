@@ -26,51 +26,41 @@ public enum FiniteScan {
     /// The first non-finite element of `count` values of `type` at `data`, or nil. For a
     /// quantized type, the first element of the first block whose scale is not finite.
     public static func firstNonFinite(_ data: UnsafeRawPointer, type: GGMLType, count: Int) -> (index: Int, value: Float)? {
-        if let offsets = scaleOffsets(type) { return firstNonFiniteScale(data, type: type, count: count, offsets: offsets) }
-        let blocks = (count + block - 1) / block
-        let flags = UnsafeMutablePointer<UInt8>.allocate(capacity: max(blocks, 1))
-        defer { flags.deallocate() }
-        flags.initialize(repeating: 0, count: max(blocks, 1))
-        Parallel.forEach(blocks, minChunk: 64) { range in
-            for b in range {
-                let start = b * block, n = min(block, count - start)
-                flags[b] = blockHasNonFinite(data, type: type, start: start, count: n) ? 1 : 0
-            }
+        if let offsets = scaleOffsets(type) {
+            guard !offsets.isEmpty else { return nil }
+            // Units are quantized blocks; only their scale fields are read.
+            let stride = type.blockBytes
+            func scale(_ b: Int, _ offset: Int) -> UInt16 { data.loadUnaligned(fromByteOffset: b * stride + offset, as: UInt16.self) }
+            return firstNonFinite(units: count / type.blockSize, minChunk: 16, chunkHasOne: { range in
+                var acc: UInt16 = 0
+                for b in range { for offset in offsets { acc |= ((scale(b, offset) & 0x7C00) &+ 0x0400) >> 15 } }
+                return acc != 0
+            }, value: { b in
+                offsets.lazy.map { Half.f16ToFloat(scale(b, $0)) }.first { !$0.isFinite }.map { (b * type.blockSize, $0) }
+            })
         }
-        guard let bad = (0..<blocks).first(where: { flags[$0] != 0 }) else { return nil }
-        for i in (bad * block)..<min((bad + 1) * block, count) {
+        return firstNonFinite(units: count, minChunk: 64, chunkHasOne: { range in
+            blockHasNonFinite(data, type: type, start: range.lowerBound, count: range.count)
+        }, value: { i in
             let value = element(data, type: type, i)
-            if !value.isFinite { return (i, value) }
-        }
-        return nil
+            return value.isFinite ? nil : (i, value)
+        })
     }
 
-    private static func firstNonFiniteScale(_ data: UnsafeRawPointer, type: GGMLType, count: Int, offsets: [Int]) -> (index: Int, value: Float)? {
-        guard !offsets.isEmpty else { return nil }
-        let quantBlocks = count / type.blockSize, stride = type.blockBytes
-        let chunks = (quantBlocks + block - 1) / block
+    /// Splits `units` into chunks of `block`, tests the chunks over all cores with the branch-free
+    /// `chunkHasOne`, and looks for the unit only in the first chunk that has one (`value` gives
+    /// its element index and value, or nil for a finite unit).
+    private static func firstNonFinite(units: Int, minChunk: Int, chunkHasOne: (Range<Int>) -> Bool,
+                                       value: (Int) -> (index: Int, value: Float)?) -> (index: Int, value: Float)? {
+        let chunks = (units + block - 1) / block
         let flags = UnsafeMutablePointer<UInt8>.allocate(capacity: max(chunks, 1))
         defer { flags.deallocate() }
         flags.initialize(repeating: 0, count: max(chunks, 1))
-        Parallel.forEach(chunks, minChunk: 16) { range in
-            for c in range {
-                var acc: UInt16 = 0
-                for b in (c * block)..<min((c + 1) * block, quantBlocks) {
-                    for offset in offsets {
-                        acc |= ((data.loadUnaligned(fromByteOffset: b * stride + offset, as: UInt16.self) & 0x7C00) &+ 0x0400) >> 15
-                    }
-                }
-                flags[c] = acc != 0 ? 1 : 0
-            }
+        Parallel.forEach(chunks, minChunk: minChunk) { range in
+            for c in range { flags[c] = chunkHasOne((c * block)..<min((c + 1) * block, units)) ? 1 : 0 }
         }
         guard let bad = (0..<chunks).first(where: { flags[$0] != 0 }) else { return nil }
-        for b in (bad * block)..<min((bad + 1) * block, quantBlocks) {
-            for offset in offsets {
-                let value = Half.f16ToFloat(data.loadUnaligned(fromByteOffset: b * stride + offset, as: UInt16.self))
-                if !value.isFinite { return (b * type.blockSize, value) }
-            }
-        }
-        return nil
+        return ((bad * block)..<min((bad + 1) * block, units)).lazy.compactMap(value).first
     }
 
     private static func blockHasNonFinite(_ data: UnsafeRawPointer, type: GGMLType, start: Int, count: Int) -> Bool {
