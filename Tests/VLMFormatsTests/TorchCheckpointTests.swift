@@ -17,20 +17,6 @@ private let marker = "/tmp/vlmsh-torch-pickle-ran"
 final class TorchCheckpointTests: XCTestCase {
     private struct GoldenTensor: Decodable { let shape: [Int]; let values: [Double] }
 
-    private func expectFormatError(_ file: String, line: UInt = #line, _ body: () throws -> Void) -> String {
-        do {
-            try body()
-            XCTFail("expected a FormatError for \(file)", line: line)
-        } catch let e as FormatError {
-            XCTAssertEqual(e.file, file, line: line)
-            XCTAssertFalse(e.description.contains("\n"), e.description, line: line)
-            return e.description
-        } catch {
-            XCTFail("expected a FormatError, got \(error)", line: line)
-        }
-        return ""
-    }
-
     /// Views of one storage (a transpose, slices at offsets), float16, bfloat16, a 0-d tensor and a
     /// Parameter read back as torch holds them; the int64 buffer is listed but not loadable and
     /// the non-tensor value is no weight. Protocol 2 and protocol 4 pickles alike, and the same
