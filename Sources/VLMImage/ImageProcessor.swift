@@ -220,8 +220,8 @@ public struct ImageProcessor: Codable, Sendable {
     /// `bytes` of preprocessing for `what`: at most `maxPreprocessingBytes`, and within the memory budget.
     func requirePreprocessing(_ bytes: Double, _ what: String) throws {
         guard bytes <= Double(Self.maxPreprocessingBytes) else {
-            throw PreprocessingError("\(what) would allocate \(PreprocessingError.gigabytes(bytes)), "
-                                     + "more than the \(PreprocessingError.gigabytes(Double(Self.maxPreprocessingBytes))) allowed")
+            throw PreprocessingError("\(what) would allocate \(MemoryBudget.describe(bytes)), "
+                                     + "more than the \(MemoryBudget.describe(Double(Self.maxPreprocessingBytes))) allowed")
         }
         try MemoryBudget.require(bytes, for: what)
     }
@@ -287,6 +287,4 @@ public struct ImageProcessor: Codable, Sendable {
 public struct PreprocessingError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ description: String) { self.description = description }
-
-    static func gigabytes(_ bytes: Double) -> String { String(format: "%.1f GB", bytes / 1e9) }
 }
