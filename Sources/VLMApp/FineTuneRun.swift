@@ -49,12 +49,15 @@ public final class FineTuneRunner {
         public var losses: [Double]
         /// Bad data rows skipped: at load (with --skip-bad-rows) and, for a lazily read file, when met.
         public var skippedRows = 0
+        /// Bytes the optimizer's moments take (`--optim adamw_bnb_8bit` cuts them to about a quarter).
+        public var optimizerStateBytes = 0
 
         public var text: String {
             var s = "run \(run) \(status.rawValue): \(steps) steps"
             if let finalLoss { s += String(format: ", loss %.4f", finalLoss) }
             if let evalLoss { s += String(format: ", eval loss %.4f", evalLoss) }
             if skippedRows > 0 { s += ", \(skippedRows) bad row\(skippedRows == 1 ? "" : "s") skipped" }
+            s += ", optimizer state \(MemoryBudget.describe(Double(optimizerStateBytes)))"
             return s + String(format: " in %.1fs; adapter in %@", seconds, outDir)
         }
     }
@@ -90,7 +93,8 @@ public final class FineTuneRunner {
         let skipped = [dataset, evalSet].compactMap { $0 }.reduce(0) { $0 + $1.problems.count + $1.badRowsMetWhileReading }
         return Summary(run: run, status: status, steps: trainer.state.step, finalLoss: trainer.state.history.last?.loss,
                        evalLoss: loop.evalLoss, outDir: request.out, seconds: Date().timeIntervalSince(started),
-                       losses: trainer.state.history.map(\.loss), skippedRows: skipped)
+                       losses: trainer.state.history.map(\.loss), skippedRows: skipped,
+                       optimizerStateBytes: trainer.optimizer.stateBytes)
     }
 
     /// The request's settings; a resumed run continues with its checkpoint's (`steps` may extend

@@ -14,6 +14,17 @@ extension LearningRateSchedule.Kind: ExpressibleByArgument {}
 extension SceneLayout: ExpressibleByArgument {}
 extension ExportFormat: ExpressibleByArgument {}
 
+extension OptimizerKind: ExpressibleByArgument {
+    /// The HF Trainer's other spellings of the same two optimizers.
+    public init?(argument: String) {
+        switch argument {
+        case "adamw_hf", "adamw_torch_fused": self = .adamw
+        case "adamw_8bit", "paged_adamw_8bit": self = .adamw8bit
+        default: self.init(rawValue: argument)
+        }
+    }
+}
+
 extension MergeDType: ExpressibleByArgument {
     /// F16 and f16 alike, as dtypes are written both ways.
     public init?(argument: String) { self.init(rawValue: argument.lowercased()) }

@@ -23,6 +23,7 @@ struct FineTuneOptions: ParsableArguments {
     @Option(name: .long, help: "Learning rate of the projector's parameters (LLaVA's mm_projector_lr).") var mmProjectorLr: Float?
     @Option(name: .long, help: "Learning rate of the vision tower's parameters (LLaVA-NeXT's mm_vision_tower_lr).") var mmVisionTowerLr: Float?
     @Option(name: .long, help: "AdamW weight decay (not on biases and norms).") var weightDecay: Float = 0
+    @Option(name: .long, help: "Optimizer, by the HF Trainer's names: adamw_torch (Float32 moments) or adamw_bnb_8bit (bitsandbytes' blockwise 8-bit moments, about a quarter of the memory; tensors under 4096 elements and embeddings keep Float32). adamw_hf, adamw_torch_fused, adamw_8bit and paged_adamw_8bit are read as these.") var optim: OptimizerKind = .adamw
     @Option(name: .long, help: "Learning-rate schedule.") var scheduler: LearningRateSchedule.Kind = .cosine
     @Option(name: .long, help: "Warmup steps.") var warmupSteps: Int?
     @Option(name: .long, help: "Warmup as a fraction of all steps.") var warmupRatio: Double?
@@ -54,6 +55,7 @@ struct FineTuneOptions: ParsableArguments {
         s.visionTowerLearningRate = mmVisionTowerLr; s.weightDecay = weightDecay; s.scheduler = scheduler
         s.warmupSteps = warmupSteps; s.warmupRatio = warmupRatio; s.maxGradNorm = maxGradNorm; s.maxLength = maxLength
         s.seed = seed; s.saveSteps = saveSteps; s.groupByModalityLength = groupByModalityLength
+        s.optimizer = optim == .adamw ? nil : optim
         return s
     }
 
@@ -96,6 +98,7 @@ struct FinetuneCommand: AsyncParsableCommand {
         if let loss = summary.finalLoss { object["final_loss"] = loss }
         if let loss = summary.evalLoss { object["eval_loss"] = loss }
         if summary.skippedRows > 0 { object["skipped_rows"] = summary.skippedRows }
+        object["optimizer_state_bytes"] = summary.optimizerStateBytes
         try printJSON(["summary": object])
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import VLMApp
 import VLMGeneration
 import VLMModels
+import VLMTraining
 
 /// LLaVA's training flags on `vlmsh finetune`: the names `llava/train/train.py` declares in its
 /// ModelArguments, DataArguments and TrainingArguments (Hugging Face's, parsed by
@@ -111,7 +112,7 @@ enum LlavaArguments {
         "seed": option("--seed"),
         "save_steps": option("--save-steps"),
         "save_strategy": value(.fixed(["steps", "no"], reason: "vlmsh saves every --save-steps steps and at the end")),
-        "optim": value(.fixed(["adamw_torch", "adamw_hf", "adamw_torch_fused"], reason: "vlmsh's optimizer is AdamW")),
+        "optim": option("--optim", convert: optimizer),
         "logging_steps": value(.fixed(["1"], reason: "vlmsh logs every step")),
         // The cluster, precision and memory settings: a CPU run in one process in f32 has no use for them.
         "deepspeed": value(.ignored), "tf32": bool(.ignored), "bf16": bool(.ignored), "fp16": bool(.ignored),
@@ -310,6 +311,13 @@ enum LlavaArguments {
     }
 
     /// The Trainer's `lr_scheduler_type` → vlmsh's `--scheduler`.
+    @Sendable static func optimizer(_ name: String) throws -> String? {
+        guard let kind = OptimizerKind(argument: name.lowercased()) else {
+            throw UsageError("--optim \(name): not supported by vlmsh (\(OptimizerKind.allCases.map(\.rawValue).joined(separator: " or ")), or the HF Trainer's other names for them)")
+        }
+        return kind.rawValue
+    }
+
     @Sendable static func scheduler(_ name: String) throws -> String? {
         switch name.lowercased() {
         case "cosine", "linear", "constant": return name.lowercased()

@@ -57,7 +57,12 @@ struct MemoryOptions: ParsableArguments {
     var maxMemory: ByteCount?
 
     func validate() throws {
-        if let maxMemory { MemoryBudget.limit = maxMemory.bytes }
+        if let maxMemory { return MemoryBudget.limit = maxMemory.bytes }
+        // MemoryBudget reads the variable where no command line exists (the library); here a
+        // value it cannot read is an error rather than a limit silently not applied.
+        if let text = ProcessInfo.processInfo.environment["VLMSH_MAX_MEMORY"], MemoryBudget.parse(text) == nil {
+            throw ValidationError("VLMSH_MAX_MEMORY=\(text) is not a size (e.g. 8G, 512M, 1.5GiB or a number of bytes)")
+        }
     }
 }
 

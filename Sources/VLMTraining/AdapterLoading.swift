@@ -39,7 +39,7 @@ extension FineTuneMode {
         case (false, true): return .projector
         case (false, false):
             throw FormatError(directory + "/adapter_config.json",
-                              "missing: not an adapter folder (expected a PEFT LoRA's adapter_config.json + adapter_model.safetensors, or \(ProjectorFiles.hfFile) / \(ProjectorFiles.llavaFile) / \(ProjectorFiles.llavaTorchFile))")
+                              "missing: not an adapter folder (expected a PEFT LoRA's adapter_config.json + adapter_model.safetensors, or \(ProjectorFiles.readable.joined(separator: " / ")))")
         }
     }
 }

@@ -187,17 +187,23 @@ public final class LoRA: @unchecked Sendable {
         return LoRA(configuration: configuration, adapters: adapters)
     }
 
-    /// Reads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`), keys in
-    /// any layout PEFT writes; every tensor must land on a layer of `decoder` with matching shape.
+    /// Reads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`, or the
+    /// torch.save `adapter_model.bin` of older PEFT and LLaVA's LoRA releases), keys in any layout
+    /// PEFT writes; every tensor must land on a layer of `decoder` with matching shape.
     public static func load(directory: String, decoder: LlamaModel) throws -> LoRA {
         let configPath = directory + "/adapter_config.json"
         let configuration = try LoRAConfiguration.read(directory: directory)
         guard configuration.peftType == "LORA" else { throw FormatError(configPath, "peft_type \(configuration.peftType) is not LORA") }
-        let weightsPath = directory + "/adapter_model.safetensors"
-        guard FileManager.default.fileExists(atPath: weightsPath) else {
-            throw FormatError(weightsPath, "missing (adapter_model.bin is not supported; save with safe_serialization)")
+        var weightsPath = directory + "/adapter_model.safetensors"
+        let file: any CheckpointShard
+        if FileManager.default.fileExists(atPath: weightsPath) {
+            file = try SafetensorsFile(path: weightsPath)
+        } else if FileManager.default.fileExists(atPath: directory + "/adapter_model.bin") {
+            weightsPath = directory + "/adapter_model.bin"
+            file = try TorchCheckpointFile(path: weightsPath)
+        } else {
+            throw FormatError(weightsPath, "missing (nor is there an adapter_model.bin)")
         }
-        let file = try SafetensorsFile(path: weightsPath)
         var pairs: [String: (a: Tensor?, b: Tensor?)] = [:]
         for key in file.weightNames {
             var path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key

@@ -7,10 +7,14 @@ import VLMTensor
 /// (`multi_modal_projector.linear_1.*` in `multi_modal_projector.safetensors`) and the LLaVA
 /// repo's (`model.mm_projector.0.*`/`.2.*`), both as `mm_projector.safetensors` and as the
 /// torch.save file `mm_projector.bin` that LLaVA's `--pretrain_mm_mlp_adapter` reads as is.
+/// LLaVA's LoRA runs keep theirs in `non_lora_trainables.bin` (PEFT's `base_model.model.` prefix),
+/// which is read too.
 public enum ProjectorFiles {
     public static let hfFile = "multi_modal_projector.safetensors"
     public static let llavaFile = "mm_projector.safetensors"
     public static let llavaTorchFile = "mm_projector.bin"
+    public static let llavaLoRAFile = "non_lora_trainables.bin"
+    static let readable = [hfFile, llavaFile, llavaTorchFile, llavaLoRAFile]
 
     static func named(_ projector: MultiModalProjector) -> [(hf: String, llava: String, tensor: Tensor)] {
         // LLaVA's Sequential(Linear, GELU, Linear) numbers its linears 0 and 2; a `linear` projector is bare.
@@ -31,13 +35,13 @@ public enum ProjectorFiles {
 
     /// Whether `directory` holds projector weights.
     public static func exists(in directory: String) -> Bool {
-        [hfFile, llavaFile, llavaTorchFile].contains { FileManager.default.fileExists(atPath: directory + "/" + $0) }
+        readable.contains { FileManager.default.fileExists(atPath: directory + "/" + $0) }
     }
 
     /// The projector file `load` reads in `directory`: transformers' names first, then LLaVA's
-    /// safetensors, then LLaVA's `.bin` (nil when there is none).
+    /// safetensors, then LLaVA's `.bin` files (nil when there is none).
     public static func file(in directory: String) -> String? {
-        [hfFile, llavaFile, llavaTorchFile].first { FileManager.default.fileExists(atPath: directory + "/" + $0) }
+        readable.first { FileManager.default.fileExists(atPath: directory + "/" + $0) }
     }
 
     /// Reads projector weights (any of the files; LLaVA keys with or without the `model.` prefix),
@@ -46,11 +50,13 @@ public enum ProjectorFiles {
         let name = file(in: directory) ?? hfFile
         let path = directory + "/" + name
         let useHF = name == hfFile
-        let file: any CheckpointShard = name == llavaTorchFile ? try TorchCheckpointFile(path: path) : try SafetensorsFile(path: path)
+        let file: any CheckpointShard = name.hasSuffix(".bin") ? try TorchCheckpointFile(path: path) : try SafetensorsFile(path: path)
         let available = Set(file.weightNames)
         var out: [Tensor] = []
         for entry in named(projector) {
-            let candidates = useHF ? [entry.hf] : [entry.llava, String(entry.llava.dropFirst("model.".count))]
+            let candidates = useHF ? [entry.hf]
+                : name == llavaLoRAFile ? ["base_model.model." + entry.llava]
+                : [entry.llava, String(entry.llava.dropFirst("model.".count))]
             guard let key = candidates.first(where: available.contains) else { throw FormatError(path, "missing tensor '\(candidates[0])'") }
             let t = try file.floats(key)
             guard t.shape == entry.tensor.shape else { throw FormatError(path, "'\(key)' has shape \(t.shape), expected \(entry.tensor.shape)") }

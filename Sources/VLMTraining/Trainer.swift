@@ -35,6 +35,8 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
     public var seed: UInt64 = 42
     public var saveSteps: Int?
     public var groupByModalityLength = false
+    /// nil: AdamW with Float32 moments (what runs recorded before the choice existed used).
+    public var optimizer: OptimizerKind?
     public init() {}
 
     enum CodingKeys: String, CodingKey {
@@ -43,6 +45,7 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
         case learningRate = "lr", projectorLearningRate = "mm_projector_lr", visionTowerLearningRate = "mm_vision_tower_lr", weightDecay = "weight_decay", scheduler
         case warmupSteps = "warmup_steps", warmupRatio = "warmup_ratio", maxGradNorm = "max_grad_norm"
         case maxLength = "max_length", seed, saveSteps = "save_steps", groupByModalityLength = "group_by_modality_length"
+        case optimizer = "optim"
     }
 
     /// The objective, next-token when none is recorded.
@@ -139,7 +142,7 @@ public final class Trainer {
                                         warmupSteps: LearningRateSchedule.warmupSteps(steps: settings.warmupSteps, ratio: settings.warmupRatio, totalSteps: total),
                                         totalSteps: total)
         optimizer = AdamW(parameters: model.parameters, settings: OptimizerSettings(
-            learningRate: settings.learningRate, projectorLearningRate: settings.projectorLearningRate,
+            kind: settings.optimizer ?? .adamw, learningRate: settings.learningRate, projectorLearningRate: settings.projectorLearningRate,
             visionTowerLearningRate: settings.visionTowerLearningRate, weightDecay: settings.weightDecay))
         state = TrainerState(dropoutRandom: SeededRandom(seed: settings.seed &+ 1))
     }
@@ -311,6 +314,9 @@ public final class Trainer {
         }
         guard record.settings.trainingObjective == settings.trainingObjective else {
             throw TrainingError("\(directory): the checkpoint was trained with --objective \(record.settings.trainingObjective.rawValue)")
+        }
+        guard (record.settings.optimizer ?? .adamw) == (settings.optimizer ?? .adamw) else {
+            throw TrainingError("\(directory): the checkpoint was trained with --optim \((record.settings.optimizer ?? .adamw).rawValue)")
         }
         let file = try SafetensorsFile(path: directory + "/optimizer.safetensors")
         var tensors: [String: Tensor] = [:]

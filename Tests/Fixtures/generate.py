@@ -12,13 +12,13 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 DATA = HERE / "data"
-AREAS = ["quant", "safetensors", "tokenizers", "smollm", "tinyllama", "images", "resize", "vision", "llava", "train", "torch_bin"]
+AREAS = ["quant", "safetensors", "tokenizers", "smollm", "tinyllama", "images", "resize", "vision", "llava", "train", "torch_bin", "adam8bit", "import_run"]
 GENERATOR_VERSION = 1
 
 
 def versions():
     out = {"generator": GENERATOR_VERSION, "python": sys.version.split()[0]}
-    for name in ["torch", "transformers", "peft", "gguf", "PIL", "safetensors", "tokenizers", "numpy"]:
+    for name in ["torch", "transformers", "peft", "gguf", "PIL", "safetensors", "tokenizers", "numpy", "bitsandbytes"]:
         try:
             out[name] = importlib.import_module(name).__version__
         except Exception:

@@ -35,6 +35,9 @@ extension HostileInputTests {
         let r = try run(["generate", "--prompt", "hi", "--max-memory", "lots"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("--max-memory"), r.stderr)
+        let env = try run(["generate", "--prompt", "hi"], environment: ["VLMSH_MAX_MEMORY": "lots"])
+        XCTAssertEqual(env.status, 1)
+        XCTAssertTrue(env.stderr.contains("VLMSH_MAX_MEMORY=lots is not a size"), env.stderr)
     }
 
     func testNonFiniteBlockScaleOfAQuantizedWeightIsRefusedByName() throws {
