@@ -50,11 +50,13 @@ enum DynamicCode {
     /// 1 % of the block's scale; its GPU kernels, where its optimizers run, pick the nearest.)
     @inline(__always)
     static func nearest(_ x: Float, in code: UnsafePointer<Float>) -> UInt8 {
-        var low = 0, high = 255   // code[low] ≤ x is the invariant once x ≥ code[0]
-        guard x >= code[0] else { return 0 }
-        while low < high {
-            let mid = (low + high + 1) / 2
-            if code[mid] <= x { low = mid } else { high = mid - 1 }
+        // A branch-free search (eight halvings of the 256 entries): every moment of every step
+        // goes through here, and the branches of a plain binary search would be coin flips.
+        var low = 0, remaining = 256
+        while remaining > 1 {
+            let half = remaining / 2
+            low = code[low + half] <= x ? low + half : low
+            remaining -= half
         }
         if low < 255, abs(x - code[low + 1]) < abs(x - code[low]) { low += 1 }
         return UInt8(low)
