@@ -122,11 +122,26 @@ def build(name, out_dir, images, arrays, seed, vision, text, feature_layer, stra
         print(f"[llava_next] {name} {image_name}: {tiles} tiles, {token_count} image tokens, margin {margin:.4f}",
               flush=True)
 
+    # Pre-tokenized training rows (one <image>, expanded by the trainer as at inference) and the loss
+    # transformers computes for each: what the first step of a fine-tune reports.
+    answer = tokenizer(" A picture of noise.", add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    train_rows = []
+    for case in cases:
+        inputs = processor(images=[images[case["image"]]], text=case["prompt"], return_tensors="pt")
+        ids = torch.cat([inputs["input_ids"], torch.tensor([answer])], dim=1)
+        labels = torch.cat([torch.full_like(inputs["input_ids"], -100), torch.tensor([answer])], dim=1)
+        with torch.no_grad():
+            loss = model(input_ids=ids, pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"],
+                         labels=labels).loss.item()
+        train_rows.append({"image": case["image"], "input_ids": case["prompt_ids"] + answer,
+                           "labels": [-100] * len(case["prompt_ids"]) + answer, "loss": loss})
+
     reloaded = LlavaNextForConditionalGeneration.from_pretrained(str(folder), dtype=torch.float32).eval()
     for k, v in reloaded.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), f"{name}: {k} differs after reload"
     return {"image_token_id": image_id, "vision_feature_layer": feature_layer,
-            "vision_feature_select_strategy": strategy, "image_grid_pinpoints": PINPOINTS, "cases": cases}
+            "vision_feature_select_strategy": strategy, "image_grid_pinpoints": PINPOINTS, "cases": cases,
+            "train_rows": train_rows}
 
 
 README = """# data/llava_next
@@ -154,7 +169,9 @@ Per checkpoint: `image_token_id`, `vision_feature_layer`, `vision_feature_select
 `pixel_values` [1 + tiles, 3, 32, 32] (`LlavaNextImageProcessorPil`), `packed_features` [image_tokens, 32]
 (`get_image_features(...).pooler_output[0]`: projected base features, then the unpadded grid with `image_newline`
 closing each row), `last_logits` (vocab), `greedy_ids` (16, `generate(do_sample=False)`, no EOS) and
-`greedy_min_margin` (smallest top-1 minus top-2 logit over those steps).
+`greedy_min_margin` (smallest top-1 minus top-2 logit over those steps). `train_rows` (one per image): a
+pre-tokenized row (`input_ids` with one `<image>`, `labels` -100 except the answer " A picture of noise." + EOS) and
+the `loss` transformers computes for it (`labels=` on the processor-expanded ids).
 """
 
 
