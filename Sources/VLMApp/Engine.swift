@@ -217,7 +217,7 @@ public final class Engine {
         if let text = model as? TextModel { console.line("architecture \(field(text.architecture))") }
         let c = model.decoder.config
         console.line("text model   \(field(c.modelType)), \(c.numHiddenLayers) layers, hidden \(c.hiddenSize), vocab \(c.vocabSize), context \(c.contextLength)")
-        console.line("images       \(model.images.map { "\($0.featureCount) positions per image" } ?? "no")")
+        console.line("images       \(model.images.map { $0.sized == nil ? "\($0.featureCount) positions per image" : "any resolution: \($0.featureCount) positions for the whole image plus its tile grid" } ?? "no")")
         console.line("template     \(field(model.template.name))")
         console.line("parameters   " + String(format: "temperature %g, top_k %d, top_p %g, min_p %g, repeat_penalty %g, max_tokens %d, seed %@",
                                               parameters.temperature, parameters.topK, parameters.topP, parameters.minP,
