@@ -160,6 +160,40 @@ final class LlavaNextTests: XCTestCase {
         XCTAssertGreaterThan(session.reusedPositions, 280)
     }
 
+    /// The pack on a recording tape is the inference pack, and gradients reach both the projected
+    /// rows and `image_newline` (so the same forward trains): being linear, it satisfies
+    /// <pack(x), g> = <x, ∂x> + <newline, ∂newline> for any upstream gradient g.
+    func testPackOnTheTapeMatchesInferenceAndPassesGradients() throws {
+        let llava = try model("clip-llama").llava
+        let next = try XCTUnwrap(llava.anyResolution)
+        let picture = try image("landscape.png")
+        let pixels = try llava.modelInput(picture)
+        let size = (height: picture.height, width: picture.width)
+        let projectedValue = llava.projector.forward(Variable(try llava.tileFeatures(pixels: pixels)), tape: Tape(recording: false)).value
+        let projected = Variable(projectedValue, requiresGrad: true)
+        next.imageNewline.requiresGrad = true
+        defer { next.imageNewline.requiresGrad = false; next.imageNewline.zeroGrad() }
+        next.imageNewline.zeroGrad()
+        let tape = Tape()
+        let packed = try llava.packImageFeatures(projected, sizes: [size], tape: tape)
+        XCTAssertEqual(packed.value.array, try llava.imageFeatures(pixels: pixels, size: size).array)
+        var random = SeededRandom(seed: 7)
+        let upstream = (0..<packed.count).map { _ in random.nextUnit() - 0.5 }
+        tape.backward(packed, outputGradient: upstream)
+        func dot(_ a: [Float], _ b: [Float]) -> Double { zip(a, b).reduce(0) { $0 + Double($1.0) * Double($1.1) } }
+        let lhs = dot(packed.value.array, upstream)
+        let newlineGrad = try XCTUnwrap(next.imageNewline.grad).array
+        let rhs = dot(projectedValue.array, try XCTUnwrap(projected.grad).array) + dot(next.imageNewline.value.array, newlineGrad)
+        XCTAssertEqual(lhs, rhs, accuracy: 1e-3 * max(1, abs(lhs)))
+        // The newline's gradient is the sum of the upstream rows it fills (8 kept grid rows for this image).
+        let d = packed.columns
+        XCTAssertGreaterThan(newlineGrad.map { abs($0) }.max()!, 0)
+        XCTAssertEqual(packed.rows, 64 + 8 * 25)
+        var expected = [Float](repeating: 0, count: d)
+        for row in 0..<8 { for k in 0..<d { expected[k] += upstream[(64 + row * 25 + 24) * d + k] } }
+        XCTAssertLessThan(maxDifference(newlineGrad, expected), 1e-4)
+    }
+
     /// Configs a LLaVA-NeXT folder must not be built from: one line naming the file and the key.
     func testHostileConfigsAreOneLineErrors() throws {
         let source = Self.folder.appendingPathComponent("clip-llama")
