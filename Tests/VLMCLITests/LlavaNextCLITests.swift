@@ -40,6 +40,24 @@ final class LlavaNextCLITests: XCTestCase {
         XCTAssertEqual((j["ids"] as? [Int])?.count, 4)
     }
 
+    /// LLaVA-NeXT's train.py flags that describe the model are checked against the folder.
+    func testLLaVANeXTModelFlagsAreCheckedAgainstTheFolder() throws {
+        let row = (checkpoint("clip-llama")["train_rows"] as! [[String: Any]])[1]
+        let data = home + "/row.jsonl"
+        let record: [String: Any] = ["input_ids": row["input_ids"]!, "labels": row["labels"]!,
+                                     "image": Self.data + "/images/" + (row["image"] as! String)]
+        try JSONSerialization.data(withJSONObject: record).write(to: URL(fileURLWithPath: data))
+        let base = ["finetune", "--model", Self.data + "/clip-llama", "--data", data, "--mode", "lora", "--steps", "1"]
+        let ok = try vlmsh(base + ["--out", home + "/a", "--image_aspect_ratio", "anyres", "--mm_patch_merge_type", "spatial_unpad"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+        let flat = try vlmsh(base + ["--out", home + "/b", "--mm_patch_merge_type", "flat"])
+        XCTAssertNotEqual(flat.status, 0)
+        XCTAssertTrue(flat.stderr.contains("spatial_unpad"), flat.stderr)
+        let pad = try vlmsh(base + ["--out", home + "/c", "--image_aspect_ratio", "pad"])
+        XCTAssertNotEqual(pad.status, 0)
+        XCTAssertTrue(pad.stderr.contains("anyres"), pad.stderr)
+    }
+
     func testLoRAFineTuneStartsAtTransformersLossAndLowersIt() throws {
         for (name, mode) in [("clip-llama", "vision+lora+projector"), ("siglip-mistral", "lora")] {
             let row = (checkpoint(name)["train_rows"] as! [[String: Any]])[0]
