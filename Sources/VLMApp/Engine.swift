@@ -217,7 +217,7 @@ public final class Engine {
         if let text = model as? TextModel { console.line("architecture \(field(text.architecture))") }
         let c = model.decoder.config
         console.line("text model   \(field(c.modelType)), \(c.numHiddenLayers) layers, hidden \(c.hiddenSize), vocab \(c.vocabSize), context \(c.contextLength)")
-        console.line("images       \(model.images.map { "\($0.featureCount) positions per image" } ?? "no")")
+        console.line("images       \(model.images.map { $0.sized == nil ? "\($0.featureCount) positions per image" : "any resolution: \($0.featureCount) positions for the whole image plus its tile grid" } ?? "no")")
         console.line("template     \(field(model.template.name))")
         console.line("parameters   " + String(format: "temperature %g, top_k %d, top_p %g, min_p %g, repeat_penalty %g, max_tokens %d, seed %@",
                                               parameters.temperature, parameters.topK, parameters.topP, parameters.minP,
@@ -236,7 +236,7 @@ public final class Engine {
         let file = try ImageFile(path: expanded)
         let image = file.image
         let record = try store.addImage(sha256: file.hash, path: expanded, width: image.width, height: image.height, bytes: Int64(file.byteCount))
-        pendingImages.append((ImageInput(hash: file.hash, pixels: try support.preprocess(image)), record, expanded))
+        pendingImages.append((try support.input(hash: file.hash, image: image), record, expanded))
         console.line("attached \(path) (\(image.width)×\(image.height))")
     }
 
@@ -329,7 +329,7 @@ public final class Engine {
         guard FileManager.default.fileExists(atPath: record.path) else { throw UsageError("\(record.path): image is gone") }
         let file = try ImageFile(path: record.path)
         guard file.hash == record.sha256 else { throw UsageError("\(record.path): image changed since the session (content hash differs)") }
-        return ImageInput(hash: file.hash, pixels: try support.preprocess(file.image))
+        return try support.input(hash: file.hash, image: file.image)
     }
 
     /// Scripts running inside one another (`/run` in a script), at most; a script that runs

@@ -140,7 +140,8 @@ public final class FineTuneRunner {
         return try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template, image: image,
                                         imageFolder: request.imageFolder, maxLength: settings.maxLength,
                                         contextLength: chat.decoder.config.contextLength, skipBadRows: request.skipBadRows,
-                                        readsImageTokenTexts: settings.trainingObjective == .imageTokenEmbeddings)
+                                        readsImageTokenTexts: settings.trainingObjective == .imageTokenEmbeddings,
+                                        imageFeatureCount: TrainingDataset.imageFeatureCount(for: chat))
     }
 
     /// The run's store row, with its arguments.

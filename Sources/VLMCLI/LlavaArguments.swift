@@ -71,7 +71,7 @@ enum LlavaArguments {
         "pretrain_mm_mlp_adapter": option("--adapter-init", convert: projectorFolder),
         "mm_use_im_start_end": bool(.fixed(["false"], reason: "vlmsh does not add <im_start>/<im_end> tokens around images")),
         "mm_use_im_patch_token": bool(.fixed(["false"], reason: "vlmsh does not add <im_patch> tokens")),
-        "mm_patch_merge_type": value(.fixed(["flat"], reason: "vlmsh puts an image's features in as one flat run (no spatial merge)")),
+        "mm_patch_merge_type": value(.model),
         // DataArguments
         "data_path": option("--data"),
         "image_folder": option("--image-folder"),
@@ -350,10 +350,13 @@ enum LlavaModelCheck {
             case "mm_projector_type":
                 found = llava.projector.kind.rawValue
             case "image_aspect_ratio":
-                found = llava.padToSquare ? "pad" : "square"
-                guard ["pad", "square"].contains(value) else {
-                    throw UsageError("--image_aspect_ratio \(value): not supported by vlmsh (pad or square)")
+                found = llava.anyResolution != nil ? "anyres" : llava.padToSquare ? "pad" : "square"
+                guard ["pad", "square", "anyres"].contains(value) else {
+                    throw UsageError("--image_aspect_ratio \(value): not supported by vlmsh (pad, square or anyres)")
                 }
+            case "mm_patch_merge_type":
+                // LLaVA-NeXT folders pack tiles as spatial_unpad; LLaVA's features are one flat run.
+                found = llava.anyResolution != nil ? "spatial_unpad" : "flat"
             default:
                 throw UsageError("--\(name): not a model setting vlmsh checks")
             }

@@ -116,16 +116,18 @@ struct PromptOptions: ParsableArguments {
     func prepare(_ model: ChatModel) throws -> (ids: [Int], prompt: Prompt, features: ImageFeatures) {
         let ids = try promptIDs(model)
         let features = ImageFeatures(model: model)
-        var hashes: [String] = []
+        var hashes: [String] = [], counts: [Int] = []
         if !image.isEmpty {
             guard let support = model.images else { throw ValidationError("this model takes no images (--image)") }
             for path in image {
                 let file = try ImageFile(path: path)
-                features.attach([ImageInput(hash: file.hash, pixels: try support.preprocess(file.image))])
+                let input = try support.input(hash: file.hash, image: file.image)
+                features.attach([input])
                 hashes.append(file.hash)
+                counts.append(try support.featureCount(of: input))
             }
         }
-        return (ids, try Prompt(ids: ids, images: hashes, support: model.images), features)
+        return (ids, try Prompt(ids: ids, images: hashes, support: model.images, featureCounts: counts.isEmpty ? nil : counts), features)
     }
 }
 

@@ -22,16 +22,48 @@ extension ChatModel {
 
 /// How a model sees images: the placeholder token, how many positions one image takes, its
 /// preprocessing, and the encoder (vision tower + projector) giving `[featureCount, hidden]`.
+/// Any-resolution models (LLaVA-NeXT) give `sized`: the positions and the features then depend
+/// on the image's size before preprocessing, which `input(hash:image:)` records.
 public struct ImageSupport {
     public let tokenID: Int
     public let tokenText: String
     public let featureCount: Int
     public let preprocess: (RGBImage) throws -> Tensor
     public let encode: (Tensor) throws -> Tensor
+    public let sized: Sized?
+
+    /// Positions for an image of a size, and the encoder given the model input and that size.
+    public struct Sized {
+        public let featureCount: (_ height: Int, _ width: Int) -> Int
+        public let encode: (Tensor, _ height: Int, _ width: Int) throws -> Tensor
+        public init(featureCount: @escaping (Int, Int) -> Int, encode: @escaping (Tensor, Int, Int) throws -> Tensor) {
+            self.featureCount = featureCount; self.encode = encode
+        }
+    }
+
     public init(tokenID: Int, tokenText: String, featureCount: Int,
-                preprocess: @escaping (RGBImage) throws -> Tensor, encode: @escaping (Tensor) throws -> Tensor) {
+                preprocess: @escaping (RGBImage) throws -> Tensor, encode: @escaping (Tensor) throws -> Tensor, sized: Sized? = nil) {
         self.tokenID = tokenID; self.tokenText = tokenText; self.featureCount = featureCount
-        self.preprocess = preprocess; self.encode = encode
+        self.preprocess = preprocess; self.encode = encode; self.sized = sized
+    }
+
+    /// `image` preprocessed under `hash`, with its size.
+    public func input(hash: String, image: RGBImage) throws -> ImageInput {
+        ImageInput(hash: hash, pixels: try preprocess(image), size: (image.height, image.width))
+    }
+
+    /// Positions `input` takes in the prompt.
+    public func featureCount(of input: ImageInput) throws -> Int {
+        guard let sized else { return featureCount }
+        guard let size = input.size else { throw ModelError("image \(input.hash.prefix(12)): its size is needed (any-resolution model)") }
+        return sized.featureCount(size.height, size.width)
+    }
+
+    /// The features of `input`, `[featureCount(of: input), hidden]`.
+    public func encode(_ input: ImageInput) throws -> Tensor {
+        guard let sized else { return try encode(input.pixels) }
+        guard let size = input.size else { throw ModelError("image \(input.hash.prefix(12)): its size is needed (any-resolution model)") }
+        return try sized.encode(input.pixels, size.height, size.width)
     }
 }
 
@@ -117,12 +149,15 @@ public final class ChatSession {
         var all = messages
         if let system, all.first?.role != .system { all.insert(ChatMessage(role: .system, text: system), at: 0) }
         let ids = model.promptEncoding.ids(all, addGenerationPrompt: addGenerationPrompt)
-        return try Prompt(ids: ids, images: messageImages.flatMap { $0 }.map(\.hash), support: model.images)
+        let images = messageImages.flatMap { $0 }
+        return try Prompt(ids: ids, images: images.map(\.hash), support: model.images,
+                          featureCounts: try model.images.map { s in try images.map { try s.featureCount(of: $0) } })
     }
 
     /// The slots of `ids` with `images` placed at their placeholders (`Prompt`'s rule).
     public static func expand(ids: [Int], images: [ImageInput], support: ImageSupport?) throws -> [InputSlot] {
-        try Prompt(ids: ids, images: images.map(\.hash), support: support).slots
+        try Prompt(ids: ids, images: images.map(\.hash), support: support,
+                   featureCounts: try support.map { s in try images.map { try s.featureCount(of: $0) } }).slots
     }
 
     /// `generator(for:)` of already expanded slots.

@@ -39,8 +39,12 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
 
     public var images: ImageSupport? {
         let llava = self.llava
+        let sized = llava.anyResolution.map { _ in
+            ImageSupport.Sized(featureCount: { llava.imageTokenCount(height: $0, width: $1) },
+                               encode: { try llava.imageFeatures(pixels: $0, size: ($1, $2)) })
+        }
         return ImageSupport(tokenID: imageTokenID, tokenText: imageTokenText, featureCount: llava.featureCount,
-                            preprocess: { try llava.preprocess($0) }, encode: { try llava.imageFeatures(pixels: $0) })
+                            preprocess: { try llava.modelInput($0) }, encode: { try llava.imageFeatures(pixels: $0) }, sized: sized)
     }
 
     public var stopTokens: Set<Int> { tokenizer.eosTokenIDs }

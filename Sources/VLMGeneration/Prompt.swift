@@ -22,7 +22,8 @@ public struct Prompt: Sendable {
     /// Replaces each run of image tokens in `ids` with the rows of the next of `images` (their
     /// feature keys), in order. A run of one token expands; a run already of the feature count is
     /// used as is; anything else is an error, as are placeholders and images that do not pair up.
-    public init(ids: [Int], images: [String], support: ImageSupport?) throws {
+    /// `featureCounts` gives each image's count when they differ (any-resolution models).
+    public init(ids: [Int], images: [String], support: ImageSupport?, featureCounts: [Int]? = nil) throws {
         guard let support else {
             guard images.isEmpty else { throw ModelError("this model takes no images") }
             slots = ids.map { .token($0) }
@@ -30,10 +31,12 @@ public struct Prompt: Sendable {
         }
         var slots: [InputSlot] = []
         var i = 0
-        let runs = try Self.imagePlacements(ids, images: images.count, tokenID: support.tokenID, featureCount: support.featureCount)
-        for (run, image) in zip(runs, images) {
+        let counts = featureCounts ?? Array(repeating: support.featureCount, count: images.count)
+        guard counts.count == images.count else { throw ModelError("\(counts.count) feature counts for \(images.count) images") }
+        let runs = try Self.imagePlacements(ids, images: images.count, tokenID: support.tokenID, featureCounts: counts)
+        for ((run, image), count) in zip(zip(runs, images), counts) {
             slots += ids[i..<run.start].map { .token($0) }
-            slots += (0..<support.featureCount).map { .image(hash: image, row: $0) }
+            slots += (0..<count).map { .image(hash: image, row: $0) }
             i = run.start + run.count
         }
         slots += ids[i...].map { .token($0) }
@@ -45,12 +48,18 @@ public struct Prompt: Sendable {
     /// pair up one to one, in order, are an error. Chat prompts and training rows with several
     /// images are spliced by this one rule.
     public static func imagePlacements(_ ids: [Int], images: Int, tokenID: Int, featureCount: Int) throws -> [(start: Int, count: Int)] {
+        try imagePlacements(ids, images: images, tokenID: tokenID, featureCounts: Array(repeating: featureCount, count: images))
+    }
+
+    /// `imagePlacements` with each image's own count (`featureCounts[k]` for the k-th image).
+    public static func imagePlacements(_ ids: [Int], images: Int, tokenID: Int, featureCounts: [Int]) throws -> [(start: Int, count: Int)] {
         let runs = imageRuns(ids, tokenID: tokenID)
         for (k, run) in runs.enumerated() {
-            guard run.count == 1 || run.count == featureCount else {
-                throw ModelError("a run of \(run.count) image tokens: expected 1 or \(featureCount) per image")
-            }
             guard k < images else { throw ModelError("the prompt has more image tokens than images (\(images))") }
+            let expected = k < featureCounts.count ? featureCounts[k] : 1
+            guard run.count == 1 || run.count == expected else {
+                throw ModelError("a run of \(run.count) image tokens: expected 1 or \(expected) per image")
+            }
         }
         guard runs.count == images else {
             throw ModelError("\(images) images but \(runs.count) image placeholders in the prompt")
@@ -146,7 +155,11 @@ public struct Prompt: Sendable {
 public struct ImageInput: @unchecked Sendable {
     public let hash: String
     public let pixels: Tensor
-    public init(hash: String, pixels: Tensor) { self.hash = hash; self.pixels = pixels }
+    /// The image's size before preprocessing (what any-resolution models count and unpad by).
+    public let size: (height: Int, width: Int)?
+    public init(hash: String, pixels: Tensor, size: (height: Int, width: Int)? = nil) {
+        self.hash = hash; self.pixels = pixels; self.size = size
+    }
 }
 
 /// Image features by key, each image encoded once (vision tower and projector as applied now).
@@ -188,7 +201,7 @@ public final class ImageFeatures {
     public func features(hash: String) throws -> Tensor {
         if let f = cache[hash] { return f }
         guard let input = pending[hash], let support = model.images else { throw ModelError("image \(hash.prefix(12)) is not attached") }
-        let f = try support.encode(input.pixels)
+        let f = try support.encode(input)
         encoderRuns += 1
         cache[hash] = f
         pending[hash] = nil

@@ -168,6 +168,7 @@ public enum LlavaWeights {
         else if n.hasPrefix("model.vision_tower.") { n = String(n.dropFirst("model.".count)) }
         else if n.hasPrefix("model.multi_modal_projector.") { n = String(n.dropFirst("model.".count)) }
         else if n == "lm_head.weight" { n = "language_model.lm_head.weight" }
+        else if n == "model.image_newline" { n = "image_newline" }
         if n.hasPrefix("vision_tower.") && !n.hasPrefix("vision_tower.vision_model.") {
             n = "vision_tower.vision_model." + n.dropFirst("vision_tower.".count)
         }
@@ -211,6 +212,8 @@ public final class LlavaModel: @unchecked Sendable {
     public let imageTokenInVocabulary: Bool
     /// The language model a composed folder (`text_model`) names, with its tokenizer and template.
     public private(set) var textModel: TextModel?
+    /// LLaVA-NeXT's any-resolution tiles and `image_newline` (LlavaNext.swift); nil for LLaVA.
+    public internal(set) var anyResolution: LlavaNextParts?
 
     /// Composes already-loaded parts.
     public init(config: LlavaConfiguration, vision: VisionTower, projector: MultiModalProjector, decoder: LlamaModel,
@@ -250,11 +253,12 @@ public final class LlavaModel: @unchecked Sendable {
         return (vision, projector)
     }
 
-    /// Loads a LLaVA folder: transformers (`model_type` `llava`) or the original repo
-    /// (`llava_llama`), from its config.json as already read (`ModelConfigFile.read`).
+    /// Loads a LLaVA folder: transformers (`model_type` `llava` or `llava_next`) or the original
+    /// repo (`llava_llama`), from its config.json as already read (`ModelConfigFile.read`).
     public static func load(folder: String, config file: ModelConfigFile? = nil) throws -> LlavaModel {
         let file = try file ?? ModelConfigFile.require(folder: folder)
         if file.modelType == "llava_llama" { return try loadOriginal(folder: folder, configData: file.data) }
+        if file.modelType == "llava_next" { return try loadNext(folder: folder, file: file) }
         let config = try TextModel.decodeConfig(LlavaConfiguration.self, from: file.data, path: file.path, expected: "LLaVA config")
         guard LlamaConfiguration.supportedTypes.contains(config.textConfig.modelType) else {
             throw FormatError(file.path, "unsupported text model_type '\(config.textConfig.modelType)'")
@@ -421,6 +425,6 @@ public struct ModelConfigFile: Sendable {
         return file
     }
 
-    /// A LLaVA model (`llava`, or the original repo's `llava_llama`).
-    public var isLlava: Bool { modelType == "llava" || modelType == "llava_llama" }
+    /// A LLaVA model (`llava`, the original repo's `llava_llama`, or LLaVA-NeXT's `llava_next`).
+    public var isLlava: Bool { modelType == "llava" || modelType == "llava_llama" || modelType == "llava_next" }
 }

@@ -154,7 +154,7 @@ public enum Evaluator {
         let dataset = try TrainingDataset.load(path: path, tokenizer: chat.tokenizer, template: chat.template,
                                                image: support.map { ($0.tokenID, $0.featureCount) },
                                                imageFolder: imageFolder, contextLength: chat.decoder.config.contextLength,
-                                               skipBadRows: skipBadRows)
+                                               skipBadRows: skipBadRows, imageFeatureCount: TrainingDataset.imageFeatureCount(for: chat))
         let images = ImageFeatureCache(chat: chat, blank: blankImages)
         var rows: [EvalRowResult] = []
         let selection = selectedExamples(dataset, kinds: kinds, limit: limit)
@@ -282,7 +282,8 @@ public enum Evaluator {
         let features = ImageFeatures(model: chat)
         if let imageFeatures { features.insert(imageFeatures, hash: evalImage) }
         do {
-            let prompt = try Prompt(ids: ids, images: imageFeatures == nil ? [] : [evalImage], support: imageFeatures == nil ? nil : chat.images)
+            let prompt = try Prompt(ids: ids, images: imageFeatures == nil ? [] : [evalImage], support: imageFeatures == nil ? nil : chat.images,
+                                    featureCounts: imageFeatures.map { [$0.shape[0]] })
             return try prompt.embeddings(model: chat, features: features)
         } catch {
             throw TrainingError("\(source): \(error)")
@@ -346,7 +347,7 @@ public enum Evaluator {
         let features = ImageFeatures(model: chat)
         if let imageFeatures { features.insert(imageFeatures, hash: evalImage) }
         let prompt = try Prompt(ids: promptIDs, images: imageFeatures == nil ? [] : [evalImage],
-                                support: imageFeatures == nil ? nil : chat.images)
+                                support: imageFeatures == nil ? nil : chat.images, featureCounts: imageFeatures.map { [$0.shape[0]] })
         var parameters = GenerationParameters()
         parameters.temperature = 0
         parameters.maxTokens = maxNewTokens
@@ -386,7 +387,7 @@ final class ImageFeatureCache {
             var image: RGBImage
             do { image = try ImageLoader.load(path: path) } catch { throw TrainingError("\(error)") }
             if blank { image = Evaluator.blankImage(like: image) }
-            features.attach([ImageInput(hash: path, pixels: try support.preprocess(image))])
+            features.attach([try support.input(hash: path, image: image)])
         }
         return try features.features(hash: path)
     }

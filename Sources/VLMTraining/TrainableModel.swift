@@ -63,6 +63,8 @@ public final class TrainableModel: @unchecked Sendable {
     public let carriesProjector: Bool, carriesVisionTower: Bool
     /// Vision-tower outputs by image path when the tower is frozen: each image is encoded once.
     private var visionCache: [String: Tensor] = [:]
+    /// Each image's size before preprocessing (LLaVA-NeXT packs its features by it).
+    private var imageSizes: [String: (height: Int, width: Int)] = [:]
 
     /// Prepares `chat` for training in `mode`. `lora` is a fresh or loaded adapter set (required
     /// for the LoRA modes); it is installed on the decoder. `initKind` is what an `--adapter-init`
@@ -216,24 +218,36 @@ public final class TrainableModel: @unchecked Sendable {
         }
         let features: Variable
         if let trainedTower {
-            features = try trainedTower.features(paths.map { try pixels($0, llava: llava) }, featureLayer: llava.config.visionFeatureLayers[0],
+            // LLaVA-NeXT: every tile of every image, in order.
+            let tiles = try paths.flatMap { try llava.tiles(try pixels($0, llava: llava)) }
+            features = try trainedTower.features(tiles, featureLayer: llava.config.visionFeatureLayers[0],
                                                  dropClassToken: llava.dropsClassToken, tape: tape)
         } else {
             features = Variable(try visionFeatures(paths, llava: llava))
         }
-        return llava.projector.forward(features, tape: tape)
+        let projected = llava.projector.forward(features, tape: tape)
+        guard llava.anyResolution != nil else { return projected }
+        do {
+            return try llava.packImageFeatures(projected, sizes: paths.map { imageSizes[$0]! }, tape: tape)
+        } catch {
+            throw TrainingError("\(batch.sources.joined(separator: ", ")): \(error)")
+        }
     }
 
-    /// The model input of the image at `path`.
+    /// The model input of the image at `path` (its size recorded).
     private func pixels(_ path: String, llava: LlavaModel) throws -> Tensor {
-        do { return try llava.preprocess(try ImageLoader.load(path: path)) } catch { throw TrainingError("\(error)") }
+        do {
+            let image = try ImageLoader.load(path: path)
+            imageSizes[path] = (image.height, image.width)
+            return try llava.modelInput(image)
+        } catch { throw TrainingError("\(error)") }
     }
 
     /// Frozen-tower features `[images·featureCount, visionHidden]` stacked in order.
     private func visionFeatures(_ paths: [String], llava: LlavaModel) throws -> Tensor {
         let blocks = try paths.map { path -> Tensor in
             if let cached = visionCache[path] { return cached }
-            let features = try llava.visionFeatures(pixels: pixels(path, llava: llava))
+            let features = try llava.tileFeatures(pixels: pixels(path, llava: llava))
             visionCache[path] = features
             return features
         }
@@ -243,5 +257,16 @@ public final class TrainableModel: @unchecked Sendable {
         var offset = 0
         for b in blocks { (out.data + offset).update(from: b.data, count: b.count); offset += b.count }
         return out
+    }
+}
+
+extension TrainingDataset {
+    /// Positions of the image at a path when they depend on its size (LLaVA-NeXT); nil otherwise.
+    public static func imageFeatureCount(for chat: ChatModel) -> (@Sendable (String) throws -> Int)? {
+        guard let llava = (chat as? VisionLanguageModel)?.llava, llava.anyResolution != nil else { return nil }
+        return { path in
+            let image = try ImageLoader.load(path: path)
+            return llava.imageTokenCount(height: image.height, width: image.width)
+        }
     }
 }

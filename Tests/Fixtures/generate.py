@@ -12,7 +12,8 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 DATA = HERE / "data"
-AREAS = ["quant", "safetensors", "tokenizers", "smollm", "tinyllama", "images", "resize", "vision", "llava", "train", "torch_bin", "adam8bit", "import_run"]
+AREAS = ["quant", "safetensors", "tokenizers", "smollm", "tinyllama", "images", "resize", "vision", "llava", "llava_next", "train",
+         "torch_bin", "adam8bit", "import_run"]
 GENERATOR_VERSION = 1
 
 

@@ -30,8 +30,10 @@ public struct ConversationEncoder: Sendable {
     /// Ids and labels of `messages` (roles system/user/assistant), arranged as
     /// `PromptEncoding.arranging` does, for a row with `images` images: one `<image>` placeholder
     /// per image, in user turns, in the images' order (none: they all go before the first user
-    /// turn's text). Each image token is expanded to `featureCount` positions with -100 labels.
-    public func encode(_ input: [ChatMessage], images: Int) throws -> (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>]) {
+    /// turn's text). Each image token is expanded to `featureCount` positions with -100 labels
+    /// (`featureCounts[k]` for the k-th image when given: any-resolution models).
+    public func encode(_ input: [ChatMessage], images: Int, featureCounts: [Int]? = nil) throws
+        -> (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>]) {
         let placeholder = Self.imagePlaceholder
         guard input.contains(where: { $0.role == .user }) else {
             throw TrainingDataError(input.contains { $0.role == .assistant } ? "no human turn" : "no human or assistant turn")
@@ -80,7 +82,7 @@ public struct ConversationEncoder: Sendable {
         guard runs.count == images, runs.allSatisfy({ $0.count == 1 }) else {
             throw TrainingDataError("expected \(images) separate image token\(images == 1 ? "" : "s") after tokenization, found \(runs.map(\.count).reduce(0, +))")
         }
-        return try Self.expandImages(ids: ids, labels: labels, images: images, image: image)
+        return try Self.expandImages(ids: ids, labels: labels, images: images, image: image, featureCounts: featureCounts)
     }
 
     /// "one image", "3 images".
@@ -89,20 +91,21 @@ public struct ConversationEncoder: Sendable {
     /// Splices `images` images into `ids` at their placeholders as the chat does
     /// (`Prompt.imagePlacements`): each run of the image token (1 token, or already
     /// `featureCount`) becomes `featureCount` image tokens labelled -100.
-    static func expandImages(ids: [Int], labels: [Int], images: Int, image: (tokenID: Int, featureCount: Int)) throws
-        -> (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>]) {
+    static func expandImages(ids: [Int], labels: [Int], images: Int, image: (tokenID: Int, featureCount: Int),
+                             featureCounts: [Int]? = nil) throws -> (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>]) {
+        let counts = featureCounts ?? Array(repeating: image.featureCount, count: images)
         let runs: [(start: Int, count: Int)]
         do {
-            runs = try Prompt.imagePlacements(ids, images: images, tokenID: image.tokenID, featureCount: image.featureCount)
+            guard counts.count == images else { throw TrainingDataError("\(counts.count) feature counts for \(images) images") }
+            runs = try Prompt.imagePlacements(ids, images: images, tokenID: image.tokenID, featureCounts: counts)
         } catch {
             throw TrainingDataError("\(error)")
         }
-        let n = image.featureCount
         var outIDs: [Int] = [], outLabels: [Int] = [], ranges: [Range<Int>] = []
-        outIDs.reserveCapacity(ids.count + images * n)
-        outLabels.reserveCapacity(ids.count + images * n)
+        outIDs.reserveCapacity(ids.count + counts.reduce(0, +))
+        outLabels.reserveCapacity(ids.count + counts.reduce(0, +))
         var i = 0
-        for run in runs {
+        for (run, n) in zip(runs, counts) {
             outIDs += ids[i..<run.start]
             outLabels += labels[i..<run.start]
             ranges.append(outIDs.count..<(outIDs.count + n))

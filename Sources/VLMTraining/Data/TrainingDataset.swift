@@ -105,13 +105,14 @@ public struct TrainingDataset: Sendable {
     public static func load(path: String, tokenizer: Tokenizer, template: ChatTemplate,
                             image: (tokenID: Int, featureCount: Int)?, imageFolder: String? = nil,
                             maxLength: Int? = nil, contextLength: Int? = nil, skipBadRows: Bool = false,
-                            readsImageTokenTexts: Bool = false, eagerRowLimit: Int = eagerRowLimit) throws -> TrainingDataset {
+                            readsImageTokenTexts: Bool = false, eagerRowLimit: Int = eagerRowLimit,
+                            imageFeatureCount: (@Sendable (String) throws -> Int)? = nil) throws -> TrainingDataset {
         let file = try DataFile(path: path)
         let dataFolder = URL(fileURLWithPath: path).standardizedFileURL.deletingLastPathComponent().path
         let imageBase = imageFolder.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? dataFolder
         let encoder = ConversationEncoder(tokenizer: tokenizer, template: template, image: image)
         let builder = RowBuilder(encoder: encoder, imageBase: imageBase, maxLength: maxLength, contextLength: contextLength,
-                                 readsImageTokenTexts: readsImageTokenTexts)
+                                 readsImageTokenTexts: readsImageTokenTexts, imageFeatureCount: imageFeatureCount)
         if file.count > eagerRowLimit { return try loadLazily(file, builder: builder, skipBadRows: skipBadRows) }
 
         var examples: [TrainingExample] = []
@@ -246,6 +247,8 @@ struct RowBuilder {
     let maxLength: Int?
     let contextLength: Int?
     let readsImageTokenTexts: Bool
+    /// Positions of the image at a path, for models where they depend on its size (LLaVA-NeXT).
+    var imageFeatureCount: (@Sendable (String) throws -> Int)? = nil
 
     /// The row's example, or its problem as "file:line: message".
     func build(_ row: DataRow) -> Result<TrainingExample, RowProblem> {
@@ -269,10 +272,13 @@ struct RowBuilder {
             throw RowProblem("the row has an image but the model takes no images")
         }
         var encoded: (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>])
+        let counts = try imageFeatureCount.map { count in
+            try imagePaths.map { path in do { return try count(path) } catch { throw RowProblem("\(error)") } }
+        }
         if let conversations = row["conversations"] {
-            encoded = try encoder.encode(try Self.messages(conversations), images: imagePaths.count)
+            encoded = try encoder.encode(try Self.messages(conversations), images: imagePaths.count, featureCounts: counts)
         } else if row["input_ids"] != nil {
-            encoded = try pretokenized(row, images: imagePaths.count)
+            encoded = try pretokenized(row, images: imagePaths.count, featureCounts: counts)
         } else {
             throw RowProblem("malformed row: no \"conversations\" (or \"input_ids\" and \"labels\")")
         }
@@ -368,7 +374,7 @@ struct RowBuilder {
     }
 
     /// A pre-tokenized row: ids and labels checked against the vocabulary, the image expanded.
-    private func pretokenized(_ row: [String: Any], images: Int) throws -> (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>]) {
+    private func pretokenized(_ row: [String: Any], images: Int, featureCounts: [Int]?) throws -> (inputIDs: [Int], labels: [Int], imageRanges: [Range<Int>]) {
         guard let ids = Self.integers(row["input_ids"]) else {
             throw RowProblem("malformed row: \"input_ids\" must be an array of integers")
         }
@@ -398,10 +404,11 @@ struct RowBuilder {
         guard runs.count == images else {
             throw RowProblem("\(runs.count) image placeholder\(runs.count == 1 ? "" : "s") for \(ConversationEncoder.imageCount(images))")
         }
-        if let run = runs.first(where: { $0.count != 1 && $0.count != image.featureCount }) {
-            throw RowProblem("a run of \(run.count) image tokens: expected 1 or \(image.featureCount)")
+        let counts = featureCounts ?? Array(repeating: image.featureCount, count: images)
+        if let (run, count) = zip(runs, counts).first(where: { $0.0.count != 1 && $0.0.count != $0.1 }) {
+            throw RowProblem("a run of \(run.count) image tokens: expected 1 or \(count)")
         }
-        return try ConversationEncoder.expandImages(ids: ids, labels: labels, images: images, image: image)
+        return try ConversationEncoder.expandImages(ids: ids, labels: labels, images: images, image: image, featureCounts: featureCounts)
     }
 
     /// An array of JSON integers (booleans and fractions rejected).
