@@ -210,7 +210,7 @@ public final class LlavaModel: @unchecked Sendable {
     /// Whether the image token is a real vocabulary entry (`<image>`).
     public let imageTokenInVocabulary: Bool
     /// The language model a composed folder (`text_model`) names, with its tokenizer and template.
-    public private(set) var textModel: TextModel?
+    public internal(set) var textModel: TextModel?
 
     /// Composes already-loaded parts.
     public init(config: LlavaConfiguration, vision: VisionTower, projector: MultiModalProjector, decoder: LlamaModel,
