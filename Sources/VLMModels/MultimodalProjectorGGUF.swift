@@ -149,28 +149,54 @@ public struct MMProjConfiguration: Sendable, Equatable {
 }
 
 public enum MMProjWeights {
+    static let tower = "vision_tower.vision_model."
+    static let projector = [("mm.0.", "linear_1."), ("mm.2.", "linear_2.")]
+    static let top = [("v.class_embd", "embeddings.class_embedding"), ("v.patch_embd.weight", "embeddings.patch_embedding.weight"),
+                      ("v.position_embd.weight", "embeddings.position_embedding.weight"),
+                      ("v.pre_ln.weight", "pre_layrnorm.weight"), ("v.pre_ln.bias", "pre_layrnorm.bias"),
+                      ("v.post_ln.weight", "post_layernorm.weight"), ("v.post_ln.bias", "post_layernorm.bias")]
+    static func block(legacyFFN: Bool) -> [(String, String)] {
+        [("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
+         ("attn_out", "self_attn.out_proj"), ("ln1", "layer_norm1"), ("ln2", "layer_norm2"),
+         ("ffn_down", legacyFFN ? "mlp.fc1" : "mlp.fc2"), ("ffn_up", legacyFFN ? "mlp.fc2" : "mlp.fc1")]
+    }
+
     /// llama.cpp's mmproj names → the names the LLaVA loader takes (`vision_tower.vision_model.*`,
     /// `multi_modal_projector.linear_{1,2}.*`); anything else keeps its name, so strict loading
     /// reports it. `legacyFFN`: the legacy converter writes CLIP's fc1 as `ffn_down` and fc2 as
     /// `ffn_up` (llama.cpp tells them apart by shape, as `legacyFFN(in:)` does).
     public static func sanitize(_ name: String, legacyFFN: Bool) -> String? {
-        let projector = ["mm.0.": "multi_modal_projector.linear_1.", "mm.2.": "multi_modal_projector.linear_2."]
-        for (from, to) in projector where name.hasPrefix(from) { return to + name.dropFirst(from.count) }
-        guard name.hasPrefix("v.") else { return name }
-        let tower = "vision_tower.vision_model."
-        let top = ["v.class_embd": "embeddings.class_embedding", "v.patch_embd.weight": "embeddings.patch_embedding.weight",
-                   "v.position_embd.weight": "embeddings.position_embedding.weight",
-                   "v.pre_ln.weight": "pre_layrnorm.weight", "v.pre_ln.bias": "pre_layrnorm.bias",
-                   "v.post_ln.weight": "post_layernorm.weight", "v.post_ln.bias": "post_layernorm.bias"]
-        if let n = top[name] { return tower + n }
+        for (from, to) in projector where name.hasPrefix(from) { return "multi_modal_projector." + to + name.dropFirst(from.count) }
+        if let entry = top.first(where: { $0.0 == name }) { return tower + entry.1 }
         let parts = name.split(separator: ".", maxSplits: 3).map(String.init)
-        guard parts.count == 4, parts[1] == "blk", let layer = Int(parts[2]) else { return name }
-        let sub = ["attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-                   "attn_out": "self_attn.out_proj", "ln1": "layer_norm1", "ln2": "layer_norm2",
-                   "ffn_down": legacyFFN ? "mlp.fc1" : "mlp.fc2", "ffn_up": legacyFFN ? "mlp.fc2" : "mlp.fc1"]
+        guard parts.count == 4, parts[0] == "v", parts[1] == "blk", let layer = Int(parts[2]) else { return name }
         let pieces = parts[3].split(separator: ".", maxSplits: 1).map(String.init)
-        guard pieces.count == 2, let mapped = sub[pieces[0]] else { return name }
-        return tower + "encoder.layers.\(layer).\(mapped).\(pieces[1])"
+        guard pieces.count == 2, let entry = block(legacyFFN: legacyFFN).first(where: { $0.0 == pieces[0] }) else { return name }
+        return tower + "encoder.layers.\(layer).\(entry.1).\(pieces[1])"
+    }
+
+    /// The file's name for a loader name, scoped or not (`encoder.layers.1.mlp.fc1.weight` →
+    /// `v.blk.1.ffn_down.weight`), so messages name what the user can find in the file.
+    public static func fileName(_ canonical: String, legacyFFN: Bool) -> String? {
+        var n = canonical
+        for prefix in ["vision_tower.", "vision_model.", "multi_modal_projector."] where n.hasPrefix(prefix) { n = String(n.dropFirst(prefix.count)) }
+        for (file, ours) in projector where n.hasPrefix(ours) { return file + n.dropFirst(ours.count) }
+        if let entry = top.first(where: { $0.1 == n }) { return entry.0 }
+        guard n.hasPrefix("encoder.layers.") else { return nil }
+        let rest = n.dropFirst("encoder.layers.".count)
+        guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]) else { return nil }
+        let tail = String(rest[rest.index(after: dot)...])
+        for (file, ours) in block(legacyFFN: legacyFFN) where tail.hasPrefix(ours + ".") {
+            return "v.blk.\(layer).\(file)" + tail.dropFirst(ours.count)
+        }
+        return nil
+    }
+
+    /// A loading error about the mmproj with its weight names as the file spells them.
+    static func inFileNames(_ error: FormatError, legacyFFN: Bool) -> FormatError {
+        let parts = error.message.components(separatedBy: "'")
+        guard parts.count >= 3, let name = fileName(parts[1], legacyFFN: legacyFFN) else { return error }
+        return FormatError(error.file, ([parts[0], name] + parts[2...]).joined(separator: "'"))
     }
 
     /// Whether `ffn_down` is the layer that reads the hidden size (CLIP's fc1): the legacy naming.
@@ -205,8 +231,13 @@ extension LlavaModel {
             textModel: textPath)
         let processor = mm.imageProcessor
         try processor.validate(path: mmprojPath)
-        let (vision, projector) = try visionParts(config, weights: weights, visionWeights: nil)
-        try weights.finish()
+        let vision: VisionTower, projector: MultiModalProjector
+        do {
+            (vision, projector) = try visionParts(config, weights: weights, visionWeights: nil)
+            try weights.finish()
+        } catch let error as FormatError where error.file == mmprojPath {
+            throw MMProjWeights.inFileNames(error, legacyFFN: legacy)
+        }
         let model = LlavaModel(config: config, vision: vision, projector: projector, decoder: text.decoder,
                                imageProcessor: processor, padToSquare: mm.imageAspectRatio == "pad",
                                imageTokenInVocabulary: imageID != nil)

@@ -303,7 +303,8 @@ transformers' outputs are the outputs of the weights in the files.
 ## golden.json / golden.f32
 
 Same conventions as data/llava: `golden.f32` is raw little-endian float32, referenced as `{"offset", "shape"}`.
-Per case (one per image): `messages`, `prompt` (the chat template's text with `<image>`), `prompt_ids` (the
+Per case (one per image): `messages` (the user turn), `prompt` (LLaVA-1.5's conv_vicuna_v1 text for it: the
+system sentence, ` USER: <image>\n{question} ASSISTANT:`), `prompt_ids` (the
 prompt tokenized by llama.cpp (llama-cpp-python, `special=True`, BOS added) with the text GGUF's vocabulary: the tiny
 BPE tokenizer.json becomes a score-less SPM vocabulary there, so one prompt tokenizes differently from
 tokenizer.json, whose ids are `hf_prompt_ids`; the goldens use `prompt_ids`, what a user of the pair feeds the model),
@@ -336,7 +337,9 @@ def generate(out_dir):
     cases = []
     for name in IMAGES:
         messages = gen_llava.hf_messages([name], QUESTIONS[name])
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        # LLaVA-1.5's conv_vicuna_v1 prompt (its system sentence, then USER/ASSISTANT), as LLaVA and
+        # llama.cpp's LLaVA examples write it and vlmsh's llava-v1 template renders one user turn.
+        prompt = f"{gen_llava.VICUNA_SYSTEM} USER: <image>\n{QUESTIONS[name]} ASSISTANT:"
         # The ids the text GGUF's own vocabulary gives (llama.cpp's tokenizer): what a user of the pair
         # feeds the model. The tiny BPE tokenizer.json becomes a score-less SPM vocabulary in the GGUF, so
         # these can differ from tokenizer.json's ids (hf_prompt_ids).

@@ -54,6 +54,12 @@ final class GGUFPairTests: XCTestCase {
         XCTAssertEqual(MMProjWeights.sanitize("v.blk.0.attn_out.bias", legacyFFN: true),
                        "vision_tower.vision_model.encoder.layers.0.self_attn.out_proj.bias")
         XCTAssertEqual(MMProjWeights.sanitize("mm.2.weight", legacyFFN: true), "multi_modal_projector.linear_2.weight")
+        // The way back, for messages: every tensor of the file round-trips.
+        for info in gguf.tensorInfos {
+            let ours = try XCTUnwrap(MMProjWeights.sanitize(info.name, legacyFFN: true))
+            XCTAssertEqual(MMProjWeights.fileName(ours, legacyFFN: true), info.name)
+        }
+        XCTAssertEqual(MMProjWeights.fileName("encoder.layers.1.mlp.fc1.weight", legacyFFN: true), "v.blk.1.ffn_down.weight")
 
         let llava = try model().llava
         guard case .clip(let c) = llava.config.visionConfig else { return XCTFail("not a CLIP tower") }
@@ -136,7 +142,7 @@ final class GGUFPairTests: XCTestCase {
         let hostile = Self.folder.appendingPathComponent("hostile")
         let expectations = [
             "huge-image-size.gguf": "clip.vision.image_size 1073741824 is out of range",
-            "missing-tensor.gguf": "missing weight 'vision_model.encoder.layers.1.self_attn.q_proj.weight'",
+            "missing-tensor.gguf": "missing weight 'v.blk.1.attn_q.weight'",
             "llava16.gguf": "LLaVA-1.6 (anyres) mmproj: not supported yet",
         ]
         for (file, fragment) in expectations {
