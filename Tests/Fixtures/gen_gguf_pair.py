@@ -13,6 +13,7 @@ The converters come from the llama.cpp vendored in the llama-cpp-python 0.3.36 s
 ~/.vlmsh/cache when missing. The reference model's weights are rounded to float16 wherever the converters
 store float16 (every tensor with two or more dimensions), so goldens are what the GGUF pair holds.
 """
+import copy
 import json
 import os
 import pathlib
@@ -225,7 +226,7 @@ def write_hostile(src, folder):
     folder.mkdir(parents=True, exist_ok=True)
     reader = gguf.GGUFReader(str(src))
 
-    def rewrite(name, override=None, drop_tensor=None, extra=None):
+    def rewrite(name, override=None, drop_tensor=None, extra=None, transform=None):
         w = gguf.GGUFWriter(str(folder / name), arch="clip")
         for field in reader.fields.values():
             key = field.name
@@ -251,19 +252,63 @@ def write_hostile(src, folder):
         for t in reader.tensors:
             if t.name == drop_tensor:
                 continue
-            w.add_tensor(t.name, np.array(t.data), raw_shape=list(reversed([int(d) for d in t.shape])),
-                         raw_dtype=t.tensor_type)
+            data, dtype = (transform(t) if transform else None) or (np.array(t.data), t.tensor_type)
+            # gguf-py takes a quantized tensor's shape in bytes per row, a float tensor's in elements.
+            plain = dtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+            w.add_tensor(t.name, data, raw_shape=list(reversed([int(d) for d in t.shape])) if plain else list(data.shape),
+                         raw_dtype=dtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
 
+    if folder.name == "q8_0":
+        return rewrite
     U32 = gguf.GGUFValueType.UINT32
     rewrite("huge-image-size.gguf", override={"clip.vision.image_size": (1 << 30, U32)})
     rewrite("missing-tensor.gguf", drop_tensor="v.blk.1.attn_q.weight")
     rewrite("llava16.gguf", extra={
         "clip.vision.image_grid_pinpoints": ([32, 64, 64, 32, 64, 64], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32),
         "clip.vision.mm_patch_merge_type": ("spatial_unpad", gguf.GGUFValueType.STRING)})
+
+
+Q8_0_FILE = "tiny-llava-mmproj-q8_0.gguf"
+# The legacy converter's tensor names → the reference model's (CLIP's fc1 is `ffn_down`).
+TOWER_NAMES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+               "attn_out": "self_attn.out_proj", "ffn_down": "mlp.fc1", "ffn_up": "mlp.fc2"}
+
+
+def reference_name(gguf_name):
+    if gguf_name.startswith("mm."):
+        return "model.multi_modal_projector.linear_%d.%s" % (int(gguf_name.split(".")[1]) // 2 + 1, gguf_name.split(".")[2])
+    _, _, layer, kind, part = gguf_name.split(".")
+    return f"model.vision_tower.encoder.layers.{layer}.{TOWER_NAMES[kind]}.{part}"
+
+
+def q8_0_variant(src, out_dir, model):
+    """The mmproj with every linear weight (tower and projector) stored as Q8_0, as convert_hf_to_gguf's
+    --outtype q8_0 writes mmproj files (the patch and position embeddings stay f16); returns a copy of the
+    reference model holding the dequantized values."""
+    import gguf
+    from gguf import quants
+    reference = copy.deepcopy(model)
+    params = dict(reference.named_parameters())
+
+    def to_q8_0(t):
+        if t.tensor_type.name != "F16" or not t.name.endswith(".weight") or "embd" in t.name:
+            return None
+        values = np.array(t.data, dtype=np.float32)
+        packed = quants.quantize(values, gguf.GGMLQuantizationType.Q8_0)
+        restored = quants.dequantize(packed, gguf.GGMLQuantizationType.Q8_0).reshape(values.shape)
+        with torch.no_grad():
+            params[reference_name(t.name)].copy_(torch.from_numpy(restored.copy()))
+        return packed, gguf.GGMLQuantizationType.Q8_0
+
+    rewrite = write_hostile(src, out_dir / "q8_0")
+    rewrite(Q8_0_FILE, transform=to_q8_0)
+    shutil.move(out_dir / "q8_0" / Q8_0_FILE, out_dir / Q8_0_FILE)
+    (out_dir / "q8_0").rmdir()
+    return reference
 
 
 README = """# data/gguf_pair
@@ -295,6 +340,11 @@ transformers' outputs are the outputs of the weights in the files.
   Tensor names: `v.class_embd`, `v.patch_embd.weight`, `v.position_embd.weight`, `v.pre_ln.{weight,bias}`,
   `v.blk.N.{attn_q,attn_k,attn_v,attn_out,ln1,ln2,ffn_down,ffn_up}.{weight,bias}` (`ffn_down` is CLIP's fc1,
   `ffn_up` its fc2), `mm.{0,2}.{weight,bias}`.
+- `tiny-llava-mmproj-q8_0.gguf`: the mmproj rewritten with gguf-py with every linear weight of the tower and the
+  projector (`attn_*`, `ffn_*`, `mm.*` weights) quantized to Q8_0 (`gguf.quants.quantize`), the patch and position
+  embeddings kept f16, as `convert_hf_to_gguf.py --mmproj --outtype q8_0` stores mmproj files. Its goldens
+  (`q8_0_projector_output` per case) come from the reference model with those weights replaced by their Q8_0
+  round trip (`gguf.quants.dequantize`).
 - `hostile/`: the mmproj rewritten with gguf-py with one defect each: `huge-image-size.gguf`
   (`clip.vision.image_size` 2^30), `missing-tensor.gguf` (no `v.blk.1.attn_q.weight`), `llava16.gguf`
   (`clip.vision.image_grid_pinpoints` and `clip.vision.mm_patch_merge_type` spatial_unpad: a LLaVA-1.6 mmproj).
@@ -317,7 +367,7 @@ CLS dropped), `projector_output` [1, 16, 32], `last_logits` (701), `top5_ids`, `
 
 def generate(out_dir):
     ensure_llama_cpp()
-    for child in ["images", "hostile", TEXT_FILE, MMPROJ_FILE]:
+    for child in ["images", "hostile", "q8_0", TEXT_FILE, MMPROJ_FILE, Q8_0_FILE]:
         p = out_dir / child
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     images = make_images(out_dir / "images")
@@ -329,6 +379,7 @@ def generate(out_dir):
     sys.path.insert(0, str(VENDOR / "gguf-py"))
     types = check_stored(model, out_dir / TEXT_FILE, out_dir / MMPROJ_FILE)
     write_hostile(out_dir / MMPROJ_FILE, out_dir / "hostile")
+    q8_model = q8_0_variant(out_dir / MMPROJ_FILE, out_dir, model)
     processor = gen_llava.clip_processor(IMAGE_SIZE)
     tokens = (IMAGE_SIZE // PATCH_SIZE) ** 2
     arrays = gen_llava.Arrays()
@@ -350,9 +401,12 @@ def generate(out_dir):
         case = {"image": name, "messages": messages, "prompt": prompt, "prompt_ids": prompt_ids,
                 "hf_prompt_ids": hf_prompt_ids, "input_ids": input_ids}
         case.update(run_case(model, arrays, pixel_values, input_ids))
+        with torch.no_grad():
+            features = q8_model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
+            case["q8_0_projector_output"] = arrays.add(q8_model.model.multi_modal_projector(features))
         cases.append(case)
     golden = {"arrays": {"file": "golden.f32", "dtype": "float32", "byte_order": "little", "offset_unit": "bytes"},
-              "text": TEXT_FILE, "mmproj": MMPROJ_FILE, "new_tokens": NEW_TOKENS, "image_token_id": image_id,
+              "text": TEXT_FILE, "mmproj": MMPROJ_FILE, "mmproj_q8_0": Q8_0_FILE, "new_tokens": NEW_TOKENS, "image_token_id": image_id,
               "image_tokens_per_image": tokens, "mmproj_tensor_types": types,
               "images": {n: {"size": list(images[n].size)} for n in IMAGES}, "cases": cases}
     arrays.write(out_dir / "golden.f32")

@@ -138,6 +138,26 @@ final class GGUFPairTests: XCTestCase {
         }
     }
 
+    /// The mmproj with its linear weights in Q8_0 (dequantized to Float32 on load, as the tower trains
+    /// in Float32) against the reference holding the same Q8_0 round-tripped weights.
+    func testQ8_0MMProjMatchesItsReference() throws {
+        let path = Self.folder.appendingPathComponent("tiny-llava-mmproj-q8_0.gguf").path
+        let gguf = try GGUFFile(path: path)
+        XCTAssertEqual(gguf.info("v.blk.0.attn_q.weight")?.type, .q8_0)
+        XCTAssertEqual(gguf.info("mm.2.weight")?.type, .q8_0)
+        let llava = try LlavaModel.load(text: Self.text, mmproj: path)
+        let data = try Data(contentsOf: Self.folder.appendingPathComponent("golden.f32"))
+        for c in try XCTUnwrap(golden()["cases"] as? [[String: Any]]) {
+            let pixels = try array(c["pixel_values"], data)
+            let p = try llava.imageFeatures(pixels: Tensor(shape: Array(pixels.shape.dropFirst()), values: pixels.values))
+            let expected = try array(c["q8_0_projector_output"], data)
+            XCTAssertLessThan(relativeDifference(p.array, expected.values), 1e-3, "\(c["image"] ?? "") q8_0 image embeddings")
+            // Q8_0 moved them: the f16 goldens are not what this file gives.
+            let f16 = try array(c["projector_output"], data)
+            XCTAssertGreaterThan(relativeDifference(expected.values, f16.values), 1e-3)
+        }
+    }
+
     func testHostileMMProjFilesFailWithOneLine() throws {
         let hostile = Self.folder.appendingPathComponent("hostile")
         let expectations = [
