@@ -127,5 +127,14 @@ final class GGUFPairCLITests: XCTestCase {
         for f in ["adapter_model.safetensors", "multi_modal_projector.safetensors"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/" + f), f)
         }
+        // The trained LoRA and projector apply to the pair and change what it says about an image.
+        let c = try golden(0)
+        let args = ["logits", "--model", Self.text, "--mmproj", Self.mmproj, "--prompt", try question(c), "--image", try image(c),
+                    "--top-k", "1", "--json"]
+        let before = try json(try vlmsh(args))
+        let after = try json(try vlmsh(args + ["--adapter", out]))
+        let top = { (j: [String: Any]) in ((j["top"] as? [[Any]])?.first?[1] as? Double) ?? .nan }
+        XCTAssertEqual(top(before), (c["last_logits"] as? [Double])?.max() ?? 0, accuracy: 1e-3)
+        XCTAssertNotEqual(top(before), top(after), accuracy: 1e-4)
     }
 }
