@@ -66,10 +66,14 @@ public struct REPLCommand: Sendable {
 extension Engine {
     /// The engine's own commands, in the order /help lists them.
     public static let builtInCommands: [REPLCommand] = [
-        REPLCommand("/load", "MODEL", "load a .gguf file, a model folder or a store name", completion: .modelNames) { engine, args in
+        REPLCommand("/load", "MODEL [--mmproj MMPROJ]", "load a .gguf file, a model folder or a store name (a text GGUF with its mmproj GGUF: LLaVA)",
+                    completion: .modelNames) { engine, args in
             let words = try args.words()
-            guard words.count == 1 else { throw args.usageError }
-            try engine.load(words[0])
+            switch words.count {
+            case 1: try engine.load(words[0])
+            case 3 where words[1] == "--mmproj": try engine.load(words[0], mmproj: words[2])
+            default: throw args.usageError
+            }
         },
         REPLCommand("/image", "PATH…", "attach images to the next message (quote a path with spaces)", completion: .filePaths) { engine, args in
             let words = try args.words()

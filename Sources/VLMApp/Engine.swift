@@ -17,6 +17,8 @@ public final class Engine {
 
     public private(set) var model: ChatModel?
     public private(set) var modelPath: String?
+    /// The mmproj GGUF loaded with `modelPath` (llama.cpp's LLaVA pair), if any.
+    public private(set) var mmprojPath: String?
     private var modelRecord: Int64?
     public private(set) var chat: ChatSession?
     public private(set) var sessionID: Int64? {
@@ -135,20 +137,39 @@ public final class Engine {
 
     // MARK: - Model and settings
 
-    public func load(_ reference: String) throws {
+    /// Loads a model; `mmproj` makes `reference` the text GGUF of llama.cpp's LLaVA pair.
+    public func load(_ reference: String, mmproj: String? = nil) throws {
         let path = try ModelStore.resolve(reference)
+        let mm = try mmproj.map { reference in
+            let expanded = (reference as NSString).expandingTildeInPath
+            guard FileManager.default.fileExists(atPath: expanded) else { throw UsageError("--mmproj \(reference): no such file") }
+            return expanded
+        }
         let loaded = try console.task("loading \((path as NSString).lastPathComponent)") {
-            try loadChatModel(path: path, template: templateOverride)
+            try loadChatModel(path: path, mmproj: mm, template: templateOverride)
         }
         activeAdapter = nil   // it belonged to the previous model
         model = loaded
         modelPath = path
-        modelRecord = try store.upsertModel(path: path, fingerprint: try ModelFingerprint.compute(path),
+        mmprojPath = mm
+        modelRecord = try store.upsertModel(path: Self.recordedModel(path, mmproj: mm), fingerprint: try ModelFingerprint.compute(path, mmproj: mm),
                                             architecture: (loaded as? TextModel)?.architecture ?? "llava")
         chat = ChatSession(model: loaded, system: system)
         sessionID = nil
         pendingImages = []
-        console.line("loaded \(path)" + (loaded is TextModel ? "" : " (it sees images: /image PATH, then ask about them)"))
+        console.line("loaded \(path)" + (mm.map { " with \($0)" } ?? "")
+                     + (loaded is TextModel ? "" : " (it sees images: /image PATH, then ask about them)"))
+    }
+
+    /// How the store records a model: its path, or a pair as `/load` takes it (`TEXT --mmproj MMPROJ`).
+    static func recordedModel(_ path: String, mmproj: String?) -> String {
+        mmproj.map { "\(path) --mmproj \($0)" } ?? path
+    }
+
+    /// `recordedModel` read back.
+    static func parseRecordedModel(_ recorded: String) -> (path: String, mmproj: String?) {
+        guard let range = recorded.range(of: " --mmproj ", options: .backwards) else { return (recorded, nil) }
+        return (String(recorded[..<range.lowerBound]), String(recorded[range.upperBound...]))
     }
 
     /// Starts a new chat on the same model and session, e.g. after its weights changed (cached
@@ -200,7 +221,7 @@ public final class Engine {
             chat?.system = system
         case "template":
             templateOverride = value.isEmpty ? nil : value
-            if let path = modelPath { try load(path) }
+            if let path = modelPath { try load(path, mmproj: mmprojPath) }
         default:
             throw UsageError("usage: /set \(Self.settable.joined(separator: "|")) VALUE")
         }
@@ -310,7 +331,10 @@ public final class Engine {
     public func open(_ reference: String) throws {
         let id = try sessionID(reference)
         guard let record = try store.session(id: id) else { throw UsageError("no session '\(reference)'") }
-        if let path = record.model?.path, path != modelPath { try load(path) }
+        if let recorded = record.model?.path, recorded != modelPath.map({ Self.recordedModel($0, mmproj: mmprojPath) }) {
+            let (path, mmproj) = Self.parseRecordedModel(recorded)
+            try load(path, mmproj: mmproj)
+        }
         try requireModel()
         var history: [ChatMessage] = [], historyImages: [[ImageInput]] = []
         for turn in try store.turns(session: id) {

@@ -4,13 +4,18 @@ import VLMModels
 import VLMStore
 import VLMTraining
 
-/// Loads whatever a path holds as a chat model: a text model (GGUF or HF folder) or a LLaVA folder.
-/// A LLaVA folder that carries a PEFT LoRA (as LLaVA's LoRA checkpoints and composed folders do)
-/// gets it installed.
-public func loadChatModel(path: String, template: String? = nil) throws -> ChatModel {
+/// Loads whatever a path holds as a chat model: a text model (GGUF or HF folder), a LLaVA folder,
+/// or a store folder naming a text GGUF and its mmproj (`mmproj.json`); with `mmproj`, `path` is
+/// the text model of llama.cpp's LLaVA pair. A LLaVA folder that carries a PEFT LoRA (as LLaVA's
+/// LoRA checkpoints and composed folders do) gets it installed.
+public func loadChatModel(path: String, mmproj: String? = nil, template: String? = nil) throws -> ChatModel {
+    if let mmproj { return try VisionLanguageModel(text: path, mmproj: mmproj, template: template) }
     var isDirectory: ObjCBool = false
-    if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue,
-       let config = try ModelConfigFile.read(folder: path), config.isLlava {
+    let isFolder = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue
+    if isFolder, let pair = try GGUFPair.read(folder: path) {
+        return try VisionLanguageModel(text: pair.model, mmproj: pair.mmproj, template: template)
+    }
+    if isFolder, let config = try ModelConfigFile.read(folder: path), config.isLlava {
         let model = try VisionLanguageModel(path: path, config: config, template: template)
         if hasOwnAdapter(path) { _ = try AppliedAdapter.apply(directory: path, to: model) }
         return model
@@ -33,7 +38,9 @@ public func openStore(access: Store.Access = .readWrite) throws -> Store {
 /// first and last MB), combined over a folder's files; enough to tell a changed model from the
 /// recorded one without reading it all.
 public enum ModelFingerprint {
-    public static func compute(_ path: String) throws -> String {
+    public static func compute(_ path: String, mmproj: String? = nil) throws -> String {
+        if let mmproj { return ContentHash.hex("\(try compute(path))\n\(try compute(mmproj))\n") }
+        if let pair = try? GGUFPair.read(folder: path) { return try compute(pair.model, mmproj: pair.mmproj) }
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDirectory) else { throw UsageError("\(path): no such file or folder") }

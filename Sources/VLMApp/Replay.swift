@@ -36,14 +36,15 @@ public struct Replay {
             throw UsageError("session \(id) has no recorded model")
         }
         var notes: [String] = []
-        let fingerprint = try? ModelFingerprint.compute(model.path)
+        let (path, mmproj) = Engine.parseRecordedModel(model.path)
+        let fingerprint = try? ModelFingerprint.compute(path, mmproj: mmproj)
         if fingerprint != model.fingerprint {
             notes.append("note: \(model.path) changed since the session (fingerprint differs)")
         }
         let engine = Engine(console: console, store: store)
         engine.shouldStop = shouldStop
         engine.parentSession = id
-        try engine.load(model.path)
+        try engine.load(path, mmproj: mmproj)
         if let system = try? JSONDecoder().decode(SessionSettings.self, from: Data(original.params.utf8)).system {
             engine.system = system
         }

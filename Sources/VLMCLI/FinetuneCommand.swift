@@ -85,7 +85,7 @@ struct FinetuneCommand: AsyncParsableCommand {
         }
         let path = URL(fileURLWithPath: try model.path()).standardizedFileURL.path
         let chat = try ProgressBar.run("loading \(URL(fileURLWithPath: path).lastPathComponent)", enabled: !json && ProgressBar.stderrIsTerminal) { _ in
-            try loadChatModel(path: path, template: model.template)
+            try loadChatModel(path: path, mmproj: try model.mmprojPath(), template: model.template)
         }
         try LlavaModelCheck.verify(options.llavaModelChecks, against: chat)
         Interrupt.install()

@@ -15,6 +15,9 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "A .gguf file, a Hugging Face folder, or a name in the model store.")
     var model = "smollm2"
 
+    @Option(name: .long, help: ArgumentHelp("With a LLaVA text GGUF as --model: its mmproj GGUF (llama.cpp's vision tower and projector).", valueName: "mmproj.gguf"))
+    var mmproj: String?
+
     @Option(name: .long, help: "Chat template name: built in, or a NAME.txt in prompts/ or $VLMSH_PROMPTS (default: detected from the model).")
     var template: String?
 
@@ -26,19 +29,29 @@ struct ModelOptions: ParsableArguments {
     /// The model file or folder `--model` names.
     func path() throws -> String { try ModelStore.resolve(model) }
 
+    /// The mmproj file `--mmproj` names (a path).
+    func mmprojPath() throws -> String? {
+        try mmproj.map { reference in
+            let path = (reference as NSString).expandingTildeInPath
+            guard FileManager.default.fileExists(atPath: path) else { throw ValidationError("--mmproj \(reference): no such file") }
+            return path
+        }
+    }
+
     func load() throws -> ChatModel { try loadWithAdapter().model }
 
     /// The model with `--adapter` applied, and the applied adapter (for records).
     func loadWithAdapter(progress: Bool = false) throws -> (model: ChatModel, adapter: AppliedAdapter?) {
         let path = try path()
         let chat = try ProgressBar.run("loading \((path as NSString).lastPathComponent)", enabled: progress && ProgressBar.stderrIsTerminal) { _ in
-            try loadChatModel(path: path, template: template)
+            try loadChatModel(path: path, mmproj: try mmprojPath(), template: template)
         }
         return (chat, try adapter.map { try AppliedAdapter.apply(directory: $0, to: chat) })
     }
 
     /// A text model (GGUF or Hugging Face folder) with `--adapter`'s LoRA applied.
     func loadText() throws -> TextModel {
+        if mmproj != nil { throw ValidationError("--mmproj: this command runs the text model only") }
         let text = try TextModel(path: path(), template: template)
         if let adapter { _ = try AppliedAdapter.apply(directory: adapter, to: text) }
         return text

@@ -7,9 +7,10 @@ import VLMStore
 struct ChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "chat", abstract: "The interactive REPL (the default command).")
     @Option(name: .long, help: "Model to load first (the demo vision-language model; smollm2 for text only).") var model = "vlmsh-demo"
+    @Option(name: .long, help: ArgumentHelp("With a LLaVA text GGUF as --model: its mmproj GGUF.", valueName: "mmproj.gguf")) var mmproj: String?
     @OptionGroup var memory: MemoryOptions
 
-    func run() async throws { try REPL(model: model).run() }
+    func run() async throws { try REPL(model: model, mmproj: mmproj).run() }
 }
 
 struct RunCommand: AsyncParsableCommand {

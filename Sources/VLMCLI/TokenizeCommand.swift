@@ -27,6 +27,8 @@ struct TokenizeCommand: AsyncParsableCommand {
     private func loadTokenizer(_ path: String) throws -> Tokenizer {
         var isDirectory: ObjCBool = false
         _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
+        // A store folder naming a GGUF pair tokenizes with its text model.
+        if isDirectory.boolValue, let pair = try GGUFPair.read(folder: path) { return try loadTokenizer(pair.model) }
         if isDirectory.boolValue { return try Tokenizer.load(folder: path) }
         return try Tokenizer.load(gguf: GGUFFile(path: path).metadata, file: path)
     }

@@ -19,15 +19,28 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
     public var decoder: LlamaModel { llava.decoder }
 
     /// `config` is the folder's config.json when the caller has read it already.
-    public init(path: String, config: ModelConfigFile? = nil, template: String? = nil) throws {
-        self.path = path
-        llava = try LlavaModel.load(folder: path, config: config)
+    public convenience init(path: String, config: ModelConfigFile? = nil, template: String? = nil) throws {
+        let llava = try LlavaModel.load(folder: path, config: config)
         // A composed folder without tokenizer files talks with its language model's tokenizer.
+        let tokenizer: Tokenizer
         if let text = llava.textModel, !FileManager.default.fileExists(atPath: path + "/tokenizer.json") {
             tokenizer = text.tokenizer
         } else {
             tokenizer = try Tokenizer.load(folder: path)
         }
+        try self.init(path: path, llava: llava, tokenizer: tokenizer, template: template)
+    }
+
+    /// llama.cpp's LLaVA-1.5 pair: a text GGUF (decoder, tokenizer, chat template) and its mmproj GGUF.
+    public convenience init(text: String, mmproj: String, template: String? = nil) throws {
+        let llava = try LlavaModel.load(text: text, mmproj: mmproj)
+        try self.init(path: text, llava: llava, tokenizer: llava.textModel!.tokenizer, template: template)
+    }
+
+    private init(path: String, llava: LlavaModel, tokenizer: Tokenizer, template: String?) throws {
+        self.path = path
+        self.llava = llava
+        self.tokenizer = tokenizer
         if llava.imageTokenInVocabulary {
             imageTokenID = tokenizer.tokenID(imageTokenText) ?? llava.imageTokenID
         } else {

@@ -211,7 +211,7 @@ public final class LlavaModel: @unchecked Sendable {
     /// Whether the image token is a real vocabulary entry (`<image>`).
     public let imageTokenInVocabulary: Bool
     /// The language model a composed folder (`text_model`) names, with its tokenizer and template.
-    public private(set) var textModel: TextModel?
+    public internal(set) var textModel: TextModel?
     /// LLaVA-NeXT's any-resolution tiles and `image_newline` (LlavaNext.swift); nil for LLaVA.
     public internal(set) var anyResolution: LlavaNextParts?
 

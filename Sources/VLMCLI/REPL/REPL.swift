@@ -6,6 +6,8 @@ import VLMStore
 /// The interactive loop: readline in, streamed replies out, every error survived.
 struct REPL {
     let model: String
+    /// The mmproj GGUF that makes `model` (a text GGUF) a LLaVA, if any.
+    var mmproj: String? = nil
 
     func run() throws {
         let engine = Engine(console: TerminalConsole(), store: try openStore(), commands: REPLCommands.all)
@@ -13,7 +15,7 @@ struct REPL {
         engine.shouldStop = { Interrupt.take() }
         let editor = LineEditor(historyPath: ModelStore.home + "/history")
         print("vlmsh — /help for commands, Ctrl-D to quit")
-        engine.handle("/load \(model)")
+        engine.handle("/load \(model)" + (mmproj.map { " --mmproj \($0)" } ?? ""))
 
         var assembler = InputAssembler()
         while let line = editor.readLine(prompt: assembler.isContinuing ? "... " : ">>> ") {
