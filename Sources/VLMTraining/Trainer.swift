@@ -35,6 +35,9 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
     public var seed: UInt64 = 42
     public var saveSteps: Int?
     public var groupByModalityLength = false
+    /// The HF Trainer's `gradient_checkpointing`: decoder layers recomputed in the backward pass
+    /// (nil, off, in checkpoints written before it existed; read it as `checkpointsLayers`).
+    public var gradientCheckpointing: Bool?
     public init() {}
 
     enum CodingKeys: String, CodingKey {
@@ -43,7 +46,11 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
         case learningRate = "lr", projectorLearningRate = "mm_projector_lr", visionTowerLearningRate = "mm_vision_tower_lr", weightDecay = "weight_decay", scheduler
         case warmupSteps = "warmup_steps", warmupRatio = "warmup_ratio", maxGradNorm = "max_grad_norm"
         case maxLength = "max_length", seed, saveSteps = "save_steps", groupByModalityLength = "group_by_modality_length"
+        case gradientCheckpointing = "gradient_checkpointing"
     }
+
+    /// Whether decoder layers are recomputed in the backward pass instead of kept.
+    public var checkpointsLayers: Bool { gradientCheckpointing ?? false }
 
     /// The objective, next-token when none is recorded.
     public var trainingObjective: TrainingObjective { objective ?? .nextToken }
@@ -186,6 +193,7 @@ public final class Trainer {
         var loss = 0.0, tokens = 0
         for batch in batches {
             let tape = Tape()
+            tape.gradientCheckpointing = settings.checkpointsLayers
             let (l, stats) = try model.loss(batch, normalizer: Float(units), tape: tape, random: &state.dropoutRandom)
             tape.backward(l)
             loss += Double(l.data[0])
@@ -215,6 +223,7 @@ public final class Trainer {
             let units = model.lossUnits(batch)
             guard units > 0 else { continue }
             let tape = Tape()
+            tape.gradientCheckpointing = settings.checkpointsLayers   // keeps one layer's activations, as training does
             let (_, stats) = try model.loss(batch, normalizer: Float(units), tape: tape, random: &random, training: false)
             tape.reset()
             total += stats
