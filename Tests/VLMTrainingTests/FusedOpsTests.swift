@@ -1,5 +1,6 @@
 import XCTest
 @testable import VLMTraining
+@testable import VLMAutodiff
 import VLMGeneration
 import VLMModels
 import VLMTensor
