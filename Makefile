@@ -10,7 +10,7 @@ BIN := .build/release/vlmsh
 # `make install` puts the one binary in $(DESTDIR)$(PREFIX)/bin; chat templates are compiled in.
 PREFIX ?= /usr/local
 
-.PHONY: run test bench build install uninstall templates deps model fixtures reference-venv fuzz clean
+.PHONY: run test bench bench-large build install uninstall templates deps model fixtures reference-venv fuzz clean
 
 run: deps model build
 	$(BIN)
@@ -22,6 +22,14 @@ bench: deps model build reference-venv
 	$(VLMSH_VENV)/bin/python bench/bench.py --vlmsh $(BIN) --model $(VLMSH_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 	$(VLMSH_VENV)/bin/python bench/vision.py --vlmsh $(BIN)
 	$(VLMSH_VENV)/bin/python bench/train.py --vlmsh $(BIN) --model $(VLMSH_HOME)/models/SmolLM2-135M-Instruct.Q4_1.gguf
+	@if [ -n "$(BENCH_LARGE)" ]; then $(MAKE) --no-print-directory bench-large; \
+	else echo "(BENCH_LARGE=1 make bench, or make bench-large: LoRA at the 1.7B and 7B shapes, and inference beside llama.cpp)"; fi
+
+# Real sizes: random-weight GGUFs at SmolLM2-1.7B's and LLaVA-1.5-7B's shapes, made once into
+# $(VLMSH_HOME)/bench (minutes each, 14 GB of disk while a 7B is converted), then LoRA s/step
+# and peak RSS at seq 512 with gradient checkpointing, and prefill/decode beside llama.cpp.
+bench-large: deps model build reference-venv
+	$(VLMSH_VENV)/bin/python bench/large.py --vlmsh $(BIN) --inference
 
 build:
 	swift build -c release --product vlmsh

@@ -98,13 +98,15 @@ public final class FineTuneRunner {
     }
 
     /// The request's settings; a resumed run continues with its checkpoint's (`steps` may extend
-    /// it), and a model folder with its own LoRA is continued rather than replaced.
+    /// it; gradient checkpointing, which changes memory and not results, is the request's), and a
+    /// model folder with its own LoRA is continued rather than replaced.
     private func resolvedSettings() throws -> FineTuneSettings {
         var settings = request.settings
         if let resume = request.resume {
             let steps = request.settings.steps
             settings = try TrainingCheckpoint.settings(directory: resume)
             if let steps { settings.steps = steps }
+            settings.gradientCheckpointing = request.settings.gradientCheckpointing
         }
         if request.resume == nil, settings.adapterInit == nil, hasOwnAdapter(modelPath) {
             guard settings.mode.trainsLoRA else {

@@ -38,6 +38,27 @@ public enum LinearWeight: @unchecked Sendable {
         withFloats { w in matmulTransposed(x, w, y, m: n, n: outFeatures, k: inFeatures) }
     }
 
+    /// Runs `body(first, count, block)` over W's rows in blocks of at most `blockRows`, each block
+    /// Float32 `[count, in]`: in place when W is Float32, else dequantized into a reused scratch.
+    /// A language-model head is 200–800 MB as Float32; a block of it is a few MB.
+    func forEachRowBlock(_ blockRows: Int, _ body: (_ first: Int, _ count: Int, _ block: UnsafePointer<Float>) -> Void) {
+        switch self {
+        case .value(let w): body(0, w.shape[0], w.data)
+        case .stored(let m) where m.type == .f32: body(0, m.rows, m.data.assumingMemoryBound(to: Float.self))
+        case .stored(let m):
+            let cols = m.cols, per = max(1, min(blockRows, m.rows))
+            ScratchPool.shared.withBuffer(count: per * cols) { scratch in
+                for first in stride(from: 0, to: m.rows, by: per) {
+                    let count = min(per, m.rows - first)
+                    Parallel.forEach(count, minChunk: 16) { range in
+                        for r in range { m.dequantizeRow(first + r, into: scratch + r * cols) }
+                    }
+                    body(first, count, scratch)
+                }
+            }
+        }
+    }
+
     /// dx `[n, in]` (+)= dy `[n, out]` · W.
     func multiply(_ dy: UnsafePointer<Float>, _ dx: UnsafeMutablePointer<Float>, rows n: Int, accumulate: Bool) {
         withFloats { w in matmul(dy, w, dx, m: n, n: inFeatures, k: outFeatures, accumulate: accumulate) }

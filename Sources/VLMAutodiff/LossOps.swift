@@ -67,22 +67,30 @@ extension Tape {
         return (loss, stats)
     }
 
+    /// `crossEntropy(linear(x, weight), …)` with a graph value as the head's weight.
+    public func linearCrossEntropy(_ x: Variable, _ weight: Variable, targets: [Int], normalizer: Float,
+                                   gradientInForward: Bool = true) -> (loss: Variable, stats: TokenStatistics) {
+        linearCrossEntropy(x, .value(weight), targets: targets, normalizer: normalizer, gradientInForward: gradientInForward)
+    }
+
     /// `crossEntropy(linear(x, weight), …)` (a language-model head and its loss) without holding
     /// the `[rows, vocab]` logits: the labelled rows (target ≠ ignoreIndex), gathered, go through
     /// in chunks of `lossChunkRows`, and each chunk's logits become its softmax, then its
-    /// gradient, in place. With `gradientInForward` (training: a backward pass follows) dL/dx (and
+    /// gradient, in place. A stored (quantized) head is read `headBlockRows` vocabulary rows at a
+    /// time, never whole in Float32. With `gradientInForward` (training: a backward pass follows) dL/dx (and
     /// dL/dW for a trainable weight) are computed chunk by chunk in the forward pass while the
     /// logits are at hand, and the backward pass only scales them by the incoming gradient;
     /// without it (evaluation) a backward pass recomputes the logits.
-    public func linearCrossEntropy(_ x: Variable, _ weight: Variable, targets: [Int], normalizer: Float,
+    public func linearCrossEntropy(_ x: Variable, _ weight: LinearWeight, targets: [Int], normalizer: Float,
                                    gradientInForward: Bool = true) -> (loss: Variable, stats: TokenStatistics) {
-        let n = x.rows, d = x.columns, v = weight.shape[0]
-        checkShape(weight.shape.count == 2 && weight.shape[1] == d, "linearCrossEntropy: x \(x.shape), weight \(weight.shape)")
+        let n = x.rows, d = x.columns, v = weight.outFeatures
+        checkShape(weight.inFeatures == d, "linearCrossEntropy: x \(x.shape), weight \(v)×\(weight.inFeatures)")
         checkShape(targets.count == n, "linearCrossEntropy: \(n) rows, \(targets.count) targets")
         for t in targets where t != ignoreIndex {
             precondition(t >= 0 && t < v, "crossEntropy: target \(t) outside the vocabulary of \(v)")
         }
-        let requiresGrad = x.requiresGrad || weight.requiresGrad
+        let trainedWeight = weight.variable.flatMap { $0.requiresGrad ? $0 : nil }
+        let requiresGrad = x.requiresGrad || trainedWeight != nil
         // Only labelled rows reach the head: prompt, image and padding rows (most of a chat
         // batch) have no loss and no gradient, and their logits would be most of the work.
         let labelled = (0..<n).filter { targets[$0] != ignoreIndex }
@@ -97,7 +105,9 @@ extension Tape {
                   gradient: Bool, dx: UnsafeMutablePointer<Float>?, dw: UnsafeMutablePointer<Float>?) {
             let m = rows.count, pl = logits.pointer, px = rowsX.pointer
             for (i, r) in rows.enumerated() { (px + i * d).update(from: x.data + r * d, count: d) }
-            matmulTransposed(px, weight.data, pl, m: m, n: v, k: d)
+            weight.forEachRowBlock(headBlockRows) { first, count, w in
+                sgemm(m: m, n: count, k: d, alpha: 1, px, lda: d, w, ldb: d, transB: true, beta: 0, pl + first, ldc: v)
+            }
             Parallel.forEach(m) { range in
                 for i in range {
                     let r = rows[rows.startIndex + i], row = pl + i * v, target = targets[r]
@@ -122,7 +132,10 @@ extension Tape {
             guard gradient else { return }
             // dx[rows] = dlogits · W;  dW += dlogitsᵀ · x[rows]
             if let dx {
-                matmul(pl, weight.data, rowsDX.pointer, m: m, n: d, k: v)
+                weight.forEachRowBlock(headBlockRows) { first, count, w in
+                    sgemm(m: m, n: d, k: count, alpha: 1, pl + first, lda: v, w, ldb: d, transB: false,
+                          beta: first == 0 ? 0 : 1, rowsDX.pointer, ldc: d)
+                }
                 for (i, r) in rows.enumerated() { (dx + r * d).update(from: rowsDX.pointer + i * d, count: d) }
             }
             if let dw {
@@ -132,7 +145,7 @@ extension Tape {
 
         let eager = requiresGrad && gradientInForward
         let dX = eager && x.requiresGrad ? FloatStorage(count: n * d, zeroed: true) : nil
-        let dW = eager && weight.requiresGrad ? FloatStorage(count: v * d, zeroed: true) : nil
+        let dW = eager && trainedWeight != nil ? FloatStorage(count: v * d, zeroed: true) : nil
         var losses = [Double](repeating: 0, count: n), hits = [Bool](repeating: false, count: n)
         losses.withUnsafeMutableBufferPointer { l in
             hits.withUnsafeMutableBufferPointer { h in
@@ -152,7 +165,7 @@ extension Tape {
             if !eager {
                 // Evaluation graph asked for gradients after all: recompute the logits.
                 dX = x.requiresGrad ? FloatStorage(count: n * d, zeroed: true) : nil
-                dW = weight.requiresGrad ? FloatStorage(count: v * d, zeroed: true) : nil
+                dW = trainedWeight != nil ? FloatStorage(count: v * d, zeroed: true) : nil
                 let scratch = UnsafeMutablePointer<Double>.allocate(capacity: n), hit = UnsafeMutablePointer<Bool>.allocate(capacity: n)
                 defer { scratch.deallocate(); hit.deallocate() }
                 for c in stride(from: 0, to: labelled.count, by: chunk) {
@@ -171,7 +184,7 @@ extension Tape {
                     }
                 }
             }
-            if let dW { Kernels.axpyThreaded(g, dW.pointer, weight.gradBuffer(), v * d) }
+            if let dW, let trainedWeight { Kernels.axpyThreaded(g, dW.pointer, trainedWeight.gradBuffer(), v * d) }
         }
         return (loss, stats)
     }
@@ -179,6 +192,8 @@ extension Tape {
 
 /// Rows of logits per chunk in `linearCrossEntropy` (256 × a 49152-token vocabulary is 48 MiB).
 let lossChunkRows = 256
+/// Vocabulary rows of a stored head dequantized at a time in `linearCrossEntropy` (16 MiB at 4096 wide).
+let headBlockRows = 1024
 
 extension Tape {
     /// For each row of x `[rows, d]` and its target `candidates[labels[row]]` (`candidates`

@@ -79,6 +79,15 @@ public final class Tape {
     public let isRecording: Bool
     /// The stream dropout draws from while training; nil turns dropout off (evaluation, inference).
     public var random: SeededRandom?
+    /// Gradient checkpointing (the HF Trainer's `gradient_checkpointing`): a `segment` (a decoder
+    /// layer) keeps only its input in the forward pass and is run again, recording, when the
+    /// backward pass reaches it. Saved activations shrink from every layer's to one layer's, for
+    /// a second forward pass of each segment.
+    public var gradientCheckpointing = false
+    /// A segment's first forward pass under checkpointing: outputs carry `requiresGrad` as a
+    /// recording tape's do (so ops compute exactly what they will when recomputed), but nothing
+    /// is kept for backward.
+    private var propagatesGradientFlags = false
 
     /// Output buffers kept across passes of the same shapes (one decode step after another),
     /// so a step allocates none: see `rewind`.
@@ -104,7 +113,9 @@ public final class Tape {
     /// A new op output of `shape` (uninitialized): it requires a gradient when some input does
     /// and this tape records.
     package func output(shape: [Int], requiresGrad: Bool) -> Variable {
-        guard arena != nil else { return Variable(Tensor(shape: shape, zeroed: false), requiresGrad: isRecording && requiresGrad) }
+        guard arena != nil else {
+            return Variable(Tensor(shape: shape, zeroed: false), requiresGrad: (isRecording || propagatesGradientFlags) && requiresGrad)
+        }
         let count = shape.reduce(1, *)
         if arenaCursor == arena!.count {
             arena!.append(FloatStorage(count: count, zeroed: false))
@@ -134,6 +145,32 @@ public final class Tape {
         entries.append((output, key, backward))
     }
 
+    /// `body(input, tape)`: a piece of a model's forward written once (a decoder layer), run on
+    /// this tape, or with `gradientCheckpointing` as one op that keeps only `input` and runs
+    /// `body` again on a recording tape of its own when the backward pass reaches it. The second
+    /// run draws the same dropout masks (the random stream is rewound to where the first began)
+    /// and computes the same values, so losses and gradients are those of the plain graph.
+    public func segment(_ input: Variable, _ body: @escaping (Variable, Tape) -> Variable) -> Variable {
+        guard isRecording && gradientCheckpointing else { return body(input, self) }
+        let start = random
+        let first = Tape(recording: false, random: start)
+        first.propagatesGradientFlags = true
+        let y = body(input, first)
+        random = first.random
+        record(y) { dy in
+            let again = Tape(recording: true, random: start)
+            // A leaf of its own over the same values: the input's gradient is handed on below.
+            let x = Variable(input.value, requiresGrad: input.requiresGrad)
+            let out = body(x, again)
+            let (g, _) = out.gradDestination()
+            copyThreaded(dy, g, out.count)
+            again.backward(from: out)
+            guard input.requiresGrad, let gx = x.grad else { return }
+            if !input.adoptGrad(gx) { Kernels.add(gx.data, into: input.gradBuffer(), input.count) }
+        }
+        return y
+    }
+
     /// Back-propagates from the scalar `loss` (dLoss = `seed`), then forgets the graph.
     /// Gradients add into the leaves' buffers, so several backward passes accumulate.
     public func backward(_ loss: Variable, seed: Float = 1) {
@@ -148,6 +185,11 @@ public final class Tape {
             let g = output.gradBuffer()
             for i in outputGradient.indices { g[i] += outputGradient[i] }
         }
+        backward(from: output)
+    }
+
+    /// Runs the recorded steps newest-first from the gradients already in place, then forgets the graph.
+    private func backward(from output: Variable) {
         let profiling = TrainingProfile.enabled
         for (output, op, step) in entries.reversed() {
             guard let g = output.grad else { continue }   // nothing flowed back into this op

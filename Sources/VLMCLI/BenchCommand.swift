@@ -21,6 +21,7 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(name: .long, help: "With --train: timed optimizer steps (after one warm-up step); the median is reported.") var steps = 3
     @Option(name: .customLong("lora-r"), help: "With --train: LoRA rank (alpha is twice the rank).") var loraRank = 8
     @Option(name: .long, help: "With --train: seed of the synthetic token ids.") var seed: UInt64 = 42
+    @Flag(name: .long, help: "With --train: recompute each decoder layer in the backward pass instead of keeping its activations.") var gradientCheckpointing = false
 
     func validate() throws {
         if prefill < 1 || decode < 1 || rounds < 1 { throw ValidationError("--prefill, --decode and --rounds must be ≥ 1") }
@@ -126,6 +127,7 @@ struct BenchCommand: AsyncParsableCommand {
             let b = nextBatch(step)
             let t0 = DispatchTime.now().uptimeNanoseconds
             let tape = Tape()
+            tape.gradientCheckpointing = gradientCheckpointing
             let (loss, _) = try trainable.loss(b, normalizer: Float(b.labelTokenCount), tape: tape, random: &dropout)
             tape.backward(loss)
             let t1 = DispatchTime.now().uptimeNanoseconds
@@ -147,6 +149,7 @@ struct BenchCommand: AsyncParsableCommand {
             try printJSON([
                 "model": m.path, "threads": Parallel.threads, "seq": seq, "batch": batch, "steps": steps, "lora_r": loraRank,
                 "lora_alpha": 2 * loraRank, "trainable_parameters": parameterCount, "seed": seed,
+                "gradient_checkpointing": gradientCheckpointing,
                 "train_tokens_per_second": rate, "step_seconds": seconds, "losses": losses,
                 "peak_rss_bytes": processPeak, "peak_rss_training_bytes": trainingPeak,
             ])

@@ -36,6 +36,7 @@ struct FineTuneOptions: ParsableArguments {
     @Option(name: .long, help: "Folder image paths are relative to (default: the data file's folder).") var imageFolder: String?
     @Flag(name: .long, help: "LLaVA's --group_by_modality_length sampler.") var groupByModalityLength = false
     @Flag(name: .long, help: "Skip bad data rows (reported) instead of stopping.") var skipBadRows = false
+    @Flag(name: .long, help: "Keep only each decoder layer's input in the forward pass and recompute the layer in the backward pass (the HF Trainer's gradient_checkpointing): far less memory for longer sequences and bigger models, about a third more time per step.") var gradientCheckpointing = false
     @Option(name: .long, help: "Continue from a checkpoint folder of an earlier run.") var resume: String?
     @Option(name: .customLong("from-script"), help: "Read the training command (deepspeed/python/torchrun … train.py --flags) of one of LLaVA's launch scripts and run it with LLaVA's flags mapped onto these options; flags on the command line override the script's. LLaVA's flag names (--lora_enable True, --data_path, --output_dir, …) are also accepted directly.") var fromScript: String?
     // What the LLaVA flags' translation (LlavaArguments) passes on.
@@ -56,6 +57,7 @@ struct FineTuneOptions: ParsableArguments {
         s.warmupSteps = warmupSteps; s.warmupRatio = warmupRatio; s.maxGradNorm = maxGradNorm; s.maxLength = maxLength
         s.seed = seed; s.saveSteps = saveSteps; s.groupByModalityLength = groupByModalityLength
         s.optimizer = optim == .adamw ? nil : optim
+        s.gradientCheckpointing = gradientCheckpointing ? true : nil
         return s
     }
 

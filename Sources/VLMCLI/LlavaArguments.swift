@@ -116,7 +116,7 @@ enum LlavaArguments {
         "logging_steps": value(.fixed(["1"], reason: "vlmsh logs every step")),
         // The cluster, precision and memory settings: a CPU run in one process in f32 has no use for them.
         "deepspeed": value(.ignored), "tf32": bool(.ignored), "bf16": bool(.ignored), "fp16": bool(.ignored),
-        "gradient_checkpointing": bool(.ignored), "dataloader_num_workers": value(.ignored), "report_to": value(.ignored),
+        "gradient_checkpointing": bool(.flag("--gradient-checkpointing")), "dataloader_num_workers": value(.ignored), "report_to": value(.ignored),
         "evaluation_strategy": value(.ignored), "eval_strategy": value(.ignored), "eval_steps": value(.ignored),
         "save_total_limit": value(.ignored), "per_device_eval_batch_size": value(.ignored), "run_name": value(.ignored),
         "local_rank": value(.ignored), "ddp_find_unused_parameters": bool(.ignored), "logging_dir": value(.ignored),

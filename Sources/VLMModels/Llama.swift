@@ -107,20 +107,24 @@ public struct LlamaConfiguration: Codable, Sendable {
     public var kvCacheBytesPerPosition: Int { 2 * 4 * numHiddenLayers * numKeyValueHeads * headDim }
 
     /// Bytes a forward pass over `rows` sequences of `length` positions allocates. Recording (for a
-    /// backward pass) keeps each layer's intermediates and attention probabilities; inference
-    /// reuses one layer's buffers and keeps a `[length, length]` score matrix per thread. An
-    /// estimate from the shapes, made before anything is allocated: the order of magnitude is
-    /// what matters (a row 100× too long must be refused, not run into the allocator).
-    public func activationBytes(rows: Int, length: Int, recording: Bool) -> Double {
+    /// backward pass) keeps each layer's intermediates and attention probabilities, or with
+    /// `checkpointing` each layer's input and one layer's intermediates at a time (recomputed in
+    /// the backward pass); inference reuses one layer's buffers and keeps a `[length, length]`
+    /// score matrix per thread. An estimate from the shapes, made before anything is allocated:
+    /// the order of magnitude is what matters (a row 100× too long must be refused, not run into
+    /// the allocator).
+    public func activationBytes(rows: Int, length: Int, recording: Bool, checkpointing: Bool = false) -> Double {
         let t = Double(rows) * Double(length), d = Double(hiddenSize), f = Double(intermediateSize)
         let q = Double(numAttentionHeads * headDim), kv = Double(numKeyValueHeads * headDim)
         let perPosition = 6 * d + 3 * q + 4 * kv + 4 * f
         let scores = recording ? Double(numAttentionHeads) * Double(rows) * Double(length) * Double(length)
                                : Double(Parallel.threads) * Double(length) * Double(length)
-        let layers = recording ? Double(numHiddenLayers) : 1
+        let layers = recording && !checkpointing ? Double(numHiddenLayers) : 1
+        // Checkpointing keeps every layer's input.
+        let inputs = recording && checkpointing ? Double(numHiddenLayers) * t * d : 0
         // Gradients of the recorded intermediates are about as large again during backward.
         let backward = recording ? 2.0 : 1.0
-        return 4 * (layers * backward * (t * perPosition + scores) + Double(vocabSize) * min(t, 256))
+        return 4 * (layers * backward * (t * perPosition + scores) + inputs + Double(vocabSize) * min(t, 256))
     }
 
     public static let supportedTypes: Set<String> = ["llama", "mistral", "qwen2"]
@@ -463,7 +467,10 @@ public final class LlamaModel: @unchecked Sendable {
         var x = input
         let start: Int
         if case .cached(let cache) = pass { start = cache.count } else { start = 0 }
-        for l in layers.indices { x = layer(l, x, pass: pass, start: start, tape: tape) }
+        // Each layer is a segment: under gradient checkpointing only its input is kept.
+        for l in layers.indices {
+            x = tape.segment(x) { x, tape in self.layer(l, x, pass: pass, start: start, tape: tape) }
+        }
         if case .cached(let cache) = pass { cache.advance(input.rows) }
         return x
     }

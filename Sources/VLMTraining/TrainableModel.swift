@@ -48,13 +48,9 @@ public final class TrainableModel: @unchecked Sendable {
     public let layout: ModuleLayout
     public let parameters: [Parameter]
     let decoder: LlamaModel
-    /// The head's weight as a Float32 constant for the chunked loss (the one dequantized copy,
-    /// made when the next-token loss first needs it).
-    private lazy var lmHead: Variable = {
-        let head = Tensor(shape: [decoder.lmHead.outFeatures, decoder.lmHead.inFeatures], zeroed: false)
-        decoder.lmHead.weight.dequantize(into: head.data)
-        return Variable(head)
-    }()
+    /// The head's weight for the chunked loss: in its stored encoding, which the loss reads a
+    /// block of vocabulary rows at a time (a Float32 copy of a 7B model's head is 800 MB).
+    private var lmHead: LinearWeight { decoder.lmHead.weightLeaf.map { .value($0) } ?? .stored(decoder.lmHead.weight) }
     /// The tower, when it trains.
     let trainedTower: VisionTransformer?
     /// A projector or tower an `--adapter-init` folder put in place that this run keeps frozen:
@@ -139,7 +135,8 @@ public final class TrainableModel: @unchecked Sendable {
     public func loss(_ batch: TrainingBatch, normalizer: Float, tape: Tape, random: inout SeededRandom,
                      training: Bool = true) throws -> (loss: Variable, stats: TokenStatistics) {
         let rows = batch.layout.batch, length = batch.layout.length
-        try MemoryBudget.require(decoder.config.activationBytes(rows: rows, length: length, recording: true),
+        try MemoryBudget.require(decoder.config.activationBytes(rows: rows, length: length, recording: true,
+                                                                checkpointing: tape.gradientCheckpointing),
                                  for: "a training batch of \(rows)×\(length) positions (\(batch.sources.first ?? "?"))")
         switch objective {
         case .nextToken: return try nextTokenLoss(batch, normalizer: normalizer, tape: tape, random: &random, training: training)

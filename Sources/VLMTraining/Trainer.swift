@@ -37,6 +37,9 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
     public var groupByModalityLength = false
     /// nil: AdamW with Float32 moments (what runs recorded before the choice existed used).
     public var optimizer: OptimizerKind?
+    /// The HF Trainer's `gradient_checkpointing`: decoder layers recomputed in the backward pass
+    /// (nil, off, in checkpoints written before it existed; read it as `checkpointsLayers`).
+    public var gradientCheckpointing: Bool?
     public init() {}
 
     enum CodingKeys: String, CodingKey {
@@ -46,7 +49,11 @@ public struct FineTuneSettings: Codable, Sendable, Equatable {
         case warmupSteps = "warmup_steps", warmupRatio = "warmup_ratio", maxGradNorm = "max_grad_norm"
         case maxLength = "max_length", seed, saveSteps = "save_steps", groupByModalityLength = "group_by_modality_length"
         case optimizer = "optim"
+        case gradientCheckpointing = "gradient_checkpointing"
     }
+
+    /// Whether decoder layers are recomputed in the backward pass instead of kept.
+    public var checkpointsLayers: Bool { gradientCheckpointing ?? false }
 
     /// The objective, next-token when none is recorded.
     public var trainingObjective: TrainingObjective { objective ?? .nextToken }
@@ -189,6 +196,7 @@ public final class Trainer {
         var loss = 0.0, tokens = 0
         for batch in batches {
             let tape = Tape()
+            tape.gradientCheckpointing = settings.checkpointsLayers
             let (l, stats) = try model.loss(batch, normalizer: Float(units), tape: tape, random: &state.dropoutRandom)
             tape.backward(l)
             loss += Double(l.data[0])
@@ -218,6 +226,7 @@ public final class Trainer {
             let units = model.lossUnits(batch)
             guard units > 0 else { continue }
             let tape = Tape()
+            tape.gradientCheckpointing = settings.checkpointsLayers   // keeps one layer's activations, as training does
             let (_, stats) = try model.loss(batch, normalizer: Float(units), tape: tape, random: &random, training: false)
             tape.reset()
             total += stats

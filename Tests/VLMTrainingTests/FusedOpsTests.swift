@@ -1,5 +1,6 @@
 import XCTest
 @testable import VLMTraining
+@testable import VLMAutodiff
 import VLMGeneration
 import VLMModels
 import VLMTensor
@@ -65,6 +66,31 @@ final class FusedOpsTests: GradientCheckCase {
         checkGradients("linearCrossEntropy", [x]) { tape in
             tape.linearCrossEntropy(tape.scale(x, 1.5), w, targets: [1, 2, ignoreIndex, 8, 0, 3], normalizer: 4).loss
         }
+    }
+
+    /// A stored head (here f16, 2500 vocabulary rows: three blocks of `headBlockRows`) gives the
+    /// loss and input gradient of its Float32 copy as a graph value.
+    func testLinearCrossEntropyReadsAStoredHeadInBlocks() {
+        let n = 40, d = 32, v = 2500
+        XCTAssertGreaterThan(v, 2 * headBlockRows)
+        var random = SeededRandom(seed: 4)
+        let bits = (0..<(v * d)).map { _ in Float16(random.nextUnit() - 0.5).bitPattern }
+        let storage = bits.withUnsafeBytes { Data($0) } as NSData
+        let stored = QuantizedMatrix(type: .f16, rows: v, cols: d, data: storage.bytes, owner: storage)
+        let dense = Tensor(shape: [v, d], zeroed: false)
+        stored.dequantize(into: dense.data)
+        let targets = (0..<n).map { $0 % 5 == 1 ? ignoreIndex : ($0 * 61) % v }
+        let x = randomVariable([n, d], scale: 2)
+        var results: [(loss: Float, grad: [Float])] = []
+        for weight in [LinearWeight.value(Variable(dense)), .stored(stored)] {
+            x.zeroGrad()
+            let tape = Tape()
+            let (loss, _) = tape.linearCrossEntropy(x, weight, targets: targets, normalizer: 30)
+            tape.backward(loss)
+            results.append((loss.data[0], x.grad!.array))
+        }
+        XCTAssertEqual(results[0].loss, results[1].loss, accuracy: 1e-6)
+        XCTAssertLessThan(zip(results[0].grad, results[1].grad).map { abs($0 - $1) }.max()!, 1e-6)
     }
 
     func testLoRAAllTrainableAndShared() {
