@@ -74,7 +74,7 @@ struct MemoryOptions: ParsableArguments {
         // MemoryBudget reads the variable where no command line exists (the library); here a
         // value it cannot read is an error rather than a limit silently not applied.
         if let text = ProcessInfo.processInfo.environment["VLMSH_MAX_MEMORY"], MemoryBudget.parse(text) == nil {
-            throw ValidationError("VLMSH_MAX_MEMORY=\(text) is not a size (e.g. 8G, 512M, 1.5GiB or a number of bytes)")
+            throw UsageError("VLMSH_MAX_MEMORY=\(text) is not a size (e.g. 8G, 512M, 1.5GiB or a number of bytes)")
         }
     }
 }

@@ -38,6 +38,7 @@ extension HostileInputTests {
         let env = try run(["generate", "--prompt", "hi"], environment: ["VLMSH_MAX_MEMORY": "lots"])
         XCTAssertEqual(env.status, 1)
         XCTAssertTrue(env.stderr.contains("VLMSH_MAX_MEMORY=lots is not a size"), env.stderr)
+        XCTAssertEqual(env.stderr.split(separator: "\n").count, 1, env.stderr)
     }
 
     func testNonFiniteBlockScaleOfAQuantizedWeightIsRefusedByName() throws {
