@@ -13,7 +13,10 @@ transformers' pixels one by one: it runs one stored layer fewer than the file ho
 uses the tanh approximation of gelu, and it pads non-square images to a square instead of
 center-cropping them (the last is not modelled, so only the square image matches closely).
 
-Usage: ~/.vlmsh/venv/bin/python bench/llama_cpp_mmproj.py [--json] [--embeddings OUT.json] [--explain]
+--next measures the LLaVA-1.6 pair instead (Tests/Fixtures/data/gguf_pair_next, any-resolution images):
+there llama.cpp's image may take a different number of rows than transformers' packing.
+
+Usage: ~/.vlmsh/venv/bin/python bench/llama_cpp_mmproj.py [--next] [--json] [--embeddings OUT.json] [--explain]
 (--embeddings also writes llama.cpp's image embeddings per image.)
 """
 import ctypes
@@ -28,7 +31,7 @@ import llama_cpp
 from llama_cpp import mtmd_cpp as mtmd
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DATA = ROOT / "Tests/Fixtures/data/gguf_pair"
+DATA = ROOT / "Tests/Fixtures/data" / ("gguf_pair_next" if "--next" in sys.argv else "gguf_pair")
 
 
 def golden_array(raw, ref):
@@ -83,7 +86,7 @@ def greedy(llm, prompt_ids, image_id, image_rows, steps):
 def main():
     golden = json.loads((DATA / "golden.json").read_text())
     raw = (DATA / "golden.f32").read_bytes()
-    llm = llama_cpp.Llama(str(DATA / golden["text"]), n_ctx=256, n_batch=256, verbose=False)
+    llm = llama_cpp.Llama(str(DATA / golden["text"]), n_ctx=1024, n_batch=1024, verbose=False)
     params = mtmd.mtmd_context_params_default()
     params.use_gpu = False
     params.print_timings = False
@@ -94,7 +97,8 @@ def main():
     image_id = golden["image_token_id"]
     report, dumped = [], []
     for case in golden["cases"]:
-        img = Image.open(DATA / "images" / case["image"]).convert("RGB")
+        folder = golden["images"] if isinstance(golden.get("images"), str) else "images"
+        img = Image.open(DATA / folder / case["image"]).convert("RGB")
         pixels = np.asarray(img, dtype=np.uint8).copy()
         buf = (ctypes.c_uint8 * pixels.size).from_buffer(pixels)
         bitmap = mtmd.mtmd_bitmap_init(img.width, img.height, buf)
@@ -107,13 +111,28 @@ def main():
         text.parse_special = True
         bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
         assert mtmd.mtmd_tokenize(mctx, chunks, ctypes.byref(text), bitmaps, 1) == 0
-        image_chunk = next(mtmd.mtmd_input_chunks_get(chunks, i) for i in range(mtmd.mtmd_input_chunks_size(chunks))
-                           if mtmd.mtmd_input_chunk_get_type(mtmd.mtmd_input_chunks_get(chunks, i)) == 1)
-        n_tokens = mtmd.mtmd_input_chunk_get_n_tokens(image_chunk)
-        assert mtmd.mtmd_encode_chunk(mctx, image_chunk) == 0
-        embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(mctx), shape=(n_tokens * llm.n_embd(),)).copy()
-        embd = embd.reshape(n_tokens, llm.n_embd())
-        ref = golden_array(raw, case["projector_output"])[0]
+        # Every image chunk in order (LLaVA-1.6 images come as several), its rows concatenated.
+        parts = []
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            if mtmd.mtmd_input_chunk_get_type(chunk) != 1:
+                continue
+            rows = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+            assert mtmd.mtmd_encode_chunk(mctx, chunk) == 0
+            parts.append(np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(mctx), shape=(rows * llm.n_embd(),)).copy()
+                         .reshape(rows, llm.n_embd()))
+        embd = np.concatenate(parts)
+        n_tokens = embd.shape[0]
+        ref = golden_array(raw, case["packed_features"]) if "packed_features" in case else golden_array(raw, case["projector_output"])[0]
+        if embd.shape != ref.shape:
+            report.append({"image": case["image"], "image_tokens": n_tokens, "transformers_image_tokens": ref.shape[0],
+                           "greedy_match_with_llama_cpp_embeddings":
+                               greedy(llm, case["prompt_ids"], image_id, embd, golden["new_tokens"])[0] == case["greedy_ids"],
+                           "greedy_match_with_transformers_embeddings":
+                               greedy(llm, case["prompt_ids"], image_id, ref, golden["new_tokens"])[0] == case["greedy_ids"]})
+            mtmd.mtmd_input_chunks_free(chunks)
+            mtmd.mtmd_bitmap_free(bitmap)
+            continue
         diff = np.abs(embd - ref)
         ours_tokens, _ = greedy(llm, case["prompt_ids"], image_id, embd, golden["new_tokens"])
         ref_tokens, ref_logits = greedy(llm, case["prompt_ids"], image_id, ref, golden["new_tokens"])
@@ -136,6 +155,11 @@ def main():
         print(json.dumps(report, indent=1))
     else:
         for r in report:
+            if "transformers_image_tokens" in r:
+                print(f"{r['image']:14} llama.cpp makes {r['image_tokens']} image rows, transformers {r['transformers_image_tokens']}; "
+                      f"greedy matches: llama.cpp embeddings {r['greedy_match_with_llama_cpp_embeddings']}, "
+                      f"transformers embeddings {r['greedy_match_with_transformers_embeddings']}")
+                continue
             print(f"{r['image']:14} embeddings max|d| {r['embeddings_max_abs_diff']:.4f} "
                   f"(rel {r['embeddings_max_rel_diff']:.3f}, mean|x| {r['embeddings_mean_abs_value']:.3f}); greedy matches: "
                   f"llama.cpp embeddings {r['greedy_match_with_llama_cpp_embeddings']}, transformers embeddings "

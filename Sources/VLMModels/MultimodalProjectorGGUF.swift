@@ -110,6 +110,26 @@ public struct MMProjConfiguration: Sendable, Equatable {
             imageGridPinpoints = items.compactMap(\.int)
         }
         mmPatchMergeType = m["clip.vision.mm_patch_merge_type"]?.string
+        if let pairs = try anyResolutionPinpoints(file: file) {
+            for (i, pair) in pairs.enumerated() where pair.contains(where: { $0 % imageSize != 0 }) {
+                // The tiles the model cuts and the ones the processor makes agree only on multiples.
+                throw FormatError(file, "clip.vision.image_grid_pinpoints[\(i)] \(pair) is not a multiple of clip.vision.image_size \(imageSize)")
+            }
+        }
+    }
+
+    /// LLaVA-1.6's candidate resolutions as `[height, width]` pairs (the converter flattens the
+    /// config's list in order), checked; nil for a LLaVA-1.5 file.
+    public func anyResolutionPinpoints(file: String) throws -> [[Int]]? {
+        guard let flat = imageGridPinpoints, !flat.isEmpty else { return nil }
+        guard flat.count % 2 == 0 else {
+            throw FormatError(file, "clip.vision.image_grid_pinpoints holds \(flat.count) values, not [height, width] pairs")
+        }
+        let pairs = stride(from: 0, to: flat.count, by: 2).map { [flat[$0], flat[$0 + 1]] }
+        do { try AnyResolutionLayout.checkPinpoints(pairs, key: "clip.vision.image_grid_pinpoints") } catch let e as ConfigValueError {
+            throw FormatError(file, e.description)
+        }
+        return pairs
     }
 
     /// The hidden states (transformers' numbering over the file's layers) the projector reads.
@@ -126,19 +146,26 @@ public struct MMProjConfiguration: Sendable, Equatable {
     }
 
     /// CLIPImageProcessor as LLaVA-1.5 uses it: shortest edge to the image size (bicubic), center
-    /// crop, rescale, normalize with the file's mean and std.
+    /// crop, rescale, normalize with the file's mean and std; LLaVA-1.6's LlavaNextImageProcessor
+    /// treats each tile the same way.
     public var imageProcessor: ImageProcessor {
         let crop = imageCropResolution ?? imageSize
-        return ImageProcessor(imageProcessorType: "CLIPImageProcessor", doResize: true, size: ImageSize(shortestEdge: imageSize),
+        let anyResolution = !(imageGridPinpoints ?? []).isEmpty
+        return ImageProcessor(imageProcessorType: anyResolution ? "LlavaNextImageProcessor" : "CLIPImageProcessor",
+                              doResize: true, size: ImageSize(shortestEdge: imageSize),
                               resample: 3, doCenterCrop: true, cropSize: ImageSize(height: crop, width: crop), doRescale: true,
                               rescaleFactor: 1.0 / 255.0, doNormalize: true, imageMean: imageMean, imageStd: imageStd,
-                              doConvertRGB: true)
+                              doConvertRGB: true, imageGridPinpoints: try? anyResolutionPinpoints(file: ""))
     }
 
-    /// What vlmsh can run: a CLIP tower with LLaVA-1.5's mlp projector, one image size.
+    /// What vlmsh can run: a CLIP tower with LLaVA's mlp projector, at one image size (LLaVA-1.5) or
+    /// any resolution with LLaVA-NeXT's unpadded packing (LLaVA-1.6).
     func checkSupported(file: String) throws {
-        if (imageGridPinpoints.map { !$0.isEmpty } ?? false) || mmPatchMergeType == "spatial_unpad" {
-            throw FormatError(file, "a LLaVA-1.6 (anyres) mmproj: not supported yet (supported: LLaVA-1.5 mmproj files)")
+        let anyResolution = !(imageGridPinpoints ?? []).isEmpty
+        if anyResolution != (mmPatchMergeType == "spatial_unpad") {
+            throw FormatError(file, anyResolution
+                ? "clip.vision.mm_patch_merge_type '\(mmPatchMergeType ?? "missing")' with grid pinpoints: only LLaVA-1.6's spatial_unpad is supported"
+                : "clip.vision.mm_patch_merge_type spatial_unpad without clip.vision.image_grid_pinpoints")
         }
         guard hasVisionEncoder else { throw FormatError(file, "clip.has_vision_encoder is false: the file holds no image encoder") }
         guard projectorType == "mlp" else {
@@ -150,6 +177,8 @@ public struct MMProjConfiguration: Sendable, Equatable {
 
 public enum MMProjWeights {
     static let tower = "vision_tower.vision_model."
+    /// LLaVA-1.6's row separator, under the name llava_surgery_v2 gives it (the converter keeps it).
+    static let imageNewline = "model.image_newline"
     static let projector = [("mm.0.", "linear_1."), ("mm.2.", "linear_2.")]
     static let top = [("v.class_embd", "embeddings.class_embedding"), ("v.patch_embd.weight", "embeddings.patch_embedding.weight"),
                       ("v.position_embd.weight", "embeddings.position_embedding.weight"),
@@ -206,15 +235,14 @@ public enum MMProjWeights {
 }
 
 extension LlavaModel {
-    /// A LLaVA-1.5 from llama.cpp's two files: `text` (a GGUF, or any text model path) supplies the
-    /// decoder, tokenizer and chat template, `mmproj` the vision tower and projector.
+    /// LLaVA-1.5 or 1.6 from llama.cpp's two files: `text` (a GGUF, or any text model path) supplies
+    /// the decoder, tokenizer and chat template, `mmproj` the vision tower and projector (and, for
+    /// 1.6, the grid pinpoints and `image_newline`).
     public static func load(text textPath: String, mmproj mmprojPath: String) throws -> LlavaModel {
         let gguf = try GGUFFile(path: mmprojPath)
         let mm = try MMProjConfiguration(gguf: gguf)
         try mm.checkSupported(file: mmprojPath)
-        if gguf.info("v.image_newline") != nil || gguf.info("model.image_newline") != nil {
-            throw FormatError(mmprojPath, "a LLaVA-1.6 (anyres) mmproj: not supported yet (supported: LLaVA-1.5 mmproj files)")
-        }
+        let pinpoints = try mm.anyResolutionPinpoints(file: mmprojPath)
         let text = try TextModel(path: textPath)
         let hidden = text.decoder.config.hiddenSize
         if let out = gguf.info("mm.2.weight")?.shape.first, out != hidden {
@@ -232,8 +260,10 @@ extension LlavaModel {
         let processor = mm.imageProcessor
         try processor.validate(path: mmprojPath)
         let vision: VisionTower, projector: MultiModalProjector
+        var newline: Tensor?
         do {
             (vision, projector) = try visionParts(config, weights: weights, visionWeights: nil)
+            if pinpoints != nil { newline = try weights.floats(MMProjWeights.imageNewline, shape: [hidden]) }
             try weights.finish()
         } catch let error as FormatError where error.file == mmprojPath {
             throw MMProjWeights.inFileNames(error, legacyFFN: legacy)
@@ -242,6 +272,10 @@ extension LlavaModel {
                                imageProcessor: processor, padToSquare: mm.imageAspectRatio == "pad",
                                imageTokenInVocabulary: imageID != nil)
         model.textModel = text
+        if let pinpoints, let newline {
+            let layout = AnyResolutionLayout(gridPinpoints: pinpoints, tileSize: mm.imageSize, patchSize: mm.patchSize)
+            model.anyResolution = LlavaNextParts(layout: layout, imageNewline: Variable(Tensor(reshaping: newline, to: [1, hidden])))
+        }
         return model
     }
 }

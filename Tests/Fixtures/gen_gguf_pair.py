@@ -347,7 +347,8 @@ transformers' outputs are the outputs of the weights in the files.
   round trip (`gguf.quants.dequantize`).
 - `hostile/`: the mmproj rewritten with gguf-py with one defect each: `huge-image-size.gguf`
   (`clip.vision.image_size` 2^30), `missing-tensor.gguf` (no `v.blk.1.attn_q.weight`), `llava16.gguf`
-  (`clip.vision.image_grid_pinpoints` and `clip.vision.mm_patch_merge_type` spatial_unpad: a LLaVA-1.6 mmproj).
+  (`clip.vision.image_grid_pinpoints` and `clip.vision.mm_patch_merge_type` spatial_unpad: a LLaVA-1.6 header
+  without the `model.image_newline` tensor).
 - `images/`: `landscape.png` 48x24, `portrait.png` 20x40, `square.png` 30x30, RGB uniform noise.
 
 ## golden.json / golden.f32

@@ -60,6 +60,24 @@ final class GGUFPairCLITests: XCTestCase {
         }
     }
 
+    /// LLaVA-1.6's pair (Fixtures/gen_gguf_pair_next.py): the prompt's image takes as many positions
+    /// as its size gives, and the greedy reply is transformers'.
+    func testLLaVA16PairGeneratesTransformersGreedyIds() throws {
+        let folder = CLITests.fixtures.appendingPathComponent("gguf_pair_next")
+        let golden = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("golden.json"))) as? [String: Any])
+        for c in try XCTUnwrap(golden["cases"] as? [[String: Any]]) {
+            let file = try XCTUnwrap(c["image"] as? String)
+            let ids = try XCTUnwrap(c["prompt_ids"] as? [Int]).map(String.init).joined(separator: ",")
+            let gen = try json(try vlmsh(["generate", "--model", folder.appendingPathComponent("tiny-next-text-f16.gguf").path,
+                                          "--mmproj", folder.appendingPathComponent("tiny-next-mmproj-f16.gguf").path, "--ids", ids,
+                                          "--image", CLITests.fixtures.appendingPathComponent("llava_next/images/\(file)").path,
+                                          "--temperature", "0", "--max-tokens", "16", "--json"]))
+            let got = try XCTUnwrap(gen["ids"] as? [Int])
+            XCTAssertFalse(got.isEmpty, file)
+            XCTAssertEqual(got, Array(try XCTUnwrap(c["greedy_ids"] as? [Int]).prefix(got.count)), "\(file) greedy")
+        }
+    }
+
     func testREPLLoadWithMMProjAndAStoreName() throws {
         let c = try golden(0)
         let greedy = try XCTUnwrap(c["greedy_ids"] as? [Int])
@@ -98,7 +116,7 @@ final class GGUFPairCLITests: XCTestCase {
     func testHostileMMProjIsOneLineAndExitOne() throws {
         let hostile = Self.folder.appendingPathComponent("hostile")
         for (file, fragment) in ["huge-image-size.gguf": "clip.vision.image_size", "missing-tensor.gguf": "missing weight",
-                                 "llava16.gguf": "not supported yet"] {
+                                 "llava16.gguf": "missing weight 'model.image_newline'"] {
             let r = try vlmsh(["generate", "--model", Self.text, "--mmproj", hostile.appendingPathComponent(file).path,
                                "--prompt", "hi", "--max-tokens", "1"])
             XCTAssertEqual(r.status, 1, file)

@@ -163,7 +163,7 @@ final class GGUFPairTests: XCTestCase {
         let expectations = [
             "huge-image-size.gguf": "clip.vision.image_size 1073741824 is out of range",
             "missing-tensor.gguf": "missing weight 'v.blk.1.attn_q.weight'",
-            "llava16.gguf": "LLaVA-1.6 (anyres) mmproj: not supported yet",
+            "llava16.gguf": "missing weight 'model.image_newline'",
         ]
         for (file, fragment) in expectations {
             XCTAssertThrowsError(try LlavaModel.load(text: Self.text, mmproj: hostile.appendingPathComponent(file).path), file) { error in

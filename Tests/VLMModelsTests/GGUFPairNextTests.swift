@@ -1,0 +1,106 @@
+import Foundation
+import VLMFormats
+import VLMGeneration
+import VLMImage
+import VLMModels
+import VLMTensor
+import XCTest
+
+/// LLaVA-1.6 as a llama.cpp GGUF pair, made by llama.cpp's converters from the llava_next fixture's
+/// CLIP+Llama checkpoint (Tests/Fixtures/gen_gguf_pair_next.py), against transformers on that
+/// checkpoint (f16 where the files store f16): any-resolution pixels, image token counts, packed
+/// features, logits, top-5 and 16 greedy ids for four aspect ratios.
+final class GGUFPairNextTests: XCTestCase {
+    static let folder = Fixtures.data.appendingPathComponent("gguf_pair_next")
+    static let text = folder.appendingPathComponent("tiny-next-text-f16.gguf").path
+    static let mmproj = folder.appendingPathComponent("tiny-next-mmproj-f16.gguf").path
+
+    func array(_ ref: Any?, _ data: Data) throws -> (shape: [Int], values: [Float]) {
+        let r = try XCTUnwrap(ref as? [String: Any])
+        let offset = try XCTUnwrap(r["offset"] as? Int), shape = try XCTUnwrap(r["shape"] as? [Int])
+        let count = shape.reduce(1, *)
+        var values = [Float](repeating: 0, count: count)
+        _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0, from: offset..<(offset + count * 4)) }
+        return (shape, values)
+    }
+
+    func argmax(_ x: UnsafeBufferPointer<Float>) -> Int {
+        var best = 0
+        for i in 1..<x.count where x[i] > x[best] { best = i }
+        return best
+    }
+
+    func testThePairMatchesTransformersOnTheSameCheckpoint() throws {
+        let golden = try Fixtures.json("gguf_pair_next/golden.json")
+        let data = try Data(contentsOf: Self.folder.appendingPathComponent("golden.f32"))
+        let model = try VisionLanguageModel(text: Self.text, mmproj: Self.mmproj)
+        let llava = model.llava
+        let next = try XCTUnwrap(llava.anyResolution, "a LLaVA-1.6 mmproj loads as any-resolution")
+        XCTAssertEqual(next.layout.gridPinpoints, golden["image_grid_pinpoints"] as? [[Int]])
+        let imageID = try XCTUnwrap(golden["image_token_id"] as? Int)
+        let std = llava.imageProcessor.imageStd ?? [0.5]
+        let oneLevel = Float(1.0 / 255.0 / std.min()!) + 1e-5
+        let cases = try XCTUnwrap(golden["cases"] as? [[String: Any]])
+        XCTAssertEqual(cases.count, 4)
+        for c in cases {
+            let file = try XCTUnwrap(c["image"] as? String)
+            let picture = try ImageLoader.load(path: Fixtures.data.appendingPathComponent("llava_next/images/\(file)").path)
+            XCTAssertEqual([picture.height, picture.width], c["image_size"] as? [Int], file)
+
+            let pixels = try array(c["pixel_values"], data)
+            let ours = try llava.modelInput(picture)
+            XCTAssertEqual(ours.shape, pixels.shape, file)
+            XCTAssertLessThanOrEqual(maxDifference(ours.array, pixels.values), oneLevel, "\(file) pixels")
+
+            let tokens = try XCTUnwrap(c["image_tokens"] as? Int)
+            XCTAssertEqual(llava.imageTokenCount(height: picture.height, width: picture.width), tokens, file)
+
+            let goldenPixels = Tensor(shape: pixels.shape, values: pixels.values)
+            let packed = try array(c["packed_features"], data)
+            let features = try llava.imageFeatures(pixels: goldenPixels, size: (picture.height, picture.width))
+            XCTAssertEqual(features.shape, packed.shape, file)
+            let relative = maxDifference(features.array, packed.values) / max(packed.values.map(abs).max()!, 1e-6)
+            XCTAssertLessThan(relative, 1e-3, "\(file) packed features")
+
+            let promptIDs = try XCTUnwrap(c["prompt_ids"] as? [Int])
+            let input = ImageInput(hash: file, pixels: goldenPixels, size: (picture.height, picture.width))
+            let slots = try ChatSession.expand(ids: promptIDs, images: [input], support: model.images)
+            let expanded = slots.map { slot -> Int in if case .token(let id) = slot { return id } else { return imageID } }
+            XCTAssertEqual(expanded, c["input_ids"] as? [Int], "\(file) input ids")
+
+            let imageFeatures = ImageFeatures(model: model)
+            imageFeatures.attach([input])
+            let cache = model.decoder.makeCache(capacity: slots.count + 16)
+            var logits = try Prompt(slots: slots).run(model: model, features: imageFeatures, cache: cache)
+            let goldenLogits = try XCTUnwrap(c["last_logits"] as? [Double]).map(Float.init)
+            let ld = maxDifference(Array(logits), goldenLogits)
+            XCTAssertLessThan(ld, 1e-3, "\(file) last logits")
+            let top5 = Array(logits).enumerated().sorted { $0.element > $1.element }.prefix(5).map(\.offset)
+            XCTAssertEqual(top5, c["top5_ids"] as? [Int], "\(file) top-5")
+            var ids: [Int] = []
+            for _ in 0..<16 {
+                let id = argmax(logits)
+                ids.append(id)
+                logits = try model.decoder.forward(tokens: [id], cache: cache)
+            }
+            XCTAssertEqual(ids, c["greedy_ids"] as? [Int], "\(file) greedy ids")
+            print("\(file): \(tokens) image tokens, features max rel diff \(relative), last logits max diff \(ld)")
+        }
+    }
+
+    /// The same images through the llava_next folder the pair was converted from and through the
+    /// pair: the same token counts, features close (the pair's f16 weights), the same greedy ids.
+    func testThePairAndItsSourceFolderAgree() throws {
+        let pair = try VisionLanguageModel(text: Self.text, mmproj: Self.mmproj)
+        let folder = try VisionLanguageModel(path: Fixtures.data.appendingPathComponent("llava_next/clip-llama").path)
+        for file in ["landscape.png", "portrait.png", "square.png", "four-three.png"] {
+            let picture = try ImageLoader.load(path: Fixtures.data.appendingPathComponent("llava_next/images/\(file)").path)
+            XCTAssertEqual(pair.llava.imageTokenCount(height: picture.height, width: picture.width),
+                           folder.llava.imageTokenCount(height: picture.height, width: picture.width), file)
+            let a = try pair.llava.imageFeatures(pixels: try pair.llava.modelInput(picture), size: (picture.height, picture.width))
+            let b = try folder.llava.imageFeatures(pixels: try folder.llava.modelInput(picture), size: (picture.height, picture.width))
+            XCTAssertEqual(a.shape, b.shape, file)
+            XCTAssertLessThan(maxDifference(a.array, b.array), 0.05, "\(file): f16 rounding only")
+        }
+    }
+}
