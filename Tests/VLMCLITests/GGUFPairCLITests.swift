@@ -78,6 +78,31 @@ final class GGUFPairCLITests: XCTestCase {
         }
     }
 
+    /// LoRA and projector tuning on the LLaVA-1.6 pair: a training row's image is tiled and packed
+    /// as at inference, and the first loss is the source checkpoint's in transformers (up to the
+    /// pair's f16 weights).
+    func testFinetuneOnTheLLaVA16Pair() throws {
+        let next = CLITests.fixtures.appendingPathComponent("llava_next")
+        let golden = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: next.appendingPathComponent("golden.json"))) as? [String: Any])
+        let checkpoint = try XCTUnwrap((golden["checkpoints"] as? [String: [String: Any]])?["clip-llama"])
+        let row = try XCTUnwrap((checkpoint["train_rows"] as? [[String: Any]])?.first)
+        let data = home + "/row.jsonl"
+        let record: [String: Any] = ["input_ids": row["input_ids"]!, "labels": row["labels"]!,
+                                     "image": next.appendingPathComponent("images/" + (row["image"] as! String)).path]
+        try JSONSerialization.data(withJSONObject: record).write(to: URL(fileURLWithPath: data))
+        let pair = CLITests.fixtures.appendingPathComponent("gguf_pair_next")
+        let r = try vlmsh(["finetune", "--model", pair.appendingPathComponent("tiny-next-text-f16.gguf").path,
+                           "--mmproj", pair.appendingPathComponent("tiny-next-mmproj-f16.gguf").path, "--data", data,
+                           "--mode", "lora+projector", "--lr", "1e-2", "--lora-dropout", "0", "--steps", "4", "--out", home + "/next", "--json"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let losses = r.stdout.split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+            .compactMap { $0["loss"] as? Double }
+        XCTAssertEqual(losses.count, 4, r.stdout)
+        let expected = try XCTUnwrap(row["loss"] as? Double)
+        XCTAssertEqual(try XCTUnwrap(losses.first), expected, accuracy: 1e-2 * expected)
+        XCTAssertLessThan(try XCTUnwrap(losses.last), try XCTUnwrap(losses.first), "\(losses)")
+    }
+
     func testREPLLoadWithMMProjAndAStoreName() throws {
         let c = try golden(0)
         let greedy = try XCTUnwrap(c["greedy_ids"] as? [Int])
