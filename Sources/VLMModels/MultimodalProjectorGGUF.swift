@@ -177,8 +177,9 @@ public struct MMProjConfiguration: Sendable, Equatable {
 
 public enum MMProjWeights {
     static let tower = "vision_tower.vision_model."
-    /// LLaVA-1.6's row separator, under the name llava_surgery_v2 gives it (the converter keeps it).
-    static let imageNewline = "model.image_newline"
+    /// LLaVA-1.6's row separator: the legacy converter keeps llava_surgery_v2's name, newer
+    /// converters write it under `v.`.
+    static let imageNewlineNames = ["model.image_newline", "v.image_newline"]
     static let projector = [("mm.0.", "linear_1."), ("mm.2.", "linear_2.")]
     static let top = [("v.class_embd", "embeddings.class_embedding"), ("v.patch_embd.weight", "embeddings.patch_embedding.weight"),
                       ("v.position_embd.weight", "embeddings.position_embedding.weight"),
@@ -263,7 +264,10 @@ extension LlavaModel {
         var newline: Tensor?
         do {
             (vision, projector) = try visionParts(config, weights: weights, visionWeights: nil)
-            if pinpoints != nil { newline = try weights.floats(MMProjWeights.imageNewline, shape: [hidden]) }
+            if pinpoints != nil {
+                let name = MMProjWeights.imageNewlineNames.first(where: weights.contains) ?? MMProjWeights.imageNewlineNames[0]
+                newline = try weights.floats(name, shape: [hidden])
+            }
             try weights.finish()
         } catch let error as FormatError where error.file == mmprojPath {
             throw MMProjWeights.inFileNames(error, legacyFFN: legacy)

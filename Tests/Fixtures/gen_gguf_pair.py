@@ -220,13 +220,14 @@ def run_case(model, arrays, pixel_values, input_ids):
             "top5_ids": top.indices.tolist(), "greedy_ids": greedy, "greedy_min_margin": margin}
 
 
-def write_hostile(src, folder):
-    """The mmproj with one thing wrong each, rewritten with gguf-py (metadata and tensors copied)."""
+def write_hostile(src, folder, rewriter_only=False):
+    """The mmproj with one thing wrong each, rewritten with gguf-py (metadata and tensors copied).
+    rewriter_only: write nothing, return the rewriting function (for other variants of the file)."""
     import gguf
     folder.mkdir(parents=True, exist_ok=True)
     reader = gguf.GGUFReader(str(src))
 
-    def rewrite(name, override=None, drop_tensor=None, extra=None, transform=None):
+    def rewrite(name, override=None, drop_tensor=None, extra=None, transform=None, rename=None):
         w = gguf.GGUFWriter(str(folder / name), arch="clip")
         for field in reader.fields.values():
             key = field.name
@@ -255,14 +256,14 @@ def write_hostile(src, folder):
             data, dtype = (transform(t) if transform else None) or (np.array(t.data), t.tensor_type)
             # gguf-py takes a quantized tensor's shape in bytes per row, a float tensor's in elements.
             plain = dtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
-            w.add_tensor(t.name, data, raw_shape=list(reversed([int(d) for d in t.shape])) if plain else list(data.shape),
+            w.add_tensor((rename or {}).get(t.name, t.name), data, raw_shape=list(reversed([int(d) for d in t.shape])) if plain else list(data.shape),
                          raw_dtype=dtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
 
-    if folder.name == "q8_0":
+    if rewriter_only:
         return rewrite
     U32 = gguf.GGUFValueType.UINT32
     rewrite("huge-image-size.gguf", override={"clip.vision.image_size": (1 << 30, U32)})
@@ -304,7 +305,7 @@ def q8_0_variant(src, out_dir, model):
             params[reference_name(t.name)].copy_(torch.from_numpy(restored.copy()))
         return packed, gguf.GGMLQuantizationType.Q8_0
 
-    rewrite = write_hostile(src, out_dir / "q8_0")
+    rewrite = write_hostile(src, out_dir / "q8_0", rewriter_only=True)
     rewrite(Q8_0_FILE, transform=to_q8_0)
     shutil.move(out_dir / "q8_0" / Q8_0_FILE, out_dir / Q8_0_FILE)
     (out_dir / "q8_0").rmdir()

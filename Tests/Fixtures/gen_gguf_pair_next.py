@@ -31,6 +31,8 @@ from gen_gguf_pair import VENDOR, run
 
 TEXT_FILE = "tiny-next-text-f16.gguf"
 MMPROJ_FILE = "tiny-next-mmproj-f16.gguf"
+# The same mmproj with the newline under the `v.` name newer converters use.
+V_NEWLINE_FILE = "tiny-next-mmproj-v-newline.gguf"
 QUESTION = "What is in the image?"
 
 
@@ -62,7 +64,7 @@ def convert_mmproj(model, tmp, out_path):
 
 def generate(out_dir):
     gen_gguf_pair.ensure_llama_cpp()
-    for child in [TEXT_FILE, MMPROJ_FILE, "golden.json", "golden.f32"]:
+    for child in [TEXT_FILE, MMPROJ_FILE, V_NEWLINE_FILE, "golden.json", "golden.f32"]:
         (out_dir / child).unlink(missing_ok=True)
     source = out_dir.parent / "llava_next" / "clip-llama"
     model = LlavaNextForConditionalGeneration.from_pretrained(str(source), dtype=torch.float32).eval()
@@ -76,6 +78,10 @@ def generate(out_dir):
             shutil.copy(source / name, text_dir / name)
         gen_gguf_pair.convert_text(model, text_dir, out_dir / TEXT_FILE)
         convert_mmproj(model, tmp, out_dir / MMPROJ_FILE)
+        sys.path.insert(0, str(VENDOR / "gguf-py"))
+        rewrite = gen_gguf_pair.write_hostile(out_dir / MMPROJ_FILE, tmp, rewriter_only=True)
+        rewrite(V_NEWLINE_FILE, rename={"model.image_newline": "v.image_newline"})
+        shutil.move(tmp / V_NEWLINE_FILE, out_dir / V_NEWLINE_FILE)
 
     pre = json.loads((source / "preprocessor_config.json").read_text())
     image_processor = LlavaNextImageProcessorPil(**{k: v for k, v in pre.items() if k not in ("image_processor_type", "processor_class")})
@@ -113,7 +119,7 @@ def generate(out_dir):
                       "top5_ids": logits.topk(5).indices.tolist(), "greedy_ids": greedy, "greedy_min_margin": margin})
         print(f"[gguf_pair_next] {name}: {count} image tokens, margin {margin:.4f}", flush=True)
     golden = {"arrays": {"file": "golden.f32", "dtype": "float32", "byte_order": "little", "offset_unit": "bytes"},
-              "source": "../llava_next/clip-llama", "images": "../llava_next/images", "text": TEXT_FILE, "mmproj": MMPROJ_FILE,
+              "source": "../llava_next/clip-llama", "images": "../llava_next/images", "text": TEXT_FILE, "mmproj": MMPROJ_FILE, "mmproj_v_newline": V_NEWLINE_FILE,
               "image_token_id": image_id, "new_tokens": gen_llava_next.NEW_TOKENS,
               "image_grid_pinpoints": model.config.image_grid_pinpoints, "cases": cases}
     arrays.write(out_dir / "golden.f32")

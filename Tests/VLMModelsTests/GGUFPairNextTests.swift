@@ -88,6 +88,14 @@ final class GGUFPairNextTests: XCTestCase {
         }
     }
 
+    /// Newer converters name the row separator `v.image_newline`: the same model.
+    func testTheNewlineUnderItsNewerNameLoadsTheSame() throws {
+        let renamed = try VisionLanguageModel(text: Self.text, mmproj: Self.folder.appendingPathComponent("tiny-next-mmproj-v-newline.gguf").path)
+        let original = try VisionLanguageModel(text: Self.text, mmproj: Self.mmproj)
+        XCTAssertEqual(try XCTUnwrap(renamed.llava.anyResolution).imageNewline.value.array,
+                       try XCTUnwrap(original.llava.anyResolution).imageNewline.value.array)
+    }
+
     /// The same images through the llava_next folder the pair was converted from and through the
     /// pair: the same token counts, features close (the pair's f16 weights), the same greedy ids.
     func testThePairAndItsSourceFolderAgree() throws {
