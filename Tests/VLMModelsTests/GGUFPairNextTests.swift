@@ -15,21 +15,6 @@ final class GGUFPairNextTests: XCTestCase {
     static let text = folder.appendingPathComponent("tiny-next-text-f16.gguf").path
     static let mmproj = folder.appendingPathComponent("tiny-next-mmproj-f16.gguf").path
 
-    func array(_ ref: Any?, _ data: Data) throws -> (shape: [Int], values: [Float]) {
-        let r = try XCTUnwrap(ref as? [String: Any])
-        let offset = try XCTUnwrap(r["offset"] as? Int), shape = try XCTUnwrap(r["shape"] as? [Int])
-        let count = shape.reduce(1, *)
-        var values = [Float](repeating: 0, count: count)
-        _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0, from: offset..<(offset + count * 4)) }
-        return (shape, values)
-    }
-
-    func argmax(_ x: UnsafeBufferPointer<Float>) -> Int {
-        var best = 0
-        for i in 1..<x.count where x[i] > x[best] { best = i }
-        return best
-    }
-
     func testThePairMatchesTransformersOnTheSameCheckpoint() throws {
         let golden = try Fixtures.json("gguf_pair_next/golden.json")
         let data = try Data(contentsOf: Self.folder.appendingPathComponent("golden.f32"))
@@ -47,7 +32,7 @@ final class GGUFPairNextTests: XCTestCase {
             let picture = try ImageLoader.load(path: Fixtures.data.appendingPathComponent("llava_next/images/\(file)").path)
             XCTAssertEqual([picture.height, picture.width], c["image_size"] as? [Int], file)
 
-            let pixels = try array(c["pixel_values"], data)
+            let pixels = try Fixtures.array(c["pixel_values"], in: data)
             let ours = try llava.modelInput(picture)
             XCTAssertEqual(ours.shape, pixels.shape, file)
             XCTAssertLessThanOrEqual(maxDifference(ours.array, pixels.values), oneLevel, "\(file) pixels")
@@ -56,10 +41,10 @@ final class GGUFPairNextTests: XCTestCase {
             XCTAssertEqual(llava.imageTokenCount(height: picture.height, width: picture.width), tokens, file)
 
             let goldenPixels = Tensor(shape: pixels.shape, values: pixels.values)
-            let packed = try array(c["packed_features"], data)
+            let packed = try Fixtures.array(c["packed_features"], in: data)
             let features = try llava.imageFeatures(pixels: goldenPixels, size: (picture.height, picture.width))
             XCTAssertEqual(features.shape, packed.shape, file)
-            let relative = maxDifference(features.array, packed.values) / max(packed.values.map(abs).max()!, 1e-6)
+            let relative = relativeDifference(features.array, packed.values)
             XCTAssertLessThan(relative, 1e-3, "\(file) packed features")
 
             let promptIDs = try XCTUnwrap(c["prompt_ids"] as? [Int])
@@ -71,18 +56,13 @@ final class GGUFPairNextTests: XCTestCase {
             let imageFeatures = ImageFeatures(model: model)
             imageFeatures.attach([input])
             let cache = model.decoder.makeCache(capacity: slots.count + 16)
-            var logits = try Prompt(slots: slots).run(model: model, features: imageFeatures, cache: cache)
+            let logits = try Prompt(slots: slots).run(model: model, features: imageFeatures, cache: cache)
             let goldenLogits = try XCTUnwrap(c["last_logits"] as? [Double]).map(Float.init)
             let ld = maxDifference(Array(logits), goldenLogits)
             XCTAssertLessThan(ld, 1e-3, "\(file) last logits")
             let top5 = Array(logits).enumerated().sorted { $0.element > $1.element }.prefix(5).map(\.offset)
             XCTAssertEqual(top5, c["top5_ids"] as? [Int], "\(file) top-5")
-            var ids: [Int] = []
-            for _ in 0..<16 {
-                let id = argmax(logits)
-                ids.append(id)
-                logits = try model.decoder.forward(tokens: [id], cache: cache)
-            }
+            let ids = try greedyIDs(after: logits, decoder: model.decoder, cache: cache, count: 16)
             XCTAssertEqual(ids, c["greedy_ids"] as? [Int], "\(file) greedy ids")
             print("\(file): \(tokens) image tokens, features max rel diff \(relative), last logits max diff \(ld)")
         }

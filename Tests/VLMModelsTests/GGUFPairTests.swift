@@ -25,20 +25,6 @@ final class GGUFPairTests: XCTestCase {
 
     func golden() throws -> [String: Any] { try Fixtures.json("gguf_pair/golden.json") }
 
-    func array(_ ref: Any?, _ data: Data) throws -> (shape: [Int], values: [Float]) {
-        let r = try XCTUnwrap(ref as? [String: Any])
-        let offset = try XCTUnwrap(r["offset"] as? Int), shape = try XCTUnwrap(r["shape"] as? [Int])
-        let count = shape.reduce(1, *)
-        var values = [Float](repeating: 0, count: count)
-        _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0, from: offset..<(offset + count * 4)) }
-        return (shape, values)
-    }
-
-    /// Largest difference relative to the largest reference magnitude.
-    func relativeDifference(_ a: [Float], _ b: [Float]) -> Float {
-        maxDifference(a, b) / max(b.map(abs).max() ?? 0, 1e-12)
-    }
-
     func testMetadataMapsOntoTheLlavaComposition() throws {
         let gguf = try GGUFFile(path: Self.mmproj)
         let mm = try MMProjConfiguration(gguf: gguf)
@@ -81,18 +67,18 @@ final class GGUFPairTests: XCTestCase {
         let pixelTolerance = Float(1.0 / 255.0 / 0.26130258) + 1e-5
         for c in cases {
             let name = try XCTUnwrap(c["image"] as? String)
-            let pixels = try array(c["pixel_values"], data)
+            let pixels = try Fixtures.array(c["pixel_values"], in: data)
             let image = try ImageLoader.load(path: Self.folder.appendingPathComponent("images/\(name)").path)
             let ours = try llava.preprocess(image)
             XCTAssertEqual(ours.shape, Array(pixels.shape.dropFirst()), name)
             XCTAssertLessThanOrEqual(maxDifference(ours.array, pixels.values), pixelTolerance, "\(name) pixels")
 
             let goldenPixels = Tensor(shape: Array(pixels.shape.dropFirst()), values: pixels.values)
-            let vision = try array(c["vision_features"], data)
+            let vision = try Fixtures.array(c["vision_features"], in: data)
             let v = try llava.visionFeatures(pixels: goldenPixels)
             XCTAssertEqual(v.shape, Array(vision.shape.dropFirst()), name)
             XCTAssertLessThan(relativeDifference(v.array, vision.values), 1e-3, "\(name) vision features")
-            let projected = try array(c["projector_output"], data)
+            let projected = try Fixtures.array(c["projector_output"], in: data)
             let p = try llava.imageFeatures(pixels: goldenPixels)
             XCTAssertEqual(p.shape, Array(projected.shape.dropFirst()), name)
             let rel = relativeDifference(p.array, projected.values)
@@ -119,20 +105,14 @@ final class GGUFPairTests: XCTestCase {
                 }
             }
             let cache = model.decoder.makeCache(capacity: slots.count + 17)
-            var logits = try withExtendedLifetime(x) { try model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }
+            let logits = try withExtendedLifetime(x) { try model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }
             let expected = try XCTUnwrap(c["last_logits"] as? [Double]).map(Float.init)
             XCTAssertEqual(logits.count, expected.count, name)
             let ld = maxDifference(Array(logits), expected)
             XCTAssertLessThan(ld, 1e-3, "\(name) last logits")
             let top = (0..<logits.count).sorted { logits[$0] > logits[$1] }.prefix(5)
             XCTAssertEqual(Array(top), c["top5_ids"] as? [Int], "\(name) top-5")
-            var ids: [Int] = []
-            for _ in 0..<16 {
-                var best = 0
-                for i in 1..<logits.count where logits[i] > logits[best] { best = i }
-                ids.append(best)
-                logits = try model.decoder.forward(tokens: [best], cache: cache)
-            }
+            let ids = try greedyIDs(after: logits, decoder: model.decoder, cache: cache, count: 16)
             XCTAssertEqual(ids, c["greedy_ids"] as? [Int], "\(name) greedy ids")
             print("\(name): image embeddings max relative diff \(rel), last logits max diff \(ld)")
         }
@@ -148,12 +128,12 @@ final class GGUFPairTests: XCTestCase {
         let llava = try LlavaModel.load(text: Self.text, mmproj: path)
         let data = try Data(contentsOf: Self.folder.appendingPathComponent("golden.f32"))
         for c in try XCTUnwrap(golden()["cases"] as? [[String: Any]]) {
-            let pixels = try array(c["pixel_values"], data)
+            let pixels = try Fixtures.array(c["pixel_values"], in: data)
             let p = try llava.imageFeatures(pixels: Tensor(shape: Array(pixels.shape.dropFirst()), values: pixels.values))
-            let expected = try array(c["q8_0_projector_output"], data)
+            let expected = try Fixtures.array(c["q8_0_projector_output"], in: data)
             XCTAssertLessThan(relativeDifference(p.array, expected.values), 1e-3, "\(c["image"] ?? "") q8_0 image embeddings")
             // Q8_0 moved them: the f16 goldens are not what this file gives.
-            let f16 = try array(c["projector_output"], data)
+            let f16 = try Fixtures.array(c["projector_output"], in: data)
             XCTAssertGreaterThan(relativeDifference(expected.values, f16.values), 1e-3)
         }
     }

@@ -21,15 +21,6 @@ final class LlavaNextTests: XCTestCase {
         return m
     }
 
-    func array(_ ref: Any?, _ data: Data) throws -> (shape: [Int], values: [Float]) {
-        let r = try XCTUnwrap(ref as? [String: Any])
-        let offset = try XCTUnwrap(r["offset"] as? Int), shape = try XCTUnwrap(r["shape"] as? [Int])
-        let count = shape.reduce(1, *)
-        var values = [Float](repeating: 0, count: count)
-        _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0, from: offset..<(offset + count * 4)) }
-        return (shape, values)
-    }
-
     func image(_ name: String) throws -> RGBImage {
         try ImageLoader.load(path: Self.folder.appendingPathComponent("images/\(name)").path)
     }
@@ -39,12 +30,6 @@ final class LlavaNextTests: XCTestCase {
         let cps = try XCTUnwrap(golden["checkpoints"] as? [String: [String: Any]])
         XCTAssertEqual(cps.count, 2)
         return cps.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-    }
-
-    func argmax(_ x: UnsafeBufferPointer<Float>) -> Int {
-        var best = 0
-        for i in 1..<x.count where x[i] > x[best] { best = i }
-        return best
     }
 
     func testEveryCheckpointAndImageMatchesTransformers() throws {
@@ -68,7 +53,7 @@ final class LlavaNextTests: XCTestCase {
                 XCTAssertEqual([picture.height, picture.width], c["image_size"] as? [Int], label)
 
                 // Preprocessing: base tile plus grid tiles, within one uint8 level of LlavaNextImageProcessor.
-                let pixels = try array(c["pixel_values"], data)
+                let pixels = try Fixtures.array(c["pixel_values"], in: data)
                 let ours = try llava.modelInput(picture)
                 XCTAssertEqual(ours.shape, pixels.shape, label)
                 XCTAssertEqual(ours.shape[0] - 1, c["tiles"] as? Int, label)
@@ -84,7 +69,7 @@ final class LlavaNextTests: XCTestCase {
 
                 // Packed features (tower, projector, unpad, newlines, base first) on the golden pixels.
                 let golden = Tensor(shape: pixels.shape, values: pixels.values)
-                let packed = try array(c["packed_features"], data)
+                let packed = try Fixtures.array(c["packed_features"], in: data)
                 let features = try llava.imageFeatures(pixels: golden, size: (picture.height, picture.width))
                 XCTAssertEqual(features.shape, packed.shape, label)
                 let fd = maxDifference(features.array, packed.values)
@@ -103,17 +88,12 @@ final class LlavaNextTests: XCTestCase {
                 imageFeatures.attach([input])
                 let prompt = Prompt(slots: slots)
                 let cache = model.decoder.makeCache(capacity: slots.count + 16)
-                var logits = try prompt.run(model: model, features: imageFeatures, cache: cache)
+                let logits = try prompt.run(model: model, features: imageFeatures, cache: cache)
                 let goldenLogits = try XCTUnwrap(c["last_logits"] as? [Double]).map(Float.init)
                 let ld = maxDifference(Array(logits), goldenLogits)
                 XCTAssertEqual(logits.count, goldenLogits.count, label)
                 XCTAssertLessThan(ld, 1e-3, "\(label) last logits")
-                var ids: [Int] = []
-                for _ in 0..<16 {
-                    let id = argmax(logits)
-                    ids.append(id)
-                    logits = try model.decoder.forward(tokens: [id], cache: cache)
-                }
+                let ids = try greedyIDs(after: logits, decoder: model.decoder, cache: cache, count: 16)
                 XCTAssertEqual(ids, c["greedy_ids"] as? [Int], "\(label) greedy ids")
                 print("\(label): \(tokens) image tokens, features max diff \(fd), last logits max diff \(ld)")
             }

@@ -23,16 +23,6 @@ final class LlavaTests: XCTestCase {
         return m
     }
 
-    /// A golden array reference → (shape, values).
-    func array(_ ref: Any?, _ data: Data) throws -> (shape: [Int], values: [Float]) {
-        let r = try XCTUnwrap(ref as? [String: Any])
-        let offset = try XCTUnwrap(r["offset"] as? Int), shape = try XCTUnwrap(r["shape"] as? [Int])
-        let count = shape.reduce(1, *)
-        var values = [Float](repeating: 0, count: count)
-        _ = values.withUnsafeMutableBytes { data.copyBytes(to: $0, from: offset..<(offset + count * 4)) }
-        return (shape, values)
-    }
-
     func image(_ name: String) throws -> RGBImage {
         try ImageLoader.load(path: Self.folder.appendingPathComponent("images/\(name)").path)
     }
@@ -40,12 +30,6 @@ final class LlavaTests: XCTestCase {
     func checkpoints() throws -> [(String, [String: Any])] {
         let cps = try XCTUnwrap(golden()["checkpoints"] as? [String: [String: Any]])
         return cps.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-    }
-
-    func argmax(_ x: UnsafeBufferPointer<Float>) -> Int {
-        var best = 0
-        for i in 1..<x.count where x[i] > x[best] { best = i }
-        return best
     }
 
     /// Input embeddings of `slots`: token rows from the table, image rows from `features[hash]`.
@@ -76,9 +60,9 @@ final class LlavaTests: XCTestCase {
             for (ci, c) in cases.enumerated() {
                 let label = "\(name) case \(ci)"
                 let names = try XCTUnwrap(c["images"] as? [String])
-                let pixels = try array(c["pixel_values"], data)
-                let vision = try array(c["vision_features"], data)
-                let projected = try array(c["projector_output"], data)
+                let pixels = try Fixtures.array(c["pixel_values"], in: data)
+                let vision = try Fixtures.array(c["vision_features"], in: data)
+                let projected = try Fixtures.array(c["projector_output"], in: data)
                 let plane = pixels.values.count / names.count
                 let vrows = vision.values.count / names.count, prows = projected.values.count / names.count
                 var features: [String: Tensor] = [:]
@@ -116,17 +100,12 @@ final class LlavaTests: XCTestCase {
                 // Last-position logits and 12 greedy ids (no EOS stop).
                 let x = try embeddings(slots, model: model, features: features)
                 let cache = model.decoder.makeCache(capacity: slots.count + 16)
-                var logits = try withExtendedLifetime(x) { try model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }
+                let logits = try withExtendedLifetime(x) { try model.decoder.forward(embeddings: x.data, count: slots.count, cache: cache) }
                 let goldenLogits = try XCTUnwrap(c["last_logits"] as? [Double]).map(Float.init)
                 XCTAssertEqual(logits.count, goldenLogits.count, label)
                 let ld = maxDifference(Array(logits), goldenLogits)
                 XCTAssertLessThan(ld, 1e-3, "\(label) last logits")
-                var ids: [Int] = []
-                for _ in 0..<12 {
-                    let id = argmax(logits)
-                    ids.append(id)
-                    logits = try model.decoder.forward(tokens: [id], cache: cache)
-                }
+                let ids = try greedyIDs(after: logits, decoder: model.decoder, cache: cache, count: 12)
                 XCTAssertEqual(ids, c["greedy_ids"] as? [Int], "\(label) greedy ids")
                 print("\(label): last logits max diff \(ld)")
             }
@@ -184,7 +163,7 @@ final class LlavaTests: XCTestCase {
             let model = try self.model(name)
             let cp = try XCTUnwrap(golden()["checkpoints"] as? [String: [String: Any]])[name]
             let c = try XCTUnwrap((cp?["cases"] as? [[String: Any]])?.first)
-            let pixels = try array(c["pixel_values"], data)
+            let pixels = try Fixtures.array(c["pixel_values"], in: data)
             let input = ImageInput(hash: "img", pixels: Tensor(shape: Array(pixels.shape.dropFirst()), values: pixels.values))
             let features = ["img": try model.llava.imageFeatures(pixels: input.pixels)]
             let promptIDs = try XCTUnwrap(c["prompt_ids"] as? [Int])
