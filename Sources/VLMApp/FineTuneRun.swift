@@ -235,9 +235,8 @@ public final class FineTuneRunner {
         private func checkpoint(_ directory: String) throws {
             guard let kind = CheckpointKind(rawValue: settings.mode.rawValue) else { throw UsageError("no checkpoint kind for --mode \(settings.mode.rawValue)") }
             try trainer.save(to: directory, baseModel: runner.modelPath)
-            let main = settings.mode.trainsLoRA ? "adapter_model.safetensors" : ProjectorFiles.hfFile
-            try store.addCheckpoint(run: run, step: trainer.state.step, path: directory, kind: kind,
-                                    sha256: try ContentHash.hex(file: directory + "/" + main))
+            let sha = try settings.mode.mainFile(in: directory).map { try ContentHash.hex(file: directory + "/" + $0) }
+            try store.addCheckpoint(run: run, step: trainer.state.step, path: directory, kind: kind, sha256: sha)
         }
 
         private func evaluate() throws {

@@ -26,7 +26,7 @@ public enum RunImport {
         })
         for checkpoint in run.checkpoints {
             guard let kind = CheckpointKind(rawValue: checkpoint.kind.rawValue) else { continue }
-            let sha = try ImportedRun.mainFile(of: checkpoint.path, kind: checkpoint.kind).map { try ContentHash.hex(file: checkpoint.path + "/" + $0) }
+            let sha = try checkpoint.kind.mainFile(in: checkpoint.path).map { try ContentHash.hex(file: checkpoint.path + "/" + $0) }
             try store.addCheckpoint(run: id, step: checkpoint.step, path: checkpoint.path, kind: kind, sha256: sha)
         }
         try store.updateRunStatus(id, .completed)

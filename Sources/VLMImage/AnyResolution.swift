@@ -26,13 +26,20 @@ public struct AnyResolutionLayout: Sendable, Equatable {
     }
 
     /// `image_grid_pinpoints` must be 1...maxPinpoints pairs of sides in 1...ImageProcessor.maxSide.
-    public static func checkPinpoints(_ pinpoints: [[Int]], key: String = "image_grid_pinpoints") throws {
+    /// For a model, `tile` (the tower's image size and the key it is read from) must divide every
+    /// side: the model cuts best / image_size tiles down and across, the processor ceil(best /
+    /// tile), and they agree only on multiples.
+    public static func checkPinpoints(_ pinpoints: [[Int]], key: String = "image_grid_pinpoints",
+                                      tile: (size: Int, key: String)? = nil) throws {
         guard (1...maxPinpoints).contains(pinpoints.count) else {
             throw ConfigValueError(key, "needs 1…\(maxPinpoints) [height, width] pairs, has \(pinpoints.count)")
         }
         for (i, pair) in pinpoints.enumerated() {
             guard pair.count == 2 else { throw ConfigValueError("\(key)[\(i)]", "needs [height, width], has \(pair.count) values") }
             for side in pair { try ConfigValueError.check("\(key)[\(i)]", side, in: 1...ImageProcessor.maxSide) }
+            if let tile, pair.contains(where: { $0 % tile.size != 0 }) {
+                throw ConfigValueError("\(key)[\(i)]", "\(pair) is not a multiple of \(tile.key) \(tile.size)")
+            }
         }
     }
 

@@ -28,13 +28,7 @@ public struct LlavaNextConfiguration: Codable, Sendable {
         llava = try LlavaConfiguration(from: decoder)
         let c = try decoder.container(keyedBy: CodingKeys.self)
         imageGridPinpoints = try c.decodeIfPresent([[Int]].self, forKey: .imageGridPinpoints) ?? AnyResolutionLayout.llavaNextPinpoints
-        try AnyResolutionLayout.checkPinpoints(imageGridPinpoints)
-        let tile = llava.visionConfig.imageSize
-        for (i, pair) in imageGridPinpoints.enumerated() where pair.contains(where: { $0 % tile != 0 }) {
-            // The model cuts best / image_size tiles down and across, the processor ceil(best / tile):
-            // they agree only on multiples.
-            throw ConfigValueError("image_grid_pinpoints[\(i)]", "\(pair) is not a multiple of vision_config.image_size \(tile)")
-        }
+        try AnyResolutionLayout.checkPinpoints(imageGridPinpoints, tile: (llava.visionConfig.imageSize, "vision_config.image_size"))
     }
 
     public func encode(to encoder: Encoder) throws {

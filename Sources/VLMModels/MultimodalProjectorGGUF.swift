@@ -34,7 +34,7 @@ public struct MMProjConfiguration: Sendable, Equatable {
     public var useSilu: Bool                         // clip.use_silu
     public var imageAspectRatio: String?             // clip.vision.image_aspect_ratio
     public var imageCropResolution: Int?             // clip.vision.image_crop_resolution
-    public var imageGridPinpoints: [Int]?            // clip.vision.image_grid_pinpoints (LLaVA-1.6)
+    public var imageGridPinpoints: [[Int]]?          // clip.vision.image_grid_pinpoints (LLaVA-1.6), as [height, width] pairs
     public var mmPatchMergeType: String?             // clip.vision.mm_patch_merge_type (LLaVA-1.6)
 
     /// The converter's defaults (OpenAI CLIP's), for files without image_mean / image_std.
@@ -107,26 +107,23 @@ public struct MMProjConfiguration: Sendable, Equatable {
         }
         if let raw = m["clip.vision.image_grid_pinpoints"] {
             guard let items = raw.array, items.count <= 256 else { throw FormatError(file, "clip.vision.image_grid_pinpoints is not a short list of integers") }
-            imageGridPinpoints = items.compactMap(\.int)
+            imageGridPinpoints = try Self.pinpointPairs(items.map(\.int), imageSize: imageSize, file: file)
         }
         mmPatchMergeType = m["clip.vision.mm_patch_merge_type"]?.string
-        if let pairs = try anyResolutionPinpoints(file: file) {
-            for (i, pair) in pairs.enumerated() where pair.contains(where: { $0 % imageSize != 0 }) {
-                // The tiles the model cuts and the ones the processor makes agree only on multiples.
-                throw FormatError(file, "clip.vision.image_grid_pinpoints[\(i)] \(pair) is not a multiple of clip.vision.image_size \(imageSize)")
-            }
-        }
     }
 
     /// LLaVA-1.6's candidate resolutions as `[height, width]` pairs (the converter flattens the
-    /// config's list in order), checked; nil for a LLaVA-1.5 file.
-    public func anyResolutionPinpoints(file: String) throws -> [[Int]]? {
-        guard let flat = imageGridPinpoints, !flat.isEmpty else { return nil }
-        guard flat.count % 2 == 0 else {
-            throw FormatError(file, "clip.vision.image_grid_pinpoints holds \(flat.count) values, not [height, width] pairs")
+    /// config's list in order), checked; nil for an empty list (LLaVA-1.5).
+    static func pinpointPairs(_ flat: [Int?], imageSize: Int, file: String) throws -> [[Int]]? {
+        guard !flat.isEmpty else { return nil }
+        let values = flat.compactMap { $0 }
+        guard values.count == flat.count, values.count % 2 == 0 else {
+            throw FormatError(file, "clip.vision.image_grid_pinpoints holds \(flat.count) values, not [height, width] integer pairs")
         }
-        let pairs = stride(from: 0, to: flat.count, by: 2).map { [flat[$0], flat[$0 + 1]] }
-        do { try AnyResolutionLayout.checkPinpoints(pairs, key: "clip.vision.image_grid_pinpoints") } catch let e as ConfigValueError {
+        let pairs = stride(from: 0, to: values.count, by: 2).map { [values[$0], values[$0 + 1]] }
+        do {
+            try AnyResolutionLayout.checkPinpoints(pairs, key: "clip.vision.image_grid_pinpoints", tile: (imageSize, "clip.vision.image_size"))
+        } catch let e as ConfigValueError {
             throw FormatError(file, e.description)
         }
         return pairs
@@ -150,18 +147,17 @@ public struct MMProjConfiguration: Sendable, Equatable {
     /// treats each tile the same way.
     public var imageProcessor: ImageProcessor {
         let crop = imageCropResolution ?? imageSize
-        let anyResolution = !(imageGridPinpoints ?? []).isEmpty
-        return ImageProcessor(imageProcessorType: anyResolution ? "LlavaNextImageProcessor" : "CLIPImageProcessor",
+        return ImageProcessor(imageProcessorType: imageGridPinpoints != nil ? "LlavaNextImageProcessor" : "CLIPImageProcessor",
                               doResize: true, size: ImageSize(shortestEdge: imageSize),
                               resample: 3, doCenterCrop: true, cropSize: ImageSize(height: crop, width: crop), doRescale: true,
                               rescaleFactor: 1.0 / 255.0, doNormalize: true, imageMean: imageMean, imageStd: imageStd,
-                              doConvertRGB: true, imageGridPinpoints: try? anyResolutionPinpoints(file: ""))
+                              doConvertRGB: true, imageGridPinpoints: imageGridPinpoints)
     }
 
     /// What vlmsh can run: a CLIP tower with LLaVA's mlp projector, at one image size (LLaVA-1.5) or
     /// any resolution with LLaVA-NeXT's unpadded packing (LLaVA-1.6).
     func checkSupported(file: String) throws {
-        let anyResolution = !(imageGridPinpoints ?? []).isEmpty
+        let anyResolution = imageGridPinpoints != nil
         if anyResolution != (mmPatchMergeType == "spatial_unpad") {
             throw FormatError(file, anyResolution
                 ? "clip.vision.mm_patch_merge_type '\(mmPatchMergeType ?? "missing")' with grid pinpoints: only LLaVA-1.6's spatial_unpad is supported"
@@ -243,7 +239,7 @@ extension LlavaModel {
         let gguf = try GGUFFile(path: mmprojPath)
         let mm = try MMProjConfiguration(gguf: gguf)
         try mm.checkSupported(file: mmprojPath)
-        let pinpoints = try mm.anyResolutionPinpoints(file: mmprojPath)
+        let pinpoints = mm.imageGridPinpoints
         let text = try TextModel(path: textPath)
         let hidden = text.decoder.config.hiddenSize
         if let out = gguf.info("mm.2.weight")?.shape.first, out != hidden {

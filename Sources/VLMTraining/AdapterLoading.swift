@@ -44,6 +44,14 @@ extension FineTuneMode {
     }
 }
 
+extension FineTuneMode {
+    /// The file in an adapter folder of this kind whose hash identifies its weights: the LoRA's,
+    /// else the projector's (what `LoRA.load` and `ProjectorFiles.load` would read).
+    public func mainFile(in directory: String) -> String? {
+        trainsLoRA ? LoRA.weightsFile(in: directory) : ProjectorFiles.file(in: directory)
+    }
+}
+
 /// An adapter folder installed on a loaded model, until `unload()`.
 ///
 /// The LoRA goes onto the decoder's linear layers (`LlamaModel.setAdapters`), the projector

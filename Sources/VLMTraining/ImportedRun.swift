@@ -87,12 +87,4 @@ public struct ImportedRun: Sendable {
         }
         return out.sorted { $0.step < $1.step }
     }
-
-    /// The file whose hash identifies an adapter folder's weights.
-    public static func mainFile(of directory: String, kind: AdapterKind) -> String? {
-        if kind.trainsLoRA {
-            return ["adapter_model.safetensors", "adapter_model.bin"].first { FileManager.default.fileExists(atPath: directory + "/" + $0) }
-        }
-        return ProjectorFiles.file(in: directory)
-    }
 }

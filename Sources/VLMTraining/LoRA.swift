@@ -187,6 +187,14 @@ public final class LoRA: @unchecked Sendable {
         return LoRA(configuration: configuration, adapters: adapters)
     }
 
+    /// PEFT's weights file names, in the order `load` looks for them.
+    static let weightsFiles = ["adapter_model.safetensors", "adapter_model.bin"]
+
+    /// The weights file `load` reads in `directory` (nil when there is none).
+    public static func weightsFile(in directory: String) -> String? {
+        weightsFiles.first { FileManager.default.fileExists(atPath: directory + "/" + $0) }
+    }
+
     /// Reads a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors`, or the
     /// torch.save `adapter_model.bin` of older PEFT and LLaVA's LoRA releases), keys in any layout
     /// PEFT writes; every tensor must land on a layer of `decoder` with matching shape.
@@ -194,16 +202,11 @@ public final class LoRA: @unchecked Sendable {
         let configPath = directory + "/adapter_config.json"
         let configuration = try LoRAConfiguration.read(directory: directory)
         guard configuration.peftType == "LORA" else { throw FormatError(configPath, "peft_type \(configuration.peftType) is not LORA") }
-        var weightsPath = directory + "/adapter_model.safetensors"
-        let file: any CheckpointShard
-        if FileManager.default.fileExists(atPath: weightsPath) {
-            file = try SafetensorsFile(path: weightsPath)
-        } else if FileManager.default.fileExists(atPath: directory + "/adapter_model.bin") {
-            weightsPath = directory + "/adapter_model.bin"
-            file = try TorchCheckpointFile(path: weightsPath)
-        } else {
-            throw FormatError(weightsPath, "missing (nor is there an adapter_model.bin)")
+        guard let weightsName = weightsFile(in: directory) else {
+            throw FormatError(directory + "/" + weightsFiles[0], "missing (nor is there an \(weightsFiles[1]))")
         }
+        let weightsPath = directory + "/" + weightsName
+        let file: any CheckpointShard = weightsName.hasSuffix(".bin") ? try TorchCheckpointFile(path: weightsPath) : try SafetensorsFile(path: weightsPath)
         var pairs: [String: (a: Tensor?, b: Tensor?)] = [:]
         for key in file.weightNames {
             var path = key.hasPrefix("base_model.model.") ? String(key.dropFirst("base_model.model.".count)) : key
