@@ -235,7 +235,7 @@ def write_hostile(src, folder, rewriter_only=False):
                 continue
             vtype = field.types[0]
             if override and key in override:
-                value, vtype = override[key]
+                value, vtype = override[key][:2]
             elif vtype == gguf.GGUFValueType.ARRAY:
                 value = field.contents()
             else:

@@ -82,6 +82,16 @@ def generate(out_dir):
         rewrite = gen_gguf_pair.write_hostile(out_dir / MMPROJ_FILE, tmp, rewriter_only=True)
         rewrite(V_NEWLINE_FILE, rename={"model.image_newline": "v.image_newline"})
         shutil.move(tmp / V_NEWLINE_FILE, out_dir / V_NEWLINE_FILE)
+        # Pinpoints a hostile or broken file may hold: a side out of range, an odd count, not tile multiples.
+        hostile = out_dir / "hostile"
+        shutil.rmtree(hostile, ignore_errors=True)
+        hostile.mkdir()
+        import gguf
+        key, array, int32 = "clip.vision.image_grid_pinpoints", gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32
+        for name, values in [("huge-side.gguf", [32, 2**31 - 1, 64, 64]), ("odd-count.gguf", [32, 64, 64]),
+                             ("not-multiple.gguf", [32, 48])]:
+            rewrite(name, override={key: (values, array, int32)})
+            shutil.move(tmp / name, hostile / name)
 
     pre = json.loads((source / "preprocessor_config.json").read_text())
     image_processor = LlavaNextImageProcessorPil(**{k: v for k, v in pre.items() if k not in ("image_processor_type", "processor_class")})

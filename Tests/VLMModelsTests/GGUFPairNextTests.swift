@@ -68,6 +68,18 @@ final class GGUFPairNextTests: XCTestCase {
         }
     }
 
+    func testHostilePinpointsAreOneLine() throws {
+        for (file, fragment) in [("huge-side.gguf", "clip.vision.image_grid_pinpoints[0] 2147483647 is out of range"),
+                                 ("odd-count.gguf", "clip.vision.image_grid_pinpoints holds 3 values, not [height, width] integer pairs"),
+                                 ("not-multiple.gguf", "clip.vision.image_grid_pinpoints[0] [32, 48] is not a multiple of clip.vision.image_size 32")] {
+            let path = Self.folder.appendingPathComponent("hostile/" + file).path
+            XCTAssertThrowsError(try LlavaModel.load(text: Self.text, mmproj: path), file) { error in
+                XCTAssertTrue("\(error)".contains(fragment), "\(file): \(error)")
+                XCTAssertFalse("\(error)".contains("\n"), "\(file): one line")
+            }
+        }
+    }
+
     /// Newer converters name the row separator `v.image_newline`: the same model.
     func testTheNewlineUnderItsNewerNameLoadsTheSame() throws {
         let renamed = try VisionLanguageModel(text: Self.text, mmproj: Self.folder.appendingPathComponent("tiny-next-mmproj-v-newline.gguf").path)
