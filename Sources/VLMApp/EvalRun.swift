@@ -52,7 +52,8 @@ public struct EvalOutcome {
         if let em = r.exactMatch, let nm = r.normalizedMatch {
             let t = r.total
             lines.append("exact match \(t.exactMatches)/\(t.generated) (\(percent(em)))   normalized \(t.normalizedMatches)/\(t.generated) (\(percent(nm)))")
-            let kinds = r.byKind.sorted { $0.key < $1.key }.filter { $0.value.generated > 0 }
+            // Each kind, then its groups ("colour/demo", "colour/other") under it.
+            let kinds = r.byKind.merging(r.byKindAndGroup) { a, _ in a }.sorted { $0.key < $1.key }.filter { $0.value.generated > 0 }
             let width = kinds.map(\.key.count).max() ?? 0
             for (kind, s) in kinds {
                 lines.append("  \(kind.padding(toLength: width, withPad: " ", startingAt: 0))  exact \(s.exactMatches)/\(s.generated) (\(percent(s.exactMatch)))"

@@ -23,10 +23,12 @@ struct DemoDataCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Test images.") var test = 500
     @Option(name: .long, help: "Dataset seed; each split derives its own.") var seed: UInt64 = 0
     @Option(name: .long, help: "Image side in pixels.") var imageSize = 64
-    @Option(name: .long, help: "scattered: one to four shapes; tiles: one shape in all nine cells; copies: one shape in one to nine cells (the last two are for alignment).") var layout: SceneLayout = .scattered
+    @Option(name: .long, help: "scattered: one to four shapes; tiles: one shape in all nine cells; copies: one shape in one to nine cells (the last two are for alignment); free: one to four shapes anywhere, of any size, turned, in varied colours, on any background, at one to three times --image-size.") var layout: SceneLayout = .scattered
     @Option(name: .long, help: "How far shapes move within their cells: 0 centred … 1 anywhere.") var jitter = 1.0
     @Option(name: .long, help: "Only questions of these kinds (a comma list; caption alone is pretraining data).") var kinds: DemoKindList?
     @Flag(name: .long, help: "train.json: one multi-turn conversation per image (every question, caption last) instead of one record per question.") var multiTurn = false
+    @Flag(name: .long, help: "Ask half the colour, shape and count questions in other wordings (\"What color is the star?\", \"How many objects are there?\").") var varyWording = false
+    @Option(name: .long, help: "With --multi-turn: the share of training conversations that begin with questions about the previous image before this one is attached.") var twoPictures = 0.0
     @Flag(name: .long, help: "Print one JSON object instead of the summary line.") var json = false
 
     var style: SceneStyle { SceneStyle(layout: layout, jitter: jitter) }
@@ -34,6 +36,8 @@ struct DemoDataCommand: AsyncParsableCommand {
     func validate() throws {
         if !(0...1).contains(jitter) { throw ValidationError("--jitter must be in 0...1") }
         if train < 0 || validation < 0 || test < 0 { throw ValidationError("--train, --validation and --test must be ≥ 0") }
+        if !(0...1).contains(twoPictures) { throw ValidationError("--two-pictures must be in 0...1") }
+        if twoPictures > 0 && !multiTurn { throw ValidationError("--two-pictures needs --multi-turn") }
         let sizes = ShapeScene.imageSizes
         if !sizes.contains(imageSize) {
             throw ValidationError("--image-size must be in \(sizes.lowerBound)...\(sizes.upperBound)")
@@ -44,7 +48,7 @@ struct DemoDataCommand: AsyncParsableCommand {
     func execute() throws -> (summary: DemoDataset.Summary, line: String) {
         let summary = try DemoDataset.write(
             to: out, counts: [.train: train, .validation: validation, .test: test], seed: seed, imageSize: imageSize,
-            style: style, multiTurnTrain: multiTurn, kinds: kinds?.kinds)
+            style: style, multiTurnTrain: multiTurn, kinds: kinds?.kinds, varyWording: varyWording, twoPictures: twoPictures)
         let rate = Double(summary.images) / max(summary.seconds, 1e-9)
         let parts = summary.splits.map { "\($0.split.rawValue) \($0.images)/\($0.records)" }.joined(separator: ", ")
         return (summary, "\(summary.images) images, \(summary.records) records (\(parts) images/records), "

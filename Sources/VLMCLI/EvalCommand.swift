@@ -14,7 +14,7 @@ struct EvalCommand: AsyncParsableCommand {
             Each row's assistant tokens are scored teacher-forced (mean cross-entropy, perplexity, argmax \
             accuracy); then the conversation up to its last assistant turn is answered greedily (with its \
             image) and compared with that turn: exact match after trimming, and a normalized match that \
-            ignores case and trailing punctuation. Rows tagged with "kind" are also scored per kind. \
+            ignores case and trailing punctuation. Rows tagged with "kind" are also scored per kind, and per kind and "group" where both are tagged. \
             --blank-images replaces every image with a mid-grey one of the same size: the baseline that \
             shows how much the answers depend on the image. Results go to the store's evals table, one \
             row per metric (blank-image metrics prefixed "blank_images/"), unless --no-store.
@@ -61,7 +61,7 @@ struct EvalCommand: AsyncParsableCommand {
         object["token_accuracy"] = number(result.tokenAccuracy)
         object["exact_match"] = result.exactMatch.map(number) ?? NSNull()
         object["exact_match_normalized"] = result.normalizedMatch.map(number) ?? NSNull()
-        object["by_kind"] = Dictionary(uniqueKeysWithValues: result.byKind.map { kind, s in
+        object["by_kind"] = Dictionary(uniqueKeysWithValues: result.byKind.merging(result.byKindAndGroup) { a, _ in a }.map { kind, s in
             (kind, ["rows": s.rows, "generated": s.generated, "exact_matches": s.exactMatches,
                     "normalized_matches": s.normalizedMatches, "exact_match": s.exactMatch,
                     "exact_match_normalized": s.normalizedMatch, "tokens": s.tokens,
@@ -71,7 +71,7 @@ struct EvalCommand: AsyncParsableCommand {
         object["stored"] = outcome.stored.count
         object["eval_ids"] = outcome.stored.map { Int($0) }
         object["per_row"] = result.rows.map { r -> [String: Any] in
-            ["source": r.source, "id": r.id ?? NSNull(), "kind": r.kind ?? NSNull(), "has_image": r.hasImage,
+            ["source": r.source, "id": r.id ?? NSNull(), "kind": r.kind ?? NSNull(), "group": r.group ?? NSNull(), "has_image": r.hasImage,
              "tokens": r.tokens, "loss": number(r.loss), "correct": r.correct,
              "reference": r.reference ?? NSNull(), "generated": r.generated ?? NSNull(),
              "exact_match": r.exactMatch, "normalized_match": r.normalizedMatch]

@@ -69,18 +69,32 @@ public enum DemoDataset {
 
         /// The item as one multi-turn record: the questions in a seeded order, caption last, the
         /// image placeholder opening the first.
-        public var conversationJSON: String {
+        public var conversationJSON: String { conversationJSON(after: nil) }
+
+        /// The item as one multi-turn record, after a chat about `earlier`'s picture when given:
+        /// one or two questions about that picture, then this picture attached and every question
+        /// about it, so answers follow the newest picture ("image" lists both, in order).
+        public func conversationJSON(after earlier: Item?) -> String {
             var rng = SeededRandom(seed: SeededRandom.mix(UInt64(index) ^ 0x434F_4E56))
-            var asked = questions.filter { $0.kind != .caption }
-            for i in stride(from: asked.count - 1, to: 0, by: -1) { asked.swapAt(i, rng.below(i + 1)) }
-            asked += questions.filter { $0.kind == .caption }
-            let turns = asked.enumerated().map { i, q in
-                "{\"from\": \"human\", \"value\": \(jsonString((i == 0 ? "<image>\n" : "") + q.question))}, "
-                    + "{\"from\": \"gpt\", \"value\": \(jsonString(q.answer))}"
+            func shuffled(_ questions: [DemoQuestion]) -> [DemoQuestion] {
+                var asked = questions.filter { $0.kind != .caption }
+                for i in stride(from: asked.count - 1, to: 0, by: -1) { asked.swapAt(i, rng.below(i + 1)) }
+                return asked
             }
+            func turns(_ asked: [DemoQuestion]) -> [String] {
+                asked.enumerated().map { i, q in
+                    "{\"from\": \"human\", \"value\": \(jsonString((i == 0 ? "<image>\n" : "") + q.question))}, "
+                        + "{\"from\": \"gpt\", \"value\": \(jsonString(q.answer))}"
+                }
+            }
+            var all: [String] = []
+            if let earlier { all = turns(Array(shuffled(earlier.questions).prefix(1 + rng.below(2)))) }
+            all += turns(shuffled(questions) + questions.filter { $0.kind == .caption })
             let id = "\(split.rawValue)-\(DemoDataset.padded(index))"
-            return "{\"id\": \(jsonString(id)), \"image\": \(jsonString(image)), \"kind\": \"conversation\", "
-                + "\"image_token_texts\": \(cellTextsJSON), \"conversations\": [\(turns.joined(separator: ", "))]}"
+            let images = earlier.map { "[\(jsonString($0.image)), \(jsonString(image))]" }
+            return "{\"id\": \(jsonString(id)), \"image\": \(images ?? jsonString(image)), \"kind\": \"conversation\", "
+                + (earlier == nil ? "\"image_token_texts\": \(cellTextsJSON), " : "")
+                + "\"conversations\": [\(all.joined(separator: ", "))]}"
         }
 
         private var cellTextsJSON: String { "[" + scene.cellTexts.map(jsonString).joined(separator: ", ") + "]" }
@@ -98,11 +112,17 @@ public enum DemoDataset {
 
     /// Image `index` of a split with its questions: the standard kinds, or only `kinds` (which
     /// may include `.size`, asked only on request).
+    /// With `varyWording`, half the colour, shape and count questions are asked in another
+    /// wording (`DemoWordings`).
     public static func item(split: Split, index: Int, seed: UInt64, imageSize: Int, style: SceneStyle = SceneStyle(),
-                            kinds: Set<DemoQuestionKind>? = nil) -> Item {
+                            kinds: Set<DemoQuestionKind>? = nil, varyWording: Bool = false) -> Item {
         let imageSeed = imageSeed(splitSeed: splitSeed(seed, split), index: index)
         let scene = ShapeScene.random(seed: imageSeed, imageSize: imageSize, style: style)
         var questions = scene.questions(seed: questionSeed(imageSeed: imageSeed))
+        if varyWording {
+            var rng = SeededRandom(seed: SeededRandom.mix(imageSeed ^ 0x574F_5244))
+            questions = questions.map { DemoWordings.reworded($0, rng: &rng) }
+        }
         if let kinds {
             questions = questions.filter { kinds.contains($0.kind) }
             if kinds.contains(.size), let q = scene.sizeQuestion(seed: SeededRandom.mix(imageSeed ^ 0x53495A45)) { questions.append(q) }
@@ -134,8 +154,11 @@ public enum DemoDataset {
     /// renamed into place. Any failure is one FormatError naming the file.
     /// `kinds` keeps only questions of those kinds (all when nil): `[.caption]` is the image–caption
     /// data of LLaVA's pretraining stage.
+    /// `twoPictures` is the share of multi-turn training conversations that start with a
+    /// question or two about the previous image (`Item.conversationJSON(after:)`).
     public static func write(to dir: String, counts: [Split: Int], seed: UInt64, imageSize: Int, style: SceneStyle = SceneStyle(),
-                             multiTurnTrain: Bool = false, kinds: Set<DemoQuestionKind>? = nil) throws -> Summary {
+                             multiTurnTrain: Bool = false, kinds: Set<DemoQuestionKind>? = nil, varyWording: Bool = false,
+                             twoPictures: Double = 0) throws -> Summary {
         guard ShapeScene.imageSizes.contains(imageSize) else {
             throw FormatError(dir, "image size \(imageSize) is outside \(ShapeScene.imageSizes.lowerBound)...\(ShapeScene.imageSizes.upperBound)")
         }
@@ -165,11 +188,21 @@ public enum DemoDataset {
                     failures.withUnsafeMutableBufferPointer { failures in
                         Parallel.forEach(n, minChunk: 16) { range in
                             for i in range {
-                                let item = item(split: split, index: i, seed: seed, imageSize: imageSize, style: style, kinds: keep)
+                                func make(_ index: Int) -> Item {
+                                    DemoDataset.item(split: split, index: index, seed: seed, imageSize: imageSize, style: style, kinds: keep,
+                                         varyWording: varyWording)
+                                }
+                                let item = make(i)
                                 do {
                                     let path = (dir as NSString).appendingPathComponent(item.image)
                                     try PNGEncoder.write(item.scene.render(), to: path)
-                                    records[i] = multiTurnTrain && split == .train ? [item.conversationJSON] : item.recordsJSON
+                                    if multiTurnTrain && split == .train {
+                                        var rng = SeededRandom(seed: SeededRandom.mix(UInt64(i) ^ 0x5457_4F50))
+                                        let earlier = i > 0 && rng.unit() < twoPictures ? make(i - 1) : nil
+                                        records[i] = [item.conversationJSON(after: earlier)]
+                                    } else {
+                                        records[i] = item.recordsJSON
+                                    }
                                     kinds[i] = item.questions.map(\.kind)
                                 } catch {
                                     failures[i] = error
@@ -188,14 +221,16 @@ public enum DemoDataset {
             summaries.append(SplitSummary(split: split, images: n, records: lines.count, kinds: tally))
         }
 
-        try writeAtomically(Data(manifest(summaries, seed: seed, imageSize: imageSize, style: style, multiTurnTrain: multiTurnTrain).utf8),
+        try writeAtomically(Data(manifest(summaries, seed: seed, imageSize: imageSize, style: style, multiTurnTrain: multiTurnTrain,
+                                                  varyWording: varyWording, twoPictures: twoPictures).utf8),
                             to: (dir as NSString).appendingPathComponent("dataset.json"))
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         return Summary(splits: summaries, seconds: seconds)
     }
 
     /// dataset.json: what was generated, how, and what the vocabulary is.
-    static func manifest(_ splits: [SplitSummary], seed: UInt64, imageSize: Int, style: SceneStyle, multiTurnTrain: Bool) -> String {
+    static func manifest(_ splits: [SplitSummary], seed: UInt64, imageSize: Int, style: SceneStyle, multiTurnTrain: Bool,
+                         varyWording: Bool, twoPictures: Double) -> String {
         func list(_ names: [String]) -> String { "[" + names.map(jsonString).joined(separator: ", ") + "]" }
         var s = "{\n"
         s += "  \"generator\": \(jsonString(generator)),\n"
@@ -206,6 +241,8 @@ public enum DemoDataset {
         s += "  \"jitter\": \(style.jitter),\n"
         s += "  \"format\": \"llava\",\n"
         if multiTurnTrain { s += "  \"train_records\": \"one multi-turn conversation per image\",\n" }
+        if varyWording { s += "  \"wordings\": \"half the colour, shape and count questions in another wording\",\n" }
+        if twoPictures > 0 { s += "  \"two_pictures\": \(twoPictures),\n" }
         s += "  \"splits\": {\n"
         s += splits.map { sp in
             let kinds = DemoQuestionKind.allCases.map { "\(jsonString($0.rawValue)): \(sp.kinds[$0] ?? 0)" }.joined(separator: ", ")
@@ -220,7 +257,7 @@ public enum DemoDataset {
         s += "  \"shapes\": \(list(ShapeKind.allCases.map(\.rawValue))),\n"
         s += "  \"colours\": \(list(ShapeColour.shapeColours.map(\.rawValue))),\n"
         s += "  \"backgrounds\": \(list(ShapeColour.backgrounds.map(\.rawValue))),\n"
-        s += "  \"background_styles\": \(list(BackgroundStyle.allCases.map(\.rawValue))),\n"
+        s += "  \"background_styles\": \(list((style.layout == .free ? BackgroundStyle.allCases : BackgroundStyle.grid).map(\.rawValue))),\n"
         s += "  \"sizes\": \(list(ShapeSize.allCases.map(\.rawValue))),\n"
         s += "  \"positions\": \(list(GridCell.all.map { DemoAnswers.sentence($0.name) }))\n"
         s += "}\n"

@@ -69,11 +69,16 @@ extension ShapeScene {
     public var caption: String {
         if shapes.count > 1, let s = shapes.first,
            shapes.allSatisfy({ ($0.kind, $0.colour, $0.size) == (s.kind, s.colour, s.size) }) {
-            return "\(DemoAnswers.numberWord(shapes.count)) \(s.size.rawValue) \(s.colour.rawValue) \(s.kind.plural) on a \(background.rawValue) background."
+            return "\(DemoAnswers.numberWord(shapes.count)) \(s.size.rawValue) \(s.colour.rawValue) \(s.kind.plural)\(onBackground)."
         }
         let items = shapes.map { "a " + $0.words }
         let list = items.count == 1 ? items[0] : items.dropLast().joined(separator: ", ") + " and " + items.last!
-        return DemoAnswers.sentence(list + " on a \(background.rawValue) background")
+        return DemoAnswers.sentence(list + onBackground)
+    }
+
+    /// " on a grey background", or nothing when the background has no name.
+    private var onBackground: String {
+        backgroundFill == nil ? " on a \(background.rawValue) background" : ""
     }
 
     /// The questions asked about this scene, in the order caption, colour, shape, count, where,
@@ -124,6 +129,38 @@ extension ShapeScene {
         guard !unique.isEmpty else { return nil }
         let s = rng.pick(unique)
         return DemoQuestion(kind: .size, question: "What size is the \(s.kind.rawValue)?", answer: DemoAnswers.sentence(s.size.rawValue))
+    }
+}
+
+/// Other ways to ask the demo's questions (US and UK spelling, "object", "shape" or "thing", "in
+/// the picture"), for training data that does not tie an answer to one wording. The answers stay
+/// the demo's.
+public enum DemoWordings {
+    static let variants: [DemoQuestionKind: [String]] = [
+        .colour: ["What color is the <shape>?", "Which colour is the <shape>?", "What is the colour of the <shape>?",
+                  "What colour is the <shape> in the image?", "What color does the <shape> have?", "The <shape> is what colour?",
+                  "What is the color of the <shape> in the picture?", "Which color is the <shape> shape?"],
+        .shape: ["What shape is the <colour> thing?", "Which shape is <colour>?", "What is the <colour> shape?",
+                 "What kind of shape is the <colour> one?", "What is the <colour> object in the picture?",
+                 "Which shape is drawn in <colour>?", "Name the <colour> shape."],
+        .count: ["How many objects are there?", "How many shapes do you see?", "How many things are in the picture?",
+                 "Count the objects in the image.", "How many shapes are in the image?", "What is the number of shapes?"],
+    ]
+
+    /// `question` in a random other wording about the same shape or colour (half the time
+    /// unchanged); kinds without variants are returned as they are.
+    public static func reworded(_ question: DemoQuestion, rng: inout SeededRandom) -> DemoQuestion {
+        guard let variants = variants[question.kind], rng.coin() else { return question }
+        var text = rng.pick(variants)
+        // The asked-about name is what the demo's template has in place of its placeholder.
+        let template = question.kind.template
+        for placeholder in ["<shape>", "<colour>"] {
+            guard let r = template.range(of: placeholder) else { continue }
+            let prefix = template[..<r.lowerBound].count, suffix = template[r.upperBound...].count
+            let subject = String(question.question.dropFirst(prefix).dropLast(suffix))
+            text = text.replacingOccurrences(of: placeholder, with: subject)
+        }
+        return DemoQuestion(kind: question.kind, question: text, answer: question.answer)
     }
 }
 

@@ -121,6 +121,11 @@ public enum BackgroundStyle: String, CaseIterable, Sendable, Codable {
     case gradient
     /// A per-pixel grey offset in −8...8 (clamped).
     case noise
+    /// Diagonal stripes 12 levels brighter every other 6 pixels (the free layout's texture).
+    case stripes
+
+    /// The styles of the grid layouts (scattered, tiles, copies).
+    public static let grid: [BackgroundStyle] = [.plain, .gradient, .noise]
 }
 
 /// One cell of the 3×3 grid: column 0...2 left to right, row 0...2 top to bottom.
@@ -161,11 +166,26 @@ public struct PlacedShape: Sendable, Equatable, Codable {
     public let centerY: Double
     /// Half the side of the shape's square extent, in pixels.
     public let radius: Double
+    /// Turned by this many radians (clockwise on screen) and widened by `stretch` (narrowed as
+    /// much in height): the free layout's variations; 0 and 1 draw the shape upright.
+    public let angle: Double
+    public let stretch: Double
+    /// The colour drawn, when it is a variation of `colour`'s own.
+    public let fill: [UInt8]?
 
     public init(kind: ShapeKind, colour: ShapeColour, size: ShapeSize, cell: GridCell,
-                centerX: Double, centerY: Double, radius: Double) {
+                centerX: Double, centerY: Double, radius: Double, angle: Double = 0, stretch: Double = 1, fill: [UInt8]? = nil) {
         self.kind = kind; self.colour = colour; self.size = size; self.cell = cell
         self.centerX = centerX; self.centerY = centerY; self.radius = radius
+        self.angle = angle; self.stretch = stretch; self.fill = fill
+    }
+
+    /// The unit-box point of pixel-space offset (dx, dy) from the centre, undoing turn and stretch.
+    @inlinable
+    func unitPoint(_ dx: Double, _ dy: Double) -> (Double, Double) {
+        if angle == 0 && stretch == 1 { return (dx / radius, dy / radius) }
+        let c = cos(angle), s = sin(angle)
+        return ((dx * c + dy * s) / (radius * stretch), (dy * c - dx * s) * stretch / radius)
     }
 
     /// Subsamples per pixel side for antialiasing: coverage is counted on a 4×4 grid.
@@ -182,7 +202,9 @@ public struct PlacedShape: Sendable, Equatable, Codable {
         let y0 = (Double(y) + h - centerY) / radius, y1 = (Double(y) + 1 - h - centerY) / radius
         let nearX = x0 > 0 ? x0 : (x1 < 0 ? x1 : 0), nearY = y0 > 0 ? y0 : (y1 < 0 ? y1 : 0)
         let farX = max(abs(x0), abs(x1)), farY = max(abs(y0), abs(y1))
-        let (inner, outer) = kind.radii
+        // Turning keeps distances; stretching changes them by at most this factor.
+        let widest = max(stretch, 1 / stretch)
+        let inner = kind.radii.inner / widest, outer = kind.radii.outer * widest
         if farX * farX + farY * farY < inner * inner { return n * n }
         if nearX * nearX + nearY * nearY > outer * outer { return 0 }
         return sampledCoverage(pixelX: x, pixelY: y)
@@ -195,19 +217,26 @@ public struct PlacedShape: Sendable, Equatable, Codable {
         let step = 1.0 / Double(n)
         var count = 0
         for j in 0..<n {
-            let v = (Double(y) + (Double(j) + 0.5) * step - centerY) / radius
+            let dy = Double(y) + (Double(j) + 0.5) * step - centerY
             for i in 0..<n {
-                let u = (Double(x) + (Double(i) + 0.5) * step - centerX) / radius
+                let (u, v) = unitPoint(Double(x) + (Double(i) + 0.5) * step - centerX, dy)
                 if kind.contains(u, v) { count += 1 }
             }
         }
         return count
     }
 
-    /// The pixels that may be covered: columns and rows overlapping [centre − radius, centre + radius].
+    /// The pixels that may be covered: columns and rows overlapping the centre ± the reach.
     public var pixelBounds: (x: Range<Int>, y: Range<Int>) {
-        (Int((centerX - radius).rounded(.down))..<Int((centerX + radius).rounded(.up)),
-         Int((centerY - radius).rounded(.down))..<Int((centerY + radius).rounded(.up)))
+        let r = reach
+        return (Int((centerX - r).rounded(.down))..<Int((centerX + r).rounded(.up)),
+                Int((centerY - r).rounded(.down))..<Int((centerY + r).rounded(.up)))
+    }
+
+    /// How far from the centre the shape may reach, in pixels: `radius` when upright, more when
+    /// turned or stretched (the circumscribed circle, widened by the stretch).
+    public var reach: Double {
+        angle == 0 && stretch == 1 ? radius : radius * kind.radii.outer * max(stretch, 1 / stretch)
     }
 }
 
@@ -223,6 +252,12 @@ public enum SceneLayout: String, CaseIterable, Sendable, Codable {
     /// alignment that also shows empty cells, so the language model learns to read the image
     /// tokens that hold an object and to count them.
     case copies
+    /// One to four shapes anywhere and of any size from about 6 % to 26 % of the side as a radius
+    /// (each centred in its own cell, none overlapping), turned and stretched a little, in
+    /// jittered colours, on any background (also unnamed colours and stripes), sometimes with
+    /// hard edges, at one to three times the image size: pictures as other programs draw them.
+    /// A quarter of the scenes are `scattered` ones with centred shapes.
+    case free
 }
 
 /// What `ShapeScene.random` draws.
@@ -246,14 +281,19 @@ public struct ShapeScene: Sendable, Equatable, Codable {
     /// Seeds the background noise (unused by the other styles).
     public let noiseSeed: UInt64
     public let shapes: [PlacedShape]
+    /// The background's colour when it has no name (the free layout's pastels and dark tones);
+    /// captions then leave the background out.
+    public let backgroundFill: [UInt8]?
+    /// Shapes drawn without antialiasing (a pixel is the shape's when half of it is covered).
+    public let hardEdges: Bool
 
     /// Image sides the layout is made for (the cross's arms and the small star need a few pixels).
     public static let imageSizes = 48...1024
 
     public init(imageSize: Int, background: ShapeColour, backgroundStyle: BackgroundStyle,
-                noiseSeed: UInt64, shapes: [PlacedShape]) {
+                noiseSeed: UInt64, shapes: [PlacedShape], backgroundFill: [UInt8]? = nil, hardEdges: Bool = false) {
         self.imageSize = imageSize; self.background = background; self.backgroundStyle = backgroundStyle
-        self.noiseSeed = noiseSeed; self.shapes = shapes
+        self.noiseSeed = noiseSeed; self.shapes = shapes; self.backgroundFill = backgroundFill; self.hardEdges = hardEdges
     }
 
     /// A random scene: background colour and style, then the shapes the layout asks for, each
@@ -263,8 +303,14 @@ public struct ShapeScene: Sendable, Equatable, Codable {
         precondition(imageSizes.contains(imageSize), "image size \(imageSize) is outside \(imageSizes)")
         precondition((0...1).contains(style.jitter), "jitter \(style.jitter) is outside 0...1")
         var rng = SeededRandom(seed: seed)
+        // A quarter of the free layout's pictures are the scattered layout's, centred in their
+        // cells, so a model trained on it keeps answering about those.
+        if style.layout == .free {
+            if rng.below(4) > 0 { return randomFree(rng: &rng, imageSize: imageSize) }
+            return random(seed: rng.next(), imageSize: imageSize, style: SceneStyle(layout: .scattered, jitter: 0))
+        }
         let background = rng.pick(ShapeColour.backgrounds)
-        let backgroundStyle = rng.pick(BackgroundStyle.allCases)
+        let backgroundStyle = rng.pick(BackgroundStyle.grid)
         let noiseSeed = rng.next()
         let colours = ShapeColour.shapeColours.filter { $0 != background }
         let cellSide = Double(imageSize) / 3
@@ -304,10 +350,69 @@ public struct ShapeScene: Sendable, Equatable, Codable {
             var cells = GridCell.all
             rng.shuffle(&cells)
             shapes = cells.prefix(1 + rng.below(cells.count)).map { place(kind, colour, size, in: $0) }
+        case .free:
+            preconditionFailure("drawn by randomFree")
         }
         shapes.sort { $0.cell < $1.cell }
         return ShapeScene(imageSize: imageSize, background: background, backgroundStyle: backgroundStyle,
                           noiseSeed: noiseSeed, shapes: shapes)
+    }
+
+    /// The free layout: see `SceneLayout.free`. Shapes are listed in reading order of their cells.
+    static func randomFree(rng: inout SeededRandom, imageSize: Int) -> ShapeScene {
+        let side = min(imageSize * rng.pick([2, 2, 3, 4, 6]) / 2, imageSizes.upperBound)
+        let named = rng.below(3) > 0
+        let background: ShapeColour = rng.pick(ShapeColour.backgrounds)
+        var fill: [UInt8]?
+        if !named {
+            // A pastel (light, weakly saturated) or a dark tone of a random hue.
+            let hue = rng.unit(), light = rng.coin()
+            let saturation = 0.1 + 0.25 * rng.unit(), value = light ? 0.85 + 0.15 * rng.unit() : 0.1 + 0.25 * rng.unit()
+            fill = (0..<3).map { k in
+                let channel = max(0, min(1, abs((hue * 6 + [0.0, 4.0, 2.0][k]).truncatingRemainder(dividingBy: 6) - 3) - 1))
+                return UInt8((255 * value * (1 - saturation * channel)).rounded())
+            }
+        }
+        let backgroundStyle: BackgroundStyle = rng.pick([.plain, .plain, .gradient, .noise, .stripes])
+        let noiseSeed = rng.next()
+        let base = fill ?? [background.rgb.0, background.rgb.1, background.rgb.2]
+        func far(_ c: ShapeColour) -> Bool {
+            let rgb = [c.rgb.0, c.rgb.1, c.rgb.2]
+            return zip(rgb, base).reduce(0) { $0 + abs(Int($1.0) - Int($1.1)) } > 160
+        }
+        let colours = ShapeColour.shapeColours.filter { $0 != background && far($0) }
+        var cells = GridCell.all
+        rng.shuffle(&cells)
+        let cellSide = Double(side) / 3
+        var shapes: [PlacedShape] = []
+        for cell in cells.prefix(1 + rng.below(4)) {
+            let kind = rng.pick(ShapeKind.allCases), colour = rng.pick(colours)
+            let rgb = [colour.rgb.0, colour.rgb.1, colour.rgb.2]
+            let jittered = rgb.map { UInt8(max(0, min(255, Int($0) + rng.below(41) - 20))) }
+            let angle = kind == .circle ? 0 : (rng.unit() - 0.5) * 0.5
+            let stretch = 0.87 + 0.26 * rng.unit()
+            // Largest first tries, smaller ones when the shape does not fit among the others.
+            for attempt in 0..<24 {
+                let fraction = 0.06 + (0.2 - 0.006 * Double(attempt)) * rng.unit()
+                let radius = fraction * Double(side)
+                let probe = PlacedShape(kind: kind, colour: colour, size: .small, cell: cell, centerX: 0, centerY: 0,
+                                        radius: radius, angle: angle, stretch: stretch)
+                let margin = probe.reach + 1
+                let x0 = max(Double(cell.column) * cellSide, margin), x1 = min(Double(cell.column + 1) * cellSide, Double(side) - margin)
+                let y0 = max(Double(cell.row) * cellSide, margin), y1 = min(Double(cell.row + 1) * cellSide, Double(side) - margin)
+                guard x0 < x1, y0 < y1 else { continue }
+                let x = x0 + (x1 - x0) * rng.unit(), y = y0 + (y1 - y0) * rng.unit()
+                guard shapes.allSatisfy({ ($0.centerX - x) * ($0.centerX - x) + ($0.centerY - y) * ($0.centerY - y)
+                                          > ($0.reach + margin + 1) * ($0.reach + margin + 1) }) else { continue }
+                // The demo's two sizes are radii of 9 % and 13.3 % of the side: the boundary between.
+                shapes.append(PlacedShape(kind: kind, colour: colour, size: fraction < 0.115 ? .small : .large, cell: cell,
+                                          centerX: x, centerY: y, radius: radius, angle: angle, stretch: stretch, fill: jittered))
+                break
+            }
+        }
+        shapes.sort { $0.cell < $1.cell }
+        return ShapeScene(imageSize: side, background: background, backgroundStyle: backgroundStyle, noiseSeed: noiseSeed,
+                          shapes: shapes, backgroundFill: fill, hardEdges: rng.below(4) == 0)
     }
 
     /// The scene as pixels: background, then each shape blended by its 4×4 subsample coverage
@@ -315,7 +420,7 @@ public struct ShapeScene: Sendable, Equatable, Codable {
     public func render() -> RGBImage {
         let side = imageSize
         var pixels = [UInt8](repeating: 0, count: side * side * 3)
-        let base = background.rgb
+        let base = backgroundFill.map { ($0[0], $0[1], $0[2]) } ?? background.rgb
         pixels.withUnsafeMutableBufferPointer { p in
             var rng = SeededRandom(seed: noiseSeed)
             for y in 0..<side {
@@ -324,7 +429,8 @@ public struct ShapeScene: Sendable, Equatable, Codable {
                     rowOffset = Int((14.0 - 28.0 * Double(y) / Double(max(side - 1, 1))).rounded())
                 }
                 for x in 0..<side {
-                    let offset = backgroundStyle == .noise ? rng.below(17) - 8 : rowOffset
+                    var offset = backgroundStyle == .noise ? rng.below(17) - 8 : rowOffset
+                    if backgroundStyle == .stripes && (x + y) / 6 % 2 == 1 { offset = 12 }
                     let i = 3 * (y * side + x)
                     p[i] = clamp(Int(base.0) + offset)
                     p[i + 1] = clamp(Int(base.1) + offset)
@@ -333,11 +439,12 @@ public struct ShapeScene: Sendable, Equatable, Codable {
             }
             let full = PlacedShape.subsamples * PlacedShape.subsamples
             for shape in shapes {
-                let (fr, fg, fb) = shape.colour.rgb
+                let (fr, fg, fb) = shape.fill.map { ($0[0], $0[1], $0[2]) } ?? shape.colour.rgb
                 let bounds = shape.pixelBounds
                 for y in max(bounds.y.lowerBound, 0)..<min(bounds.y.upperBound, side) {
                     for x in max(bounds.x.lowerBound, 0)..<min(bounds.x.upperBound, side) {
-                        let a = shape.coverage(pixelX: x, pixelY: y)
+                        var a = shape.coverage(pixelX: x, pixelY: y)
+                        if hardEdges { a = a * 2 >= full ? full : 0 }
                         if a == 0 { continue }
                         let i = 3 * (y * side + x)
                         if a == full {

@@ -20,6 +20,9 @@ public struct EvalRowResult: Sendable, Equatable, Codable {
     public var id: String?
     /// The row's "kind" tag, if it has one (the demo data's colour, shape, count, where, exists, caption).
     public var kind: String?
+    /// The row's "group" tag, if it has one: a subset scored apart within its kind (the
+    /// foreign-renderer set's "demo" and "other" question wordings).
+    public var group: String?
     public var hasImage: Bool
     /// Teacher-forced statistics over the row's target tokens.
     public var tokens: Int
@@ -34,9 +37,9 @@ public struct EvalRowResult: Sendable, Equatable, Codable {
     /// Equal after `Evaluator.normalizedAnswer` (case and trailing punctuation ignored).
     public var normalizedMatch: Bool
 
-    public init(source: String, id: String? = nil, kind: String? = nil, hasImage: Bool, tokens: Int, lossSum: Double, correct: Int,
-                reference: String? = nil, generated: String? = nil, exactMatch: Bool = false, normalizedMatch: Bool = false) {
-        self.source = source; self.id = id; self.kind = kind; self.hasImage = hasImage
+    public init(source: String, id: String? = nil, kind: String? = nil, group: String? = nil, hasImage: Bool, tokens: Int, lossSum: Double,
+                correct: Int, reference: String? = nil, generated: String? = nil, exactMatch: Bool = false, normalizedMatch: Bool = false) {
+        self.source = source; self.id = id; self.kind = kind; self.group = group; self.hasImage = hasImage
         self.tokens = tokens; self.lossSum = lossSum; self.correct = correct
         self.reference = reference; self.generated = generated; self.exactMatch = exactMatch; self.normalizedMatch = normalizedMatch
     }
@@ -45,7 +48,7 @@ public struct EvalRowResult: Sendable, Equatable, Codable {
     public var loss: Double { tokens > 0 ? lossSum / Double(tokens) : 0 }
 
     enum CodingKeys: String, CodingKey {
-        case source, id, kind, hasImage = "has_image", tokens, lossSum = "loss_sum", correct, reference, generated
+        case source, id, kind, group, hasImage = "has_image", tokens, lossSum = "loss_sum", correct, reference, generated
         case exactMatch = "exact_match", normalizedMatch = "normalized_match"
     }
 }
@@ -117,15 +120,24 @@ public struct EvalResult: Sendable {
         return out
     }
 
+    /// Rows by "kind/group", for rows tagged with both.
+    public var byKindAndGroup: [String: KindScore] {
+        var out: [String: KindScore] = [:]
+        for row in rows { if let kind = row.kind, let group = row.group { out[kind + "/" + group, default: KindScore()].add(row) } }
+        return out
+    }
+
     /// Metric name/value pairs, as stored one row each in the evals table: loss, perplexity,
     /// token_accuracy, then (when answers were generated) exact_match, exact_match_normalized and
-    /// exact_match/<kind>, exact_match_normalized/<kind>. With blank images every name is
+    /// exact_match/<kind>, exact_match_normalized/<kind>, and the same per exact_match/<kind>/<group>.
+    /// With blank images every name is
     /// prefixed "blank_images/", so the ablation never mixes with the real scores.
     public var metrics: [(name: String, value: Double)] {
         var out: [(String, Double)] = [("loss", meanLoss), ("perplexity", perplexity), ("token_accuracy", tokenAccuracy)]
         if let exactMatch, let normalizedMatch {
             out += [("exact_match", exactMatch), ("exact_match_normalized", normalizedMatch)]
-            for (kind, score) in byKind.sorted(by: { $0.key < $1.key }) where score.generated > 0 {
+            for (kind, score) in byKind.merging(byKindAndGroup, uniquingKeysWith: { a, _ in a }).sorted(by: { $0.key < $1.key })
+            where score.generated > 0 {
                 out += [("exact_match/\(kind)", score.exactMatch), ("exact_match_normalized/\(kind)", score.normalizedMatch)]
             }
         }
@@ -163,17 +175,14 @@ public enum Evaluator {
         let total = listed?.count ?? min(limit.map { max($0, 0) } ?? dataset.count, dataset.count)
         progress?(0, total)
         for (n, (example, object)) in (listed.map { AnySequence($0) } ?? AnySequence(selection)).enumerated() {
-            // Evaluation's prompts and answers take one image (training takes rows with several).
-            guard example.imagePaths.count <= 1 else {
-                throw TrainingError("\(example.source): \(example.imagePaths.count) images in the row; evaluation takes one image per row")
-            }
-            let features = try example.imagePath.map { try images.features(path: $0) }
+            // Every image of the row, in order (a chat may attach a newer picture after an older one).
+            let features = try example.imagePaths.map { try images.features(path: $0) }
             var row = EvalRowResult(source: example.source, id: object["id"].flatMap(Self.string), kind: object["kind"].flatMap(Self.string),
-                                    hasImage: example.hasImage, tokens: 0, lossSum: 0, correct: 0,
+                                    group: object["group"].flatMap(Self.string), hasImage: example.hasImage, tokens: 0, lossSum: 0, correct: 0,
                                     reference: nil, generated: nil, exactMatch: false, normalizedMatch: false)
             var prefix: Prefix?
             if maxNewTokens > 0, let prompt = try answerPrompt(example, row: object, chat: chat) {
-                let reply = try generateKeepingPrompt(promptIDs: prompt.ids, imageFeatures: prompt.hasImage ? features : nil,
+                let reply = try generateKeepingPrompt(promptIDs: prompt.ids, imageFeatures: Array(features.prefix(prompt.images)),
                                                       chat: chat, maxNewTokens: maxNewTokens)
                 row.reference = prompt.reference
                 row.generated = reply.text
@@ -226,11 +235,11 @@ public enum Evaluator {
     /// With `prefix` (the greedy answer's prompt, when it is the example's ids up to its first
     /// target), that prompt's cache and last logits stand in for the first chunk, which is the
     /// same computation.
-    public static func teacherForced(_ example: TrainingExample, chat: ChatModel, imageFeatures: Tensor?,
+    public static func teacherForced(_ example: TrainingExample, chat: ChatModel, imageFeatures: [Tensor],
                                      prefix: Prefix? = nil) throws -> TokenStatistics {
         let decoder = chat.decoder
         let d = decoder.config.hiddenSize
-        let embeddings = try promptEmbeddings(example.inputIDs, imageFeatures: example.imageRange == nil ? nil : imageFeatures,
+        let embeddings = try promptEmbeddings(example.inputIDs, imageFeatures: Array(imageFeatures.prefix(example.imageRanges.count)),
                                               chat: chat, source: example.source)
         let wanted = (0..<max(example.length - 1, 0)).filter { example.labels[$0 + 1] != ignoreIndex }
         var stats = TokenStatistics()
@@ -275,36 +284,40 @@ public enum Evaluator {
         return Foundation.log(sum) + Double(top) - Double(logits[target])
     }
 
-    /// Input embeddings `[ids, hidden]`: token rows from the table, `imageRange` from `features`.
-    /// Input embeddings of `ids` (its image-token run, if any, replaced by `imageFeatures`) as
+    /// Input embeddings of `ids` (its image-token runs, in order, replaced by `imageFeatures`) as
     /// every prompt gets them (`Prompt`).
-    static func promptEmbeddings(_ ids: [Int], imageFeatures: Tensor?, chat: ChatModel, source: String) throws -> Tensor {
-        let features = ImageFeatures(model: chat)
-        if let imageFeatures { features.insert(imageFeatures, hash: evalImage) }
+    static func promptEmbeddings(_ ids: [Int], imageFeatures: [Tensor], chat: ChatModel, source: String) throws -> Tensor {
         do {
-            let prompt = try Prompt(ids: ids, images: imageFeatures == nil ? [] : [evalImage], support: imageFeatures == nil ? nil : chat.images,
-                                    featureCounts: imageFeatures.map { [$0.shape[0]] })
+            let (prompt, features) = try evalPrompt(ids, imageFeatures: imageFeatures, chat: chat)
             return try prompt.embeddings(model: chat, features: features)
         } catch {
             throw TrainingError("\(source): \(error)")
         }
     }
 
-    /// The key of the one image an evaluated row has.
-    static let evalImage = "eval-image"
+    /// `ids` as a `Prompt` whose images are `imageFeatures`, under keys of their own.
+    static func evalPrompt(_ ids: [Int], imageFeatures: [Tensor], chat: ChatModel) throws -> (Prompt, ImageFeatures) {
+        let features = ImageFeatures(model: chat)
+        let keys = imageFeatures.indices.map { "eval-image-\($0)" }
+        for (key, tensor) in zip(keys, imageFeatures) { features.insert(tensor, hash: key) }
+        let prompt = try Prompt(ids: ids, images: keys, support: imageFeatures.isEmpty ? nil : chat.images,
+                                featureCounts: imageFeatures.isEmpty ? nil : imageFeatures.map { $0.shape[0] })
+        return (prompt, features)
+    }
 
     // MARK: - Greedy answers
 
-    /// The prompt ids of a row's last assistant turn, whether the image is in them, and the
-    /// reference reply; nil when the row has no prompt before that turn.
+    /// The prompt ids of a row's last assistant turn, how many of the row's images are in them
+    /// (the first ones), and the reference reply; nil when the row has no prompt before that turn.
     static func answerPrompt(_ example: TrainingExample, row: [String: Any], chat: ChatModel) throws
-        -> (ids: [Int], hasImage: Bool, reference: String)? {
+        -> (ids: [Int], images: Int, reference: String)? {
         if let conversations = row["conversations"] as? [Any] {
-            guard let (prompt, reference) = conversationPrompt(conversations, hasImage: example.hasImage, chat: chat) else { return nil }
+            guard let (prompt, reference) = conversationPrompt(conversations, images: example.imagePaths.count, chat: chat) else { return nil }
             // ChatSession.inputSlots: the rendered chat with the generation prompt, no added specials.
             let ids = chat.promptEncoding.ids(prompt, addGenerationPrompt: true)
-            let placeholder = chat.images?.tokenText ?? ConversationEncoder.imagePlaceholder
-            return (ids, example.hasImage && prompt.contains { $0.text.contains(placeholder) }, reference)
+            let placeholder = ConversationEncoder.imagePlaceholder
+            let placed = prompt.reduce(0) { $0 + $1.text.components(separatedBy: placeholder).count - 1 }
+            return (ids, min(placed, example.imagePaths.count), reference)
         }
         // Pre-tokenized: the ids before the last labelled span, and that span as text.
         guard let end = example.labels.lastIndex(where: { $0 != ignoreIndex }) else { return nil }
@@ -317,17 +330,16 @@ public enum Evaluator {
         for stop in chat.template.stopStrings where !stop.isEmpty {
             if let r = reference.range(of: stop) { reference = String(reference[..<r.lowerBound]) }
         }
-        let hasImage = example.imageRange.map { $0.lowerBound < start } ?? false
-        return (Array(example.inputIDs[..<start]), hasImage, reference)
+        return (Array(example.inputIDs[..<start]), example.imageRanges.filter { $0.lowerBound < start }.count, reference)
     }
 
     /// The messages before the last assistant turn and that turn's text, with the image
     /// placeholder where training puts it (`ConversationEncoder`): where the row has it, else at
     /// the start of the first user turn.
-    static func conversationPrompt(_ turns: [Any], hasImage: Bool, chat: ChatModel) -> (prompt: [ChatMessage], reference: String)? {
+    static func conversationPrompt(_ turns: [Any], images: Int, chat: ChatModel) -> (prompt: [ChatMessage], reference: String)? {
         // The row already loaded as a training example, so it parses; nil only for safety.
         guard let parsed = try? RowBuilder.messages(turns) else { return nil }
-        let messages = chat.promptEncoding.arranging(parsed, images: hasImage ? 1 : 0, placeholder: ConversationEncoder.imagePlaceholder)
+        let messages = chat.promptEncoding.arranging(parsed, images: images, placeholder: ConversationEncoder.imagePlaceholder)
         guard let last = messages.lastIndex(where: { $0.role == .assistant }), messages[..<last].contains(where: { $0.role == .user }) else {
             return nil
         }
@@ -337,17 +349,14 @@ public enum Evaluator {
     /// A greedy reply to `promptIDs` (image token runs expanded as `ChatSession.expand` does, with
     /// rows of `imageFeatures`), driven by `Generator` on a fresh KV cache as `ChatSession` drives
     /// it: temperature 0, at most `maxNewTokens`, the template's stop strings, stopping at EOS.
-    public static func generate(promptIDs: [Int], imageFeatures: Tensor?, chat: ChatModel, maxNewTokens: Int) throws -> String {
+    public static func generate(promptIDs: [Int], imageFeatures: [Tensor], chat: ChatModel, maxNewTokens: Int) throws -> String {
         try generateKeepingPrompt(promptIDs: promptIDs, imageFeatures: imageFeatures, chat: chat, maxNewTokens: maxNewTokens).text
     }
 
     /// `generate`, also returning the prompt's run for `teacherForced` to continue from.
-    static func generateKeepingPrompt(promptIDs: [Int], imageFeatures: Tensor?, chat: ChatModel, maxNewTokens: Int) throws
+    static func generateKeepingPrompt(promptIDs: [Int], imageFeatures: [Tensor], chat: ChatModel, maxNewTokens: Int) throws
         -> (text: String, prompt: Prefix) {
-        let features = ImageFeatures(model: chat)
-        if let imageFeatures { features.insert(imageFeatures, hash: evalImage) }
-        let prompt = try Prompt(ids: promptIDs, images: imageFeatures == nil ? [] : [evalImage],
-                                support: imageFeatures == nil ? nil : chat.images, featureCounts: imageFeatures.map { [$0.shape[0]] })
+        let (prompt, features) = try evalPrompt(promptIDs, imageFeatures: imageFeatures, chat: chat)
         var parameters = GenerationParameters()
         parameters.temperature = 0
         parameters.maxTokens = maxNewTokens

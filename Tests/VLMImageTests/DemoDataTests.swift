@@ -149,7 +149,7 @@ final class DemoDataTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(kinds.count, 5)
         XCTAssertEqual(colours, Set(ShapeColour.shapeColours))
         XCTAssertEqual(backgrounds, Set(ShapeColour.backgrounds))
-        XCTAssertEqual(styles, Set(BackgroundStyle.allCases))
+        XCTAssertEqual(styles, Set(BackgroundStyle.grid))
         XCTAssertEqual(sizes, Set(ShapeSize.allCases))
     }
 
@@ -259,6 +259,84 @@ final class DemoDataTests: XCTestCase {
                 }
             }
         }
+    }
+
+    func testCoverageShortcutsAreExactForTurnedAndStretchedShapes() {
+        for kind in ShapeKind.allCases {
+            for (angle, stretch) in [(0.2, 1.0), (-0.25, 0.87), (0.0, 1.13), (0.11, 1.1)] {
+                let s = PlacedShape(kind: kind, colour: .red, size: .large, cell: GridCell(column: 1, row: 1),
+                                    centerX: 60.3, centerY: 59.7, radius: 11.5, angle: angle, stretch: stretch)
+                let b = s.pixelBounds
+                var covered = 0
+                for y in (b.y.lowerBound - 1)...(b.y.upperBound) {
+                    for x in (b.x.lowerBound - 1)...(b.x.upperBound) {
+                        let fast = s.coverage(pixelX: x, pixelY: y), slow = s.sampledCoverage(pixelX: x, pixelY: y)
+                        XCTAssertEqual(fast, slow, "\(kind) angle \(angle) stretch \(stretch) pixel (\(x), \(y))")
+                        if !b.x.contains(x) || !b.y.contains(y) { XCTAssertEqual(slow, 0, "\(kind) outside its bounds") }
+                        covered += slow
+                    }
+                }
+                XCTAssertGreaterThan(covered, 16 * 60, "\(kind) is drawn")
+            }
+        }
+    }
+
+    /// The free layout: shapes anywhere inside the picture, each centred in its own cell, apart
+    /// from one another, named small or large by their radius, in colours far from the background.
+    func testFreeScenes() {
+        var sides = Set<Int>(), counts = Set<Int>(), unnamed = 0, hard = 0, turned = 0, scattered = 0, sizes = Set<ShapeSize>()
+        for seed in 0..<600 {
+            let scene = ShapeScene.random(seed: UInt64(seed) &* 104_729, imageSize: 96, style: SceneStyle(layout: .free))
+            let side = Double(scene.imageSize)
+            sides.insert(scene.imageSize)
+            counts.insert(scene.shapes.count)
+            XCTAssertTrue((1...4).contains(scene.shapes.count))
+            XCTAssertEqual(Set(scene.shapes.map(\.cell)).count, scene.shapes.count, "one shape per cell")
+            XCTAssertEqual(scene.shapes.map(\.cell), scene.shapes.map(\.cell).sorted(), "reading order")
+            let base = scene.backgroundFill ?? Self.rgb(scene.background)
+            for (i, s) in scene.shapes.enumerated() {
+                let cell = side / 3
+                XCTAssertTrue(s.centerX >= Double(s.cell.column) * cell && s.centerX <= Double(s.cell.column + 1) * cell)
+                XCTAssertTrue(s.centerY >= Double(s.cell.row) * cell && s.centerY <= Double(s.cell.row + 1) * cell)
+                XCTAssertTrue(s.centerX - s.reach >= 0 && s.centerX + s.reach <= side && s.centerY - s.reach >= 0 && s.centerY + s.reach <= side)
+                XCTAssertEqual(s.size, s.radius / side < 0.115 ? .small : .large)
+                XCTAssertTrue((0.06...0.26).contains(s.radius / side))
+                if s.fill != nil {
+                    XCTAssertGreaterThan(zip(Self.rgb(s.colour), base).reduce(0) { $0 + abs(Int($1.0) - Int($1.1)) }, 160)
+                } else {
+                    scattered += 1
+                }
+                XCTAssertNotEqual(s.colour, scene.backgroundFill == nil ? scene.background : nil)
+                for t in scene.shapes[(i + 1)...] {
+                    XCTAssertGreaterThan((s.centerX - t.centerX) * (s.centerX - t.centerX) + (s.centerY - t.centerY) * (s.centerY - t.centerY),
+                                         (s.reach + t.reach) * (s.reach + t.reach), "shapes overlap")
+                }
+                if s.angle != 0 { turned += 1 }
+                sizes.insert(s.size)
+            }
+            if scene.backgroundFill != nil {
+                unnamed += 1
+                XCTAssertFalse(scene.caption.contains("background"), scene.caption)
+            } else {
+                XCTAssertTrue(scene.caption.hasSuffix(" on a \(scene.background.rawValue) background."), scene.caption)
+            }
+            if scene.hardEdges { hard += 1 }
+            // Every shape's centre pixel is the shape's (jittered) colour.
+            if seed < 60 {
+                let image = scene.render()
+                for s in scene.shapes {
+                    let i = 3 * (Int(s.centerY) * scene.imageSize + Int(s.centerX))
+                    XCTAssertEqual(Array(image.pixels[i..<(i + 3)]), s.fill ?? Self.rgb(s.colour), "seed \(seed) \(s.kind)")
+                }
+            }
+        }
+        XCTAssertEqual(sides, [96, 144, 192, 288])
+        XCTAssertEqual(counts, [1, 2, 3, 4])
+        XCTAssertEqual(sizes, [.small, .large])
+        XCTAssertTrue((100...200).contains(unnamed), "\(unnamed) unnamed backgrounds in 600")
+        XCTAssertTrue((70...160).contains(hard), "\(hard) hard-edged scenes in 600")
+        XCTAssertTrue((250...500).contains(scattered), "\(scattered) shapes of scattered scenes")
+        XCTAssertGreaterThan(turned, 400)
     }
 
     func testShapesAreDistinguishable() {
@@ -485,6 +563,99 @@ final class DemoDataTests: XCTestCase {
         XCTAssertGreaterThan(firstKinds.count, 3, "the order of the other questions varies")
         let validation = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/validation.json"))) as! [[String: Any]]
         XCTAssertTrue(validation.allSatisfy { ($0["conversations"] as! [Any]).count == 2 })
+    }
+
+    /// Conversations that begin about the previous picture, then attach this one and ask about
+    /// it; other wordings keep the demo's answers.
+    func testTwoPictureConversationsAndWordings() throws {
+        let dir = Self.scratchDir("two")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try DemoDataset.write(to: dir, counts: [.train: 40], seed: 7, imageSize: 64, style: SceneStyle(layout: .free),
+                                  multiTurnTrain: true, varyWording: true, twoPictures: 0.5)
+        let records = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/train.json"))) as! [[String: Any]]
+        var pairs = 0, reworded = 0
+        for (i, r) in records.enumerated() {
+            let item = DemoDataset.item(split: .train, index: i, seed: 7, imageSize: 64, style: SceneStyle(layout: .free), varyWording: true)
+            let plain = DemoDataset.item(split: .train, index: i, seed: 7, imageSize: 64, style: SceneStyle(layout: .free))
+            let turns = (r["conversations"] as! [[String: String]]).map { $0["value"]! }
+            let asked = stride(from: 0, to: turns.count, by: 2).map { (turns[$0].replacingOccurrences(of: "<image>\n", with: ""), turns[$0 + 1]) }
+            // This picture's questions close the conversation, caption last, with the demo's answers.
+            let own = Array(asked.suffix(item.questions.count))
+            XCTAssertEqual(Set(own.map { "\($0.0)|\($0.1)" }), Set(item.questions.map { "\($0.question)|\($0.answer)" }))
+            XCTAssertEqual(item.questions.map(\.answer), plain.questions.map(\.answer))
+            reworded += zip(item.questions, plain.questions).filter { $0.question != $1.question }.count
+            if let images = r["image"] as? [String] {
+                pairs += 1
+                let earlier = DemoDataset.item(split: .train, index: i - 1, seed: 7, imageSize: 64, style: SceneStyle(layout: .free), varyWording: true)
+                XCTAssertEqual(images, [earlier.image, item.image])
+                XCTAssertNil(r["image_token_texts"])
+                let before = asked.count - item.questions.count
+                XCTAssertTrue((1...2).contains(before))
+                XCTAssertTrue(asked[..<before].allSatisfy { q in earlier.questions.contains { $0.question == q.0 && $0.answer == q.1 } })
+                XCTAssertTrue(turns[0].hasPrefix("<image>\n") && turns[2 * before].hasPrefix("<image>\n"))
+                XCTAssertEqual(turns.filter { $0.contains("<image>") }.count, 2)
+            } else {
+                XCTAssertEqual(r["image"] as? String, item.image)
+                XCTAssertEqual(r["image_token_texts"] as? [String], item.scene.cellTexts)
+            }
+        }
+        XCTAssertTrue((10...30).contains(pairs), "\(pairs) two-picture conversations in 40")
+        XCTAssertGreaterThan(reworded, 20)
+        // A reworded question names the same shape or colour.
+        let q = DemoQuestion(kind: .colour, question: "What colour is the star?", answer: "Red.")
+        var rng = SeededRandom(seed: 1)
+        for _ in 0..<20 {
+            let r = DemoWordings.reworded(q, rng: &rng)
+            XCTAssertTrue(r.question.contains("star"), r.question)
+            XCTAssertEqual(r.answer, "Red.")
+        }
+    }
+
+    /// The foreign-renderer evaluation set (sessions/data/foreign, drawn by Pillow): every record
+    /// names pictures that are there, is tagged by kind and wording group, and asks what its
+    /// picture (the newest one in a two-picture chat) shows according to pictures.json.
+    func testForeignRendererSetIsConsistent() throws {
+        let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("sessions/data/foreign").path
+        func load(_ name: String) throws -> [[String: Any]] {
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/" + name))) as? [[String: Any]])
+        }
+        let pictures = Dictionary(uniqueKeysWithValues: try load("pictures.json").map { ($0["image"] as! String, $0["shapes"] as! [[String: Any]]) })
+        XCTAssertEqual(pictures.count, 200)
+        func answers(_ kind: String, _ question: String, _ shapes: [[String: Any]]) -> Set<String> {
+            let names = shapes.map { ($0["kind"] as! String, $0["colour"] as! String) }
+            switch kind {
+            case "count": return [DemoAnswers.number(shapes.count)]
+            case "colour": return Set(names.filter { question.contains($0.0) }.map { DemoAnswers.sentence($0.1) })
+            default: return Set(names.filter { question.contains($0.1) }.map { DemoAnswers.sentence($0.0) })
+            }
+        }
+        let test = try load("test.json")
+        XCTAssertEqual(test.count, 600)
+        var groups: [String: Int] = [:]
+        for r in test {
+            let image = try XCTUnwrap(r["image"] as? String)
+            XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/" + image), image)
+            let turns = try XCTUnwrap(r["conversations"] as? [[String: String]])
+            let kind = try XCTUnwrap(r["kind"] as? String)
+            groups[kind + "/" + (r["group"] as? String ?? "?"), default: 0] += 1
+            XCTAssertEqual(answers(kind, turns[0]["value"]!, pictures[image]!), [turns[1]["value"]!], "\(r["id"]!)")
+        }
+        XCTAssertEqual(Set(groups.keys), ["colour/demo", "colour/other", "shape/demo", "shape/other", "count/demo", "count/other"])
+        XCTAssertTrue(groups.values.allSatisfy { $0 > 60 }, "\(groups)")
+
+        let chats = try load("two-pictures.json")
+        XCTAssertEqual(chats.count, 120)
+        for r in chats {
+            let images = try XCTUnwrap(r["image"] as? [String])
+            let turns = try XCTUnwrap(r["conversations"] as? [[String: String]])
+            XCTAssertEqual(images.count, 2)
+            XCTAssertEqual(turns.filter { $0["value"]!.hasPrefix("<image>\n") }.count, 2)
+            let kind = try XCTUnwrap(r["kind"] as? String)
+            let question = turns[2]["value"]!, reference = turns[3]["value"]!
+            XCTAssertEqual(answers(kind, question, pictures[images[1]]!), [reference], "\(r["id"]!)")
+            XCTAssertFalse(answers(kind, question, pictures[images[0]]!).contains(reference), "\(r["id"]!): the older picture gives the same answer")
+        }
     }
 
     func testWriteRefusesAFileAsTheFolder() throws {

@@ -192,6 +192,61 @@ final class EvaluatorTests: XCTestCase {
         XCTAssertEqual(second.normalizedMatch, 1)
     }
 
+    /// A chat with a second picture attached after a turn about the first: the greedy answer is
+    /// the chat's (both images spliced, in order), the teacher-forced loss the trainer's, and
+    /// swapping the pictures changes both.
+    func testTwoPictureRowsAnswerAsTheChatDoes() throws {
+        let model = try loadModel()
+        let turns = [("human", "<image>\nWhat shape is this?"), ("gpt", "A square."), ("human", "<image>\nAnd this one?"), ("gpt", "A wide image.")]
+        var row = Self.row("two", kind: "shape", image: nil, turns)
+        row["image"] = [Self.data + "/llava/images/square.png", Self.data + "/llava/images/wide.png"]
+        row["group"] = "newest"
+        var swapped = row
+        swapped["image"] = [Self.data + "/llava/images/wide.png", Self.data + "/llava/images/square.png"]
+        let result = try Evaluator.run(chat: model, dataset: try writeRows([row, swapped]), maxNewTokens: 6)
+        XCTAssertEqual(result.rows.map(\.group), ["newest", "newest"])
+        XCTAssertEqual(result.rows[0].reference, "A wide image.")
+
+        var parameters = GenerationParameters()
+        parameters.temperature = 0; parameters.maxTokens = 6; parameters.stopStrings = model.template.stopStrings
+        func image(_ name: String) throws -> ImageInput {
+            ImageInput(hash: name, pixels: try model.llava.preprocess(try ImageLoader.load(path: Self.data + "/llava/images/" + name)))
+        }
+        let chat = ChatSession(model: model, history: [ChatMessage(role: .user, text: "<image>\nWhat shape is this?"),
+                                                       ChatMessage(role: .assistant, text: "A square.")],
+                               historyImages: [[try image("square.png")], []])
+        let g = try chat.send("<image>\nAnd this one?", images: [try image("wide.png")], parameters: parameters)
+        try withExtendedLifetime(chat) { while try g.next() != nil {} }
+        XCTAssertEqual(result.rows[0].generated, g.text)
+
+        // Teacher forcing splices both images as training does: the trainer's loss on the row.
+        let reference = try loadModel()
+        let trainable = try TrainableModel(chat: reference, mode: .projector, lora: nil)
+        let dataset = try TrainingDataset.load(path: try writeRows([row]), tokenizer: reference.tokenizer,
+                                               template: reference.template, image: (reference.imageTokenID, reference.llava.featureCount))
+        XCTAssertEqual(dataset.example(at: 0)?.imageRanges.count, 2)
+        var random = SeededRandom(seed: 0)
+        let (_, stats) = try trainable.loss(dataset.batch([0], padID: 0), normalizer: 1, tape: Tape(), random: &random)
+        XCTAssertEqual(result.rows[0].tokens, stats.tokens)
+        XCTAssertEqual(result.rows[0].lossSum, stats.lossSum, accuracy: 1e-4 * stats.lossSum)
+        XCTAssertNotEqual(result.rows[0].lossSum, result.rows[1].lossSum)
+    }
+
+    func testPerKindAndGroupTallies() {
+        func row(_ kind: String, _ group: String?, _ exact: Bool) -> EvalRowResult {
+            EvalRowResult(source: "f:1", kind: kind, group: group, hasImage: true, tokens: 1, lossSum: 1, correct: 1,
+                          reference: "x", generated: "x", exactMatch: exact, normalizedMatch: exact)
+        }
+        let result = EvalResult(dataset: "f", rows: [row("colour", "demo", true), row("colour", "other", false), row("colour", "other", true),
+                                                     row("count", nil, true)], blankImages: false, maxNewTokens: 4)
+        XCTAssertEqual(Set(result.byKindAndGroup.keys), ["colour/demo", "colour/other"])
+        XCTAssertEqual(result.byKindAndGroup["colour/other"]!.exactMatch, 0.5)
+        XCTAssertEqual(result.byKind["colour"]!.rows, 3)
+        XCTAssertEqual(result.metrics.map(\.name).filter { $0.hasPrefix("exact_match/") }, [
+            "exact_match/colour", "exact_match/colour/demo", "exact_match/colour/other", "exact_match/count",
+        ])
+    }
+
     func testPretokenizedRowsAnswerTheirLastSpan() throws {
         let model = try loadModel()
         let result = try Evaluator.run(chat: model, dataset: Self.train + "/examples.jsonl", maxNewTokens: 3)

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""How well a demo model's image tokens name what each cell of a picture holds.
+
+The demo's stage 1 (sessions/build-demo.vlm) trains the tower and projector to put each of the
+nine image tokens (the 3x3 grid's cells, 32-pixel patches of a 96-pixel image) on the sum of
+SmolLM2's input embeddings of what the cell holds (" small" + " red" + " star", or " nothing").
+This reads a model folder's tower and projector with transformers, runs them on pictures whose
+contents are known (sessions/data/foreign/pictures.json: the foreign renderer's; or make-demo-data records, whose
+image_token_texts name each cell's contents), and reports how
+often the nearest such word sum to each token has the right colour, shape and emptiness.
+
+  python bench/demo_alignment.py MODEL_DIR [PICTURES_JSON] [--vlmsh .build/release/vlmsh]
+"""
+import argparse
+import json
+import pathlib
+import subprocess
+
+import numpy as np
+import torch
+from gguf import GGUFReader
+from gguf.quants import dequantize
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+KINDS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond"]
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+
+
+def token_ids(vlmsh, text):
+    out = subprocess.run([vlmsh, "tokenize", "--model", "smollm2", "--text", text, "--json"], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["ids"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("pictures", nargs="?", default=str(ROOT / "sessions/data/foreign/pictures.json"))
+    ap.add_argument("--vlmsh", default=str(ROOT / ".build/release/vlmsh"))
+    ap.add_argument("--limit", type=int, default=None, help="only the first pictures")
+    ap.add_argument("--gguf", default=str(pathlib.Path.home() / ".vlmsh/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    args = ap.parse_args()
+
+    config = json.loads((pathlib.Path(args.model) / "config.json").read_text())
+    vision = CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in config["vision_config"].items() if k != "model_type"}))
+    weights = load_file(str(pathlib.Path(args.model) / "model.safetensors"))
+    prefix = "vision_tower.vision_model."
+    vision.load_state_dict({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}, strict=True)
+    w1, b1 = weights["multi_modal_projector.linear_1.weight"], weights["multi_modal_projector.linear_1.bias"]
+    w2, b2 = weights["multi_modal_projector.linear_2.weight"], weights["multi_modal_projector.linear_2.bias"]
+    processor = CLIPImageProcessor.from_pretrained(args.model)
+    layer = config.get("vision_feature_layer", -2)
+
+    reader = GGUFReader(args.gguf)
+    table = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    embeddings = dequantize(table.data, table.tensor_type).reshape(-1, int(table.shape[0]))
+
+    def word_sum(words):
+        return sum(embeddings[token_ids(args.vlmsh, " " + w)[0]] for w in words.split())
+
+    labels = [(s, c, k) for s in ["small", "large"] for c in COLOURS for k in KINDS] + [None]
+    sums = np.stack([word_sum(" ".join(l)) if l else word_sum("nothing") for l in labels])
+
+    pictures = json.loads(pathlib.Path(args.pictures).read_text())[: args.limit]
+    folder = pathlib.Path(args.pictures).parent
+    tally = {"object tokens": 0, "colour": 0, "shape": 0, "both": 0, "empty tokens": 0, "empty right": 0}
+    with torch.no_grad():
+        for p in pictures:
+            pixels = processor(images=Image.open(folder / p["image"]).convert("RGB"), return_tensors="pt")["pixel_values"]
+            hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[layer][0, 1:]
+            tokens = (torch.nn.functional.gelu(hidden @ w1.T + b1) @ w2.T + b2).numpy()
+            nearest = [labels[i] for i in ((tokens[:, None, :] - sums[None]) ** 2).sum(-1).argmin(1)]
+            cells = {}
+            if "image_token_texts" in p:
+                # make-demo-data records name each cell's contents: "small red star" or "nothing".
+                for index, text in enumerate(p["image_token_texts"]):
+                    if text != "nothing":
+                        _, colour, kind = text.split()
+                        cells[divmod(index, 3)] = {"colour": colour, "kind": kind}
+            for s in p.get("shapes", []):
+                cells[(min(int(3 * s["y"] / p["side"]), 2), min(int(3 * s["x"] / p["side"]), 2))] = s
+            for index, label in enumerate(nearest):
+                shape = cells.get(divmod(index, 3))
+                if shape is None:
+                    tally["empty tokens"] += 1
+                    tally["empty right"] += label is None
+                    continue
+                tally["object tokens"] += 1
+                colour = label is not None and label[1] == shape["colour"]
+                kind = label is not None and label[2] == shape["kind"]
+                tally["colour"] += colour
+                tally["shape"] += kind
+                tally["both"] += colour and kind
+    n, e = tally["object tokens"], tally["empty tokens"]
+    print(f"{args.model} on {len(pictures)} pictures: {n} tokens hold a shape's centre, {e} are empty")
+    print(f"  nearest word sum has the shape's colour {tally['colour'] / n:.1%}, its kind {tally['shape'] / n:.1%}, "
+          f"both {tally['both'] / n:.1%}; empty cells read as nothing {tally['empty right'] / e:.1%}")
+
+
+if __name__ == "__main__":
+    main()
