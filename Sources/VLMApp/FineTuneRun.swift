@@ -76,9 +76,7 @@ public final class FineTuneRunner {
 
     public func run(shouldStop: () -> Bool) throws -> Summary {
         let started = Date()
-        let settings = try resolvedSettings()
-        let model = try trainableModel(settings)
-        let dataset = try load(request.data, settings)
+        let (settings, model, dataset) = try prepare()
         let evalSet = try request.evalData.map { try load($0, settings) }
         for problem in dataset.problems + (evalSet?.problems ?? []) { console.line("skipped \(problem)") }
         let trainer = try Trainer(model: model, dataset: dataset, settings: settings)
@@ -95,6 +93,13 @@ public final class FineTuneRunner {
                        evalLoss: loop.evalLoss, outDir: request.out, seconds: Date().timeIntervalSince(started),
                        losses: trainer.state.history.map(\.loss), skippedRows: skipped,
                        optimizerStateBytes: trainer.optimizer.stateBytes)
+    }
+
+    /// The run's settings, its model on the tape (LoRA initialized, adapters applied) and its
+    /// training data, before any step.
+    func prepare() throws -> (settings: FineTuneSettings, model: TrainableModel, dataset: TrainingDataset) {
+        let settings = try resolvedSettings()
+        return (settings, try trainableModel(settings), try load(request.data, settings))
     }
 
     /// The request's settings; a resumed run continues with its checkpoint's (`steps` may extend

@@ -55,31 +55,15 @@ extension Store {
     /// Copies the file of `image` into `folder` as `<sha256 prefix>.<ext>` (kept when already
     /// there) and returns its path relative to the export folder.
     private func copyImage(_ image: ImageRecord, session: Int64, into folder: String) throws -> String {
-        let ext = (image.path as NSString).pathExtension.lowercased()
-        let name = String(image.sha256.prefix(16)) + (ext.isEmpty ? "" : "." + ext)
-        let target = folder + "/" + name
-        let relative = LLaVAFolderExport.imagesFolder + "/" + name
-        let fm = FileManager.default
-        if fm.fileExists(atPath: target), (try? ContentHash.hex(file: target)) == image.sha256 { return relative }
-        guard fm.isReadableFile(atPath: image.path) else {
-            throw StoreError(.notFound, path: path, "\(image.path): the image of session \(session) is gone (sha256 \(image.sha256.prefix(12)))")
+        try LLaVAFolderExport.copyImage(image.path, sha256: image.sha256, into: folder, storePath: path) {
+            guard FileManager.default.isReadableFile(atPath: image.path) else {
+                throw StoreError(.notFound, path: path, "\(image.path): the image of session \(session) is gone (sha256 \(image.sha256.prefix(12)))")
+            }
+            guard try ContentHash.hex(file: image.path) == image.sha256 else {
+                throw StoreError(.invalidArgument, path: path,
+                                 "\(image.path): the file changed since session \(session) attached it (sha256 \(image.sha256.prefix(12)) then)")
+            }
         }
-        guard try ContentHash.hex(file: image.path) == image.sha256 else {
-            throw StoreError(.invalidArgument, path: path,
-                             "\(image.path): the file changed since session \(session) attached it (sha256 \(image.sha256.prefix(12)) then)")
-        }
-        // Copied under a temporary name and renamed, so an interrupted export leaves no partial image.
-        let temporary = target + ".tmp-\(getpid())"
-        do {
-            try? fm.removeItem(atPath: temporary)
-            try fm.copyItem(atPath: image.path, toPath: temporary)
-            if fm.fileExists(atPath: target) { try fm.removeItem(atPath: target) }
-            try fm.moveItem(atPath: temporary, toPath: target)
-        } catch {
-            try? fm.removeItem(atPath: temporary)
-            throw StoreError(.invalidArgument, path: path, "\(target): cannot copy \(image.path) (\(error.localizedDescription))")
-        }
-        return relative
     }
 
     /// A session and its turns read in one transaction, so they describe the same moment.
@@ -103,6 +87,42 @@ public struct LLaVAFolderExport: Sendable, Equatable {
     public var records: Int
     /// Distinct images in the folder.
     public var images: Int
+
+    /// Copies the image file `source`, whose SHA-256 is `sha256`, into `imagesDirectory` as
+    /// `<first 16 hex digits>.<ext>` (kept when already there, else `check` runs first) and
+    /// returns its path relative to the export folder.
+    static func copyImage(_ source: String, sha256: String, into imagesDirectory: String, storePath: String,
+                          check: () throws -> Void) throws -> String {
+        let ext = (source as NSString).pathExtension.lowercased()
+        let name = String(sha256.prefix(16)) + (ext.isEmpty ? "" : "." + ext)
+        let target = imagesDirectory + "/" + name
+        let relative = imagesFolder + "/" + name
+        let fm = FileManager.default
+        if fm.fileExists(atPath: target), (try? ContentHash.hex(file: target)) == sha256 { return relative }
+        try check()
+        // Copied under a temporary name and renamed, so an interrupted export leaves no partial image.
+        let temporary = target + ".tmp-\(getpid())"
+        do {
+            try? fm.removeItem(atPath: temporary)
+            try fm.copyItem(atPath: source, toPath: temporary)
+            if fm.fileExists(atPath: target) { try fm.removeItem(atPath: target) }
+            try fm.moveItem(atPath: temporary, toPath: target)
+        } catch {
+            try? fm.removeItem(atPath: temporary)
+            throw StoreError(.invalidArgument, path: storePath, "\(target): cannot copy \(source) (\(error.localizedDescription))")
+        }
+        return relative
+    }
+
+    /// Copies the image file `source` (its SHA-256 `sha256`) into `directory`/images/ as an export
+    /// folder names it, creating the folder; returns the path relative to `directory`.
+    public static func copyImage(_ source: String, sha256: String, into directory: String) throws -> String {
+        let images = directory + "/" + imagesFolder
+        do { try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true) } catch {
+            throw StoreError(.invalidArgument, path: directory, "cannot create \(images) (\(error.localizedDescription))")
+        }
+        return try copyImage(source, sha256: sha256, into: images, storePath: directory) {}
+    }
 }
 
 enum Transcript {

@@ -186,6 +186,20 @@ public final class Trainer {
         throw TrainingError("\(dataset.path): a whole epoch of micro-batches held only bad rows")
     }
 
+    /// The micro-batches (example indices) of every step still to run, in the order `step()`
+    /// takes them, and the epochs done after each step; the state is left as it is. (A lazily
+    /// read file's bad rows, which `step()` drops as it meets them, are still in.)
+    public func plannedSteps() -> [(microBatches: [[Int]], epoch: Double)] {
+        let saved = (state, epochOrder)
+        defer { (state, epochOrder) = saved }
+        var steps: [(microBatches: [[Int]], epoch: Double)] = []
+        for _ in state.step..<totalSteps {
+            let batches = (0..<settings.gradientAccumulation).map { _ in nextMicroBatch() }
+            steps.append((batches, epochProgress))
+        }
+        return steps
+    }
+
     /// One optimizer step over `gradientAccumulation` micro-batches.
     @discardableResult
     public func step() throws -> StepMetrics {
