@@ -25,6 +25,8 @@ extension OptimizerKind: ExpressibleByArgument {
     }
 }
 
+extension GGUFExportType: ExpressibleByArgument {}
+
 extension MergeDType: ExpressibleByArgument {
     /// F16 and f16 alike, as dtypes are written both ways.
     public init?(argument: String) { self.init(rawValue: argument.lowercased()) }
