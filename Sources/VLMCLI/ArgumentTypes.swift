@@ -2,6 +2,7 @@ import ArgumentParser
 import VLMDemo
 import VLMImage
 import VLMStore
+import VLMTensor
 import VLMTraining
 
 // Options whose values come from a fixed set are parsed into their enums by ArgumentParser, so a
@@ -26,6 +27,8 @@ extension OptimizerKind: ExpressibleByArgument {
 }
 
 extension GGUFExportType: ExpressibleByArgument {}
+extension LlavaInitVisionKind: ExpressibleByArgument {}
+extension Activation: ExpressibleByArgument {}
 
 extension MergeDType: ExpressibleByArgument {
     /// F16 and f16 alike, as dtypes are written both ways.

@@ -13,11 +13,15 @@ struct ExportGGUFCommand: AsyncParsableCommand {
         discussion: """
             OUT receives text.gguf (the language model's GGUF: its metadata, tokenizer and chat \
             template copied, each LoRA-adapted weight fused and encoded as --type, every other tensor \
-            as stored), for a LLaVA model mmproj.gguf (the CLIP tower up to the feature layer and the \
-            mlp2x_gelu projector under llama.cpp's clip.* keys), and mmproj.json, so `--model OUT` \
-            loads the pair in vlmsh and `llama-server -m OUT/text.gguf --mmproj OUT/mmproj.gguf` in \
-            llama.cpp. The language model must be a GGUF (smollm2, a composed folder's text_model, a \
-            GGUF pair); each file is written under a temporary name and renamed.
+            as stored), for a LLaVA model mmproj.gguf (the CLIP or SigLIP tower up to the feature \
+            layer and the mlp2x_gelu projector under llama.cpp's clip.* keys), and mmproj.json, so \
+            `--model OUT` loads the pair in vlmsh and `llama-server -m OUT/text.gguf --mmproj \
+            OUT/mmproj.gguf` in llama.cpp. The language model must be a GGUF (smollm2, a composed \
+            folder's text_model, a GGUF pair); each file is written under a temporary name and renamed. \
+            Exact round trip: a SigLIP tower with a gelu_pytorch_tanh projector (init-llava \
+            --vision-kind siglip --projector-act gelu_pytorch_tanh). For a CLIP tower llama.cpp puts \
+            the class token after the patches and keeps rows 1… (patches 1… plus the class token), \
+            and runs an exact gelu as tanh: its image rows differ from vlmsh's.
             """)
 
     @OptionGroup var options: ModelOptions
@@ -57,12 +61,14 @@ struct ExportGGUFCommand: AsyncParsableCommand {
                 object["mmproj"] = mmproj
                 object["mmproj_tensors"] = report.mmprojTensors
                 object["vision_layers"] = report.visionLayers
+                object["llama_cpp_exact"] = report.mmprojExact
             }
             try printJSON(object)
         } else {
             var line = "exported \(report.textFile) (\(report.textTensors) tensors, LoRA fused into \(report.mergedWeights))"
             if let mmproj = report.mmprojFile { line += " + \(mmproj) (\(report.mmprojTensors) tensors, \(report.visionLayers) vision layers)" }
             print(line + ", \(report.type.rawValue), " + String(format: "%.1f MB", Double(report.bytes) / 1e6))
+            if report.mmprojFile != nil, !report.mmprojExact { print("note: " + GGUFExport.clipDifference) }
         }
     }
 }

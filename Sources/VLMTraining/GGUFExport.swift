@@ -14,16 +14,19 @@ import VLMTensor
 // as f16 or q8_0. vlmsh runs a GGUF's Llama Q/K rows in the file's (llama.cpp's permuted) order,
 // so a LoRA trained on it is already in that order and fuses without reordering.
 //
-// The mmproj holds the CLIP tower and the mlp2x_gelu projector under the `clip.*` keys and
+// The mmproj holds the vision tower and the mlp2x_gelu projector under the `clip.*` keys and
 // `v.*` / `mm.*` names that llama.cpp's mtmd reads, written so its LLaVA graph
 // (tools/mtmd/models/llava.cpp) computes what vlmsh does where the metadata can say so:
 // `clip.vision.feature_layer` records LLaVA's feature layers as hidden-state indices and only
 // the layers up to the deepest are stored (without it llama.cpp would run one layer fewer);
 // `post_layernorm` is left out (LLaVA's hidden states never pass it, llama.cpp would apply it);
-// `clip.use_gelu` / `use_silu` name the tower's activation (neither: CLIP's quick_gelu); the
-// image mean and std are the model's processor's. What no key changes in llama.cpp's graph:
-// the class token is placed after the patches, so the rows it keeps are patches 1… plus the
-// class token rather than every patch, and the projector's gelu is the tanh approximation.
+// `clip.use_gelu` / `use_silu` name the tower's activation (neither: CLIP's quick_gelu; ggml's
+// gelu is the tanh approximation, SigLIP's exactly); the image mean and std are the model's
+// processor's. A SigLIP tower (no class token, no pre-norm, a patch bias, every row kept) is
+// llama.cpp's plain ViT, and with a gelu_pytorch_tanh projector the whole path is the same
+// computation. A CLIP tower differs in what no key changes: llama.cpp places the class token
+// after the patches and keeps rows 1…, so its rows are patches 1… plus the class token rather
+// than every patch; and an exact-gelu projector runs as the tanh approximation.
 
 /// The encoding of the weights export-gguf computes (fused LoRA weights, the tower's and the
 /// projector's matrices).
@@ -46,6 +49,8 @@ public struct GGUFExportReport: Sendable {
     public var mmprojTensors: Int
     /// Vision layers stored (up to LLaVA's deepest feature layer).
     public var visionLayers: Int
+    /// Whether llama.cpp computes the image rows as vlmsh does (see `GGUFExport.clipDifference`).
+    public var mmprojExact: Bool
     public var type: GGUFExportType
     public var bytes: Int
 }
@@ -53,6 +58,9 @@ public struct GGUFExportReport: Sendable {
 public enum GGUFExport {
     public static let textFileName = "text.gguf"
     public static let mmprojFileName = "mmproj.gguf"
+    /// What llama.cpp computes differently from an exported tower with a class token (CLIP) or an
+    /// exact-gelu projector or tower; a SigLIP tower with gelu_pytorch_tanh round-trips exactly.
+    public static let clipDifference = "llama.cpp's LLaVA graph puts a CLIP tower's class token after the patches and keeps rows 1… (patches 1… plus the class token, not every patch), and runs an exact gelu as the tanh approximation: image rows differ; a SigLIP tower with a gelu_pytorch_tanh projector (init-llava --vision-kind siglip --projector-act gelu_pytorch_tanh) is computed as vlmsh does"
 
     /// Writes `text.gguf` (and, for a LLaVA model, `mmproj.gguf` plus the `mmproj.json` that
     /// names the pair) into the folder `output`, created when missing. `decoder` is the language
@@ -84,7 +92,7 @@ public enum GGUFExport {
         }
         return GGUFExportReport(folder: output, textFile: textPath, mmprojFile: mmprojPath, textTensors: text.entries.count,
                                 mergedWeights: text.fused.count, mmprojTensors: mmproj?.entries.count ?? 0,
-                                visionLayers: mmproj?.layers ?? 0, type: type, bytes: bytes)
+                                visionLayers: mmproj?.layers ?? 0, mmprojExact: mmproj?.exact ?? true, type: type, bytes: bytes)
     }
 
     /// The text GGUF: the base file's metadata and tensors, the adapted weights fused.
@@ -143,28 +151,34 @@ public enum GGUFExport {
         let entries: [GGUFTensorEntry]
         let tensors: [Tensor]
         let layers: Int
+        /// Whether llama.cpp's graph is the same computation as vlmsh's (a tower without a class
+        /// token, no exact gelu, which ggml runs as the tanh approximation).
+        let exact: Bool
 
         init(llava: LlavaModel, type: GGUFExportType) throws {
             let config = llava.config
             let what = "export-gguf writes llama.cpp's LLaVA-1.5 mmproj"
-            guard case .clip = config.visionConfig, let tower = llava.visionTransformer else {
-                throw ModelError("\(what) (a CLIP vision tower); this model's tower is SigLIP")
+            guard let tower = llava.visionTransformer else {
+                throw ModelError("\(what) (a CLIP or SigLIP ViT); this model's vision tower is not one")
             }
             guard llava.anyResolution == nil else { throw ModelError("\(what); LLaVA-1.6 (llava_next any-resolution) is not supported") }
-            guard config.visionFeatureSelectStrategy == .default, tower.classEmbedding != nil else {
-                throw ModelError("\(what), whose graph drops one row (LLaVA's `default` feature select with a class token); this model keeps every row (`full`)")
+            // llama.cpp drops the class token's row exactly when the tower has one and keeps every
+            // row otherwise, as vlmsh's `default` select does (a tower without one keeps every row).
+            let classToken = tower.classEmbedding != nil
+            guard !(classToken && config.visionFeatureSelectStrategy == .full) else {
+                throw ModelError("\(what), whose graph drops the class token's row; this model keeps every row (`full`)")
             }
             let projector = llava.projector
-            guard projector.kind == .mlp2xGelu, projector.activation == .gelu, projector.linear1.bias != nil, projector.linear2?.bias != nil else {
+            guard projector.kind == .mlp2xGelu, [.gelu, .geluPytorchTanh, .geluNew].contains(projector.activation),
+                  projector.linear1.bias != nil, projector.linear2?.bias != nil else {
                 throw ModelError("\(what) with an mlp2x_gelu projector with biases (llama.cpp's `mlp`); this model's is \(projector.kind.rawValue) with \(projector.activation.rawValue)")
             }
             let s = tower.shape
             let useGelu: Bool, useSilu: Bool
             switch s.activation {
             case .quickGelu: (useGelu, useSilu) = (false, false)
-            case .gelu: (useGelu, useSilu) = (true, false)
+            case .gelu, .geluPytorchTanh, .geluNew: (useGelu, useSilu) = (true, false)
             case .silu: (useGelu, useSilu) = (false, true)
-            default: throw ModelError("\(what); llama.cpp's CLIP has no \(s.activation.rawValue) activation (quick_gelu, gelu, silu)")
             }
             // LLaVA's feature layers as hidden-state indices (0 = the embeddings); llama.cpp runs
             // the layers up to the deepest, so only those are stored.
@@ -172,6 +186,7 @@ public enum GGUFExport {
             let deepest = featureLayers.max() ?? 0
             guard deepest >= 1 else { throw ModelError("\(what), which needs at least one encoder layer before the feature layer") }
             layers = deepest
+            exact = !classToken && projector.activation != .gelu && s.activation != .gelu
             let processor = llava.imageProcessor
             guard let mean = processor.imageMean, let std = processor.imageStd, mean.count == 3, std.count == 3 else {
                 throw ModelError("\(what); the image processor has no three-channel image_mean / image_std")

@@ -16,6 +16,17 @@ Outputs (data/export_gguf/):
                         llama_cpp_ids_with_reference_embeddings, embedding differences
   q8_input.f32          float32 [ROWS, 256] encoder input (random rows plus edge cases)
   q8_0.bin / f16.bin    gguf-py's quants.quantize of it
+
+The SigLIP case (siglip.json): a tower llama.cpp computes as vlmsh does. `vlmsh init-llava
+--vision-kind siglip --projector-act gelu_pytorch_tanh` around smollm2 (a 2-layer SigLIP ViT at 96 px
+with 16 px patches, 36 image rows), fine-tuned 6 steps with `finetune --mode vision+lora+projector`
+on siglip_data.json (the three images), then exported (f16, q8_0) and run in llama.cpp as above.
+vlmsh's fine-tune is deterministic, so the test re-creates the model from the recorded arguments.
+  siglip_data.json      the three training rows (images/ relative)
+  siglip.json           init_args, finetune_args; per type and image: prompt_ids, vlmsh_ids (the
+                        fine-tuned model before export), llama_cpp_ids (mtmd's rows decoded),
+                        embeddings_max_abs_diff (mtmd's rows against transformers' SiglipVisionModel +
+                        the tanh-gelu projector on the fine-tuned Float32 weights, vlmsh's numbers)
 Needs the models installed (make model) and a release build.
 """
 import ctypes
@@ -177,12 +188,105 @@ class Reference:
         return self.project(x[0, 1:], tanh=True).numpy()
 
 
+SIGLIP_INIT = ["--text-model", "smollm2", "--vision-kind", "siglip", "--projector-act", "gelu_pytorch_tanh",
+               "--vision-hidden", "64", "--vision-layers", "2", "--vision-heads", "2", "--vision-intermediate", "256",
+               "--image-size", "96", "--patch-size", "16", "--seed", "7"]
+SIGLIP_FINETUNE = ["--mode", "vision+lora+projector", "--lora-r", "2", "--lora-targets", "q_proj,v_proj", "--steps", "6",
+                   "--lr", "1e-3", "--seed", "7"]
+SIGLIP_ANSWERS = {"two.png": "two", "three.png": "three", "four.png": "four"}
+
+
+class SiglipReference:
+    """transformers' SiglipVisionModel (hidden state -1, every row) and the gelu_pytorch_tanh
+    projector on the fine-tuned Float32 weights: what vlmsh computes for the SigLIP LLaVA."""
+
+    def __init__(self, model, adapter):
+        from transformers import SiglipVisionConfig, SiglipVisionModel
+        v = json.loads((model / "config.json").read_text())["vision_config"]
+        self.tower = SiglipVisionModel(SiglipVisionConfig(vision_use_head=False, **{k: v[k] for k in (
+            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
+            "hidden_act", "layer_norm_eps")})).eval()
+        prefix = "vision_tower.vision_model."
+        w = {k[len(prefix):]: torch.tensor(a) for k, a in load_file(adapter / "vision_tower.safetensors").items()}
+        getattr(self.tower, "vision_model", self.tower).load_state_dict(w, strict=True)
+        self.mm = {k.split("multi_modal_projector.")[1]: torch.tensor(a)
+                   for k, a in load_file(adapter / "multi_modal_projector.safetensors").items()}
+        processor = json.loads((model / "preprocessor_config.json").read_text())
+        self.mean, self.std = np.array(processor["image_mean"]), np.array(processor["image_std"])
+
+    @torch.no_grad()
+    def rows(self, path):
+        x = np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255.0
+        pixels = torch.tensor(((x - self.mean) / self.std).transpose(2, 0, 1)[None], dtype=torch.float32)
+        h = self.tower(pixels, output_hidden_states=True).hidden_states[-1][0]
+        h = torch.nn.functional.gelu(h @ self.mm["linear_1.weight"].T + self.mm["linear_1.bias"], approximate="tanh")
+        return (h @ self.mm["linear_2.weight"].T + self.mm["linear_2.bias"]).numpy()
+
+
+def open_llama(folder):
+    llm = llama_cpp.Llama(str(folder / "text.gguf"), n_ctx=512, n_batch=512, n_threads=2, verbose=False)
+    params = mtmd.mtmd_context_params_default()
+    params.use_gpu = False
+    params.print_timings = False
+    params.n_threads = 2
+    params.warmup = False
+    mctx = mtmd.mtmd_init_from_file(str(folder / "mmproj.gguf").encode(), llm._model.model, params)
+    assert mctx, "mtmd_init_from_file failed on the exported mmproj"
+    return llm, mctx
+
+
+def siglip(out):
+    rows = [{"id": str(i), "image": "images/" + name, "conversations": [
+        {"from": "human", "value": "<image>\nHow many shapes are there?"},
+        {"from": "gpt", "value": f"There are {SIGLIP_ANSWERS[name]} shapes."}]} for i, name in enumerate(IMAGES)]
+    (out / "siglip_data.json").write_text(json.dumps(rows, indent=1) + "\n")
+    golden = {"init_args": SIGLIP_INIT, "finetune_args": SIGLIP_FINETUNE, "prompt": PROMPT, "new_tokens": NEW_TOKENS,
+              "images": IMAGES, "types": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        model, adapter = tmp / "model", tmp / "adapter"
+        vlmsh("init-llava", "--out", str(model), *SIGLIP_INIT)
+        vlmsh("finetune", "--model", str(model), "--data", str(out / "siglip_data.json"), "--image-folder", str(out),
+              "--out", str(adapter), *SIGLIP_FINETUNE)
+        reference = SiglipReference(model, adapter)
+        image_id = json.loads((model / "config.json").read_text())["image_token_index"]
+        unexported = {name: json.loads(vlmsh(
+            "generate", "--model", str(model), "--adapter", str(adapter), "--image", str(out / "images" / name),
+            "--prompt", PROMPT, "--max-tokens", str(NEW_TOKENS), "--temperature", "0", "--json")) for name in IMAGES}
+        for qtype in ("f16", "q8_0"):
+            folder = tmp / qtype
+            report = json.loads(vlmsh("export-gguf", "--model", str(model), "--adapter", str(adapter), "--type", qtype,
+                                      "--out", str(folder), "--json"))
+            llm, mctx = open_llama(folder)
+            cases = []
+            for name in IMAGES:
+                path = out / "images" / name
+                rows = encode_image(mctx, llm.n_embd(), path)
+                ref = reference.rows(path)
+                prompt_ids = unexported[name]["prompt_ids"]
+                cases.append({
+                    "image": name, "prompt_ids": prompt_ids, "vlmsh_ids": unexported[name]["ids"],
+                    "llama_cpp_image_rows": int(rows.shape[0]),
+                    "llama_cpp_ids": greedy(llm, prompt_ids, image_id, rows),
+                    "embeddings_max_abs_diff": float(np.abs(rows - ref).max()),
+                    "reference_max_abs_value": float(np.abs(ref).max()),
+                })
+                print(f"[export_gguf] siglip {qtype} {name}: {json.dumps({k: v for k, v in cases[-1].items() if k != 'prompt_ids'})}",
+                      flush=True)
+            mtmd.mtmd_free(mctx)
+            del llm
+            golden["types"][qtype] = {"merged_weights": report["merged_weights"], "vision_layers": report["vision_layers"],
+                                      "cases": cases}
+    (out / "siglip.json").write_text(json.dumps(golden, indent=1) + "\n")
+
+
 def generate(out):
     assert BIN.exists(), f"{BIN} missing: swift build -c release first"
     quant = q8_goldens(out)
     (out / "images").mkdir(exist_ok=True)
     for name in IMAGES:
         shutil.copyfile(ROOT / "sessions/data/shapes" / name, out / "images" / name)
+    siglip(out)
     reference = Reference()
     golden = {"model": "vlmsh-demo", "prompt": PROMPT, "new_tokens": NEW_TOKENS, "images": IMAGES, "quant": quant, "types": {}}
     unexported = {}
@@ -195,14 +299,7 @@ def generate(out):
         for qtype in ("f16", "q8_0"):
             folder = pathlib.Path(tmp) / qtype
             vlmsh("export-gguf", "--model", str(DEMO), "--type", qtype, "--out", str(folder))
-            llm = llama_cpp.Llama(str(folder / "text.gguf"), n_ctx=512, n_batch=512, n_threads=2, verbose=False)
-            params = mtmd.mtmd_context_params_default()
-            params.use_gpu = False
-            params.print_timings = False
-            params.n_threads = 2
-            params.warmup = False
-            mctx = mtmd.mtmd_init_from_file(str(folder / "mmproj.gguf").encode(), llm._model.model, params)
-            assert mctx, "mtmd_init_from_file failed on the exported mmproj"
+            llm, mctx = open_llama(folder)
             cases = []
             for name in IMAGES:
                 path = out / "images" / name

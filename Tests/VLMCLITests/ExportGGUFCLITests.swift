@@ -85,6 +85,86 @@ final class ExportGGUFCLITests: XCTestCase {
         }
     }
 
+    /// A fine-tuned tiny LLaVA with a SigLIP tower and a gelu_pytorch_tanh projector, the model
+    /// llama.cpp's LLaVA graph computes as vlmsh does: re-created from the fixture's arguments
+    /// (init-llava and a 6-step vision+lora+projector fine-tune, both deterministic), exported,
+    /// and checked against what llama.cpp (libmtmd end to end) did with the same export.
+    func testSiglipLlavaExportGivesLlamaCppTheSameTokens() throws {
+        let root = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: Self.folder.appendingPathComponent("siglip.json"))) as? [String: Any])
+        let prompt = try XCTUnwrap(root["prompt"] as? String)
+        let types = try XCTUnwrap(root["types"] as? [String: [String: Any]])
+        let model = home + "/siglip-llava", adapter = home + "/siglip-adapter"
+        let made = try vlmsh(["init-llava", "--out", model] + XCTUnwrap(root["init_args"] as? [String]))
+        XCTAssertEqual(made.status, 0, made.stderr)
+        XCTAssertTrue(made.stdout.contains("SigLIP tower"), made.stdout)
+        let tuned = try vlmsh(["finetune", "--model", model, "--data", Self.folder.appendingPathComponent("siglip_data.json").path,
+                               "--image-folder", Self.folder.path, "--out", adapter] + XCTUnwrap(root["finetune_args"] as? [String]))
+        XCTAssertEqual(tuned.status, 0, tuned.stderr)
+
+        var unexported: [String: [Int]] = [:]
+        for type in ["f16", "q8_0"] {
+            let out = home + "/siglip-\(type)"
+            let report = try json(try vlmsh(["export-gguf", "--model", model, "--adapter", adapter, "--type", type, "--out", out, "--json"]))
+            XCTAssertEqual(report["llama_cpp_exact"] as? Bool, true)
+            XCTAssertEqual(report["merged_weights"] as? Int, 60, "the LoRA on q_proj and v_proj of SmolLM2's 30 layers")
+            XCTAssertEqual(report["vision_layers"] as? Int, 2)
+            try checkSiglipMMProj(GGUFFile(path: out + "/mmproj.gguf"), type: type)
+            for c in try XCTUnwrap(types[type]?["cases"] as? [[String: Any]]) {
+                let image = try XCTUnwrap(c["image"] as? String)
+                if unexported[image] == nil {
+                    let (promptIDs, ids) = try greedy(model, image: image, prompt: prompt, extra: ["--adapter", adapter])
+                    XCTAssertEqual(promptIDs, c["prompt_ids"] as? [Int], image)
+                    XCTAssertEqual(ids, c["vlmsh_ids"] as? [Int], "\(image): the re-created fine-tune no longer gives the fixture's tokens")
+                    unexported[image] = ids
+                }
+                let ids = try XCTUnwrap(unexported[image])
+                // llama.cpp end to end (its SigLIP graph and tanh-gelu projector on the exported
+                // mmproj, its decoder on the exported text.gguf): vlmsh's 12 tokens. q8_0 rounds the
+                // fused weights and llama.cpp's kernels the activations to 8 bits, which tips the
+                // 12th token of four.png.
+                let agreeing = type == "q8_0" && image == "four.png" ? 11 : 12
+                let llama = try XCTUnwrap(c["llama_cpp_ids"] as? [Int])
+                XCTAssertEqual(Array(ids.prefix(agreeing)), Array(llama.prefix(agreeing)), "\(type) \(image): llama.cpp end to end")
+                XCTAssertEqual(c["llama_cpp_image_rows"] as? Int, 36, "every patch, no class token")
+                XCTAssertLessThan(try XCTUnwrap(c["embeddings_max_abs_diff"] as? Double), type == "f16" ? 1e-3 : 1e-2)
+                if type == "f16" {
+                    // vlmsh reads the exported pair back (a tower without v.class_embd: SigLIP's).
+                    XCTAssertEqual(try greedy(out, image: image, prompt: prompt).ids, ids, "\(image): the exported pair read back by vlmsh")
+                }
+            }
+        }
+        // A CLIP tower exports too, with one line saying what llama.cpp computes differently.
+        let clip = try vlmsh(["export-gguf", "--model", "vlmsh-demo", "--out", home + "/clip"])
+        XCTAssertEqual(clip.status, 0, clip.stderr)
+        XCTAssertTrue(clip.stdout.contains("note: llama.cpp's LLaVA graph puts a CLIP tower's class token after the patches"), clip.stdout)
+        // The projector takes gelu or gelu_pytorch_tanh only.
+        let bad = try vlmsh(["init-llava", "--out", home + "/bad", "--projector-act", "silu"])
+        XCTAssertEqual(bad.status, 1, bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("--projector-act silu"), bad.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: home + "/bad"))
+    }
+
+    /// The SigLIP mmproj: llama.cpp's plain ViT (no class embedding, no pre-norm, a patch bias, one
+    /// position per patch), its tanh gelu, SigLIP's normalization.
+    func checkSiglipMMProj(_ g: GGUFFile, type: String) throws {
+        let m = g.metadata
+        XCTAssertEqual(m["clip.projector_type"], .string("mlp"))
+        XCTAssertEqual(m["clip.vision.image_size"], .uint32(96))
+        XCTAssertEqual(m["clip.vision.patch_size"], .uint32(16))
+        XCTAssertEqual(m["clip.vision.block_count"], .uint32(2))
+        XCTAssertEqual(m["clip.vision.feature_layer"], .array([.int32(2)]))
+        XCTAssertEqual(m["clip.use_gelu"], .bool(true), "SigLIP's gelu_pytorch_tanh is ggml's gelu")
+        XCTAssertEqual(m["clip.vision.attention.layer_norm_epsilon"], .float32(1e-6))
+        XCTAssertEqual(m["clip.vision.image_mean"]?.array?.compactMap(\.double), [0.5, 0.5, 0.5])
+        XCTAssertEqual(m["clip.vision.image_std"]?.array?.compactMap(\.double), [0.5, 0.5, 0.5])
+        let names = Set(g.tensorInfos.map(\.name))
+        XCTAssertEqual(g.tensorInfos.count, 3 + 2 * 16 + 4)
+        for name in ["v.class_embd", "v.pre_ln.weight", "v.post_ln.weight"] { XCTAssertFalse(names.contains(name), name) }
+        XCTAssertEqual(g.tensorInfo("v.patch_embd.bias")?.type, .f32)
+        XCTAssertEqual(g.tensorInfo("v.position_embd.weight")?.dims, [64, 36])
+        XCTAssertEqual(g.tensorInfo("mm.2.weight")?.type, type == "f16" ? .f16 : .q8_0)
+    }
+
     /// The text GGUF: SmolLM2's metadata in order, every tensor as stored except the fused ones.
     func checkText(_ g: GGUFFile, base: GGUFFile, type: String) throws {
         XCTAssertEqual(g.metadataKeys, base.metadataKeys)
