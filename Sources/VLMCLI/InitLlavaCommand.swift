@@ -14,7 +14,8 @@ struct InitLlavaCommand: AsyncParsableCommand {
             Writes OUT/config.json (model_type llava; text_model names the language model, which \
             supplies the decoder, tokenizer and chat template), OUT/preprocessor_config.json and \
             OUT/model.safetensors with a CLIP (or, --vision-kind siglip, SigLIP) ViT and an \
-            mlp2x_gelu projector initialized as transformers initializes them. Nothing can see yet: \
+            mlp2x_gelu projector initialized as transformers initializes CLIP's (SigLIP's parts take \
+            the same draws). Nothing can see yet: \
             train the tower and projector with `vlmsh finetune --mode vision+projector`. A SigLIP \
             tower with --projector-act gelu_pytorch_tanh is what llama.cpp's LLaVA graph computes \
             exactly after `vlmsh export-gguf`.
