@@ -28,7 +28,10 @@ extension OptimizerKind: ExpressibleByArgument {
 
 extension GGUFExportType: ExpressibleByArgument {}
 extension LlavaInitVisionKind: ExpressibleByArgument {}
-extension Activation: ExpressibleByArgument {}
+extension Activation: ExpressibleByArgument {
+    /// The command line takes an activation only as init-llava's --projector-act.
+    public static var allValueStrings: [String] { [Activation.gelu, .geluPytorchTanh].map(\.rawValue) }
+}
 
 extension MergeDType: ExpressibleByArgument {
     /// F16 and f16 alike, as dtypes are written both ways.
