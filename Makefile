@@ -61,7 +61,7 @@ model:
 	@scripts/install-demo.sh
 
 # Regenerates Tests/Fixtures/data with the reference implementations (torch, transformers, PEFT, PIL).
-fixtures: reference-venv model
+fixtures: reference-venv model build
 	$(VLMSH_VENV)/bin/python Tests/Fixtures/generate.py
 
 reference-venv:

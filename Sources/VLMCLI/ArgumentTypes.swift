@@ -2,6 +2,7 @@ import ArgumentParser
 import VLMDemo
 import VLMImage
 import VLMStore
+import VLMTensor
 import VLMTraining
 
 // Options whose values come from a fixed set are parsed into their enums by ArgumentParser, so a
@@ -23,6 +24,13 @@ extension OptimizerKind: ExpressibleByArgument {
         default: self.init(rawValue: argument)
         }
     }
+}
+
+extension GGUFExportType: ExpressibleByArgument {}
+extension LlavaInitVisionKind: ExpressibleByArgument {}
+extension Activation: ExpressibleByArgument {
+    /// The command line takes an activation only as init-llava's --projector-act.
+    public static var allValueStrings: [String] { [Activation.gelu, .geluPytorchTanh].map(\.rawValue) }
 }
 
 extension MergeDType: ExpressibleByArgument {

@@ -1,9 +1,10 @@
 import ArgumentParser
 import Foundation
 import VLMModels
+import VLMTensor
 import VLMTraining
 
-/// `vlmsh init-llava`: a new LLaVA folder (fresh CLIP tower and projector) around an existing
+/// `vlmsh init-llava`: a new LLaVA folder (fresh CLIP or SigLIP tower and projector) around an existing
 /// language model, ready for `vlmsh finetune --mode vision+projector`.
 struct InitLlavaCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,13 +13,20 @@ struct InitLlavaCommand: AsyncParsableCommand {
         discussion: """
             Writes OUT/config.json (model_type llava; text_model names the language model, which \
             supplies the decoder, tokenizer and chat template), OUT/preprocessor_config.json and \
-            OUT/model.safetensors with a CLIP ViT and an mlp2x_gelu projector initialized as \
-            transformers initializes them. Nothing can see yet: train the tower and projector with \
-            `vlmsh finetune --mode vision+projector`.
+            OUT/model.safetensors with a CLIP (or, --vision-kind siglip, SigLIP) ViT and an \
+            mlp2x_gelu projector initialized as transformers initializes CLIP's (SigLIP's parts take \
+            the same draws). Nothing can see yet: \
+            train the tower and projector with `vlmsh finetune --mode vision+projector`. A SigLIP \
+            tower with --projector-act gelu_pytorch_tanh is what llama.cpp's LLaVA graph computes \
+            exactly after `vlmsh export-gguf`.
             """)
 
     @Option(name: .long, help: "The language model: a name in the model store (stored as is) or a path.") var textModel = "smollm2"
     @Option(name: .long, help: "The new folder (must not exist).") var out: String
+    @Option(name: .long, help: "Vision tower family: clip (class token, LLaVA's default feature select) or siglip (no class token, every row kept).")
+    var visionKind: LlavaInitVisionKind = .clip
+    @Option(name: .long, help: "Projector activation (projector_hidden_act): gelu (exact) or gelu_pytorch_tanh (llama.cpp's).")
+    var projectorAct: Activation = .gelu
     @Option(name: .long, help: "Vision tower width.") var visionHidden = 192
     @Option(name: .long, help: "Vision tower layers.") var visionLayers = 4
     @Option(name: .long, help: "Vision tower attention heads.") var visionHeads = 3
@@ -35,10 +43,10 @@ struct InitLlavaCommand: AsyncParsableCommand {
         var o = LlavaInitOptions()
         o.visionHidden = visionHidden; o.visionLayers = visionLayers; o.visionHeads = visionHeads
         o.visionIntermediate = visionIntermediate; o.imageSize = imageSize; o.patchSize = patchSize; o.seed = seed
-        o.projectorStd = projectorStd
+        o.projectorStd = projectorStd; o.visionKind = visionKind; o.projectorAct = projectorAct
         let path = try ModelStore.resolve(textModel)
         let report = try LlavaInit.write(textModel: textModel, textModelPath: path, options: o, to: out)
-        return ("\(report.folder): CLIP tower \(report.visionParameters) parameters, projector \(report.projectorParameters), "
+        return ("\(report.folder): \(visionKind == .siglip ? "SigLIP" : "CLIP") tower \(report.visionParameters) parameters, projector \(report.projectorParameters), "
               + "\(report.imageTokens) image tokens, language model \(textModel)")
     }
 }

@@ -11,7 +11,7 @@ public struct VLMCommand: AsyncParsableCommand {
             ReplayCommand.self, SessionsCommand.self, ShowCommand.self, ExportCommand.self, BenchCommand.self, FinetuneCommand.self,
             PreprocessCommand.self,
             DemoDataCommand.self, InitLlavaCommand.self,
-            EvalCommand.self, MergeCommand.self, ImportRunCommand.self, ExportRunCommand.self,
+            EvalCommand.self, MergeCommand.self, ImportRunCommand.self, ExportRunCommand.self, ExportGGUFCommand.self,
         ],
         defaultSubcommand: ChatCommand.self
     )

@@ -1,12 +1,9 @@
 import Foundation
 import VLMTensor
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Writes `.safetensors` files: 8-byte little-endian header length, JSON header padded with spaces
 /// to a multiple of 8, then the tensors back to back. The file is written next to the target
-/// and renamed into place, so `path` never holds a partial file.
+/// and renamed into place (`AtomicFileWriter`), so `path` never holds a partial file.
 public enum SafetensorsWriter {
     /// Writes tensors already in memory.
     public static func write(_ tensors: [(name: String, tensor: Tensor, dtype: GGMLType)],
@@ -20,54 +17,31 @@ public enum SafetensorsWriter {
     public static func write(_ entries: [(name: String, shape: [Int], dtype: GGMLType)], metadata: [String: String] = [:],
                              to path: String, tensor: (Int) throws -> Tensor) throws -> Int {
         let header = try self.header(entries, metadata: metadata, path: path)
-        let folder = (path as NSString).deletingLastPathComponent
-        let temp = (folder.isEmpty ? "." : folder) + "/.\((path as NSString).lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
-        guard let file = fopen(temp, "wb") else {
-            throw FormatError(path, "cannot create \(temp): \(String(cString: strerror(errno)))")
+        let out = try AtomicFileWriter(path: path)
+        var length = UInt64(header.count).littleEndian
+        try out.write(&length, count: 8)
+        try out.write(header)
+        var chunk = [UInt16](repeating: 0, count: 1 << 16)
+        for (index, entry) in entries.enumerated() {
+            let t = try tensor(index)
+            guard t.shape == entry.shape else { throw FormatError(path, "'\(entry.name)' came out as \(t.shape), expected \(entry.shape)") }
+            let n = t.count
+            if entry.dtype == .f32 {
+                try out.write(t.data, count: 4 * n)
+                continue
+            }
+            var i = 0
+            while i < n {
+                let m = min(chunk.count, n - i)
+                for j in 0..<m {
+                    let x = t.data[i + j]
+                    chunk[j] = (entry.dtype == .f16 ? Half.floatToF16(x) : Half.floatToBF16(x)).littleEndian
+                }
+                try chunk.withUnsafeBytes { try out.write($0.baseAddress!, count: 2 * m) }
+                i += m
+            }
         }
-        var closed = false
-        do {
-            defer { if !closed { fclose(file) } }
-            func put(_ p: UnsafeRawPointer, _ n: Int) throws {
-                guard n == 0 || fwrite(p, 1, n, file) == n else {
-                    throw FormatError(path, "write failed: \(String(cString: strerror(errno)))")
-                }
-            }
-            var length = UInt64(header.count).littleEndian
-            try put(&length, 8)
-            try header.withUnsafeBytes { try put($0.baseAddress!, $0.count) }
-            var chunk = [UInt16](repeating: 0, count: 1 << 16)
-            for (index, entry) in entries.enumerated() {
-                let t = try tensor(index)
-                guard t.shape == entry.shape else { throw FormatError(path, "'\(entry.name)' came out as \(t.shape), expected \(entry.shape)") }
-                let n = t.count
-                if entry.dtype == .f32 {
-                    try put(t.data, 4 * n)
-                    continue
-                }
-                var i = 0
-                while i < n {
-                    let m = min(chunk.count, n - i)
-                    for j in 0..<m {
-                        let x = t.data[i + j]
-                        chunk[j] = (entry.dtype == .f16 ? Half.floatToF16(x) : Half.floatToBF16(x)).littleEndian
-                    }
-                    try chunk.withUnsafeBytes { try put($0.baseAddress!, 2 * m) }
-                    i += m
-                }
-            }
-            guard fflush(file) == 0, fsync(fileno(file)) == 0 else {
-                throw FormatError(path, "write failed: \(String(cString: strerror(errno)))")
-            }
-            closed = true
-            guard fclose(file) == 0 else { throw FormatError(path, "write failed: \(String(cString: strerror(errno)))") }
-            guard rename(temp, path) == 0 else {
-                throw FormatError(path, "cannot move the written file into place: \(String(cString: strerror(errno)))")
-            }
-        } catch {
-            unlink(temp)
-            throw error
-        }
+        try out.commit()
         return 8 + header.count + entries.reduce(0) { $0 + $1.shape.reduce(1, *) * ($1.dtype == .f32 ? 4 : 2) }
     }
 

@@ -142,6 +142,14 @@ public struct MMProjConfiguration: Sendable, Equatable {
                                 hiddenAct: hiddenAct, layerNormEps: layerNormEpsilon)
     }
 
+    /// A tower without `v.class_embd` (SigLIP's shape: no class token or pre-norm, a patch bias)
+    /// as llama.cpp runs it: its plain ViT over every patch, gelu being ggml's tanh approximation.
+    public var siglipConfiguration: SiglipVisionConfiguration {
+        SiglipVisionConfiguration(hiddenSize: embeddingLength, intermediateSize: feedForwardLength, numHiddenLayers: blockCount,
+                                  numAttentionHeads: headCount, numChannels: 3, imageSize: imageSize, patchSize: patchSize,
+                                  hiddenAct: useGelu ? .geluPytorchTanh : hiddenAct, layerNormEps: layerNormEpsilon)
+    }
+
     /// CLIPImageProcessor as LLaVA-1.5 uses it: shortest edge to the image size (bicubic), center
     /// crop, rescale, normalize with the file's mean and std; LLaVA-1.6's LlavaNextImageProcessor
     /// treats each tile the same way.
@@ -178,6 +186,7 @@ public enum MMProjWeights {
     static let imageNewlineNames = ["model.image_newline", "v.image_newline"]
     static let projector = [("mm.0.", "linear_1."), ("mm.2.", "linear_2.")]
     static let top = [("v.class_embd", "embeddings.class_embedding"), ("v.patch_embd.weight", "embeddings.patch_embedding.weight"),
+                      ("v.patch_embd.bias", "embeddings.patch_embedding.bias"),
                       ("v.position_embd.weight", "embeddings.position_embedding.weight"),
                       ("v.pre_ln.weight", "pre_layrnorm.weight"), ("v.pre_ln.bias", "pre_layrnorm.bias"),
                       ("v.post_ln.weight", "post_layernorm.weight"), ("v.post_ln.bias", "post_layernorm.bias")]
@@ -249,11 +258,14 @@ extension LlavaModel {
         let legacy = MMProjWeights.legacyFFN(in: gguf, hiddenSize: mm.embeddingLength)
         weights.rename { MMProjWeights.sanitize($0, legacyFFN: legacy) }
         let imageID = text.tokenizer.tokenID("<image>")
+        // Without a class embedding llama.cpp keeps every patch and its projector's gelu is the
+        // tanh approximation: vlmsh computes the same (a file with one is read as LLaVA-1.5's CLIP).
+        let siglip = pinpoints == nil && gguf.info("v.class_embd") == nil
         let config = LlavaConfiguration(
-            visionConfig: .clip(mm.visionConfiguration), textConfig: text.decoder.config,
+            visionConfig: siglip ? .siglip(mm.siglipConfiguration) : .clip(mm.visionConfiguration), textConfig: text.decoder.config,
             imageTokenIndex: imageID ?? -200, visionFeatureLayers: mm.projectorFeatureLayers,
-            visionFeatureSelectStrategy: .default, projectorHiddenAct: .gelu, multimodalProjectorBias: true,
-            textModel: textPath)
+            visionFeatureSelectStrategy: siglip ? .full : .default, projectorHiddenAct: siglip ? .geluPytorchTanh : .gelu,
+            multimodalProjectorBias: true, textModel: textPath)
         let processor = mm.imageProcessor
         try processor.validate(path: mmprojPath)
         let vision: VisionTower, projector: MultiModalProjector

@@ -5,12 +5,26 @@ import VLMModels
 import VLMTensor
 
 // `vlmsh init-llava`: a new LLaVA folder around a language model the user already has — a CLIP
-// ViT vision tower and an mlp2x_gelu projector with freshly initialized weights, composed with the
+// or SigLIP ViT vision tower and an mlp2x_gelu projector with freshly initialized weights, composed with the
 // language model by reference (`text_model`), so the folder stays a few MB. Training the tower and
 // the projector (`vlmsh finetune --mode vision+projector`) then teaches the language model to see.
 
+/// The ViT family of the new tower.
+public enum LlavaInitVisionKind: String, Sendable, CaseIterable {
+    /// CLIP: a class token, `pre_layrnorm`, quick_gelu; LLaVA's `default` feature select (the
+    /// class token's row dropped).
+    case clip
+    /// SigLIP: no class token, a biased patch conv, no pre-norm, gelu_pytorch_tanh; every row
+    /// kept (`full`). llama.cpp's LLaVA graph computes this tower as transformers does.
+    case siglip
+}
+
 /// The new tower's shape and the folder's image preprocessing.
 public struct LlavaInitOptions: Sendable {
+    public var visionKind = LlavaInitVisionKind.clip
+    /// The projector's `projector_hidden_act`: transformers' LLaVA applies `ACT2FN[...]`, so
+    /// `gelu_pytorch_tanh` is the tanh approximation llama.cpp's projector computes.
+    public var projectorAct = Activation.gelu
     public var visionHidden = 192
     public var visionLayers = 4
     public var visionHeads = 3
@@ -46,16 +60,26 @@ public enum LlavaInit {
             throw TrainingError("--image-size must be a multiple of --patch-size, and the tower sizes positive")
         }
         guard o.projectorStd > 0, o.projectorStd.isFinite else { throw TrainingError("--projector-std must be positive") }
+        guard [.gelu, .geluPytorchTanh].contains(o.projectorAct) else {
+            throw TrainingError("--projector-act \(o.projectorAct.rawValue): the projector takes gelu or gelu_pytorch_tanh")
+        }
         let text = try TextModel(path: textModelPath).decoder.config
-        let vision = CLIPVisionConfiguration(hiddenSize: o.visionHidden, intermediateSize: o.visionIntermediate,
-                                             numHiddenLayers: o.visionLayers, numAttentionHeads: o.visionHeads,
-                                             imageSize: o.imageSize, patchSize: o.patchSize)
+        let clip = CLIPVisionConfiguration(hiddenSize: o.visionHidden, intermediateSize: o.visionIntermediate,
+                                           numHiddenLayers: o.visionLayers, numAttentionHeads: o.visionHeads,
+                                           imageSize: o.imageSize, patchSize: o.patchSize)
+        let siglip = o.visionKind == .siglip
+        let vision: LlavaVisionConfiguration = siglip
+            ? .siglip(SiglipVisionConfiguration(hiddenSize: o.visionHidden, intermediateSize: o.visionIntermediate,
+                                                numHiddenLayers: o.visionLayers, numAttentionHeads: o.visionHeads,
+                                                imageSize: o.imageSize, patchSize: o.patchSize))
+            : .clip(clip)
         // The image token sits just past the text vocabulary (as llava-hf adds `<image>`); the
-        // text model's tokenizer has no such token, so prompts are split at "<image>".
-        let config = LlavaConfiguration(visionConfig: .clip(vision), textConfig: text, imageTokenIndex: text.vocabSize,
-                                        visionFeatureLayers: [-1], visionFeatureSelectStrategy: .default,
-                                        textModel: textModel)
-        let tensors = initialWeights(vision: vision, textHidden: text.hiddenSize, seed: o.seed, projectorStd: o.projectorStd)
+        // text model's tokenizer has no such token, so prompts are split at "<image>". LLaVA's
+        // `default` select drops row 0, which only a class token makes right.
+        let config = LlavaConfiguration(visionConfig: vision, textConfig: text, imageTokenIndex: text.vocabSize,
+                                        visionFeatureLayers: [-1], visionFeatureSelectStrategy: siglip ? .full : .default,
+                                        projectorHiddenAct: o.projectorAct, textModel: textModel)
+        let tensors = initialWeights(vision: clip, textHidden: text.hiddenSize, seed: o.seed, projectorStd: o.projectorStd, siglip: siglip)
 
         let temp = folder + ".tmp"
         try? fm.removeItem(atPath: temp)
@@ -63,7 +87,7 @@ public enum LlavaInit {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         try encoder.encode(config).write(to: URL(fileURLWithPath: temp + "/config.json"))
-        try Data(preprocessorConfig(size: o.imageSize).utf8).write(to: URL(fileURLWithPath: temp + "/preprocessor_config.json"))
+        try Data(preprocessorConfig(size: o.imageSize, siglip: siglip).utf8).write(to: URL(fileURLWithPath: temp + "/preprocessor_config.json"))
         try SafetensorsWriter.write(tensors.map { ($0.0, $0.1, .f32) }, metadata: ["format": "pt"], to: temp + "/model.safetensors")
         guard rename(temp, folder) == 0 else { throw FormatError(folder, "cannot rename \(temp) into place (errno \(errno))") }
         let vp = tensors.filter { $0.0.hasPrefix("vision_tower.") }.reduce(0) { $0 + $1.1.count }
@@ -72,8 +96,11 @@ public enum LlavaInit {
     }
 
     /// transformers' initialization of `CLIPVisionModel` (`CLIPPreTrainedModel._init_weights`,
-    /// factor 1) and of LLaVA's projector (normal, std `projectorStd`, zero biases), from a seeded stream.
-    static func initialWeights(vision c: CLIPVisionConfiguration, textHidden: Int, seed: UInt64, projectorStd: Float = 0.02) -> [(String, Tensor)] {
+    /// factor 1) and of LLaVA's projector (normal, std `projectorStd`, zero biases), from a seeded
+    /// stream. `siglip`: the same draws for SigLIP's parts (no class embedding or pre-norm, one
+    /// position per patch, a zero patch bias); the tower is trained from there.
+    static func initialWeights(vision c: CLIPVisionConfiguration, textHidden: Int, seed: UInt64, projectorStd: Float = 0.02,
+                               siglip: Bool = false) -> [(String, Tensor)] {
         var random = SeededRandom(seed: seed)
         let d = c.hiddenSize, layers = c.numHiddenLayers, grid = c.imageSize / c.patchSize
         func normal(_ shape: [Int], std: Float) -> Tensor {
@@ -89,7 +116,11 @@ public enum LlavaInit {
         func zeros(_ n: Int) -> Tensor { Tensor(shape: [n], zeroed: true) }
         let attentionStd = 1 / Float(d).squareRoot() / Float(2 * layers).squareRoot()
         let p = "vision_tower.vision_model."
-        var out: [(String, Tensor)] = [
+        var out: [(String, Tensor)] = siglip ? [
+            (p + "embeddings.patch_embedding.weight", normal([d, c.numChannels, c.patchSize, c.patchSize], std: 0.02)),
+            (p + "embeddings.patch_embedding.bias", zeros(d)),
+            (p + "embeddings.position_embedding.weight", normal([grid * grid, d], std: 0.02)),
+        ] : [
             (p + "embeddings.class_embedding", normal([d], std: 1 / Float(d).squareRoot())),
             (p + "embeddings.patch_embedding.weight", normal([d, c.numChannels, c.patchSize, c.patchSize], std: 0.02)),
             (p + "embeddings.position_embedding.weight", normal([grid * grid + 1, d], std: 0.02)),
@@ -113,9 +144,27 @@ public enum LlavaInit {
     }
 
     /// A `CLIPImageProcessor` for square `size` inputs (resize and crop are identities on images
-    /// of that size), with CLIP's normalization.
-    static func preprocessorConfig(size: Int) -> String {
-        """
+    /// of that size), with CLIP's normalization; for SigLIP its `SiglipImageProcessor` (resize to
+    /// size × size, bicubic, no crop, mean and std 0.5).
+    static func preprocessorConfig(size: Int, siglip: Bool = false) -> String {
+        if siglip {
+            return """
+            {
+              "do_convert_rgb": true,
+              "do_normalize": true,
+              "do_rescale": true,
+              "do_resize": true,
+              "image_mean": [0.5, 0.5, 0.5],
+              "image_processor_type": "SiglipImageProcessor",
+              "image_std": [0.5, 0.5, 0.5],
+              "resample": 3,
+              "rescale_factor": 0.00392156862745098,
+              "size": {"height": \(size), "width": \(size)}
+            }
+
+            """
+        }
+        return """
         {
           "crop_size": {"height": \(size), "width": \(size)},
           "do_center_crop": true,

@@ -14,7 +14,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 DATA = HERE / "data"
 AREAS = ["quant", "safetensors", "tokenizers", "smollm", "tinyllama", "images", "resize", "vision", "llava", "llava_next", "train",
          "torch_bin", "adam8bit", "import_run", "gguf_pair", "gguf_pair_next",
-         "export_run"]
+         "export_run", "export_gguf"]
 GENERATOR_VERSION = 1
 
 
