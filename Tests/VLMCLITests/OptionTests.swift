@@ -22,7 +22,7 @@ final class OptionTests: XCTestCase {
         XCTAssertTrue(finetune.contains("(values: constant, linear, cosine; default: cosine)"), finetune)
         let demo = try vlmsh(["make-demo-data", "--help"]).stdout.replacingOccurrences(of: "\n", with: " ")
             .replacingOccurrences(of: " +", with: " ", options: .regularExpression)
-        XCTAssertTrue(demo.contains("(values: scattered, tiles, copies; default: scattered)"), demo)
+        XCTAssertTrue(demo.contains("(values: scattered, tiles, copies, free; default: scattered)"), demo)
         XCTAssertTrue(demo.contains("(values: caption, colour, shape, count, where, exists, size)"), demo)
         XCTAssertTrue(try vlmsh(["merge", "--help"]).stdout.contains("(values: f32,"))
         XCTAssertTrue(try vlmsh(["export", "--help"]).stdout.contains("(values: md, jsonl, llava; default: md)"))
@@ -31,7 +31,9 @@ final class OptionTests: XCTestCase {
     func testUnknownValuesAreUsageErrors() throws {
         let out = try scratchDirectory("vlmsh-options") + "/demo"
         try assertUsageError(["make-demo-data", "--out", out, "--train", "1", "--layout", "grid"],
-                             mentions: ["'grid' is invalid for '--layout", "'scattered', 'tiles' or 'copies'"])
+                             mentions: ["'grid' is invalid for '--layout", "'scattered', 'tiles', 'copies' or 'free'"])
+        try assertUsageError(["make-demo-data", "--out", out, "--train", "1", "--two-pictures", "0.3"], mentions: ["--two-pictures needs --multi-turn"])
+        try assertUsageError(["make-demo-data", "--out", out, "--train", "1", "--multi-turn", "--two-pictures", "2"], mentions: ["--two-pictures must be in 0...1"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: out), "nothing is written after a usage error")
         try assertUsageError(["make-demo-data", "--out", out, "--kinds", "colour,smell"], mentions: ["'colour,smell' is invalid for '--kinds"])
         let data = CLITests.fixtures.path + "/train/examples.jsonl"
