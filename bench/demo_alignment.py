@@ -66,6 +66,8 @@ def main():
     pictures = json.loads(pathlib.Path(args.pictures).read_text())[: args.limit]
     folder = pathlib.Path(args.pictures).parent
     tally = {"object tokens": 0, "colour": 0, "shape": 0, "both": 0, "empty tokens": 0, "empty right": 0}
+    # Shape-kind hits by the shape's radius as a share of the picture's side (pictures.json only).
+    by_radius = {"< 0.12": [0, 0], "0.12-0.18": [0, 0], ">= 0.18": [0, 0]}
     with torch.no_grad():
         for p in pictures:
             pixels = processor(images=Image.open(folder / p["image"]).convert("RGB"), return_tensors="pt")["pixel_values"]
@@ -93,10 +95,17 @@ def main():
                 tally["colour"] += colour
                 tally["shape"] += kind
                 tally["both"] += colour and kind
+                if "radius" in shape:
+                    r = shape["radius"] / p["side"]
+                    bucket = by_radius["< 0.12" if r < 0.12 else "0.12-0.18" if r < 0.18 else ">= 0.18"]
+                    bucket[0] += kind
+                    bucket[1] += 1
     n, e = tally["object tokens"], tally["empty tokens"]
     print(f"{args.model} on {len(pictures)} pictures: {n} tokens hold a shape's centre, {e} are empty")
     print(f"  nearest word sum has the shape's colour {tally['colour'] / n:.1%}, its kind {tally['shape'] / n:.1%}, "
           f"both {tally['both'] / n:.1%}; empty cells read as nothing {tally['empty right'] / e:.1%}")
+    if any(total for _, total in by_radius.values()):
+        print("  its kind by radius/side: " + ", ".join(f"{k} {hit / total:.1%} of {total}" for k, (hit, total) in by_radius.items() if total))
 
 
 if __name__ == "__main__":
