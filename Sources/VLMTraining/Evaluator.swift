@@ -129,9 +129,9 @@ public struct EvalResult: Sendable {
 
     /// Metric name/value pairs, as stored one row each in the evals table: loss, perplexity,
     /// token_accuracy, then (when answers were generated) exact_match, exact_match_normalized and
-    /// exact_match/<kind>, exact_match_normalized/<kind>, and the same per exact_match/<kind>/<group>.
-    /// With blank images every name is
-    /// prefixed "blank_images/", so the ablation never mixes with the real scores.
+    /// exact_match/<kind>, exact_match_normalized/<kind>, and the same per <kind>/<group>. With
+    /// blank images every name is prefixed "blank_images/", so the ablation never mixes with the
+    /// real scores.
     public var metrics: [(name: String, value: Double)] {
         var out: [(String, Double)] = [("loss", meanLoss), ("perplexity", perplexity), ("token_accuracy", tokenAccuracy)]
         if let exactMatch, let normalizedMatch {
