@@ -83,6 +83,33 @@ def greedy(llm, prompt_ids, image_id, image_rows, steps):
     return out, last
 
 
+def encode_image(mctx, n_embd, path):
+    """llama.cpp's image rows for the picture at `path`: libmtmd tokenizes its default marker with
+    the bitmap and encodes every image chunk in order (LLaVA-1.6 images come as several), rows
+    concatenated."""
+    img = Image.open(path).convert("RGB")
+    pixels = np.asarray(img, dtype=np.uint8).copy()
+    bitmap = mtmd.mtmd_bitmap_init(img.width, img.height, (ctypes.c_uint8 * pixels.size).from_buffer(pixels))
+    chunks = mtmd.mtmd_input_chunks_init()
+    text = mtmd.mtmd_input_text()
+    text.text = mtmd.mtmd_default_marker()
+    text.text_len = len(text.text)
+    text.add_special = False
+    text.parse_special = True
+    assert mtmd.mtmd_tokenize(mctx, chunks, ctypes.byref(text), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) == 0
+    parts = []
+    for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+        chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+        if mtmd.mtmd_input_chunk_get_type(chunk) != 1:
+            continue
+        rows = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+        assert mtmd.mtmd_encode_chunk(mctx, chunk) == 0
+        parts.append(np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(mctx), shape=(rows * n_embd,)).copy().reshape(rows, n_embd))
+    mtmd.mtmd_input_chunks_free(chunks)
+    mtmd.mtmd_bitmap_free(bitmap)
+    return np.concatenate(parts)
+
+
 def main():
     golden = json.loads((DATA / "golden.json").read_text())
     raw = (DATA / "golden.f32").read_bytes()
@@ -98,30 +125,7 @@ def main():
     report, dumped = [], []
     for case in golden["cases"]:
         folder = golden["images"] if isinstance(golden.get("images"), str) else "images"
-        img = Image.open(DATA / folder / case["image"]).convert("RGB")
-        pixels = np.asarray(img, dtype=np.uint8).copy()
-        buf = (ctypes.c_uint8 * pixels.size).from_buffer(pixels)
-        bitmap = mtmd.mtmd_bitmap_init(img.width, img.height, buf)
-        chunks = mtmd.mtmd_input_chunks_init()
-        marker = mtmd.mtmd_default_marker()
-        text = mtmd.mtmd_input_text()
-        text.text = marker
-        text.text_len = len(marker)
-        text.add_special = False
-        text.parse_special = True
-        bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
-        assert mtmd.mtmd_tokenize(mctx, chunks, ctypes.byref(text), bitmaps, 1) == 0
-        # Every image chunk in order (LLaVA-1.6 images come as several), its rows concatenated.
-        parts = []
-        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-            if mtmd.mtmd_input_chunk_get_type(chunk) != 1:
-                continue
-            rows = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-            assert mtmd.mtmd_encode_chunk(mctx, chunk) == 0
-            parts.append(np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(mctx), shape=(rows * llm.n_embd(),)).copy()
-                         .reshape(rows, llm.n_embd()))
-        embd = np.concatenate(parts)
+        embd = encode_image(mctx, llm.n_embd(), DATA / folder / case["image"])
         n_tokens = embd.shape[0]
         ref = golden_array(raw, case["packed_features"]) if "packed_features" in case else golden_array(raw, case["projector_output"])[0]
         if embd.shape != ref.shape:
@@ -130,8 +134,6 @@ def main():
                                greedy(llm, case["prompt_ids"], image_id, embd, golden["new_tokens"])[0] == case["greedy_ids"],
                            "greedy_match_with_transformers_embeddings":
                                greedy(llm, case["prompt_ids"], image_id, ref, golden["new_tokens"])[0] == case["greedy_ids"]})
-            mtmd.mtmd_input_chunks_free(chunks)
-            mtmd.mtmd_bitmap_free(bitmap)
             continue
         diff = np.abs(embd - ref)
         ours_tokens, _ = greedy(llm, case["prompt_ids"], image_id, embd, golden["new_tokens"])
@@ -146,8 +148,6 @@ def main():
                "decoder_last_logits_max_abs_diff_with_transformers_embeddings": logit_diff}
         report.append(row)
         dumped.append({"image": case["image"], "embd": embd.tolist()})
-        mtmd.mtmd_input_chunks_free(chunks)
-        mtmd.mtmd_bitmap_free(bitmap)
     mtmd.mtmd_free(mctx)
     if "--embeddings" in sys.argv:
         pathlib.Path(sys.argv[sys.argv.index("--embeddings") + 1]).write_text(json.dumps(dumped))

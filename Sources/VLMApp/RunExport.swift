@@ -47,7 +47,7 @@ public enum RunExport {
     /// LLaVA folder transformers loads as `LlavaForConditionalGeneration`) into `out`.
     public static func write(chat: ChatModel, modelPath: String, request: FineTuneRequest, to out: String, launch: Launch,
                              store: Store, console: Console) throws -> Summary {
-        try checkOutputFolder(out)
+        try requireFolderOrAbsent(out)
         guard launch.processes >= 1 && launch.processes <= 4096 else { throw UsageError("--nproc-per-node must be between 1 and 4096") }
         guard request.resume == nil else { throw UsageError("export-run writes a run from its first step: leave out --resume") }
         let settings = request.settings
@@ -158,14 +158,6 @@ public enum RunExport {
         let perProcess = rows / processes
         let micro = perProcess % settings.batchSize == 0 ? settings.batchSize : perProcess
         return (micro, perProcess / micro)
-    }
-
-    /// `out` must be a folder or not exist yet.
-    public static func checkOutputFolder(_ out: String) throws {
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory), !isDirectory.boolValue {
-            throw UsageError("\(out): exists and is not a folder")
-        }
     }
 
     /// train.py loads the model with transformers: a Hugging Face LLaVA folder (`model_type` llava).

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VLMApp
+import VLMFormats
 import VLMGeneration
 import VLMModels
 import VLMStore
@@ -29,7 +30,7 @@ struct ExportRunCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        try RunExport.checkOutputFolder(out)
+        try requireFolderOrAbsent(out)
         let store = try openStore()
         let modelPath: String, request: FineTuneRequest, chat: ChatModel
         if let run {

@@ -165,10 +165,7 @@ public enum DemoDataset {
         guard (0...1).contains(style.jitter) else { throw FormatError(dir, "jitter \(style.jitter) is outside 0...1") }
         let start = DispatchTime.now().uptimeNanoseconds
         let images = (dir as NSString).appendingPathComponent("images")
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: dir, isDirectory: &isDirectory), !isDirectory.boolValue {
-            throw FormatError(dir, "exists and is not a folder")
-        }
+        try requireFolderOrAbsent(dir)
         do {
             try FileManager.default.createDirectory(atPath: images, withIntermediateDirectories: true)
         } catch {

@@ -24,6 +24,15 @@ private func reason(_ error: any Error) -> String {
     return error.localizedDescription
 }
 
+/// Refuses an output folder `path` that exists as something other than a folder (a file, a
+/// FIFO); a folder, or nothing yet, passes. `message` says what went wrong, after the path.
+public func requireFolderOrAbsent(_ path: String, message: String = "exists and is not a folder") throws {
+    var isDirectory: ObjCBool = false
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue {
+        throw FormatError(path, message)
+    }
+}
+
 /// A file streamed to a temporary name beside `path` and renamed into place by `commit()`, so
 /// `path` never holds a partial file; without `commit()` (an error on the way) the temporary file
 /// is removed. For outputs too large to build in memory first (weights files).

@@ -21,7 +21,6 @@ public enum SafetensorsWriter {
         var length = UInt64(header.count).littleEndian
         try out.write(&length, count: 8)
         try out.write(header)
-        var chunk = [UInt16](repeating: 0, count: 1 << 16)
         for (index, entry) in entries.enumerated() {
             let t = try tensor(index)
             guard t.shape == entry.shape else { throw FormatError(path, "'\(entry.name)' came out as \(t.shape), expected \(entry.shape)") }
@@ -30,14 +29,11 @@ public enum SafetensorsWriter {
                 try out.write(t.data, count: 4 * n)
                 continue
             }
+            // Half-precision values in chunks, so a large tensor never needs a whole second copy.
             var i = 0
             while i < n {
-                let m = min(chunk.count, n - i)
-                for j in 0..<m {
-                    let x = t.data[i + j]
-                    chunk[j] = (entry.dtype == .f16 ? Half.floatToF16(x) : Half.floatToBF16(x)).littleEndian
-                }
-                try chunk.withUnsafeBytes { try out.write($0.baseAddress!, count: 2 * m) }
+                let m = min(1 << 16, n - i)
+                try out.write(Quantize.encode(entry.dtype, t.data + i, count: m))
                 i += m
             }
         }

@@ -69,10 +69,7 @@ public enum GGUFExport {
     public static func run(decoder: LlamaModel, textGGUF: String, llava: LlavaModel?, type: GGUFExportType,
                            output: String, name: String) throws -> GGUFExportReport {
         let fm = FileManager.default
-        var isDirectory: ObjCBool = false
-        if fm.fileExists(atPath: output, isDirectory: &isDirectory), !isDirectory.boolValue {
-            throw FormatError(output, "is a file; --out names the folder the GGUF files are written to")
-        }
+        try requireFolderOrAbsent(output, message: "is a file; --out names the folder the GGUF files are written to")
         // Everything is checked before any file is written.
         let mmproj = try llava.map { try MMProjPlan(llava: $0, type: type) }
         let base = try GGUFFile(path: textGGUF)

@@ -29,12 +29,12 @@ vlmsh's fine-tune is deterministic, so the test re-creates the model from the re
                         the tanh-gelu projector on the fine-tuned Float32 weights, vlmsh's numbers)
 Needs the models installed (make model) and a release build.
 """
-import ctypes
 import json
 import os
 import pathlib
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -53,6 +53,14 @@ DEMO = ROOT / "models/vlmsh-demo"
 IMAGES = ["two.png", "three.png", "four.png"]
 PROMPT = "Describe the image."
 NEW_TOKENS = 12
+
+# Driving llama.cpp (decode, greedy tokens, libmtmd image rows) is bench/llama_cpp_mmproj.py's.
+sys.path.insert(0, str(ROOT / "bench"))
+from llama_cpp_mmproj import encode_image, greedy as greedy_steps  # noqa: E402
+
+
+def greedy(llm, prompt_ids, image_id, rows):
+    return greedy_steps(llm, prompt_ids, image_id, rows, NEW_TOKENS)[0]
 
 
 def q8_goldens(out):
@@ -78,67 +86,6 @@ def vlmsh(*args):
     if res.returncode != 0:
         raise SystemExit(f"[export_gguf] vlmsh {' '.join(args)} failed: {res.stderr.strip()}")
     return res.stdout
-
-
-def decode(ctx, n_embd, pos, tokens=None, embd=None, want_logits=True):
-    n = len(tokens) if tokens is not None else embd.shape[0]
-    batch = llama_cpp.llama_batch_init(n, n_embd if embd is not None else 0, 1)
-    try:
-        batch.n_tokens = n
-        for i in range(n):
-            if tokens is not None:
-                batch.token[i] = tokens[i]
-            else:
-                for j in range(n_embd):
-                    batch.embd[i * n_embd + j] = float(embd[i, j])
-            batch.pos[i] = pos + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = 0
-            batch.logits[i] = want_logits and i == n - 1
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-    finally:
-        llama_cpp.llama_batch_free(batch)
-    return pos + n
-
-
-def greedy(llm, prompt_ids, image_id, rows):
-    ctx, n_embd, n_vocab = llm._ctx.ctx, llm.n_embd(), llm.n_vocab()
-    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-    at = prompt_ids.index(image_id)
-    pos = decode(ctx, n_embd, 0, tokens=prompt_ids[:at], want_logits=False)
-    pos = decode(ctx, n_embd, pos, embd=rows, want_logits=False)
-    pos = decode(ctx, n_embd, pos, tokens=prompt_ids[at + 1:])
-    out = []
-    for _ in range(NEW_TOKENS):
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-        token = int(np.argmax(logits))
-        out.append(token)
-        pos = decode(ctx, n_embd, pos, tokens=[token])
-    return out
-
-
-def encode_image(mctx, n_embd, path):
-    img = Image.open(path).convert("RGB")
-    pixels = np.asarray(img, dtype=np.uint8).copy()
-    bitmap = mtmd.mtmd_bitmap_init(img.width, img.height, (ctypes.c_uint8 * pixels.size).from_buffer(pixels))
-    chunks = mtmd.mtmd_input_chunks_init()
-    text = mtmd.mtmd_input_text()
-    text.text = mtmd.mtmd_default_marker()
-    text.text_len = len(text.text)
-    text.add_special = False
-    text.parse_special = True
-    assert mtmd.mtmd_tokenize(mctx, chunks, ctypes.byref(text), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) == 0
-    parts = []
-    for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-        chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-        if mtmd.mtmd_input_chunk_get_type(chunk) != 1:
-            continue
-        rows = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-        assert mtmd.mtmd_encode_chunk(mctx, chunk) == 0
-        parts.append(np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(mctx), shape=(rows * n_embd,)).copy().reshape(rows, n_embd))
-    mtmd.mtmd_input_chunks_free(chunks)
-    mtmd.mtmd_bitmap_free(bitmap)
-    return np.concatenate(parts)
 
 
 class Reference:
