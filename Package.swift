@@ -26,14 +26,16 @@ let package = Package(
         // Where vlmsh keeps its models and store ($VLMSH_HOME): read by every other module.
         .target(name: "VLMHome"),
 
-        // Integer dot products of quantized weights with 8-bit activations (decode), in C for
-        // the vector intrinsics; the instruction set is picked at compile time for this machine.
-        .target(name: "CVLMKernels", cSettings: [.unsafeFlags(["-march=native", "-O3"])]),
+        // Integer dot products of quantized weights with 8-bit activations (decode and prefill),
+        // decode attention and the thread pool, in C for the vector intrinsics; the instruction
+        // set is picked at compile time for this machine. No SSE4a: clang picks its `insertq`
+        // for some shuffles, which is microcoded and slow on the AMD parts that have it.
+        .target(name: "CVLMKernels", cSettings: [.unsafeFlags(["-march=native", "-mno-sse4a", "-O3"])]),
         // Tensor core: buffers, kernels, quantized formats, threading, SeededRandom.
         .target(name: "VLMTensor", dependencies: ["CBLAS", "CVLMKernels"], swiftSettings: fast),
         // Ops with their forward and backward side by side, the tape that records them only when a
         // gradient is wanted, and the layers built on them (Linear over a QuantizedMatrix, LoRA, RoPE).
-        .target(name: "VLMAutodiff", dependencies: ["VLMTensor", "CBLAS"], swiftSettings: fast),
+        .target(name: "VLMAutodiff", dependencies: ["VLMTensor", "CBLAS", "CVLMKernels"], swiftSettings: fast),
         // File formats: GGUF, safetensors.
         .target(name: "VLMFormats", dependencies: ["VLMTensor"], swiftSettings: fast),
         // Tokenizers and chat templates.

@@ -386,55 +386,103 @@ void vlm_quantize_q8_256(const float *x, vlm_q8_256 *out, int n) {
 }
 
 /* MARK: Dot kernels, vector. Quants go in as unsigned bytes; signed formats subtract their
-   offset through the activation block's sum (one scalar multiply-add per block). */
+   offset through the activation block's sum (one scalar multiply-add per block).
 
-static float dot_q4_0(int n, const uint8_t *w, const vlm_q8_32 *a) {
-    __m256 acc = _mm256_setzero_ps();
-    float offset = 0.0f;
-    for (int b = 0; b < n / 32; b++, w += 18, a++) {
+   Each kernel dots one weight row with T activation rows (consecutive, n / block elements
+   apart): T = 1 at decode, T = TILE_TOKENS for prefill's matrix products, where a weight block
+   is unpacked once for all T. Always inlined with a constant T, so the token loops unroll and
+   the accumulators stay in registers. */
+
+#define TILE_TOKENS 4
+#define KERNEL static inline __attribute__((always_inline)) void
+
+KERNEL dot_q4_0_tokens(int n, const uint8_t *w, const vlm_q8_32 *a, int T, float *out) {
+    const int nb = n / 32;
+    __m256 acc[TILE_TOKENS];
+    float offset[TILE_TOKENS];
+    for (int t = 0; t < T; t++) { acc[t] = _mm256_setzero_ps(); offset[t] = 0.0f; }
+    for (int b = 0; b < nb; b++, w += 18) {
         float dw = f16(w);
-        __m256 p = _mm256_cvtepi32_ps(bytes_dot(nibbles_32(w + 2), load_256(a->qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), p, acc);
-        offset += dw * a->s;
+        __m256i q = nibbles_32(w + 2);
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_32 *y = a + (size_t)t * nb + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y->d), _mm256_cvtepi32_ps(bytes_dot(q, load_256(y->qs))), acc[t]);
+            offset[t] += dw * y->s;
+        }
     }
-    return hsum_ps(acc) - 8.0f * offset;
+    for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]) - 8.0f * offset[t];
 }
 
-static float dot_q4_1(int n, const uint8_t *w, const vlm_q8_32 *a) {
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
-    for (int b = 0; b < n / 32; b++, w += 20, a++) {
-        __m256 p = _mm256_cvtepi32_ps(bytes_dot(nibbles_32(w + 4), load_256(a->qs)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), p, acc);
-        mins += f16(w + 2) * a->s;
+KERNEL dot_q4_1_tokens(int n, const uint8_t *w, const vlm_q8_32 *a, int T, float *out) {
+    const int nb = n / 32;
+    __m256 acc[TILE_TOKENS];
+    float mins[TILE_TOKENS];
+    for (int t = 0; t < T; t++) { acc[t] = _mm256_setzero_ps(); mins[t] = 0.0f; }
+    for (int b = 0; b < nb; b++, w += 20) {
+        float dw = f16(w), mw = f16(w + 2);
+        __m256i q = nibbles_32(w + 4);
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_32 *y = a + (size_t)t * nb + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y->d), _mm256_cvtepi32_ps(bytes_dot(q, load_256(y->qs))), acc[t]);
+            mins[t] += mw * y->s;
+        }
     }
-    return hsum_ps(acc) + mins;
+    for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]) + mins[t];
 }
 
-static float dot_q5_0(int n, const uint8_t *w, const vlm_q8_32 *a) {
-    __m256 acc = _mm256_setzero_ps();
-    float offset = 0.0f;
-    for (int b = 0; b < n / 32; b++, w += 22, a++) {
+KERNEL dot_q5_0_tokens(int n, const uint8_t *w, const vlm_q8_32 *a, int T, float *out) {
+    const int nb = n / 32;
+    __m256 acc[TILE_TOKENS];
+    float offset[TILE_TOKENS];
+    for (int t = 0; t < T; t++) { acc[t] = _mm256_setzero_ps(); offset[t] = 0.0f; }
+    for (int b = 0; b < nb; b++, w += 22) {
         float dw = f16(w);
         __m256i q = _mm256_or_si256(nibbles_32(w + 6), fifth_bits(load_u32(w + 2)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dw * a->d), _mm256_cvtepi32_ps(bytes_dot(q, load_256(a->qs))), acc);
-        offset += dw * a->s;
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_32 *y = a + (size_t)t * nb + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y->d), _mm256_cvtepi32_ps(bytes_dot(q, load_256(y->qs))), acc[t]);
+            offset[t] += dw * y->s;
+        }
     }
-    return hsum_ps(acc) - 16.0f * offset;
+    for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]) - 16.0f * offset[t];
 }
 
-static float dot_q5_1(int n, const uint8_t *w, const vlm_q8_32 *a) {
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
-    for (int b = 0; b < n / 32; b++, w += 24, a++) {
+KERNEL dot_q5_1_tokens(int n, const uint8_t *w, const vlm_q8_32 *a, int T, float *out) {
+    const int nb = n / 32;
+    __m256 acc[TILE_TOKENS];
+    float mins[TILE_TOKENS];
+    for (int t = 0; t < T; t++) { acc[t] = _mm256_setzero_ps(); mins[t] = 0.0f; }
+    for (int b = 0; b < nb; b++, w += 24) {
+        float dw = f16(w), mw = f16(w + 2);
         __m256i q = _mm256_or_si256(nibbles_32(w + 8), fifth_bits(load_u32(w + 4)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), _mm256_cvtepi32_ps(bytes_dot(q, load_256(a->qs))), acc);
-        mins += f16(w + 2) * a->s;
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_32 *y = a + (size_t)t * nb + b;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y->d), _mm256_cvtepi32_ps(bytes_dot(q, load_256(y->qs))), acc[t]);
+            mins[t] += mw * y->s;
+        }
     }
-    return hsum_ps(acc) + mins;
+    for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]) + mins[t];
 }
 
 /* Q8_0 weights are signed: |w| as the unsigned operand, the activation takes w's sign. */
+KERNEL dot_q8_0_tokens(int n, const uint8_t *w, const vlm_q8_32 *a, int T, float *out) {
+    const int nb = n / 32;
+    __m256 acc[TILE_TOKENS];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, w += 34) {
+        float dw = f16(w);
+        __m256i q = load_256(w + 2), magnitude = _mm256_sign_epi8(q, q);
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_32 *y = a + (size_t)t * nb + b;
+            __m256i p = bytes_dot(magnitude, _mm256_sign_epi8(load_256(y->qs), q));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y->d), _mm256_cvtepi32_ps(p), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]);
+}
+
+/* One token over Q8_0, two blocks per step: a lone accumulator would chain every fmadd (the
+   language-model head of small models is Q8_0 and dominates their decode). */
 static float dot_q8_0(int n, const uint8_t *w, const vlm_q8_32 *a) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int b = 0;
@@ -445,96 +493,137 @@ static float dot_q8_0(int n, const uint8_t *w, const vlm_q8_32 *a) {
         acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a[0].d), _mm256_cvtepi32_ps(p0), acc0);
         acc1 = _mm256_fmadd_ps(_mm256_set1_ps(f16(w + 34) * a[1].d), _mm256_cvtepi32_ps(p1), acc1);
     }
-    if (b < n / 32) {
-        __m256i q = load_256(w + 2);
-        __m256i p = bytes_dot(_mm256_sign_epi8(q, q), _mm256_sign_epi8(load_256(a->qs), q));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), _mm256_cvtepi32_ps(p), acc0);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
+    float rest = 0.0f;
+    if (b < n / 32) dot_q8_0_tokens(32, w, a, 1, &rest);
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + rest;
 }
 
 /* Q4_K: 32 bytes per 64 elements, low nibbles one sub-block, high nibbles the next. */
-static float dot_q4_K(int n, const uint8_t *w, const vlm_q8_256 *a) {
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
-    for (int b = 0; b < n / 256; b++, w += 144, a++) {
-        int sc[8], m[8], minSum = 0;
-        for (int j = 0; j < 8; j++) {
-            scale_min_k4(j, w + 4, &sc[j], &m[j]);
-            minSum += m[j] * (a->sums16[2 * j] + a->sums16[2 * j + 1]);
-        }
-        __m256i isum = _mm256_setzero_si256();
+KERNEL dot_q4_K_tokens(int n, const uint8_t *w, const vlm_q8_256 *a, int T, float *out) {
+    const int nb = n / 256;
+    __m256 acc[TILE_TOKENS];
+    float mins[TILE_TOKENS];
+    for (int t = 0; t < T; t++) { acc[t] = _mm256_setzero_ps(); mins[t] = 0.0f; }
+    for (int b = 0; b < nb; b++, w += 144) {
+        int sc[8], m[8];
+        for (int j = 0; j < 8; j++) scale_min_k4(j, w + 4, &sc[j], &m[j]);
+        float dw = f16(w), mw = f16(w + 2);
+        /* Sub-block j's min against the two 16-sums it covers: Σ_j m_j·(sums16[2j] + sums16[2j+1]). */
+        const __m256i mins16 = _mm256_setr_epi16((short)m[0], (short)m[0], (short)m[1], (short)m[1], (short)m[2], (short)m[2],
+                                                 (short)m[3], (short)m[3], (short)m[4], (short)m[4], (short)m[5], (short)m[5],
+                                                 (short)m[6], (short)m[6], (short)m[7], (short)m[7]);
+        __m256i isum[TILE_TOKENS];
+        for (int t = 0; t < T; t++) isum[t] = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            __m256i q = load_256(w + 16 + 32 * c);
-            isum = _mm256_add_epi32(isum, bytes_dot_scaled(low_nibbles(q), load_256(a->qs + 64 * c), sc[2 * c], sc[2 * c]));
-            isum = _mm256_add_epi32(isum, bytes_dot_scaled(high_nibbles(q), load_256(a->qs + 64 * c + 32), sc[2 * c + 1], sc[2 * c + 1]));
+            __m256i q = load_256(w + 16 + 32 * c), low = low_nibbles(q), high = high_nibbles(q);
+            for (int t = 0; t < T; t++) {
+                const int8_t *y = a[(size_t)t * nb + b].qs + 64 * c;
+                isum[t] = _mm256_add_epi32(isum[t], bytes_dot_scaled(low, load_256(y), sc[2 * c], sc[2 * c]));
+                isum[t] = _mm256_add_epi32(isum[t], bytes_dot_scaled(high, load_256(y + 32), sc[2 * c + 1], sc[2 * c + 1]));
+            }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), _mm256_cvtepi32_ps(isum), acc);
-        mins += f16(w + 2) * a->d * (float)minSum;
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_256 *y = a + (size_t)t * nb + b;
+            int minSum = hsum_epi32(_mm256_madd_epi16(mins16, _mm256_loadu_si256((const __m256i *)y->sums16)));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            mins[t] += mw * y->d * (float)minSum;
+        }
     }
-    return hsum_ps(acc) - mins;
+    for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]) - mins[t];
 }
 
 /* Q5_K: Q4_K plus 32 bytes of fifth bits; 64-element chunk c takes bits 2c and 2c+1. */
-static float dot_q5_K(int n, const uint8_t *w, const vlm_q8_256 *a) {
-    __m256 acc = _mm256_setzero_ps();
-    float mins = 0.0f;
+KERNEL dot_q5_K_tokens(int n, const uint8_t *w, const vlm_q8_256 *a, int T, float *out) {
+    const int nb = n / 256;
     const __m256i one = _mm256_set1_epi8(1);
-    for (int b = 0; b < n / 256; b++, w += 176, a++) {
-        int sc[8], m[8], minSum = 0;
-        for (int j = 0; j < 8; j++) {
-            scale_min_k4(j, w + 4, &sc[j], &m[j]);
-            minSum += m[j] * (a->sums16[2 * j] + a->sums16[2 * j + 1]);
-        }
+    __m256 acc[TILE_TOKENS];
+    float mins[TILE_TOKENS];
+    for (int t = 0; t < T; t++) { acc[t] = _mm256_setzero_ps(); mins[t] = 0.0f; }
+    for (int b = 0; b < nb; b++, w += 176) {
+        int sc[8], m[8];
+        for (int j = 0; j < 8; j++) scale_min_k4(j, w + 4, &sc[j], &m[j]);
+        float dw = f16(w), mw = f16(w + 2);
+        /* Sub-block j's min against the two 16-sums it covers: Σ_j m_j·(sums16[2j] + sums16[2j+1]). */
+        const __m256i mins16 = _mm256_setr_epi16((short)m[0], (short)m[0], (short)m[1], (short)m[1], (short)m[2], (short)m[2],
+                                                 (short)m[3], (short)m[3], (short)m[4], (short)m[4], (short)m[5], (short)m[5],
+                                                 (short)m[6], (short)m[6], (short)m[7], (short)m[7]);
         __m256i high = load_256(w + 16); /* shifted right by 2 per chunk */
-        __m256i isum = _mm256_setzero_si256();
+        __m256i isum[TILE_TOKENS];
+        for (int t = 0; t < T; t++) isum[t] = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
             __m256i q = load_256(w + 48 + 32 * c);
             __m256i bitLow = _mm256_slli_epi16(_mm256_and_si256(high, one), 4);
             __m256i bitHigh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(high, 1), one), 4);
             high = _mm256_srli_epi16(high, 2);
-            isum = _mm256_add_epi32(isum, bytes_dot_scaled(_mm256_or_si256(low_nibbles(q), bitLow),
-                                                           load_256(a->qs + 64 * c), sc[2 * c], sc[2 * c]));
-            isum = _mm256_add_epi32(isum, bytes_dot_scaled(_mm256_or_si256(high_nibbles(q), bitHigh),
-                                                           load_256(a->qs + 64 * c + 32), sc[2 * c + 1], sc[2 * c + 1]));
+            __m256i lowQ = _mm256_or_si256(low_nibbles(q), bitLow), highQ = _mm256_or_si256(high_nibbles(q), bitHigh);
+            for (int t = 0; t < T; t++) {
+                const int8_t *y = a[(size_t)t * nb + b].qs + 64 * c;
+                isum[t] = _mm256_add_epi32(isum[t], bytes_dot_scaled(lowQ, load_256(y), sc[2 * c], sc[2 * c]));
+                isum[t] = _mm256_add_epi32(isum[t], bytes_dot_scaled(highQ, load_256(y + 32), sc[2 * c + 1], sc[2 * c + 1]));
+            }
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(w) * a->d), _mm256_cvtepi32_ps(isum), acc);
-        mins += f16(w + 2) * a->d * (float)minSum;
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_256 *y = a + (size_t)t * nb + b;
+            int minSum = hsum_epi32(_mm256_madd_epi16(mins16, _mm256_loadu_si256((const __m256i *)y->sums16)));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * y->d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            mins[t] += mw * y->d * (float)minSum;
+        }
     }
-    return hsum_ps(acc) - mins;
+    for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]) - mins[t];
 }
 
 /* Q6_K: per 128 elements, 64 low-nibble bytes and 32 bytes of bit pairs; quants go in unbiased
    (0..63) and the bias of 32 comes back as 32·Σ_g sc_g·Σ q_y over the sixteen 16-groups. */
-static float dot_q6_K(int n, const uint8_t *w, const vlm_q8_256 *a) {
-    __m256 acc = _mm256_setzero_ps();
-    float bias = 0.0f;
+KERNEL dot_q6_K_tokens(int n, const uint8_t *w, const vlm_q8_256 *a, int T, float *out) {
+    const int nb = n / 256;
     const __m256i three = _mm256_set1_epi8(3);
-    for (int b = 0; b < n / 256; b++, w += 210, a++) {
+    __m256 acc[TILE_TOKENS];
+    float bias[TILE_TOKENS];
+    for (int t = 0; t < T; t++) { acc[t] = _mm256_setzero_ps(); bias[t] = 0.0f; }
+    for (int b = 0; b < nb; b++, w += 210) {
         const int8_t *scales = (const int8_t *)(w + 192);
-        __m256i isum = _mm256_setzero_si256();
+        __m256i isum[TILE_TOKENS];
+        for (int t = 0; t < T; t++) isum[t] = _mm256_setzero_si256();
         for (int half = 0; half < 2; half++) {
             const uint8_t *ql = w + 64 * half, *qh = w + 128 + 32 * half;
-            const int8_t *sc = scales + 8 * half, *y = a->qs + 128 * half;
+            const int8_t *sc = scales + 8 * half;
             __m256i lowA = load_256(ql), lowB = load_256(ql + 32), h = load_256(qh);
             __m256i q0 = _mm256_or_si256(low_nibbles(lowA), _mm256_slli_epi16(_mm256_and_si256(h, three), 4));
             __m256i q1 = _mm256_or_si256(low_nibbles(lowB), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), three), 4));
             __m256i q2 = _mm256_or_si256(high_nibbles(lowA), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), three), 4));
             __m256i q3 = _mm256_or_si256(high_nibbles(lowB), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), three), 4));
-            isum = _mm256_add_epi32(isum, bytes_dot_scaled(q0, load_256(y), sc[0], sc[1]));
-            isum = _mm256_add_epi32(isum, bytes_dot_scaled(q1, load_256(y + 32), sc[2], sc[3]));
-            isum = _mm256_add_epi32(isum, bytes_dot_scaled(q2, load_256(y + 64), sc[4], sc[5]));
-            isum = _mm256_add_epi32(isum, bytes_dot_scaled(q3, load_256(y + 96), sc[6], sc[7]));
+            for (int t = 0; t < T; t++) {
+                const int8_t *y = a[(size_t)t * nb + b].qs + 128 * half;
+                isum[t] = _mm256_add_epi32(isum[t], bytes_dot_scaled(q0, load_256(y), sc[0], sc[1]));
+                isum[t] = _mm256_add_epi32(isum[t], bytes_dot_scaled(q1, load_256(y + 32), sc[2], sc[3]));
+                isum[t] = _mm256_add_epi32(isum[t], bytes_dot_scaled(q2, load_256(y + 64), sc[4], sc[5]));
+                isum[t] = _mm256_add_epi32(isum[t], bytes_dot_scaled(q3, load_256(y + 96), sc[6], sc[7]));
+            }
         }
+        float dw = f16(w + 208);
         /* Σ_g sc_g · sums16_g: scale g covers elements 16g..16g+15. */
-        __m256i weighted = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scales)),
-                                             _mm256_loadu_si256((const __m256i *)a->sums16));
-        float d = f16(w + 208) * a->d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum), acc);
-        bias += d * (float)hsum_epi32(weighted);
+        __m256i wide = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)scales));
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_256 *y = a + (size_t)t * nb + b;
+            float d = dw * y->d;
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            bias[t] += d * (float)hsum_epi32(_mm256_madd_epi16(wide, _mm256_loadu_si256((const __m256i *)y->sums16)));
+        }
     }
-    return hsum_ps(acc) - 32.0f * bias;
+    for (int t = 0; t < T; t++) out[t] = hsum_ps(acc[t]) - 32.0f * bias[t];
 }
+
+/* The single-token kernels decode uses. */
+#define ONE_TOKEN(name, block) \
+    static float dot_##name(int n, const uint8_t *w, const block *a) { float r; dot_##name##_tokens(n, w, a, 1, &r); return r; }
+ONE_TOKEN(q4_0, vlm_q8_32)
+ONE_TOKEN(q4_1, vlm_q8_32)
+ONE_TOKEN(q5_0, vlm_q8_32)
+ONE_TOKEN(q5_1, vlm_q8_32)
+ONE_TOKEN(q4_K, vlm_q8_256)
+ONE_TOKEN(q5_K, vlm_q8_256)
+ONE_TOKEN(q6_K, vlm_q8_256)
+#undef ONE_TOKEN
 
 float vlm_dot(uint32_t type, int n, const void *row, const void *activations) {
     const uint8_t *w = row;
@@ -582,4 +671,50 @@ void vlm_mat_vec_rows(uint32_t type, int n, const void *data, size_t row_bytes,
         for (int r = row_begin; r < row_end; r++) y[r] = 0.0f;
     }
 #undef ROWS
+}
+
+#if defined(__AVX2__)
+/* Rows × TILE_TOKENS tokens: the weight row's blocks are unpacked once for the tile. */
+static void dot_tile(uint32_t type, int n, const uint8_t *w, const void *a, float *out) {
+    switch (type) {
+    case TYPE_Q4_0: dot_q4_0_tokens(n, w, a, TILE_TOKENS, out); return;
+    case TYPE_Q4_1: dot_q4_1_tokens(n, w, a, TILE_TOKENS, out); return;
+    case TYPE_Q5_0: dot_q5_0_tokens(n, w, a, TILE_TOKENS, out); return;
+    case TYPE_Q5_1: dot_q5_1_tokens(n, w, a, TILE_TOKENS, out); return;
+    case TYPE_Q8_0: dot_q8_0_tokens(n, w, a, TILE_TOKENS, out); return;
+    case TYPE_Q4_K: dot_q4_K_tokens(n, w, a, TILE_TOKENS, out); return;
+    case TYPE_Q5_K: dot_q5_K_tokens(n, w, a, TILE_TOKENS, out); return;
+    case TYPE_Q6_K: dot_q6_K_tokens(n, w, a, TILE_TOKENS, out); return;
+    default: for (int t = 0; t < TILE_TOKENS; t++) out[t] = 0.0f;
+    }
+}
+#endif
+
+size_t vlm_activation_row_bytes(uint32_t type, int n) {
+    int elements = vlm_activation_block_elements(type);
+    if (elements == 0) return 0;
+    return (size_t)(n / elements) * (elements == 256 ? sizeof(vlm_q8_256) : sizeof(vlm_q8_32));
+}
+
+void vlm_mat_mat_rows(uint32_t type, int n, const void *data, size_t row_bytes, int row_begin, int row_end,
+                      const void *activations, int tokens, float *y, size_t ldy) {
+    const uint8_t *rows = data, *act = activations;
+    size_t token_bytes = vlm_activation_row_bytes(type, n);
+    if (token_bytes == 0) return;
+    /* Four tokens at a time over every row of the range: the four activation rows stay in L1
+       while the weight rows (a range callers keep small enough for L2) stream past them. */
+    int t = 0;
+#if defined(__AVX2__)
+    for (; t + TILE_TOKENS <= tokens; t += TILE_TOKENS) {
+        const uint8_t *a = act + (size_t)t * token_bytes;
+        for (int r = row_begin; r < row_end; r++) {
+            float out[TILE_TOKENS];
+            dot_tile(type, n, rows + (size_t)r * row_bytes, a, out);
+            for (int i = 0; i < TILE_TOKENS; i++) y[(size_t)(t + i) * ldy + r] = out[i];
+        }
+    }
+#endif
+    for (; t < tokens; t++)
+        for (int r = row_begin; r < row_end; r++)
+            y[(size_t)t * ldy + r] = vlm_dot(type, n, rows + (size_t)r * row_bytes, act + (size_t)t * token_bytes);
 }

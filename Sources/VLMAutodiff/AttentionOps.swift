@@ -1,4 +1,5 @@
 import CBLAS
+import CVLMKernels
 import VLMTensor
 
 /// Query rows per block of causal attention.
@@ -194,14 +195,13 @@ extension Tape {
         if n == 1 {
             // One query: per-head dot products, heads spread over the cores.
             ScratchPool.shared.withBuffer(count: heads * total) { scores in
-                Parallel.forEach(heads, minChunk: max(1, 4096 / max(total, 1))) { range in
+                Parallel.forEach(heads, minChunk: max(1, 512 / max(total, 1))) { range in
                     for head in range {
                         let kvOffset = (head / group) * hd
                         let s = scores + head * total, qh = pq + head * hd, oh = po + head * hd
-                        for j in 0..<total { s[j] = Kernels.dot(qh, keys + j * kvDim + kvOffset, hd) * scale }
-                        Kernels.softmax(s, total)
-                        oh.initialize(repeating: 0, count: hd)
-                        for j in 0..<total { Kernels.axpy(s[j], values + j * kvDim + kvOffset, oh, hd) }
+                        vlm_attention_scores(qh, keys + kvOffset, kvDim, Int32(total), Int32(hd), scale, s)
+                        Kernels.softmaxVectorized(s, total)
+                        vlm_attention_mix(s, values + kvOffset, kvDim, Int32(total), Int32(hd), oh)
                     }
                 }
             }

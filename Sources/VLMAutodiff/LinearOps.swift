@@ -32,9 +32,14 @@ public enum LinearWeight: @unchecked Sendable {
         }
     }
 
-    /// y `[n, out]` = x `[n, in]` · Wᵀ.
-    func multiplyTransposed(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows n: Int) {
-        if n == 1, case .stored(let m) = self { return m.matVec(x, y) }
+    /// y `[n, out]` = x `[n, in]` · Wᵀ. With int8 activations (QuantizedMatrix.activations),
+    /// inference multiplies a large block-quantized W by 8-bit activations as llama.cpp does;
+    /// training keeps x in Float32, so its gradients are those of the dequantized weights.
+    func multiplyTransposed(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows n: Int, training: Bool) {
+        if case .stored(let m) = self {
+            if n == 1 { return m.matVec(x, y) }
+            if !training && m.prefersIntegerProduct { return m.matMulInteger(x, y, tokens: n) }
+        }
         withFloats { w in matmulTransposed(x, w, y, m: n, n: outFeatures, k: inFeatures) }
     }
 
@@ -97,7 +102,7 @@ extension Tape {
         let y = output(shape: Array(x.shape.dropLast()) + [out],
                        requiresGrad: x.requiresGrad || weight.variable?.requiresGrad == true || bias?.requiresGrad == true
                            || adapter.map { $0.input.requiresGrad || $0.a.requiresGrad || $0.b.requiresGrad } == true)
-        weight.multiplyTransposed(x.data, y.data, rows: n)
+        weight.multiplyTransposed(x.data, y.data, rows: n, training: isRecording)
         if let bias { addRowVector(bias.data, to: y.data, rows: n, width: out) }
         var low: FloatStorage?   // xa·Aᵀ `[n, r]`, kept for backward
         if let (xa, a, b, scale) = adapter {
@@ -179,7 +184,7 @@ package func sgemm(m: Int, n: Int, k: Int, alpha: Float, _ a: UnsafePointer<Floa
     let count = (extent + per - 1) / per
     nonisolated(unsafe) let a = a, b = b, c = c
     withSingleThreadedBLAS {
-        DispatchQueue.concurrentPerform(iterations: count) { i in
+        Parallel.run(count) { i in
             let lo = i * per, size = min(per, extent - lo)
             if splitRows {
                 // Rows lo..<lo+size of op(a) and of c.

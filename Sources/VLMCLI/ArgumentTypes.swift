@@ -14,6 +14,7 @@ extension TrainingObjective: ExpressibleByArgument {}
 extension LearningRateSchedule.Kind: ExpressibleByArgument {}
 extension SceneLayout: ExpressibleByArgument {}
 extension ExportFormat: ExpressibleByArgument {}
+extension ActivationPrecision: ExpressibleByArgument {}
 
 extension OptimizerKind: ExpressibleByArgument {
     /// The HF Trainer's other spellings of the same two optimizers.

@@ -24,7 +24,7 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "An adapter folder to apply: a PEFT LoRA, projector or vision tower weights, or a fine-tune's output (llama.cpp's --lora).")
     var adapter: String?
 
-    @OptionGroup var memory: MemoryOptions
+    @OptionGroup var runtime: RuntimeOptions
 
     /// The model file or folder `--model` names.
     func path() throws -> String { try ModelStore.resolve(model) }
@@ -63,13 +63,22 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
-/// `--max-memory`: what a model, an image or a sequence needs is checked against it before it is
-/// allocated. Set once for the process when the arguments are validated.
-struct MemoryOptions: ParsableArguments {
+/// Options of every command that runs a model. `--max-memory`: what a model, an image or a
+/// sequence needs is checked against it before it is allocated. `--activations`: how inference
+/// multiplies quantized weights. Both are set once for the process when the arguments are validated.
+struct RuntimeOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Memory vlmsh may use, e.g. 8G or 512M (default: $VLMSH_MAX_MEMORY, else this machine's RAM).", valueName: "size"))
     var maxMemory: ByteCount?
 
+    @Option(name: .long, help: ArgumentHelp("How inference multiplies quantized GGUF weights: f32 keeps activations Float32 (transformers' numbers); int8 quantizes them to 8 bits as llama.cpp does (faster, llama.cpp's numbers). Default: $VLMSH_ACTIVATIONS, else f32.", valueName: "f32|int8"))
+    var activations: ActivationPrecision?
+
     func validate() throws {
+        if let activations {
+            QuantizedMatrix.activations = activations
+        } else if let text = ProcessInfo.processInfo.environment["VLMSH_ACTIVATIONS"], ActivationPrecision(rawValue: text) == nil {
+            throw UsageError("VLMSH_ACTIVATIONS=\(text): use f32 or int8")
+        }
         if let maxMemory { return MemoryBudget.limit = maxMemory.bytes }
         // MemoryBudget reads the variable where no command line exists (the library); here a
         // value it cannot read is an error rather than a limit silently not applied.

@@ -8,7 +8,7 @@ struct ChatCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "chat", abstract: "The interactive REPL (the default command).")
     @Option(name: .long, help: "Model to load first (the demo vision-language model; smollm2 for text only).") var model = "vlmsh-demo"
     @Option(name: .long, help: ArgumentHelp("With a LLaVA text GGUF as --model: its mmproj GGUF.", valueName: "mmproj.gguf")) var mmproj: String?
-    @OptionGroup var memory: MemoryOptions
+    @OptionGroup var runtime: RuntimeOptions
 
     func run() async throws { try REPL(model: model, mmproj: mmproj).run() }
 }
@@ -17,7 +17,7 @@ struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "run", abstract: "Run a .vlm notebook script without a terminal.")
     @Argument(help: "The script: REPL commands and messages, \"\"\" blocks, # comments.") var script: String
     @Option(name: .long, help: "Model to use when the script does not /load one.") var model = "smollm2"
-    @OptionGroup var memory: MemoryOptions
+    @OptionGroup var runtime: RuntimeOptions
     @Flag(name: .long, help: "Print one JSON object: the transcript and the stored session ids.") var json = false
 
     func run() async throws {
@@ -45,7 +45,7 @@ struct ReplayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "replay", abstract: "Re-run a stored session; --check compares every reply.")
     @Argument(help: "Session id or name.") var session: String
     @Flag(name: .long, help: "Compare each reply with the recorded one.") var check = false
-    @OptionGroup var memory: MemoryOptions
+    @OptionGroup var runtime: RuntimeOptions
     @Flag(name: .long, help: "Print one JSON object.") var json = false
 
     func run() async throws {

@@ -45,6 +45,17 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
 
 /// A 2-D weight matrix `[rows, cols]` kept in its file encoding (usually memory-mapped).
 /// Row `r` starts at `data + r * rowBytes`; `owner` keeps the mapping alive.
+/// How inference multiplies block-quantized weights by activations.
+/// - f32: activations stay Float32, so the numbers are the dequantized model's (transformers');
+/// - int8: activations are quantized to 8-bit blocks and multiplied in integers, as llama.cpp
+///   does: faster decode and large-model prefill, and llama.cpp's numbers. Small models with
+///   outlier channels can answer differently (SmolLM2-135M's greedy reply to "What is the
+///   capital of France?" becomes llama.cpp's "L'Étoile, la Marseillaise, …" instead of Paris).
+/// Training always keeps Float32 activations.
+public enum ActivationPrecision: String, Sendable, CaseIterable {
+    case f32, int8
+}
+
 public struct QuantizedMatrix: @unchecked Sendable {
     public let type: GGMLType
     public let rows: Int

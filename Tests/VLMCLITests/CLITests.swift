@@ -26,14 +26,16 @@ final class CLITests: XCTestCase {
         try Self.vlmsh(arguments, timeout: timeout)
     }
 
-    /// Runs the built binary; `home` becomes its VLMSH_HOME (a test's private store and models).
-    static func vlmsh(_ arguments: [String], home: String? = nil, timeout: TimeInterval = 120) throws -> Result {
+    /// Runs the built binary; `home` becomes its VLMSH_HOME (a test's private store and models),
+    /// `environment` adds variables.
+    static func vlmsh(_ arguments: [String], home: String? = nil, environment: [String: String] = [:],
+                      timeout: TimeInterval = 120) throws -> Result {
         let process = Process()
         process.executableURL = Self.binary
         process.arguments = arguments
-        if let home {
-            var env = ProcessInfo.processInfo.environment
-            env["VLMSH_HOME"] = home
+        if home != nil || !environment.isEmpty {
+            var env = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+            if let home { env["VLMSH_HOME"] = home }
             process.environment = env
         }
         let out = Pipe(), err = Pipe()
@@ -88,6 +90,22 @@ final class CLITests: XCTestCase {
         XCTAssertEqual((j["ids"] as? [Int])?.last, 2)
         XCTAssertGreaterThan(j["prefill_tokens_per_second"] as? Double ?? 0, 0)
         XCTAssertNotNil(j["decode_tokens_per_second"] as? Double)
+    }
+
+    /// `--activations int8` computes as llama.cpp does, outliers and all: SmolLM2-135M's reply is
+    /// then llama.cpp's (llama-cpp-python 0.3.36, create_chat_completion, temperature 0:
+    /// "L'Étoile, la Marseillaise, la femme, …"), not transformers' "Paris". A bad value is a usage error.
+    func testInt8ActivationsAnswerAsLlamaCpp() throws {
+        _ = try defaultModel()
+        let args = ["generate", "--prompt", "What is the capital of France?", "--temperature", "0", "--max-tokens", "5", "--json"]
+        let int8 = try json(vlmsh(args + ["--activations", "int8"]))
+        XCTAssertTrue((int8["text"] as? String ?? "").hasPrefix("L'Étoile"), "\(int8["text"] ?? "")")
+        let bad = try vlmsh(["generate", "--prompt", "hi", "--activations", "q4"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("'f32' and 'int8'"), bad.stderr)
+        let env = try Self.vlmsh(["generate", "--prompt", "hi"], environment: ["VLMSH_ACTIVATIONS": "fast"])
+        XCTAssertEqual(env.status, 1)
+        XCTAssertTrue(env.stderr.contains("VLMSH_ACTIVATIONS=fast: use f32 or int8"), env.stderr)
     }
 
     func testGenerateFromIdsIsVerbatimAndSeededSamplingRepeats() throws {

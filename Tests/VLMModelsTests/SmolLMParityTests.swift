@@ -72,20 +72,20 @@ final class SmolLMParityTests: XCTestCase {
         }
     }
 
-    /// Decode with 8-bit activations (QuantizedMatrix.integerDecode) against the Float32 decode,
+    /// Decode with 8-bit activations (`--activations int8`) against the Float32 decode,
     /// both fed the Float32 greedy tokens: how far the logits move and how often the argmax
     /// changes. Prints the figures; asserts only that the 8-bit argmax stays in the Float top 5.
     func testInt8DecodeAgainstFloatDecode() throws {
         let m = try model()
-        let saved = QuantizedMatrix.integerDecode
-        defer { QuantizedMatrix.integerDecode = saved }
+        let saved = QuantizedMatrix.activations
+        defer { QuantizedMatrix.activations = saved }
         var worst: Float = 0, steps = 0, sameArgmax = 0
         for c in try cases().cases.prefix(6) {
             let ids = try XCTUnwrap(c["prompt_ids"] as? [Int])
             let greedy = Array(try XCTUnwrap(c["greedy_ids"] as? [Int]).prefix(8))
             var runs: [[[Float]]] = []
-            for integer in [false, true] {
-                QuantizedMatrix.integerDecode = integer
+            for precision in [ActivationPrecision.f32, .int8] {
+                QuantizedMatrix.activations = precision
                 let cache = m.decoder.makeCache(capacity: ids.count + greedy.count)
                 _ = try m.decoder.forward(tokens: ids, cache: cache)
                 runs.append(try greedy.map { Array(try m.decoder.forward(tokens: [$0], cache: cache)) })

@@ -189,3 +189,53 @@ final class IntegerDotTests: XCTestCase {
         }
     }
 }
+
+/// Prefill's integer product (QuantizedMatrix.matMulInteger: four tokens per weight-row pass,
+/// rows in chunks over the threads) equals one reference dot per (row, token).
+final class IntegerMatMulTests: XCTestCase {
+    func testMatMulIntegerMatchesPerPairReference() {
+        for type in IntegerDotTests.types {
+            // 4096 columns: several row chunks per matrix; 3·blockSize: a single chunk.
+            for (rows, cols) in [(100, 4096), (37, 3 * type.blockSize)] {
+                for tokens in [1, 4, 5, 11] {
+                    check(type, rows: rows, cols: cols, tokens: tokens, seed: UInt64(rows * 7919 + tokens) &+ UInt64(type.rawValue))
+                }
+            }
+        }
+    }
+
+    private func check(_ type: GGMLType, rows: Int, cols: Int, tokens: Int, seed: UInt64) {
+        let blocks = QuantTests.randomBlocks(type, elements: rows * cols, seed: seed)
+        var rng = SeededRandom(seed: seed &+ 1)
+        // A few large channels, as real hidden states have, so the blocks' scales differ.
+        let x = (0..<(tokens * cols)).map { i in (rng.nextUnit() * 2 - 1) * (i % 97 == 0 ? 20 : 1) }
+        var y = [Float](repeating: .nan, count: tokens * rows), dense = [Float](repeating: 0, count: rows * cols)
+        let rowBytes = type.byteCount(elements: cols)!, tokenBytes = IntegerDot.activationBytes(type, cols: cols)
+        var activations = [UInt8](repeating: 0, count: tokenBytes)
+        var worst = 0.0
+        blocks.withUnsafeBytes { raw in
+            let m = QuantizedMatrix(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
+            m.matMulInteger(x, &y, tokens: tokens)
+            m.dequantize(into: &dense)
+            for t in 0..<tokens {
+                x.withUnsafeBufferPointer { xs in
+                    activations.withUnsafeMutableBytes {
+                        IntegerDot.quantizeActivations(type, xs.baseAddress! + t * cols, cols: cols, into: $0.baseAddress!, reference: true)
+                    }
+                }
+                for r in 0..<rows {
+                    let expected = activations.withUnsafeBytes {
+                        IntegerDot.dot(type, raw.baseAddress! + r * rowBytes, $0.baseAddress!, cols: cols, reference: true)
+                    }
+                    var magnitude = 0.0
+                    for c in 0..<cols { magnitude += Double(abs(dense[r * cols + c] * x[t * cols + c])) }
+                    let diff = Double(abs(y[t * rows + r] - expected))
+                    worst = max(worst, diff / max(magnitude, 1e-12))
+                    XCTAssertLessThanOrEqual(diff, 1e-5 * magnitude + 1e-6,
+                                             "\(type.name) [\(rows), \(cols)] token \(t) row \(r): \(y[t * rows + r]) vs \(expected)")
+                }
+            }
+        }
+        XCTAssertLessThan(worst, 1e-5, "\(type.name): worst relative difference \(worst)")
+    }
+}

@@ -51,7 +51,29 @@ float vlm_dot_ref(uint32_t ggml_type, int n, const void *row, const void *activa
 void vlm_mat_vec_rows(uint32_t ggml_type, int n, const void *data, size_t row_bytes,
                       int row_begin, int row_end, const void *activations, float *y);
 
+/* Bytes of one token's quantized activations for a row of `n` elements of `ggml_type`. */
+size_t vlm_activation_row_bytes(uint32_t ggml_type, int n);
+
+/* Prefill's product: y[t·ldy + r] = vlm_dot(row r, token t's activations) for r in
+   [row_begin, row_end) and t < tokens; the activations are `tokens` consecutive rows of
+   vlm_activation_row_bytes each. The vector path dots each weight row with four tokens at
+   once (tests hold it to vlm_dot_ref per pair). */
+void vlm_mat_mat_rows(uint32_t ggml_type, int n, const void *data, size_t row_bytes, int row_begin, int row_end,
+                      const void *activations, int tokens, float *y, size_t ldy);
+
 /* Which vector path this build uses: "avx512vnni", "avxvnni", "avx2" or "scalar". */
 const char *vlm_dot_instruction_set(void);
+
+/* Decode attention of one query head (attention.c). scores[j] = scale · q·k_j for the `total`
+   cached keys k_j = keys + j·stride (`hd` floats each); out = Σ_j p[j] · v_j likewise. */
+void vlm_attention_scores(const float *q, const float *keys, size_t stride, int total, int hd,
+                          float scale, float *scores);
+void vlm_attention_mix(const float *p, const float *values, size_t stride, int total, int hd, float *out);
+
+/* Fork-join over a persistent pool of threads (thread_pool.c): calls fn(context, c) once for
+   every c in [0, chunks), spread over up to `threads` threads (the caller is one of them), and
+   returns when all are done. Nested or concurrent calls run their chunks on the caller. */
+typedef void (*vlm_chunk_fn)(void *context, int chunk);
+void vlm_parallel_run(int chunks, int threads, vlm_chunk_fn fn, void *context);
 
 #endif

@@ -20,18 +20,23 @@ extension QuantizedMatrix {
     }
 
     /// y[r] = dot(row r, x) for every row; x has `cols` floats, y has `rows`. Threaded over rows.
-    /// With `integerDecode` on, block-quantized types go through `IntegerDot` (x quantized to
+    /// With `activations` int8, block-quantized types go through `IntegerDot` (x quantized to
     /// 8 bits once, as llama.cpp decodes); otherwise, and for F32/F16/BF16 and the types without
     /// an integer kernel, x stays Float32.
     public func matVec(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
-        if Self.integerDecode && IntegerDot.supports(type) { matVecInteger(x, y) } else { matVecFloat(x, y) }
+        if Self.activations == .int8 && IntegerDot.supports(type) { matVecInteger(x, y) } else { matVecFloat(x, y) }
     }
 
-    /// Whether `matVec` quantizes x to 8 bits for block-quantized weights (`VLMSH_INT8_DECODE=1`).
-    /// Off by default: the 8-bit activations move decode logits by tenths on SmolLM2 (its hidden
-    /// states have outlier channels that coarsen their 32-element blocks), enough to change
-    /// greedy replies and break parity with transformers and with the Float32 prefill.
-    nonisolated(unsafe) public static var integerDecode: Bool = ProcessInfo.processInfo.environment["VLMSH_INT8_DECODE"] == "1"
+    /// How inference multiplies block-quantized weights (`--activations`, `VLMSH_ACTIVATIONS`).
+    nonisolated(unsafe) public static var activations: ActivationPrecision =
+        ActivationPrecision(rawValue: ProcessInfo.processInfo.environment["VLMSH_ACTIVATIONS"] ?? "") ?? .f32
+
+    /// Whether inference multiplies several tokens by this matrix through `matMulInteger`: with
+    /// int8 activations, for a type with an integer kernel, and a matrix of at least 4 M weights
+    /// (smaller ones, a 135M model's, go faster through sgemm on their dequantized rows).
+    public var prefersIntegerProduct: Bool {
+        Self.activations == .int8 && IntegerDot.supports(type) && rows * cols >= 4_000_000
+    }
 
     /// matVec with 8-bit activations: one quantization of x into this thread's scratch, then
     /// every thread's share of rows in one call into the C kernels. Types without an integer
@@ -44,6 +49,28 @@ extension QuantizedMatrix {
         let blocks = UnsafeRawPointer(activations)
         Parallel.forEach(rows, minChunk: minRowsPerChunk) { range in
             vlm_mat_vec_rows(type.rawValue, Int32(cols), data, rowBytes, Int32(range.lowerBound), Int32(range.upperBound), blocks, y)
+        }
+    }
+
+    /// y `[tokens, rows]` = x `[tokens, cols]` · Wᵀ with every row of x quantized to 8 bits, as
+    /// llama.cpp's prefill multiplies block-quantized weights: integer dot products, each weight
+    /// row unpacked once per four tokens (vlm_mat_mat_rows), no Float32 copy of W. Types without
+    /// an integer kernel are not accepted (check `IntegerDot.supports`).
+    public func matMulInteger(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, tokens: Int) {
+        precondition(IntegerDot.supports(type), "matMulInteger: \(type.name) has no integer kernel")
+        let rowBytes = self.rowBytes, cols = self.cols, type = self.type, data = self.data, rows = self.rows
+        let tokenBytes = IntegerDot.activationBytes(type, cols: cols)
+        let activations = ActivationScratch.buffer(bytes: tokens * tokenBytes)
+        Parallel.forEach(tokens, minChunk: 4) { range in
+            for t in range { IntegerDot.quantizeActivations(type, x + t * cols, cols: cols, into: activations + t * tokenBytes) }
+        }
+        let blocks = UnsafeRawPointer(activations)
+        // Chunks of rows taken in turn by the threads (a slower thread takes fewer), each about
+        // 96 KB so it stays in L2 while every token's activations pass over it.
+        let chunkRows = max(4, 96 * 1024 / max(rowBytes, 1)), chunks = (rows + chunkRows - 1) / chunkRows
+        Parallel.run(chunks) { c in
+            let lo = c * chunkRows, hi = min(rows, lo + chunkRows)
+            vlm_mat_mat_rows(type.rawValue, Int32(cols), data, rowBytes, Int32(lo), Int32(hi), blocks, Int32(tokens), y, rows)
         }
     }
 
