@@ -27,9 +27,11 @@ bench: deps model build reference-venv
 
 # Real sizes: random-weight GGUFs at SmolLM2-1.7B's and LLaVA-1.5-7B's shapes, made once into
 # $(VLMSH_HOME)/bench (minutes each, 14 GB of disk while a 7B is converted), then LoRA s/step
-# and peak RSS at seq 512 with gradient checkpointing, and prefill/decode beside llama.cpp.
+# and peak RSS at seq 512 with gradient checkpointing (Q4_K_M), and prefill/decode and time to the
+# first token beside llama.cpp (Q4_K_M and Q4_0).
 bench-large: deps model build reference-venv
 	$(VLMSH_VENV)/bin/python bench/large.py --vlmsh $(BIN) --inference
+	$(VLMSH_VENV)/bin/python bench/large.py --vlmsh $(BIN) --inference-only --type q4_0
 
 build:
 	swift build -c release --product vlmsh

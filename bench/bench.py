@@ -89,12 +89,18 @@ class LlamaCpp:
         self.np = np
         self.lib_version = llama_cpp.__version__
         self.llm = llama_cpp.Llama(model_path=a.model, n_threads=a.threads, n_threads_batch=a.threads,
-                                   n_ctx=max(512, len(ids) + a.decode), n_batch=512, verbose=False)
+                                   n_ctx=512 if len(ids) + a.decode <= 512 else 1024, n_batch=512, verbose=False)
         self.ids, self.decode = ids, a.decode
         self._pass(ids[:16], 4)  # warm-up: first calls allocate buffers
 
     def version(self):
         return self.lib_version
+
+    def _last_logits(self):
+        # llama.cpp's own buffer: Llama.scores keeps only n_batch rows when logits_all is off.
+        import llama_cpp
+        ptr = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return self.np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),))
 
     def _pass(self, ids, steps):
         llm = self.llm
@@ -103,7 +109,7 @@ class LlamaCpp:
         llm.eval(ids)
         t1 = time.perf_counter()
         for _ in range(steps):
-            nxt = int(self.np.argmax(llm.scores[llm.n_tokens - 1]))
+            nxt = int(self.np.argmax(self._last_logits()))
             llm.eval([nxt])
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1
@@ -299,15 +305,15 @@ def main(argv=None):
         return 0
     print(f"{result['model']}: prefill {a.prefill} tokens, decode {a.decode} tokens, "
           f"{a.threads} threads, median of {a.rounds} rounds")
-    print(f"{'backend':24} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    print(f"{'backend':30} {'prefill tok/s':>14} {'decode tok/s':>13}")
     for b, row in result["backends"].items():
         if "prefill_tokens_per_second" in row:
-            print(f"{row['label']:24} {row['prefill_tokens_per_second']:14.1f} {row['decode_tokens_per_second']:13.1f}")
+            print(f"{row['label']:30} {row['prefill_tokens_per_second']:14.1f} {row['decode_tokens_per_second']:13.1f}")
         else:
-            print(f"{row['label']:24} {'unavailable: ' + row.get('error', 'no rounds')}")
+            print(f"{row['label']:30} {'unavailable: ' + row.get('error', 'no rounds')}")
     for name, r in ratios.items():
         label = "ratio " + name.replace("llamacpp", "llama.cpp").replace("torch", "transformers").replace("-int8", " int8")
-        print(f"{label:24} {r['prefill']:13.2f}x {r['decode']:12.2f}x")
+        print(f"{label:30} {r['prefill']:13.2f}x {r['decode']:12.2f}x")
     return 0
 
 

@@ -14,7 +14,7 @@ the first token of a 16-token prompt, as a person meets it: the wall time of a w
 `vlmsh generate --ids … --max-tokens 1` process with the file already in the page cache
 (mapping the GGUF, building the model, the prefill and the first token).
 
-    python bench/large.py [--shape smollm2-1.7b,llava-1.5-7b] [--type q4_k_m] [--inference] [--json]
+    python bench/large.py [--shape smollm2-1.7b,llava-1.5-7b] [--type q4_k_m] [--inference | --inference-only] [--json]
 """
 import argparse
 import json
@@ -31,13 +31,18 @@ def log(*x):
 
 
 def last_json(text):
-    for line in reversed(text.splitlines()):
-        if line.strip().startswith("{"):
-            return json.loads(line)
+    """The JSON object a tool printed: the whole output, else its last line that parses as one."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return None
+        pass
+    for line in reversed(text.splitlines()):
+        if line.strip().startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
 
 
 def train(a, model, checkpointing):
@@ -102,6 +107,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="threads (default: 2)")
     ap.add_argument("--no-checkpointing", action="store_true", help="also train without gradient checkpointing")
     ap.add_argument("--inference", action="store_true", help="also prefill/decode beside llama.cpp and time to first token")
+    ap.add_argument("--inference-only", action="store_true", help="--inference without the training step")
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON")
     a = ap.parse_args(argv)
     if not os.path.exists(a.vlmsh):
@@ -111,12 +117,12 @@ def main(argv=None):
     for shape in [s for s in a.shape.split(",") if s]:
         for kind, model in zip(kinds, shapes.ensure(shape, kinds)):
             row = {"shape": shape, "type": kind, "model": model, "file_bytes": os.path.getsize(model)}
-            for checkpointing in [True] + ([False] if a.no_checkpointing else []):
+            for checkpointing in [] if a.inference_only else [True] + ([False] if a.no_checkpointing else []):
                 key = "train_checkpointing" if checkpointing else "train"
                 log(f"[large] {shape} {kind}: LoRA training, seq {a.seq}{', gradient checkpointing' if checkpointing else ''}")
                 row[key] = train(a, model, checkpointing)
                 log(f"[large]   {row[key]}")
-            if a.inference:
+            if a.inference or a.inference_only:
                 log(f"[large] {shape} {kind}: prefill/decode beside llama.cpp")
                 row["inference"] = inference(a, model, 512, 32, 1)
                 row["first_token_16"] = {b: first_token_seconds(a, model, act) for b, act in [("vlmsh", "f32"), ("vlmsh-int8", "int8")]}

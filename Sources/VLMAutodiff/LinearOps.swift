@@ -33,12 +33,13 @@ public enum LinearWeight: @unchecked Sendable {
     }
 
     /// y `[n, out]` = x `[n, in]` · Wᵀ. With int8 activations (QuantizedMatrix.activations),
-    /// inference multiplies a large block-quantized W by 8-bit activations as llama.cpp does;
+    /// inference multiplies by 8-bit activations as llama.cpp does (a large W and a short prompt,
+    /// see `prefersIntegerProduct`);
     /// training keeps x in Float32, so its gradients are those of the dequantized weights.
     func multiplyTransposed(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows n: Int, training: Bool) {
         if case .stored(let m) = self {
             if n == 1 { return m.matVec(x, y) }
-            if !training && m.prefersIntegerProduct { return m.matMulInteger(x, y, tokens: n) }
+            if !training && m.prefersIntegerProduct(tokens: n) { return m.matMulInteger(x, y, tokens: n) }
         }
         withFloats { w in matmulTransposed(x, w, y, m: n, n: outFeatures, k: inFeatures) }
     }
