@@ -33,9 +33,9 @@ public enum LinearWeight: @unchecked Sendable {
     }
 
     /// y `[n, out]` = x `[n, in]` · Wᵀ. With int8 activations (QuantizedMatrix.activations),
-    /// inference multiplies by 8-bit activations as llama.cpp does (a large W and a short prompt,
-    /// see `prefersIntegerProduct`);
-    /// training keeps x in Float32, so its gradients are those of the dequantized weights.
+    /// inference multiplies by 8-bit activations as llama.cpp does: one token always, several when
+    /// `prefersIntegerProduct` (a large W, a short prompt). Training keeps x in Float32, so its
+    /// gradients are those of the dequantized weights.
     func multiplyTransposed(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows n: Int, training: Bool) {
         if case .stored(let m) = self {
             if n == 1 { return m.matVec(x, y) }
