@@ -182,6 +182,27 @@ def open_llama(folder):
     return llm, mctx
 
 
+def llama_cpp_cases(folder, out, unexported, image_id, label, compare):
+    """The exported pair in `folder` through llama.cpp, per image: its image rows and greedy ids beside
+    vlmsh's (`unexported`), then what `compare(path, rows, decode)` adds (`decode(rows)`: llama.cpp's
+    greedy ids from other image rows)."""
+    llm, mctx = open_llama(folder)
+    cases = []
+    for name in IMAGES:
+        path = out / "images" / name
+        rows = encode_image(mctx, llm.n_embd(), path)
+        prompt_ids = unexported[name]["prompt_ids"]
+        case = {"image": name, "prompt_ids": prompt_ids, "vlmsh_ids": unexported[name]["ids"],
+                "llama_cpp_image_rows": int(rows.shape[0]),
+                "llama_cpp_ids": greedy(llm, prompt_ids, image_id, rows)}
+        case.update(compare(path, rows, lambda other: greedy(llm, prompt_ids, image_id, other)))
+        cases.append(case)
+        print(f"[export_gguf] {label} {name}: {json.dumps({k: v for k, v in case.items() if k != 'prompt_ids'})}", flush=True)
+    mtmd.mtmd_free(mctx)
+    del llm
+    return cases
+
+
 def siglip(out):
     rows = [{"id": str(i), "image": "images/" + name, "conversations": [
         {"from": "human", "value": "<image>\nHow many shapes are there?"},
@@ -204,24 +225,11 @@ def siglip(out):
             folder = tmp / qtype
             report = json.loads(vlmsh("export-gguf", "--model", str(model), "--adapter", str(adapter), "--type", qtype,
                                       "--out", str(folder), "--json"))
-            llm, mctx = open_llama(folder)
-            cases = []
-            for name in IMAGES:
-                path = out / "images" / name
-                rows = encode_image(mctx, llm.n_embd(), path)
+            def compare(path, rows, decode):
                 ref = reference.rows(path)
-                prompt_ids = unexported[name]["prompt_ids"]
-                cases.append({
-                    "image": name, "prompt_ids": prompt_ids, "vlmsh_ids": unexported[name]["ids"],
-                    "llama_cpp_image_rows": int(rows.shape[0]),
-                    "llama_cpp_ids": greedy(llm, prompt_ids, image_id, rows),
-                    "embeddings_max_abs_diff": float(np.abs(rows - ref).max()),
-                    "reference_max_abs_value": float(np.abs(ref).max()),
-                })
-                print(f"[export_gguf] siglip {qtype} {name}: {json.dumps({k: v for k, v in cases[-1].items() if k != 'prompt_ids'})}",
-                      flush=True)
-            mtmd.mtmd_free(mctx)
-            del llm
+                return {"embeddings_max_abs_diff": float(np.abs(rows - ref).max()),
+                        "reference_max_abs_value": float(np.abs(ref).max())}
+            cases = llama_cpp_cases(folder, out, unexported, image_id, f"siglip {qtype}", compare)
             golden["types"][qtype] = {"merged_weights": report["merged_weights"], "vision_layers": report["vision_layers"],
                                       "cases": cases}
     (out / "siglip.json").write_text(json.dumps(golden, indent=1) + "\n")
@@ -246,27 +254,17 @@ def generate(out):
         for qtype in ("f16", "q8_0"):
             folder = pathlib.Path(tmp) / qtype
             vlmsh("export-gguf", "--model", str(DEMO), "--type", qtype, "--out", str(folder))
-            llm, mctx = open_llama(folder)
-            cases = []
-            for name in IMAGES:
-                path = out / "images" / name
-                rows = encode_image(mctx, llm.n_embd(), path)
+            def compare(path, rows, decode):
                 ref = reference.vlmsh(path)
                 emulated = reference.llama_cpp_graph(path)
-                prompt_ids = unexported[name]["prompt_ids"]
                 diff = np.abs(rows - ref) if rows.shape == ref.shape else None
-                cases.append({
-                    "image": name, "prompt_ids": prompt_ids, "vlmsh_ids": unexported[name]["ids"],
-                    "llama_cpp_image_rows": int(rows.shape[0]),
-                    "llama_cpp_ids": greedy(llm, prompt_ids, image_id, rows),
-                    "llama_cpp_ids_with_reference_embeddings": greedy(llm, prompt_ids, image_id, ref),
+                return {
+                    "llama_cpp_ids_with_reference_embeddings": decode(ref),
                     "embeddings_max_abs_diff": float(diff.max()) if diff is not None else None,
                     "embeddings_max_rel_diff": float(diff.max() / np.abs(ref).max()) if diff is not None else None,
                     "reference_max_abs_value": float(np.abs(ref).max()),
                     "llama_cpp_vs_emulated_graph_max_abs_diff": float(np.abs(rows - emulated).max()),
-                })
-                print(f"[export_gguf] {qtype} {name}: {json.dumps({k: v for k, v in cases[-1].items() if k != 'prompt_ids'})}", flush=True)
-            mtmd.mtmd_free(mctx)
-            del llm
+                }
+            cases = llama_cpp_cases(folder, out, unexported, image_id, qtype, compare)
             golden["types"][qtype] = {"cases": cases}
     (out / "golden.json").write_text(json.dumps(golden, indent=1) + "\n")
