@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """How well a demo model's image tokens name what each cell of a picture holds.
 
-The demo's stage 1 (sessions/build-demo.vlm) trains the tower and projector to put each of the
-nine image tokens (the 3x3 grid's cells, 32-pixel patches of a 96-pixel image) on the sum of
-SmolLM2's input embeddings of what the cell holds (" small" + " red" + " star", or " nothing").
+The demo's stage 1 (sessions/build-demo.vlm) trains the tower and projector to put each image
+token (one per patch of a grid x grid split of the picture) on the sum of SmolLM2's input
+embeddings of what the patch holds: the shape whose centre lies in it (" small" + " red" +
+" star"), or " nothing".
 This reads a model folder's tower and projector with transformers, runs them on pictures whose
 contents are known (sessions/data/foreign/pictures.json: the foreign renderer's; or make-demo-data records, whose
-image_token_texts name each cell's contents), and reports how
+image_token_texts name each patch's contents), and reports how
 often the nearest such word sum to each token has the right colour, shape and emptiness.
 
   python bench/demo_alignment.py MODEL_DIR [PICTURES_JSON] [--vlmsh .build/release/vlmsh]
@@ -52,6 +53,9 @@ def main():
     w2, b2 = weights["multi_modal_projector.linear_2.weight"], weights["multi_modal_projector.linear_2.bias"]
     processor = CLIPImageProcessor.from_pretrained(args.model)
     layer = config.get("vision_feature_layer", -2)
+    grid = config["vision_config"]["image_size"] // config["vision_config"]["patch_size"]
+    # A tower whose class token is kept ("full") puts the number of shapes there.
+    class_token = config.get("vision_feature_select_strategy", "default") == "full"
 
     reader = GGUFReader(args.gguf)
     table = next(t for t in reader.tensors if t.name == "token_embd.weight")
@@ -62,6 +66,9 @@ def main():
 
     labels = [(s, c, k) for s in ["small", "large"] for c in COLOURS for k in KINDS] + [None]
     sums = np.stack([word_sum(" ".join(l)) if l else word_sum("nothing") for l in labels])
+    numbers = ["one", "two", "three", "four"]
+    number_sums = np.stack([word_sum(n) for n in numbers])
+    counts = [0, 0]
 
     pictures = json.loads(pathlib.Path(args.pictures).read_text())[: args.limit]
     folder = pathlib.Path(args.pictures).parent
@@ -72,19 +79,36 @@ def main():
         for p in pictures:
             pixels = processor(images=Image.open(folder / p["image"]).convert("RGB"), return_tensors="pt")["pixel_values"]
             hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[layer][0, 1:]
+            if class_token:
+                hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states[layer][0]
             tokens = (torch.nn.functional.gelu(hidden @ w1.T + b1) @ w2.T + b2).numpy()
+            if class_token:
+                guess = ((tokens[0][None] - number_sums) ** 2).sum(-1).argmin()
+                counts[0] += numbers[guess] == (numbers[len(p["shapes"]) - 1] if "shapes" in p else p["image_token_texts"][0])
+                counts[1] += 1
+                tokens = tokens[1:]
             nearest = [labels[i] for i in ((tokens[:, None, :] - sums[None]) ** 2).sum(-1).argmin(1)]
             cells = {}
             if "image_token_texts" in p:
-                # make-demo-data records name each cell's contents: "small red star" or "nothing".
-                for index, text in enumerate(p["image_token_texts"]):
+                # make-demo-data records name each patch's contents: "small red star" or "nothing".
+                texts = p["image_token_texts"][1:] if class_token else p["image_token_texts"]
+                assert len(texts) == grid * grid, "the records were made for another token grid"
+                for index, text in enumerate(texts):
                     if text != "nothing":
                         _, colour, kind = text.split()
-                        cells[divmod(index, 3)] = {"colour": colour, "kind": kind}
+                        cells[divmod(index, grid)] = {"colour": colour, "kind": kind}
+            near = set()
             for s in p.get("shapes", []):
-                cells[(min(int(3 * s["y"] / p["side"]), 2), min(int(3 * s["x"] / p["side"]), 2))] = s
+                cells[(min(int(grid * s["y"] / p["side"]), grid - 1), min(int(grid * s["x"] / p["side"]), grid - 1))] = s
+                # Patches whose centre lies within the shape's radius may be labelled with it too.
+                for r in range(grid):
+                    for c in range(grid):
+                        if ((c + 0.5) * p["side"] / grid - s["x"]) ** 2 + ((r + 0.5) * p["side"] / grid - s["y"]) ** 2 < s["radius"] ** 2:
+                            near.add((r, c))
             for index, label in enumerate(nearest):
-                shape = cells.get(divmod(index, 3))
+                shape = cells.get(divmod(index, grid))
+                if shape is None and divmod(index, grid) in near:
+                    continue
                 if shape is None:
                     tally["empty tokens"] += 1
                     tally["empty right"] += label is None
@@ -103,7 +127,9 @@ def main():
     n, e = tally["object tokens"], tally["empty tokens"]
     print(f"{args.model} on {len(pictures)} pictures: {n} tokens hold a shape's centre, {e} are empty")
     print(f"  nearest word sum has the shape's colour {tally['colour'] / n:.1%}, its kind {tally['shape'] / n:.1%}, "
-          f"both {tally['both'] / n:.1%}; empty cells read as nothing {tally['empty right'] / e:.1%}")
+          f"both {tally['both'] / n:.1%}; empty patches read as nothing {tally['empty right'] / e:.1%}")
+    if counts[1]:
+        print(f"  the class token's nearest number word is the number of shapes {counts[0] / counts[1]:.1%}")
     if any(total for _, total in by_radius.values()):
         print("  its kind by radius/side: " + ", ".join(f"{k} {hit / total:.1%} of {total}" for k, (hit, total) in by_radius.items() if total))
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import VLMDemo
 import VLMImage
+import VLMModels
 import VLMStore
 import VLMTensor
 import VLMTraining
@@ -29,6 +30,7 @@ extension OptimizerKind: ExpressibleByArgument {
 
 extension GGUFExportType: ExpressibleByArgument {}
 extension LlavaInitVisionKind: ExpressibleByArgument {}
+extension VisionFeatureSelect: ExpressibleByArgument {}
 extension Activation: ExpressibleByArgument {
     /// The command line takes an activation only as init-llava's --projector-act.
     public static var allValueStrings: [String] { [Activation.gelu, .geluPytorchTanh].map(\.rawValue) }

@@ -29,6 +29,9 @@ struct DemoDataCommand: AsyncParsableCommand {
     @Flag(name: .long, help: "train.json: one multi-turn conversation per image (every question, caption last) instead of one record per question.") var multiTurn = false
     @Flag(name: .long, help: "Ask half the colour, shape and count questions in other wordings (\"What color is the star?\", \"How many objects are there?\").") var varyWording = false
     @Option(name: .long, help: "With --multi-turn: the share of training conversations that begin with questions about the previous image before this one is attached.") var twoPictures = 0.0
+    @Option(name: .long, help: "image_token_texts name the patches of a N×N grid (3, 6, 9 or 12; a tower with --image-size/N pixel patches): each patch holds the shape whose centre lies in it, or nothing.") var tokenGrid = 3
+    @Flag(name: .long, help: "image_token_texts: a patch also holds a shape that covers a quarter of it.") var tokenCovered = false
+    @Flag(name: .long, help: "image_token_texts start with the number of shapes (\"three\"), for the class token of a tower that keeps it (init-llava --vision-feature-select full).") var countToken = false
     @Flag(name: .long, help: "Print one JSON object instead of the summary line.") var json = false
 
     var style: SceneStyle { SceneStyle(layout: layout, jitter: jitter) }
@@ -38,6 +41,7 @@ struct DemoDataCommand: AsyncParsableCommand {
         if train < 0 || validation < 0 || test < 0 { throw ValidationError("--train, --validation and --test must be ≥ 0") }
         if !(0...1).contains(twoPictures) { throw ValidationError("--two-pictures must be in 0...1") }
         if twoPictures > 0 && !multiTurn { throw ValidationError("--two-pictures needs --multi-turn") }
+        if !ImageTokenLabels.grids.contains(tokenGrid) { throw ValidationError("--token-grid must be one of \(ImageTokenLabels.grids)") }
         let sizes = ShapeScene.imageSizes
         if !sizes.contains(imageSize) {
             throw ValidationError("--image-size must be in \(sizes.lowerBound)...\(sizes.upperBound)")
@@ -48,7 +52,7 @@ struct DemoDataCommand: AsyncParsableCommand {
     func execute() throws -> (summary: DemoDataset.Summary, line: String) {
         let summary = try DemoDataset.write(
             to: out, counts: [.train: train, .validation: validation, .test: test], seed: seed, imageSize: imageSize,
-            style: style, multiTurnTrain: multiTurn, kinds: kinds?.kinds, varyWording: varyWording, twoPictures: twoPictures)
+            style: style, multiTurnTrain: multiTurn, kinds: kinds?.kinds, varyWording: varyWording, twoPictures: twoPictures, tokenLabels: ImageTokenLabels(grid: tokenGrid, covered: tokenCovered, classToken: countToken))
         let rate = Double(summary.images) / max(summary.seconds, 1e-9)
         let parts = summary.splits.map { "\($0.split.rawValue) \($0.images)/\($0.records)" }.joined(separator: ", ")
         return (summary, "\(summary.images) images, \(summary.records) records (\(parts) images/records), "

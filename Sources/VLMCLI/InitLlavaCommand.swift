@@ -33,6 +33,8 @@ struct InitLlavaCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Vision tower MLP width.") var visionIntermediate = 768
     @Option(name: .long, help: "Input image side in pixels.") var imageSize = 64
     @Option(name: .long, help: "Patch side in pixels (image tokens = (image/patch)²).") var patchSize = 16
+    @Option(name: .long, help: "CLIP rows the projector reads (vision_feature_select_strategy): default drops the class token, full keeps it as the first image token.")
+    var visionFeatureSelect: VisionFeatureSelect = .default
     @Option(name: .long, help: "Seed of the initial weights.") var seed: UInt64 = 0
     @Option(name: .long, help: "Std of the projector's initial weights (transformers: 0.02).") var projectorStd: Float = 0.02
 
@@ -44,6 +46,7 @@ struct InitLlavaCommand: AsyncParsableCommand {
         o.visionHidden = visionHidden; o.visionLayers = visionLayers; o.visionHeads = visionHeads
         o.visionIntermediate = visionIntermediate; o.imageSize = imageSize; o.patchSize = patchSize; o.seed = seed
         o.projectorStd = projectorStd; o.visionKind = visionKind; o.projectorAct = projectorAct
+        o.featureSelect = visionFeatureSelect
         let path = try ModelStore.resolve(textModel)
         let report = try LlavaInit.write(textModel: textModel, textModelPath: path, options: o, to: out)
         return ("\(report.folder): \(visionKind == .siglip ? "SigLIP" : "CLIP") tower \(report.visionParameters) parameters, projector \(report.projectorParameters), "

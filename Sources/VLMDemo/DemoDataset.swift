@@ -9,7 +9,7 @@ import VLMTensor
 ///     DIR/images/train-000000.png …      one PNG per image, 8-bit RGB, imageSize × imageSize
 ///     DIR/train.json, validation.json, test.json
 ///         [{"id": "train-000000-colour", "image": "images/train-000000.png", "kind": "colour",
-///           "image_token_texts": ["small red star", "nothing", …],   (the 3×3 cells, reading order)
+///           "image_token_texts": ["small red star", "nothing", …],   (the token grid's patches, reading order)
 ///           "conversations": [{"from": "human", "value": "<image>\nWhat colour is the star?"},
 ///                             {"from": "gpt", "value": "Red."}]}, …]
 ///     DIR/dataset.json                   generator, version, seed, image size, per-split counts
@@ -58,6 +58,8 @@ public enum DemoDataset {
         public let index: Int
         public let scene: ShapeScene
         public let questions: [DemoQuestion]
+        /// What `image_token_texts` names (`ShapeScene.tokenTexts`).
+        public let tokenLabels: ImageTokenLabels
 
         /// "images/train-000042.png", relative to the dataset folder.
         public var image: String { "images/\(split.rawValue)-\(DemoDataset.padded(index)).png" }
@@ -93,18 +95,18 @@ public enum DemoDataset {
             let id = "\(split.rawValue)-\(DemoDataset.padded(index))"
             let images = earlier.map { "[\(jsonString($0.image)), \(jsonString(image))]" }
             return "{\"id\": \(jsonString(id)), \"image\": \(images ?? jsonString(image)), \"kind\": \"conversation\", "
-                + (earlier == nil ? "\"image_token_texts\": \(cellTextsJSON), " : "")
+                + (earlier == nil ? "\"image_token_texts\": \(tokenTextsJSON), " : "")
                 + "\"conversations\": [\(all.joined(separator: ", "))]}"
         }
 
-        private var cellTextsJSON: String { "[" + scene.cellTexts.map(jsonString).joined(separator: ", ") + "]" }
+        private var tokenTextsJSON: String { "[" + scene.tokenTexts(tokenLabels).map(jsonString).joined(separator: ", ") + "]" }
 
         /// The item's records, one JSON object per line.
         public var recordsJSON: [String] {
-            let cellTexts = cellTextsJSON
+            let tokenTexts = tokenTextsJSON
             return questions.map { q in
                 "{\"id\": \(jsonString(id(q))), \"image\": \(jsonString(image)), \"kind\": \(jsonString(q.kind.rawValue)), "
-                    + "\"image_token_texts\": \(cellTexts), \"conversations\": [{\"from\": \"human\", \"value\": \(jsonString("<image>\n" + q.question))}, "
+                    + "\"image_token_texts\": \(tokenTexts), \"conversations\": [{\"from\": \"human\", \"value\": \(jsonString("<image>\n" + q.question))}, "
                     + "{\"from\": \"gpt\", \"value\": \(jsonString(q.answer))}]}"
             }
         }
@@ -115,7 +117,7 @@ public enum DemoDataset {
     /// With `varyWording`, half the colour, shape and count questions are asked in another
     /// wording (`DemoWordings`).
     public static func item(split: Split, index: Int, seed: UInt64, imageSize: Int, style: SceneStyle = SceneStyle(),
-                            kinds: Set<DemoQuestionKind>? = nil, varyWording: Bool = false) -> Item {
+                            kinds: Set<DemoQuestionKind>? = nil, varyWording: Bool = false, tokenLabels: ImageTokenLabels = ImageTokenLabels()) -> Item {
         let imageSeed = imageSeed(splitSeed: splitSeed(seed, split), index: index)
         let scene = ShapeScene.random(seed: imageSeed, imageSize: imageSize, style: style)
         var questions = scene.questions(seed: questionSeed(imageSeed: imageSeed))
@@ -127,7 +129,7 @@ public enum DemoDataset {
             questions = questions.filter { kinds.contains($0.kind) }
             if kinds.contains(.size), let q = scene.sizeQuestion(seed: SeededRandom.mix(imageSeed ^ 0x53495A45)) { questions.append(q) }
         }
-        return Item(split: split, index: index, scene: scene, questions: questions)
+        return Item(split: split, index: index, scene: scene, questions: questions, tokenLabels: tokenLabels)
     }
 
     static func padded(_ index: Int) -> String {
@@ -158,11 +160,14 @@ public enum DemoDataset {
     /// question or two about the previous image (`Item.conversationJSON(after:)`).
     public static func write(to dir: String, counts: [Split: Int], seed: UInt64, imageSize: Int, style: SceneStyle = SceneStyle(),
                              multiTurnTrain: Bool = false, kinds: Set<DemoQuestionKind>? = nil, varyWording: Bool = false,
-                             twoPictures: Double = 0) throws -> Summary {
+                             twoPictures: Double = 0, tokenLabels: ImageTokenLabels = ImageTokenLabels()) throws -> Summary {
         guard ShapeScene.imageSizes.contains(imageSize) else {
             throw FormatError(dir, "image size \(imageSize) is outside \(ShapeScene.imageSizes.lowerBound)...\(ShapeScene.imageSizes.upperBound)")
         }
         guard (0...1).contains(style.jitter) else { throw FormatError(dir, "jitter \(style.jitter) is outside 0...1") }
+        guard ImageTokenLabels.grids.contains(tokenLabels.grid) else {
+            throw FormatError(dir, "token grid \(tokenLabels.grid) is not one of \(ImageTokenLabels.grids)")
+        }
         let start = DispatchTime.now().uptimeNanoseconds
         let images = (dir as NSString).appendingPathComponent("images")
         try requireFolderOrAbsent(dir)
@@ -187,7 +192,7 @@ public enum DemoDataset {
                             for i in range {
                                 func make(_ index: Int) -> Item {
                                     DemoDataset.item(split: split, index: index, seed: seed, imageSize: imageSize, style: style, kinds: keep,
-                                         varyWording: varyWording)
+                                         varyWording: varyWording, tokenLabels: tokenLabels)
                                 }
                                 let item = make(i)
                                 do {
@@ -219,7 +224,7 @@ public enum DemoDataset {
         }
 
         try writeAtomically(Data(manifest(summaries, seed: seed, imageSize: imageSize, style: style, multiTurnTrain: multiTurnTrain,
-                                                  varyWording: varyWording, twoPictures: twoPictures).utf8),
+                                                  varyWording: varyWording, twoPictures: twoPictures, tokenLabels: tokenLabels).utf8),
                             to: (dir as NSString).appendingPathComponent("dataset.json"))
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         return Summary(splits: summaries, seconds: seconds)
@@ -227,7 +232,7 @@ public enum DemoDataset {
 
     /// dataset.json: what was generated, how, and what the vocabulary is.
     static func manifest(_ splits: [SplitSummary], seed: UInt64, imageSize: Int, style: SceneStyle, multiTurnTrain: Bool,
-                         varyWording: Bool, twoPictures: Double) -> String {
+                         varyWording: Bool, twoPictures: Double, tokenLabels: ImageTokenLabels) -> String {
         func list(_ names: [String]) -> String { "[" + names.map(jsonString).joined(separator: ", ") + "]" }
         var s = "{\n"
         s += "  \"generator\": \(jsonString(generator)),\n"
@@ -240,6 +245,9 @@ public enum DemoDataset {
         if multiTurnTrain { s += "  \"train_records\": \"one multi-turn conversation per image\",\n" }
         if varyWording { s += "  \"wordings\": \"half the colour, shape and count questions in another wording\",\n" }
         if twoPictures > 0 { s += "  \"two_pictures\": \(twoPictures),\n" }
+        if tokenLabels != ImageTokenLabels() {
+            s += "  \"image_token_texts\": {\"grid\": \(tokenLabels.grid), \"covered\": \(tokenLabels.covered), \"class_token\": \(tokenLabels.classToken)},\n"
+        }
         s += "  \"splits\": {\n"
         s += splits.map { sp in
             let kinds = DemoQuestionKind.allCases.map { "\(jsonString($0.rawValue)): \(sp.kinds[$0] ?? 0)" }.joined(separator: ", ")

@@ -36,6 +36,23 @@ public enum DemoQuestionKind: String, CaseIterable, Sendable, Codable {
     }
 }
 
+/// What the `image_token_texts` of demo records name (`ShapeScene.tokenTexts`): for a tower
+/// whose picture is `grid` × `grid` patches, what each patch holds, after the number of shapes
+/// for its class token when `classToken` (a tower that keeps it, vision_feature_select_strategy
+/// "full").
+public struct ImageTokenLabels: Sendable, Equatable {
+    /// Grids the labels can name: multiples of the scene's 3×3 cells.
+    public static let grids = [3, 6, 9, 12]
+
+    public var grid: Int
+    public var covered: Bool
+    public var classToken: Bool
+
+    public init(grid: Int = 3, covered: Bool = false, classToken: Bool = false) {
+        self.grid = grid; self.covered = covered; self.classToken = classToken
+    }
+}
+
 /// One question about a scene with its canonical answer: capitalized, ending with ".", one word or
 /// a short fixed phrase, so evaluation can compare answers exactly.
 public struct DemoQuestion: Sendable, Equatable, Codable {
@@ -54,13 +71,40 @@ extension PlacedShape {
 }
 
 extension ShapeScene {
-    /// What each cell of the 3×3 grid holds, in reading order (the order of a ViT's patches when
-    /// they are the cells): "small red star", or "nothing" for an empty cell. The
-    /// `image_token_texts` of the demo's records.
-    public var cellTexts: [String] {
-        GridCell.all.map { cell in
-            shapes.first { $0.cell == cell }?.words ?? "nothing"
+    /// What each image token of a tower that sees this picture as `labels.grid` × `labels.grid`
+    /// patches should hold, in the order of its features: the number of shapes ("three") for
+    /// the class token when `labels.classToken`, then each patch in reading order. A patch holds
+    /// the words of the shape whose centre lies in it ("small red star"), or, when
+    /// `labels.covered`, of a shape that covers at least a quarter of it, else "nothing". The
+    /// `image_token_texts` of the demo's records; with the default labels the patches are the
+    /// scene's 3×3 cells. Every shape has a cell of its own, so with multiples of 3 no patch
+    /// holds two centres.
+    public func tokenTexts(_ labels: ImageTokenLabels = ImageTokenLabels()) -> [String] {
+        let grid = labels.grid, patch = Double(imageSize) / Double(grid)
+        var texts = [String](repeating: "nothing", count: grid * grid)
+        if labels.covered {
+            // A 4×4 sample of each patch's pixels, each counted when half of it is covered.
+            for row in 0..<grid {
+                for column in 0..<grid {
+                    var best = 3, owner: PlacedShape?
+                    for shape in shapes {
+                        var hits = 0
+                        for j in 0..<4 {
+                            for i in 0..<4 {
+                                let x = Int(patch * (Double(column) + (Double(i) + 0.5) / 4))
+                                let y = Int(patch * (Double(row) + (Double(j) + 0.5) / 4))
+                                if shape.coverage(pixelX: x, pixelY: y) * 2 >= PlacedShape.subsamples * PlacedShape.subsamples { hits += 1 }
+                            }
+                        }
+                        if hits > best { best = hits; owner = shape }
+                    }
+                    if let owner { texts[row * grid + column] = owner.words }
+                }
+            }
         }
+        func index(_ coordinate: Double) -> Int { min(max(Int(coordinate / patch), 0), grid - 1) }
+        for shape in shapes { texts[index(shape.centerY) * grid + index(shape.centerX)] = shape.words }
+        return labels.classToken ? [DemoAnswers.numberWord(shapes.count).lowercased()] + texts : texts
     }
 
     /// "A large red star, a small blue circle and a small white square on a grey background." —

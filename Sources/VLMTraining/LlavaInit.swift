@@ -36,6 +36,10 @@ public struct LlavaInitOptions: Sendable {
     /// tower trained from scratch learns much faster through a larger one (0.1), because with
     /// 0.02 the projector passes it almost no gradient.
     public var projectorStd: Float = 0.02
+    /// Which rows of a CLIP tower feed the projector (`vision_feature_select_strategy`): LLaVA's
+    /// `default` drops the class token, `full` keeps it as the first image token. SigLIP has no
+    /// class token and always keeps every row.
+    public var featureSelect = VisionFeatureSelect.default
     public init() {}
 }
 
@@ -77,7 +81,7 @@ public enum LlavaInit {
         // text model's tokenizer has no such token, so prompts are split at "<image>". LLaVA's
         // `default` select drops row 0, which only a class token makes right.
         let config = LlavaConfiguration(visionConfig: vision, textConfig: text, imageTokenIndex: text.vocabSize,
-                                        visionFeatureLayers: [-1], visionFeatureSelectStrategy: siglip ? .full : .default,
+                                        visionFeatureLayers: [-1], visionFeatureSelectStrategy: siglip ? .full : o.featureSelect,
                                         projectorHiddenAct: o.projectorAct, textModel: textModel)
         let tensors = initialWeights(vision: clip, textHidden: text.hiddenSize, seed: o.seed, projectorStd: o.projectorStd, siglip: siglip)
 
@@ -92,7 +96,9 @@ public enum LlavaInit {
         guard rename(temp, folder) == 0 else { throw FormatError(folder, "cannot rename \(temp) into place (errno \(errno))") }
         let vp = tensors.filter { $0.0.hasPrefix("vision_tower.") }.reduce(0) { $0 + $1.1.count }
         let pp = tensors.filter { $0.0.hasPrefix("multi_modal_projector.") }.reduce(0) { $0 + $1.1.count }
-        return Report(folder: folder, visionParameters: vp, projectorParameters: pp, imageTokens: (o.imageSize / o.patchSize) * (o.imageSize / o.patchSize))
+        let patches = (o.imageSize / o.patchSize) * (o.imageSize / o.patchSize)
+        return Report(folder: folder, visionParameters: vp, projectorParameters: pp,
+                      imageTokens: patches + (!siglip && o.featureSelect == .full ? 1 : 0))
     }
 
     /// transformers' initialization of `CLIPVisionModel` (`CLIPPreTrainedModel._init_weights`,

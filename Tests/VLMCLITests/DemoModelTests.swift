@@ -153,4 +153,33 @@ final class DemoModelTests: XCTestCase {
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
         XCTAssertTrue(r.stderr.contains(config) && r.stderr.contains("no-such-model"), r.stderr)
     }
+
+    /// A CLIP tower that keeps its class token (`--vision-feature-select full`) has one image token
+    /// more, and trains toward records that name it first: the number of shapes, then a 6×6 grid
+    /// of patches labelled by coverage. Labels for another number of tokens are refused by name.
+    func testClassTokenTowerTrainsOnCountAndCoverageLabels() throws {
+        let data = work + "/cover", wrong = work + "/cells", initial = work + "/init-full"
+        try ok(["make-demo-data", "--out", data, "--train", "4", "--validation", "0", "--test", "0", "--kinds", "caption",
+                "--layout", "free", "--image-size", "48", "--token-grid", "6", "--token-covered", "--count-token"])
+        let records = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: data + "/train.json"))) as? [[String: Any]])
+        let texts = try XCTUnwrap(records.first?["image_token_texts"] as? [String])
+        XCTAssertEqual(texts.count, 37)
+        XCTAssertTrue(["one", "two", "three", "four"].contains(texts[0]), "\(texts)")
+        let made = try ok(["init-llava", "--out", initial, "--vision-hidden", "32", "--vision-layers", "1", "--vision-heads", "2",
+                           "--vision-intermediate", "64", "--image-size", "48", "--patch-size", "8", "--vision-feature-select", "full"])
+        XCTAssertTrue(made.contains("37 image tokens"), made)
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: initial + "/config.json"))) as! [String: Any]
+        XCTAssertEqual(config["vision_feature_select_strategy"] as? String, "full")
+        try ok(["finetune", "--model", initial, "--data", data + "/train.json", "--objective", "image-token-embeddings",
+                "--mode", "vision+projector", "--out", work + "/s1", "--steps", "2", "--batch-size", "2"])
+
+        try ok(["make-demo-data", "--out", wrong, "--train", "2", "--validation", "0", "--test", "0", "--kinds", "caption", "--image-size", "48"])
+        let refused = try vlmsh(["finetune", "--model", initial, "--data", wrong + "/train.json", "--objective", "image-token-embeddings",
+                                 "--mode", "vision+projector", "--out", work + "/s1b", "--steps", "1", "--batch-size", "1"])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("image_token_texts"), refused.stderr)
+        let bad = try vlmsh(["make-demo-data", "--out", work + "/bad", "--token-grid", "4"])
+        XCTAssertEqual(bad.status, 64)
+        XCTAssertTrue(bad.stderr.contains("--token-grid"), bad.stderr)
+    }
 }

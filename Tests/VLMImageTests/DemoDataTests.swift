@@ -455,17 +455,46 @@ final class DemoDataTests: XCTestCase {
 
     // MARK: splits
 
-    /// cellTexts names what each cell holds in reading order, which is the order of a ViT's
+    /// tokenTexts() names what each cell holds in reading order, which is the order of a ViT's
     /// patches when the patches are the cells: the shape's centre lies in patch `row·3 + column`.
     func testCellTextsNameEachCellInPatchOrder() {
         for seed in UInt64(0)..<40 {
             let scene = ShapeScene.random(seed: seed, imageSize: 96)
-            let texts = scene.cellTexts
+            let texts = scene.tokenTexts()
             XCTAssertEqual(texts.count, 9)
             XCTAssertEqual(texts.filter { $0 != "nothing" }.count, scene.shapes.count)
             for shape in scene.shapes {
                 let patch = Int(shape.centerY / 32) * 3 + Int(shape.centerX / 32)
                 XCTAssertEqual(texts[patch], "\(shape.size.rawValue) \(shape.colour.rawValue) \(shape.kind.rawValue)")
+            }
+        }
+    }
+
+    /// Finer grids name the patch that holds each centre (free scenes at any side); `covered`
+    /// also names every patch a shape covers a quarter of (measured here over all its pixels),
+    /// and `classToken` puts the number of shapes first.
+    func testTokenTextsOnFinerGridsWithCoverageAndCount() {
+        for seed in UInt64(0)..<12 {
+            let scene = ShapeScene.random(seed: seed, imageSize: 96, style: SceneStyle(layout: .free))
+            let grid = 6, patch = Double(scene.imageSize) / Double(grid)
+            let centres = scene.tokenTexts(ImageTokenLabels(grid: grid))
+            XCTAssertEqual(centres.filter { $0 != "nothing" }.count, scene.shapes.count, "seed \(seed)")
+            let labels = ImageTokenLabels(grid: grid, covered: true, classToken: true)
+            let texts = scene.tokenTexts(labels)
+            XCTAssertEqual(texts.count, 1 + grid * grid)
+            XCTAssertEqual(texts[0], DemoAnswers.numberWord(scene.shapes.count).lowercased())
+            for (index, text) in texts.dropFirst().enumerated() {
+                let row = index / grid, column = index % grid
+                if centres[index] != "nothing" { XCTAssertEqual(text, centres[index]); continue }
+                // The share of the patch's pixels each shape covers at least half of.
+                let xs = Int(Double(column) * patch)..<Int(Double(column + 1) * patch)
+                let ys = Int(Double(row) * patch)..<Int(Double(row + 1) * patch)
+                let shares = scene.shapes.map { shape in
+                    Double(ys.reduce(0) { n, y in n + xs.filter { shape.coverage(pixelX: $0, pixelY: y) >= 8 }.count }) / Double(xs.count * ys.count)
+                }
+                let best = shares.indices.max { shares[$0] < shares[$1] }
+                if let best, shares[best] > 0.4 { XCTAssertEqual(text, scene.shapes[best].words, "seed \(seed) patch \(index)") }
+                if shares.allSatisfy({ $0 < 0.1 }) { XCTAssertEqual(text, "nothing", "seed \(seed) patch \(index)") }
             }
         }
     }
@@ -514,7 +543,7 @@ final class DemoDataTests: XCTestCase {
                 let id = r["id"] as! String, image = r["image"] as! String, kind = r["kind"] as! String
                 let index = Int(image.dropFirst("images/\(split.rawValue)-".count).dropLast(".png".count))!
                 let item = DemoDataset.item(split: split, index: index, seed: 3, imageSize: 64)
-                XCTAssertEqual(r["image_token_texts"] as? [String], item.scene.cellTexts, id)
+                XCTAssertEqual(r["image_token_texts"] as? [String], item.scene.tokenTexts(), id)
                 XCTAssertTrue(ids.insert(id).inserted, "duplicate id \(id)")
                 XCTAssertTrue(id.hasPrefix(split.rawValue + "-") && image.hasPrefix("images/\(split.rawValue)-"), id)
                 XCTAssertNotNil(DemoQuestionKind(rawValue: kind))
@@ -549,7 +578,7 @@ final class DemoDataTests: XCTestCase {
             XCTAssertEqual(r["kind"] as? String, "conversation")
             let item = DemoDataset.item(split: .train, index: i, seed: 5, imageSize: 64)
             XCTAssertEqual(r["image"] as? String, item.image)
-            XCTAssertEqual(r["image_token_texts"] as? [String], item.scene.cellTexts)
+            XCTAssertEqual(r["image_token_texts"] as? [String], item.scene.tokenTexts())
             let turns = r["conversations"] as! [[String: String]]
             XCTAssertEqual(turns.count, 2 * item.questions.count)
             XCTAssertEqual(turns.enumerated().map { $0.element["from"]! == ($0.offset % 2 == 0 ? "human" : "gpt") }, [Bool](repeating: true, count: turns.count))
@@ -596,7 +625,7 @@ final class DemoDataTests: XCTestCase {
                 XCTAssertEqual(turns.filter { $0.contains("<image>") }.count, 2)
             } else {
                 XCTAssertEqual(r["image"] as? String, item.image)
-                XCTAssertEqual(r["image_token_texts"] as? [String], item.scene.cellTexts)
+                XCTAssertEqual(r["image_token_texts"] as? [String], item.scene.tokenTexts())
             }
         }
         XCTAssertTrue((10...30).contains(pairs), "\(pairs) two-picture conversations in 40")
