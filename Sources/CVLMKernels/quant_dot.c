@@ -691,3 +691,126 @@ void vlm_mat_mat_rows(uint32_t type, int n, const void *data, size_t row_bytes, 
         for (int r = row_begin; r < row_end; r++)
             y[(size_t)t * ldy + r] = vlm_dot(type, n, rows + (size_t)r * row_bytes, act + (size_t)t * token_bytes);
 }
+
+/* MARK: Q4_0 with eight rows interleaved */
+
+/* Q4_0 weights with eight rows interleaved, so one pass of vector instructions dots eight rows
+   with a token and the eight sums land in the eight lanes of one register: no horizontal sums,
+   and each activation load serves eight rows. For row group g (rows 8g..8g+7) and block b, the
+   144 bytes at (g · blocks + b) · 144 are
+     - the eight rows' f16 scales, row order (16 bytes);
+     - four 32-byte chunks: chunk c holds bytes 4c..4c+3 of each row's 16 quant bytes, row
+       order. A byte's low nibble is element j of the block, its high nibble element j + 16
+       (Q4_0's own order), so chunk c's low nibbles are elements 4c..4c+3 of the eight rows and
+       its high nibbles elements 16 + 4c..16 + 4c + 3. */
+
+#define Q4_0_BLOCK 18
+#define GROUP_BLOCK (8 * Q4_0_BLOCK)
+
+void vlm_interleave_q4_0(const void *rows, size_t row_bytes, int n, int group_begin, int group_end, void *packed) {
+    const int nb = n / 32;
+    for (int g = group_begin; g < group_end; g++) {
+        for (int b = 0; b < nb; b++) {
+            uint8_t *out = (uint8_t *)packed + ((size_t)g * nb + b) * GROUP_BLOCK;
+            for (int r = 0; r < 8; r++) {
+                const uint8_t *block = (const uint8_t *)rows + (size_t)(8 * g + r) * row_bytes + (size_t)b * Q4_0_BLOCK;
+                memcpy(out + 2 * r, block, 2);
+                for (int c = 0; c < 4; c++) memcpy(out + 16 + 32 * c + 4 * r, block + 2 + 4 * c, 4);
+            }
+        }
+    }
+}
+
+/* The reference: each (row, token) summed exactly in integers per block, as dot_q4_0_ref does
+   on the rows before interleaving. */
+static void mat_q4_0x8_ref(int n, const uint8_t *packed, int group_begin, int group_end,
+                           const vlm_q8_32 *activations, int tokens, float *y, size_t ldy) {
+    const int nb = n / 32;
+    for (int t = 0; t < tokens; t++) {
+        for (int g = group_begin; g < group_end; g++) {
+            for (int r = 0; r < 8; r++) {
+                float sum = 0.0f;
+                for (int b = 0; b < nb; b++) {
+                    const uint8_t *block = packed + ((size_t)g * nb + b) * GROUP_BLOCK;
+                    const vlm_q8_32 *a = activations + (size_t)t * nb + b;
+                    int isum = 0;
+                    for (int c = 0; c < 4; c++) {
+                        for (int i = 0; i < 4; i++) {
+                            uint8_t q = block[16 + 32 * c + 4 * r + i];
+                            isum += ((q & 0x0F) - 8) * a->qs[4 * c + i] + ((q >> 4) - 8) * a->qs[16 + 4 * c + i];
+                        }
+                    }
+                    sum += f16_ref(block + 2 * r) * a->d * (float)isum;
+                }
+                y[(size_t)t * ldy + 8 * g + r] = sum;
+            }
+        }
+    }
+}
+
+void vlm_mat_q4_0x8_ref(int n, const void *packed, int group_begin, int group_end,
+                        const void *activations, int tokens, float *y, size_t ldy) {
+    mat_q4_0x8_ref(n, packed, group_begin, group_end, activations, tokens, y, ldy);
+}
+
+#if defined(__AVX2__)
+/* Eight rows × T tokens (T ≤ TILE_TOKENS, a constant after inlining). Per chunk, the 32
+   bytes unpack into low and high nibbles once for all T tokens; each token's four activation
+   bytes for those elements are broadcast to the eight lanes. Unsigned nibbles (0..15) times
+   signed bytes (|q| ≤ 127): a pair sums to at most 3810 and eight pairs to 30480, so the int16
+   partial sums of a whole block cannot overflow before the one widening multiply. Q4_0's
+   offset of 8 comes off through the activation block's sum: d_w · (d_x · Σ q_w q_x − 8 · s_x). */
+KERNEL group_tokens(int nb, const uint8_t *p, const vlm_q8_32 *a, int T, float *y, size_t ldy) {
+    const __m256i low_mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    __m256 acc[TILE_TOKENS];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, p += GROUP_BLOCK) {
+        __m256i sums[TILE_TOKENS];
+        for (int t = 0; t < T; t++) sums[t] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * c));
+            __m256i lo = _mm256_and_si256(raw, low_mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_mask);
+            for (int t = 0; t < T; t++) {
+                const int8_t *qs = a[(size_t)t * nb + b].qs;
+                int32_t first, second;
+                memcpy(&first, qs + 4 * c, 4);
+                memcpy(&second, qs + 16 + 4 * c, 4);
+                sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(first)));
+                sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(second)));
+            }
+        }
+        __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_32 *x = a + (size_t)t * nb + b;
+            __m256 products = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[t], ones));
+            __m256 v = _mm256_fmsub_ps(_mm256_set1_ps(x->d), products, _mm256_set1_ps(8.0f * x->s));
+            acc[t] = _mm256_fmadd_ps(scales, v, acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + (size_t)t * ldy, acc[t]);
+}
+
+void vlm_mat_q4_0x8(int n, const void *packed, int group_begin, int group_end,
+                    const void *activations, int tokens, float *y, size_t ldy) {
+    const int nb = n / 32;
+    const vlm_q8_32 *a = activations;
+    const uint8_t *groups = packed;
+    int t = 0;
+    /* Four tokens at a time over the range's groups (which callers keep small enough for L2),
+       then the remaining one to three. */
+    for (; t + TILE_TOKENS <= tokens; t += TILE_TOKENS)
+        for (int g = group_begin; g < group_end; g++)
+            group_tokens(nb, groups + (size_t)g * nb * GROUP_BLOCK, a + (size_t)t * nb, TILE_TOKENS, y + (size_t)t * ldy + 8 * g, ldy);
+    for (; t < tokens; t++)
+        for (int g = group_begin; g < group_end; g++)
+            group_tokens(nb, groups + (size_t)g * nb * GROUP_BLOCK, a + (size_t)t * nb, 1, y + (size_t)t * ldy + 8 * g, ldy);
+}
+
+#else
+
+void vlm_mat_q4_0x8(int n, const void *packed, int group_begin, int group_end,
+                    const void *activations, int tokens, float *y, size_t ldy) {
+    mat_q4_0x8_ref(n, packed, group_begin, group_end, activations, tokens, y, ldy);
+}
+
+#endif

@@ -12,9 +12,10 @@ public struct Linear: @unchecked Sendable {
     /// A LoRA adapter applied on top of the stored weight, if one is installed.
     public var adapter: LowRankAdapter?
 
-    /// A layer over a stored matrix (decoders: GGUF or safetensors weights, read in place).
+    /// A layer over a stored matrix (decoders: GGUF or safetensors weights, read in place). With
+    /// int8 activations, Q4_0 weights are also interleaved for the integer kernels.
     public init(weight: QuantizedMatrix, bias: Tensor? = nil) {
-        self.weight = weight
+        self.weight = QuantizedMatrix.activations == .int8 ? weight.interleavedForIntegerProducts() : weight
         weightLeaf = nil
         self.bias = bias.map { Variable($0) }
     }

@@ -1,10 +1,11 @@
 import Foundation
+import VLMTensor
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// A read-only memory map of a whole file. Weights point into it; nothing is copied.
-public final class MappedFile: @unchecked Sendable {
+public final class MappedFile: PageReleasing, @unchecked Sendable {
     public let path: String
     public let base: UnsafeRawPointer
     public let size: Int
@@ -32,6 +33,13 @@ public final class MappedFile: @unchecked Sendable {
         let end = min(size, range.upperBound)
         guard end > start else { return }
         _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
+    }
+
+    /// releasePages for `bytes` bytes at `pointer`, when they lie in this file's mapping.
+    public func releasePages(of pointer: UnsafeRawPointer, bytes: Int) {
+        let offset = pointer - base
+        guard offset >= 0, bytes >= 0, offset <= size - bytes else { return }
+        releasePages(offset..<(offset + bytes))
     }
 }
 

@@ -1,3 +1,6 @@
+import CVLMKernels
+import Foundation
+
 /// ggml tensor element types, numbered as in GGUF files.
 public enum GGMLType: UInt32, Sendable, CaseIterable {
     case f32 = 0, f16 = 1, q4_0 = 2, q4_1 = 3, q5_0 = 6, q5_1 = 7, q8_0 = 8, q8_1 = 9
@@ -43,8 +46,6 @@ public enum GGMLType: UInt32, Sendable, CaseIterable {
     }
 }
 
-/// A 2-D weight matrix `[rows, cols]` kept in its file encoding (usually memory-mapped).
-/// Row `r` starts at `data + r * rowBytes`; `owner` keeps the mapping alive.
 /// How inference multiplies block-quantized weights by activations.
 /// - f32: activations stay Float32, so the numbers are the dequantized model's (transformers');
 /// - int8: activations are quantized to 8-bit blocks and multiplied in integers, as llama.cpp
@@ -56,17 +57,65 @@ public enum ActivationPrecision: String, Sendable, CaseIterable {
     case f32, int8
 }
 
+/// A 2-D weight matrix `[rows, cols]` kept in its file encoding (usually memory-mapped).
+/// Row `r` starts at `data + r * rowBytes`; `owner` keeps the mapping alive.
 public struct QuantizedMatrix: @unchecked Sendable {
     public let type: GGMLType
     public let rows: Int
     public let cols: Int
     public let data: UnsafeRawPointer
     public let owner: AnyObject?
+    /// The rows again, interleaved eight at a time for the integer kernels
+    /// (`interleavedForIntegerProducts`); nil when they only exist as stored.
+    public private(set) var interleaved: InterleavedRows?
 
     public init(type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer, owner: AnyObject?) {
         self.type = type; self.rows = rows; self.cols = cols; self.data = data; self.owner = owner
     }
 
     public var rowBytes: Int { type.byteCount(elements: cols)! }
+
+    /// This matrix with `interleaved` holding its rows eight at a time, when the integer kernels
+    /// take its type that way (Q4_0, rows a multiple of 8): at decode one pass then dots eight
+    /// rows with the token into one register. It costs a second copy of the weights, so only
+    /// inference with int8 activations asks for it. Otherwise (or when the copy cannot be
+    /// allocated) the matrix is returned as it is.
+    public func interleavedForIntegerProducts() -> QuantizedMatrix {
+        guard type == .q4_0, rows > 0, rows % 8 == 0, interleaved == nil,
+              let packed = InterleavedRows(bytes: rows * rowBytes) else { return self }
+        let rowBytes = self.rowBytes, cols = Int32(self.cols), data = self.data
+        Parallel.forEach(rows / 8, minChunk: max(1, 65536 / (8 * rowBytes))) { groups in
+            vlm_interleave_q4_0(data, rowBytes, cols, Int32(groups.lowerBound), Int32(groups.upperBound), packed.pointer)
+        }
+        // Inference reads only the copy from now on: the stored rows need not stay resident.
+        if let file = owner as? PageReleasing { file.releasePages(of: data, bytes: rows * rowBytes) }
+        var copy = self
+        copy.interleaved = packed
+        return copy
+    }
     public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
+}
+
+/// An owner of stored weights that can let the kernel drop their pages from the process (a
+/// read-only file mapping: the pages come back from the page cache when touched again).
+public protocol PageReleasing: AnyObject {
+    func releasePages(of pointer: UnsafeRawPointer, bytes: Int)
+}
+
+/// Anonymous memory for interleaved rows (`QuantizedMatrix.interleaved`), unmapped with it. In
+/// 2 MB pages where the kernel allows: a 7B model's copy would otherwise take a million page
+/// faults, seconds before the first token.
+public final class InterleavedRows: @unchecked Sendable {
+    public let pointer: UnsafeMutableRawPointer
+    private let bytes: Int
+
+    init?(bytes: Int) {
+        guard bytes > 0, let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+            return nil
+        }
+        pointer = p
+        self.bytes = bytes
+    }
+
+    deinit { munmap(pointer, bytes) }
 }

@@ -1,4 +1,5 @@
 import XCTest
+import CVLMKernels
 import VLMTensor
 
 /// The integer decode kernels (IntegerDot): activation quantization, vector kernels against the
@@ -204,7 +205,19 @@ final class IntegerMatMulTests: XCTestCase {
         }
     }
 
-    private func check(_ type: GGMLType, rows: Int, cols: Int, tokens: Int, seed: UInt64) {
+    /// Q4_0 rows interleaved eight at a time: the vector kernel (decode's mat-vec and prefill's
+    /// tokens) and its scalar reference, against the per-pair reference on the stored rows.
+    func testInterleavedQ4_0MatchesPerPairReference() {
+        for (rows, cols) in [(96, 4096), (16, 96)] {
+            for tokens in [1, 3, 4, 5, 11] {
+                check(.q4_0, rows: rows, cols: cols, tokens: tokens, seed: UInt64(rows * 31 + tokens), interleaved: true)
+            }
+        }
+        XCTAssertNil(QuantizedMatrix(type: .q4_0, rows: 12, cols: 32, data: UnsafeRawPointer(bitPattern: 64)!, owner: nil)
+                        .interleavedForIntegerProducts().interleaved, "rows not a multiple of 8 stay as stored")
+    }
+
+    private func check(_ type: GGMLType, rows: Int, cols: Int, tokens: Int, seed: UInt64, interleaved: Bool = false) {
         let blocks = QuantTests.randomBlocks(type, elements: rows * cols, seed: seed)
         var rng = SeededRandom(seed: seed &+ 1)
         // A few large channels, as real hidden states have, so the blocks' scales differ.
@@ -214,27 +227,54 @@ final class IntegerMatMulTests: XCTestCase {
         var activations = [UInt8](repeating: 0, count: tokenBytes)
         var worst = 0.0
         blocks.withUnsafeBytes { raw in
-            let m = QuantizedMatrix(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
-            m.matMulInteger(x, &y, tokens: tokens)
-            m.dequantize(into: &dense)
-            for t in 0..<tokens {
-                x.withUnsafeBufferPointer { xs in
-                    activations.withUnsafeMutableBytes {
-                        IntegerDot.quantizeActivations(type, xs.baseAddress! + t * cols, cols: cols, into: $0.baseAddress!, reference: true)
+            QuantizedMatrix(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil).dequantize(into: &dense)
+        }
+        func referenceCheck(_ y: [Float], _ what: String) {
+            blocks.withUnsafeBytes { raw in
+                for t in 0..<tokens {
+                    x.withUnsafeBufferPointer { xs in
+                        activations.withUnsafeMutableBytes {
+                            IntegerDot.quantizeActivations(type, xs.baseAddress! + t * cols, cols: cols, into: $0.baseAddress!, reference: true)
+                        }
                     }
-                }
-                for r in 0..<rows {
-                    let expected = activations.withUnsafeBytes {
-                        IntegerDot.dot(type, raw.baseAddress! + r * rowBytes, $0.baseAddress!, cols: cols, reference: true)
+                    for r in 0..<rows {
+                        let expected = activations.withUnsafeBytes {
+                            IntegerDot.dot(type, raw.baseAddress! + r * rowBytes, $0.baseAddress!, cols: cols, reference: true)
+                        }
+                        var magnitude = 0.0
+                        for c in 0..<cols { magnitude += Double(abs(dense[r * cols + c] * x[t * cols + c])) }
+                        let diff = Double(abs(y[t * rows + r] - expected))
+                        worst = max(worst, diff / max(magnitude, 1e-12))
+                        XCTAssertLessThanOrEqual(diff, 1e-5 * magnitude + 1e-6,
+                                                 "\(what) \(type.name) [\(rows), \(cols)] token \(t) row \(r): \(y[t * rows + r]) vs \(expected)")
                     }
-                    var magnitude = 0.0
-                    for c in 0..<cols { magnitude += Double(abs(dense[r * cols + c] * x[t * cols + c])) }
-                    let diff = Double(abs(y[t * rows + r] - expected))
-                    worst = max(worst, diff / max(magnitude, 1e-12))
-                    XCTAssertLessThanOrEqual(diff, 1e-5 * magnitude + 1e-6,
-                                             "\(type.name) [\(rows), \(cols)] token \(t) row \(r): \(y[t * rows + r]) vs \(expected)")
                 }
             }
+        }
+        blocks.withUnsafeBytes { raw in
+            var m = QuantizedMatrix(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
+            if interleaved {
+                m = m.interleavedForIntegerProducts()
+                guard let packed = m.interleaved?.pointer else { return XCTFail("Q4_0 [\(rows), \(cols)] was not interleaved") }
+                // The scalar reference over the packed rows, then the vector kernels.
+                let quantized = (0..<tokens).flatMap { t in
+                    var a = [UInt8](repeating: 0, count: tokenBytes)
+                    x.withUnsafeBufferPointer { xs in
+                        a.withUnsafeMutableBytes { IntegerDot.quantizeActivations(type, xs.baseAddress! + t * cols, cols: cols, into: $0.baseAddress!) }
+                    }
+                    return a
+                }
+                quantized.withUnsafeBytes { vlm_mat_q4_0x8_ref(Int32(cols), packed, 0, Int32(rows / 8), $0.baseAddress!, Int32(tokens), &y, rows) }
+                referenceCheck(y, "reference over the interleaved rows")
+                if tokens == 1 {
+                    y = [Float](repeating: .nan, count: rows)
+                    m.matVecInteger(x, &y)
+                    referenceCheck(y, "matVecInteger")
+                }
+                y = [Float](repeating: .nan, count: tokens * rows)
+            }
+            m.matMulInteger(x, &y, tokens: tokens)
+            referenceCheck(y, "matMulInteger")
         }
         XCTAssertLessThan(worst, 1e-5, "\(type.name): worst relative difference \(worst)")
     }

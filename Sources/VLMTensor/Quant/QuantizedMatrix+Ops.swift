@@ -32,13 +32,14 @@ extension QuantizedMatrix {
         ActivationPrecision(rawValue: ProcessInfo.processInfo.environment["VLMSH_ACTIVATIONS"] ?? "") ?? .f32
 
     /// Whether inference multiplies `tokens` tokens by this matrix through `matMulInteger`: with
-    /// int8 activations, for a type with an integer kernel, a matrix of at least 4 M weights and
-    /// at most 128 tokens. Smaller matrices (a 135M model's) and longer prompts go faster through
-    /// sgemm on dequantized rows (measured on AVX2: a 7B Q4_0 prompt of 64 tokens 9.6 against
-    /// 8.9 tok/s, of 512 tokens 7.6 against 9.8), and a short prompt then skips dequantizing the
-    /// whole model (time to the first token of a 16-token prompt on a 7B: 2.2 s against 4.7 s).
+    /// int8 activations, for a type with an integer kernel and a matrix of at least 4 M weights;
+    /// rows stored as they are only up to 128 tokens, interleaved rows at any length. Smaller
+    /// matrices (a 135M model's) and longer prompts over stored rows go faster through sgemm on
+    /// dequantized rows (measured on AVX2: a 7B Q4_0 prompt of 64 tokens 9.6 against 8.9 tok/s,
+    /// of 512 tokens 7.6 against 9.8; interleaved, 512 tokens take 14.6 tok/s), and a short
+    /// prompt then skips dequantizing the whole model.
     public func prefersIntegerProduct(tokens: Int) -> Bool {
-        Self.activations == .int8 && IntegerDot.supports(type) && rows * cols >= 4_000_000 && tokens <= 128
+        Self.activations == .int8 && IntegerDot.supports(type) && rows * cols >= 4_000_000 && (tokens <= 128 || interleaved != nil)
     }
 
     /// matVec with 8-bit activations: one quantization of x into this thread's scratch, then
@@ -50,6 +51,12 @@ extension QuantizedMatrix {
         let activations = ActivationScratch.buffer(bytes: IntegerDot.activationBytes(type, cols: cols))
         IntegerDot.quantizeActivations(type, x, cols: cols, into: activations)
         let blocks = UnsafeRawPointer(activations)
+        if let packed = interleaved?.pointer {
+            Parallel.forEach(rows / 8, minChunk: max(1, minRowsPerChunk / 8)) { groups in
+                vlm_mat_q4_0x8(Int32(cols), packed, Int32(groups.lowerBound), Int32(groups.upperBound), blocks, 1, y, rows)
+            }
+            return
+        }
         Parallel.forEach(rows, minChunk: minRowsPerChunk) { range in
             vlm_mat_vec_rows(type.rawValue, Int32(cols), data, rowBytes, Int32(range.lowerBound), Int32(range.upperBound), blocks, y)
         }
@@ -70,7 +77,14 @@ extension QuantizedMatrix {
         let blocks = UnsafeRawPointer(activations)
         // Chunks of rows taken in turn by the threads (a slower thread takes fewer), each about
         // 96 KB so it stays in L2 while every token's activations pass over it.
-        let chunkRows = max(4, 96 * 1024 / max(rowBytes, 1)), chunks = (rows + chunkRows - 1) / chunkRows
+        let chunkRows = max(8, 96 * 1024 / max(rowBytes, 1)) / 8 * 8, chunks = (rows + chunkRows - 1) / chunkRows
+        if let packed = interleaved?.pointer {
+            Parallel.run(chunks) { c in
+                let lo = c * chunkRows / 8, hi = min(rows, (c + 1) * chunkRows) / 8
+                vlm_mat_q4_0x8(Int32(cols), packed, Int32(lo), Int32(hi), blocks, Int32(tokens), y, rows)
+            }
+            return
+        }
         Parallel.run(chunks) { c in
             let lo = c * chunkRows, hi = min(rows, lo + chunkRows)
             vlm_mat_mat_rows(type.rawValue, Int32(cols), data, rowBytes, Int32(lo), Int32(hi), blocks, Int32(tokens), y, rows)
