@@ -5,6 +5,7 @@
 #include "vlm_kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__AVX2__)
@@ -692,91 +693,156 @@ void vlm_mat_mat_rows(uint32_t type, int n, const void *data, size_t row_bytes, 
             y[(size_t)t * ldy + r] = vlm_dot(type, n, rows + (size_t)r * row_bytes, act + (size_t)t * token_bytes);
 }
 
-/* MARK: Q4_0 with eight rows interleaved */
+/* MARK: Rows interleaved eight at a time (Q4_0, Q4_K, Q6_K) */
 
-/* Q4_0 weights with eight rows interleaved, so one pass of vector instructions dots eight rows
-   with a token and the eight sums land in the eight lanes of one register: no horizontal sums,
-   and each activation load serves eight rows. For row group g (rows 8g..8g+7) and block b, the
-   144 bytes at (g · blocks + b) · 144 are
-     - the eight rows' f16 scales, row order (16 bytes);
-     - four 32-byte chunks: chunk c holds bytes 4c..4c+3 of each row's 16 quant bytes, row
-       order. A byte's low nibble is element j of the block, its high nibble element j + 16
-       (Q4_0's own order), so chunk c's low nibbles are elements 4c..4c+3 of the eight rows and
-       its high nibbles elements 16 + 4c..16 + 4c + 3. */
+/* Weights with eight rows interleaved, so one pass of vector instructions dots eight rows with a
+   token and the eight sums land in the eight lanes of one register: no horizontal sums, and each
+   activation load serves eight rows. Row group g (rows 8g..8g+7) keeps, for each block b, one
+   group block at (g · blocks + b) · group_block_bytes. Quant bytes go in 4-byte slices: a 32-byte
+   slice holds the same four bytes of the eight rows, row order, so a byte multiply against four
+   activation bytes broadcast to every lane dots all eight rows at once.
+     - Q4_0 (144 bytes): the eight f16 scales (16 bytes); then slices 0..3 of the 16 quant bytes.
+     - Q4_K (1184 bytes, 32 more than stored): d × 8, dmin × 8 (f16); the 6-bit sub-block scales
+       unpacked to bytes as pairs, 16 bytes per pair p: row r's scales of sub-blocks 2p and
+       2p + 1 at 2r; the mins likewise; then for each 64-element chunk c, slices 0..7 of its 32
+       quant bytes (low nibbles sub-block 2c, high nibbles 2c + 1, as stored).
+     - Q6_K (1680 bytes): d × 8; the sixteen int8 scales as pairs (16 bytes per pair, as Q4_K's);
+       then for each 128-element half, slices 0..7 of its first 32 low-nibble bytes, of the next
+       32, and of its 32 bytes of high bit pairs. */
 
-#define Q4_0_BLOCK 18
-#define GROUP_BLOCK (8 * Q4_0_BLOCK)
+enum { Q4_0_BYTES = 18, Q4_K_BYTES = 144, Q6_K_BYTES = 210 };
 
-void vlm_interleave_q4_0(const void *rows, size_t row_bytes, int n, int group_begin, int group_end, void *packed) {
-    const int nb = n / 32;
-    for (int g = group_begin; g < group_end; g++) {
-        for (int b = 0; b < nb; b++) {
-            uint8_t *out = (uint8_t *)packed + ((size_t)g * nb + b) * GROUP_BLOCK;
-            for (int r = 0; r < 8; r++) {
-                const uint8_t *block = (const uint8_t *)rows + (size_t)(8 * g + r) * row_bytes + (size_t)b * Q4_0_BLOCK;
-                memcpy(out + 2 * r, block, 2);
-                for (int c = 0; c < 4; c++) memcpy(out + 16 + 32 * c + 4 * r, block + 2 + 4 * c, 4);
-            }
+/* Copies `bytes` between a row's block and its place in a group block, either way. */
+static inline void place(uint8_t *group, uint8_t *row, size_t bytes, int packing) {
+    if (packing) memcpy(group, row, bytes); else memcpy(row, group, bytes);
+}
+
+/* Each layout moves row r's block between `row` and the group block, in the direction asked
+   (packing: row → group). */
+static void layout_q4_0(uint8_t *group, uint8_t *row, int r, int packing) {
+    place(group + 2 * r, row, 2, packing);
+    for (int slice = 0; slice < 4; slice++) place(group + 16 + 32 * slice + 4 * r, row + 2 + 4 * slice, 4, packing);
+}
+
+static void layout_q4_K(uint8_t *group, uint8_t *row, int r, int packing) {
+    place(group + 2 * r, row, 2, packing);
+    place(group + 16 + 2 * r, row + 2, 2, packing);
+    uint8_t *scales = group + 32, *mins = group + 96, *table = row + 4;
+    if (packing) {
+        for (int j = 0; j < 8; j++) {
+            int sc, m;
+            scale_min_k4(j, table, &sc, &m);
+            scales[16 * (j / 2) + 2 * r + j % 2] = (uint8_t)sc;
+            mins[16 * (j / 2) + 2 * r + j % 2] = (uint8_t)m;
+        }
+    } else { /* scale_min_k4 inverted: six bits each, the top two of sub-blocks 4..7 above 0..3 */
+        uint8_t sc[8], m[8];
+        for (int j = 0; j < 8; j++) { sc[j] = scales[16 * (j / 2) + 2 * r + j % 2]; m[j] = mins[16 * (j / 2) + 2 * r + j % 2]; }
+        for (int j = 0; j < 4; j++) {
+            table[j] = (uint8_t)(sc[j] | ((sc[j + 4] >> 4) << 6));
+            table[j + 4] = (uint8_t)(m[j] | ((m[j + 4] >> 4) << 6));
+            table[j + 8] = (uint8_t)((sc[j + 4] & 0x0F) | ((m[j + 4] & 0x0F) << 4));
+        }
+    }
+    for (int c = 0; c < 4; c++)
+        for (int slice = 0; slice < 8; slice++)
+            place(group + 160 + 256 * c + 32 * slice + 4 * r, row + 16 + 32 * c + 4 * slice, 4, packing);
+}
+
+static void layout_q6_K(uint8_t *group, uint8_t *row, int r, int packing) {
+    place(group + 2 * r, row + 208, 2, packing);
+    for (int p = 0; p < 8; p++) place(group + 16 + 16 * p + 2 * r, row + 192 + 2 * p, 2, packing);
+    for (int half = 0; half < 2; half++) {
+        uint8_t *slices = group + 144 + 768 * half;
+        for (int slice = 0; slice < 8; slice++) {
+            place(slices + 32 * slice + 4 * r, row + 64 * half + 4 * slice, 4, packing);
+            place(slices + 256 + 32 * slice + 4 * r, row + 64 * half + 32 + 4 * slice, 4, packing);
+            place(slices + 512 + 32 * slice + 4 * r, row + 128 + 32 * half + 4 * slice, 4, packing);
         }
     }
 }
 
-/* The reference: each (row, token) summed exactly in integers per block, as dot_q4_0_ref does
-   on the rows before interleaving. */
-static void mat_q4_0x8_ref(int n, const uint8_t *packed, int group_begin, int group_end,
-                           const vlm_q8_32 *activations, int tokens, float *y, size_t ldy) {
-    const int nb = n / 32;
-    for (int t = 0; t < tokens; t++) {
-        for (int g = group_begin; g < group_end; g++) {
-            for (int r = 0; r < 8; r++) {
-                float sum = 0.0f;
-                for (int b = 0; b < nb; b++) {
-                    const uint8_t *block = packed + ((size_t)g * nb + b) * GROUP_BLOCK;
-                    const vlm_q8_32 *a = activations + (size_t)t * nb + b;
-                    int isum = 0;
-                    for (int c = 0; c < 4; c++) {
-                        for (int i = 0; i < 4; i++) {
-                            uint8_t q = block[16 + 32 * c + 4 * r + i];
-                            isum += ((q & 0x0F) - 8) * a->qs[4 * c + i] + ((q >> 4) - 8) * a->qs[16 + 4 * c + i];
-                        }
-                    }
-                    sum += f16_ref(block + 2 * r) * a->d * (float)isum;
-                }
-                y[(size_t)t * ldy + 8 * g + r] = sum;
-            }
-        }
+typedef void (*layout_fn)(uint8_t *group, uint8_t *row, int r, int packing);
+
+typedef struct { int elements; size_t block_bytes, group_bytes; layout_fn layout; } interleaving;
+
+static int interleaving_for(uint32_t type, interleaving *out) {
+    switch (type) {
+    case TYPE_Q4_0: *out = (interleaving){32, Q4_0_BYTES, 8 * Q4_0_BYTES, layout_q4_0}; return 1;
+    case TYPE_Q4_K: *out = (interleaving){256, Q4_K_BYTES, 1184, layout_q4_K}; return 1;
+    case TYPE_Q6_K: *out = (interleaving){256, Q6_K_BYTES, 8 * Q6_K_BYTES, layout_q6_K}; return 1;
+    default: return 0;
     }
 }
 
-void vlm_mat_q4_0x8_ref(int n, const void *packed, int group_begin, int group_end,
-                        const void *activations, int tokens, float *y, size_t ldy) {
-    mat_q4_0x8_ref(n, packed, group_begin, group_end, activations, tokens, y, ldy);
+size_t vlm_interleaved_group_bytes(uint32_t type, int n) {
+    interleaving il;
+#if defined(__AVX2__)
+    if (n > 0 && interleaving_for(type, &il) && n % il.elements == 0) return (size_t)(n / il.elements) * il.group_bytes;
+#else
+    (void)il; (void)type; (void)n; /* the scalar build reads rows as stored */
+#endif
+    return 0;
+}
+
+void vlm_interleave(uint32_t type, const void *rows, size_t row_bytes, int n, int group_begin, int group_end, void *packed) {
+    interleaving il;
+    if (!interleaving_for(type, &il)) return;
+    const int nb = n / il.elements;
+    for (int g = group_begin; g < group_end; g++)
+        for (int b = 0; b < nb; b++)
+            for (int r = 0; r < 8; r++) {
+                /* Packing only reads the row; the layouts take one pointer for both directions. */
+                uint8_t *block = (uint8_t *)rows + (size_t)(8 * g + r) * row_bytes + (size_t)b * il.block_bytes;
+                il.layout((uint8_t *)packed + ((size_t)g * nb + b) * il.group_bytes, block, r, 1);
+            }
+}
+
+/* The reference: each row's blocks taken back out of the groups, then vlm_dot_ref per token. */
+void vlm_mat_x8_ref(uint32_t type, int n, const void *packed, int group_begin, int group_end,
+                    const void *activations, int tokens, float *y, size_t ldy) {
+    interleaving il;
+    if (!interleaving_for(type, &il)) return;
+    const int nb = n / il.elements;
+    const size_t token_bytes = vlm_activation_row_bytes(type, n);
+    uint8_t *row = malloc((size_t)nb * il.block_bytes);
+    if (!row) return;
+    for (int g = group_begin; g < group_end; g++)
+        for (int r = 0; r < 8; r++) {
+            for (int b = 0; b < nb; b++)
+                il.layout((uint8_t *)packed + ((size_t)g * nb + b) * il.group_bytes, row + (size_t)b * il.block_bytes, r, 0);
+            for (int t = 0; t < tokens; t++)
+                y[(size_t)t * ldy + 8 * g + r] = vlm_dot_ref(type, n, row, (const uint8_t *)activations + (size_t)t * token_bytes);
+        }
+    free(row);
 }
 
 #if defined(__AVX2__)
-/* Eight rows × T tokens (T ≤ TILE_TOKENS, a constant after inlining). Per chunk, the 32
-   bytes unpack into low and high nibbles once for all T tokens; each token's four activation
-   bytes for those elements are broadcast to the eight lanes. Unsigned nibbles (0..15) times
-   signed bytes (|q| ≤ 127): a pair sums to at most 3810 and eight pairs to 30480, so the int16
-   partial sums of a whole block cannot overflow before the one widening multiply. Q4_0's
-   offset of 8 comes off through the activation block's sum: d_w · (d_x · Σ q_w q_x − 8 · s_x). */
-KERNEL group_tokens(int nb, const uint8_t *p, const vlm_q8_32 *a, int T, float *y, size_t ldy) {
+/* Eight rows × T tokens (T ≤ TILE_TOKENS, a constant after inlining), one kernel per type. Each
+   slice unpacks once for all T tokens; a token's four activation bytes for the slice's elements
+   are broadcast to the eight lanes. Unsigned quants times signed bytes (|q| ≤ 127) add up in
+   int16 only as far as they cannot overflow, then widen through one multiply-add that also
+   applies the sub-block scales where there are any. */
+
+static inline __m256i broadcast4(const int8_t *p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
+
+/* Q4_0: a pair of products is at most 15 · 127 · 2 = 3810, a block's eight pairs 30480: the
+   int16 sums of a whole block fit. The offset of 8 comes off through the activation block's
+   sum: d_w · (d_x · Σ q_w q_x − 8 · s_x). */
+KERNEL group_tokens_q4_0(int nb, const uint8_t *p, const vlm_q8_32 *a, int T, float *y, size_t ldy) {
     const __m256i low_mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
     __m256 acc[TILE_TOKENS];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++, p += GROUP_BLOCK) {
+    for (int b = 0; b < nb; b++, p += 8 * Q4_0_BYTES) {
         __m256i sums[TILE_TOKENS];
         for (int t = 0; t < T; t++) sums[t] = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++) {
-            __m256i raw = _mm256_loadu_si256((const __m256i *)(p + 16 + 32 * c));
+            __m256i raw = load_256(p + 16 + 32 * c);
             __m256i lo = _mm256_and_si256(raw, low_mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_mask);
             for (int t = 0; t < T; t++) {
                 const int8_t *qs = a[(size_t)t * nb + b].qs;
-                int32_t first, second;
-                memcpy(&first, qs + 4 * c, 4);
-                memcpy(&second, qs + 16 + 4 * c, 4);
-                sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(lo, _mm256_set1_epi32(first)));
-                sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(hi, _mm256_set1_epi32(second)));
+                sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(lo, broadcast4(qs + 4 * c)));
+                sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(hi, broadcast4(qs + 16 + 4 * c)));
             }
         }
         __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
@@ -790,27 +856,150 @@ KERNEL group_tokens(int nb, const uint8_t *p, const vlm_q8_32 *a, int T, float *
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + (size_t)t * ldy, acc[t]);
 }
 
-void vlm_mat_q4_0x8(int n, const void *packed, int group_begin, int group_end,
-                    const void *activations, int tokens, float *y, size_t ldy) {
-    const int nb = n / 32;
-    const vlm_q8_32 *a = activations;
-    const uint8_t *groups = packed;
-    int t = 0;
+/* Lane r of a scale pair register (int16 pairs from 16 bytes at 2r) with its first or second
+   scale in both halves: the factor _mm256_madd_epi16 needs to scale a lane's two int16 sums. */
+static inline __m256i first_of_pairs(__m256i pairs) {
+    return _mm256_shuffle_epi8(pairs, _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13,
+                                                       0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13));
+}
+static inline __m256i second_of_pairs(__m256i pairs) {
+    return _mm256_shuffle_epi8(pairs, _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15,
+                                                       2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15));
+}
+
+/* Q4_K: a 32-element sub-block is eight slices of 3810 at most, 30480 in int16, then × its
+   6-bit scale into int32. The mins: Σ_s m_s · Σ x over sub-block s, from the activation's
+   16-element sums added in pairs. */
+KERNEL group_tokens_q4_K(int nb, const uint8_t *p, const vlm_q8_256 *a, int T, float *y, size_t ldy) {
+    const __m256i low_mask = _mm256_set1_epi8(0x0F);
+    __m256 acc[TILE_TOKENS];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, p += 1184) {
+        __m256i isum[TILE_TOKENS];
+        for (int t = 0; t < T; t++) isum[t] = _mm256_setzero_si256();
+        /* Sub-block s: the low nibbles (s even) or high nibbles (s odd) of chunk s / 2. One
+           sub-block at a time keeps T int16 sums live, not 2T (four tokens fit the registers). */
+        for (int s = 0; s < 8; s++) {
+            __m256i sums16[TILE_TOKENS];
+            for (int t = 0; t < T; t++) sums16[t] = _mm256_setzero_si256();
+            const uint8_t *slices = p + 160 + 256 * (s / 2);
+            for (int slice = 0; slice < 8; slice++) {
+                __m256i raw = load_256(slices + 32 * slice);
+                __m256i q = (s & 1) ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_mask) : _mm256_and_si256(raw, low_mask);
+                for (int t = 0; t < T; t++)
+                    sums16[t] = _mm256_add_epi16(sums16[t], _mm256_maddubs_epi16(q, broadcast4(a[(size_t)t * nb + b].qs + 32 * s + 4 * slice)));
+            }
+            __m256i pairs = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 + 16 * (s / 2))));
+            __m256i scale = (s & 1) ? second_of_pairs(pairs) : first_of_pairs(pairs);
+            for (int t = 0; t < T; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(sums16[t], scale));
+        }
+        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+        for (int t = 0; t < T; t++) {
+            const vlm_q8_256 *x = a + (size_t)t * nb + b;
+            /* 32-bit element e of `sub` holds the int16 sums of sub-blocks (2e, 2e + 1) for e = 0, 1
+               and (2e − 4, 2e − 3) for e = 4, 5 (hadd works within 128-bit halves). */
+            __m256i sixteens = _mm256_loadu_si256((const __m256i *)x->sums16), sub = _mm256_hadd_epi16(sixteens, sixteens);
+            __m256i msum = _mm256_setzero_si256();
+            static const int element[4] = {0, 1, 4, 5};
+            for (int pair = 0; pair < 4; pair++) {
+                __m256i mins = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + 96 + 16 * pair)));
+                __m256i sums = _mm256_permutevar8x32_epi32(sub, _mm256_set1_epi32(element[pair]));
+                msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins, sums));
+            }
+            __m256 dx = _mm256_set1_ps(x->d);
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, dx), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(msum), acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + (size_t)t * ldy, acc[t]);
+}
+
+/* Q6_K: quants go in unbiased (0..63), a pair of products at most 63 · 127 · 2 = 16002, so two
+   slices add in int16 before × the 16-element group's scale into int32. The bias of 32 comes
+   back as 32 · Σ_g sc_g · (Σ x over group g), in int32 with the products (both stay far below
+   2³¹: 16 · 128 · 127 · 63 · 16 and 32 · 16 · 128 · 2032). */
+KERNEL group_tokens_q6_K(int nb, const uint8_t *p, const vlm_q8_256 *a, int T, float *y, size_t ldy) {
+    const __m256i low_mask = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
+    __m256 acc[TILE_TOKENS];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++, p += 8 * Q6_K_BYTES) {
+        __m256i isum[TILE_TOKENS];
+        for (int t = 0; t < T; t++) isum[t] = _mm256_setzero_si256();
+        for (int half = 0; half < 2; half++) {
+            const uint8_t *slices = p + 144 + 768 * half;
+            /* Quarter q (elements 32q..32q + 31 of the half): low nibbles of the first 32 bytes
+               (q = 0), of the next 32 (q = 1), their high nibbles (q = 2, 3); bits 2q, 2q + 1 of
+               the high-bit bytes on top. Its scales are pair 4·half + q. */
+            for (int quarter = 0; quarter < 4; quarter++) {
+                const uint8_t *nibbles = slices + 256 * (quarter & 1), *high_bits = slices + 512;
+                __m256i scales = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(p + 16 + 16 * (4 * half + quarter))));
+                for (int t = 0; t < T; t++) {
+                    /* The bias term of these two groups, while their scales are at hand. */
+                    const vlm_q8_256 *x = a + (size_t)t * nb + b;
+                    __m256i sums = broadcast4((const int8_t *)x->sums16 + 4 * (4 * half + quarter));
+                    isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(_mm256_madd_epi16(scales, sums), 5));
+                }
+                for (int group = 0; group < 2; group++) {
+                    __m256i scale = group ? second_of_pairs(scales) : first_of_pairs(scales);
+                    for (int pair = 0; pair < 2; pair++) {
+                        __m256i q[2];
+                        for (int i = 0; i < 2; i++) {
+                            int slice = 4 * group + 2 * pair + i;
+                            __m256i raw = load_256(nibbles + 32 * slice);
+                            __m256i low = quarter < 2 ? _mm256_and_si256(raw, low_mask)
+                                                      : _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_mask);
+                            __m256i bits = _mm256_and_si256(_mm256_srli_epi16(load_256(high_bits + 32 * slice), 2 * quarter), three);
+                            q[i] = _mm256_or_si256(low, _mm256_slli_epi16(bits, 4));
+                        }
+                        for (int t = 0; t < T; t++) {
+                            const int8_t *qs = a[(size_t)t * nb + b].qs + 128 * half + 32 * quarter + 4 * (4 * group + 2 * pair);
+                            __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(q[0], broadcast4(qs)),
+                                                           _mm256_maddubs_epi16(q[1], broadcast4(qs + 4)));
+                            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16, scale));
+                        }
+                    }
+                }
+            }
+        }
+        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+        for (int t = 0; t < T; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(a[(size_t)t * nb + b].d)), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+    }
+    for (int t = 0; t < T; t++) _mm256_storeu_ps(y + (size_t)t * ldy, acc[t]);
+}
+
+void vlm_mat_x8(uint32_t type, int n, const void *packed, int group_begin, int group_end,
+                const void *activations, int tokens, float *y, size_t ldy) {
+    interleaving il;
+    if (!interleaving_for(type, &il)) return;
+    const int nb = n / il.elements;
+    const size_t token_bytes = vlm_activation_row_bytes(type, n), group_stride = (size_t)nb * il.group_bytes;
+    const uint8_t *groups = packed, *act = activations;
     /* Four tokens at a time over the range's groups (which callers keep small enough for L2),
        then the remaining one to three. */
-    for (; t + TILE_TOKENS <= tokens; t += TILE_TOKENS)
-        for (int g = group_begin; g < group_end; g++)
-            group_tokens(nb, groups + (size_t)g * nb * GROUP_BLOCK, a + (size_t)t * nb, TILE_TOKENS, y + (size_t)t * ldy + 8 * g, ldy);
-    for (; t < tokens; t++)
-        for (int g = group_begin; g < group_end; g++)
-            group_tokens(nb, groups + (size_t)g * nb * GROUP_BLOCK, a + (size_t)t * nb, 1, y + (size_t)t * ldy + 8 * g, ldy);
+#define GROUPS(kernel, block, T) \
+    for (int g = group_begin; g < group_end; g++) \
+        kernel(nb, groups + (size_t)g * group_stride, (const block *)(act + (size_t)t * token_bytes), T, y + (size_t)t * ldy + 8 * g, ldy);
+#define ALL_TOKENS(kernel, block) { \
+    int t = 0; \
+    for (; t + TILE_TOKENS <= tokens; t += TILE_TOKENS) GROUPS(kernel, block, TILE_TOKENS) \
+    for (; t < tokens; t++) GROUPS(kernel, block, 1) \
+    return; }
+    switch (type) {
+    case TYPE_Q4_0: ALL_TOKENS(group_tokens_q4_0, vlm_q8_32)
+    case TYPE_Q4_K: ALL_TOKENS(group_tokens_q4_K, vlm_q8_256)
+    case TYPE_Q6_K: ALL_TOKENS(group_tokens_q6_K, vlm_q8_256)
+    }
+#undef ALL_TOKENS
+#undef GROUPS
 }
 
 #else
 
-void vlm_mat_q4_0x8(int n, const void *packed, int group_begin, int group_end,
-                    const void *activations, int tokens, float *y, size_t ldy) {
-    mat_q4_0x8_ref(n, packed, group_begin, group_end, activations, tokens, y, ldy);
+void vlm_mat_x8(uint32_t type, int n, const void *packed, int group_begin, int group_end,
+                const void *activations, int tokens, float *y, size_t ldy) {
+    vlm_mat_x8_ref(type, n, packed, group_begin, group_end, activations, tokens, y, ldy);
 }
 
 #endif

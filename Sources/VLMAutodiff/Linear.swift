@@ -13,7 +13,7 @@ public struct Linear: @unchecked Sendable {
     public var adapter: LowRankAdapter?
 
     /// A layer over a stored matrix (decoders: GGUF or safetensors weights, read in place). With
-    /// int8 activations, Q4_0 weights are also interleaved for the integer kernels.
+    /// int8 activations, Q4_0, Q4_K and Q6_K weights are also interleaved for the integer kernels.
     public init(weight: QuantizedMatrix, bias: Tensor? = nil) {
         self.weight = QuantizedMatrix.activations == .int8 ? weight.interleavedForIntegerProducts() : weight
         weightLeaf = nil

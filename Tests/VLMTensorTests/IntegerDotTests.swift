@@ -205,16 +205,22 @@ final class IntegerMatMulTests: XCTestCase {
         }
     }
 
-    /// Q4_0 rows interleaved eight at a time: the vector kernel (decode's mat-vec and prefill's
-    /// tokens) and its scalar reference, against the per-pair reference on the stored rows.
-    func testInterleavedQ4_0MatchesPerPairReference() {
-        for (rows, cols) in [(96, 4096), (16, 96)] {
-            for tokens in [1, 3, 4, 5, 11] {
-                check(.q4_0, rows: rows, cols: cols, tokens: tokens, seed: UInt64(rows * 31 + tokens), interleaved: true)
+    /// Q4_0, Q4_K and Q6_K rows interleaved eight at a time: the vector kernels (decode's
+    /// mat-vec and prefill's tokens) and the reference that takes each row back out of its group,
+    /// against the per-pair reference on the stored rows.
+    func testInterleavedRowsMatchPerPairReference() throws {
+        try XCTSkipIf(String(cString: vlm_dot_instruction_set()) == "scalar", "the scalar build keeps rows as stored")
+        for type in [GGMLType.q4_0, .q4_K, .q6_K] {
+            for (rows, cols) in [(96, 4096), (16, type.blockSize == 32 ? 96 : 512)] {
+                for tokens in [1, 3, 4, 5, 11] {
+                    check(type, rows: rows, cols: cols, tokens: tokens, seed: UInt64(rows * 31 + tokens) &+ UInt64(type.rawValue), interleaved: true)
+                }
             }
+            XCTAssertNil(QuantizedMatrix(type: type, rows: 12, cols: 256, data: UnsafeRawPointer(bitPattern: 64)!, owner: nil)
+                            .interleavedForIntegerProducts().interleaved, "rows not a multiple of 8 stay as stored")
         }
-        XCTAssertNil(QuantizedMatrix(type: .q4_0, rows: 12, cols: 32, data: UnsafeRawPointer(bitPattern: 64)!, owner: nil)
-                        .interleavedForIntegerProducts().interleaved, "rows not a multiple of 8 stay as stored")
+        XCTAssertNil(QuantizedMatrix(type: .q5_K, rows: 8, cols: 256, data: UnsafeRawPointer(bitPattern: 64)!, owner: nil)
+                        .interleavedForIntegerProducts().interleaved, "types without interleaved kernels stay as stored")
     }
 
     private func check(_ type: GGMLType, rows: Int, cols: Int, tokens: Int, seed: UInt64, interleaved: Bool = false) {
@@ -255,7 +261,7 @@ final class IntegerMatMulTests: XCTestCase {
             var m = QuantizedMatrix(type: type, rows: rows, cols: cols, data: raw.baseAddress!, owner: nil)
             if interleaved {
                 m = m.interleavedForIntegerProducts()
-                guard let packed = m.interleaved?.pointer else { return XCTFail("Q4_0 [\(rows), \(cols)] was not interleaved") }
+                guard let packed = m.interleaved?.pointer else { return XCTFail("\(type.name) [\(rows), \(cols)] was not interleaved") }
                 // The scalar reference over the packed rows, then the vector kernels.
                 let quantized = (0..<tokens).flatMap { t in
                     var a = [UInt8](repeating: 0, count: tokenBytes)
@@ -264,7 +270,7 @@ final class IntegerMatMulTests: XCTestCase {
                     }
                     return a
                 }
-                quantized.withUnsafeBytes { vlm_mat_q4_0x8_ref(Int32(cols), packed, 0, Int32(rows / 8), $0.baseAddress!, Int32(tokens), &y, rows) }
+                quantized.withUnsafeBytes { vlm_mat_x8_ref(type.rawValue, Int32(cols), packed, 0, Int32(rows / 8), $0.baseAddress!, Int32(tokens), &y, rows) }
                 referenceCheck(y, "reference over the interleaved rows")
                 if tokens == 1 {
                     y = [Float](repeating: .nan, count: rows)

@@ -61,16 +61,19 @@ size_t vlm_activation_row_bytes(uint32_t ggml_type, int n);
 void vlm_mat_mat_rows(uint32_t ggml_type, int n, const void *data, size_t row_bytes, int row_begin, int row_end,
                       const void *activations, int tokens, float *y, size_t ldy);
 
-/* Q4_0 rows interleaved eight at a time (layout in quant_dot.c), so one pass dots eight rows
-   with a token into the eight lanes of a register. vlm_interleave_q4_0 packs row groups
-   [group_begin, group_end) (rows 8g..8g+7 of `rows`, `n` elements each) into `packed`, which
-   holds the whole matrix, 8 · n / 32 · 18 bytes per group. vlm_mat_q4_0x8 is vlm_mat_mat_rows
-   over the packed rows of those groups (y[t·ldy + r], tokens ≥ 1); _ref is its scalar reference. */
-void vlm_interleave_q4_0(const void *rows, size_t row_bytes, int n, int group_begin, int group_end, void *packed);
-void vlm_mat_q4_0x8(int n, const void *packed, int group_begin, int group_end,
+/* Q4_0, Q4_K and Q6_K rows interleaved eight at a time (layouts in quant_dot.c), so one pass dots
+   eight rows with a token into the eight lanes of a register. vlm_interleaved_group_bytes: bytes
+   of one group of eight rows of `n` elements, 0 for a type (or a build without AVX2) that keeps
+   its rows as stored. vlm_interleave packs row groups [group_begin, group_end) (rows 8g..8g+7 of
+   `rows`) into `packed`, which holds the whole matrix. vlm_mat_x8 is vlm_mat_mat_rows over the
+   packed rows of those groups (y[t·ldy + r], tokens ≥ 1); vlm_mat_x8_ref takes each row back out
+   of its group and calls vlm_dot_ref. */
+size_t vlm_interleaved_group_bytes(uint32_t ggml_type, int n);
+void vlm_interleave(uint32_t ggml_type, const void *rows, size_t row_bytes, int n, int group_begin, int group_end, void *packed);
+void vlm_mat_x8(uint32_t ggml_type, int n, const void *packed, int group_begin, int group_end,
+                const void *activations, int tokens, float *y, size_t ldy);
+void vlm_mat_x8_ref(uint32_t ggml_type, int n, const void *packed, int group_begin, int group_end,
                     const void *activations, int tokens, float *y, size_t ldy);
-void vlm_mat_q4_0x8_ref(int n, const void *packed, int group_begin, int group_end,
-                        const void *activations, int tokens, float *y, size_t ldy);
 
 /* Which vector path this build uses: "avx512vnni", "avxvnni", "avx2" or "scalar". */
 const char *vlm_dot_instruction_set(void);

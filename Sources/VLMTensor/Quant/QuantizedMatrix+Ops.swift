@@ -33,11 +33,11 @@ extension QuantizedMatrix {
 
     /// Whether inference multiplies `tokens` tokens by this matrix through `matMulInteger`: with
     /// int8 activations, for a type with an integer kernel and a matrix of at least 4 M weights;
-    /// rows stored as they are only up to 128 tokens, interleaved rows at any length. Smaller
-    /// matrices (a 135M model's) and longer prompts over stored rows go faster through sgemm on
-    /// dequantized rows (measured on AVX2: a 7B Q4_0 prompt of 64 tokens 9.6 against 8.9 tok/s,
-    /// of 512 tokens 7.6 against 9.8; interleaved, 512 tokens take 14.6 tok/s), and a short
-    /// prompt then skips dequantizing the whole model.
+    /// rows stored as they are only up to 128 tokens, interleaved rows (Q4_0, Q4_K, Q6_K) at any
+    /// length. Smaller matrices (a 135M model's) and longer prompts over stored rows go faster
+    /// through sgemm on dequantized rows (measured on AVX2: a 7B Q4_0 prompt of 64 tokens 9.6
+    /// against 8.9 tok/s, of 512 tokens 7.6 against 9.8; interleaved, 512 tokens take 14.6, and
+    /// 20 on the 7B Q4_K_M), and a short prompt then skips dequantizing the whole model.
     public func prefersIntegerProduct(tokens: Int) -> Bool {
         Self.activations == .int8 && IntegerDot.supports(type) && rows * cols >= 4_000_000 && (tokens <= 128 || interleaved != nil)
     }
@@ -52,8 +52,12 @@ extension QuantizedMatrix {
         IntegerDot.quantizeActivations(type, x, cols: cols, into: activations)
         let blocks = UnsafeRawPointer(activations)
         if let packed = interleaved?.pointer {
-            Parallel.forEach(rows / 8, minChunk: max(1, minRowsPerChunk / 8)) { groups in
-                vlm_mat_q4_0x8(Int32(cols), packed, Int32(groups.lowerBound), Int32(groups.upperBound), blocks, 1, y, rows)
+            // Eight chunks per thread, taken in turn: a thread slowed by the other's memory
+            // traffic takes fewer instead of keeping the other waiting at the end.
+            let groups = rows / 8, chunks = min(8 * Parallel.threads, max(1, groups / 4))
+            Parallel.run(chunks) { c in
+                let lo = c * groups / chunks, hi = (c + 1) * groups / chunks
+                vlm_mat_x8(type.rawValue, Int32(cols), packed, Int32(lo), Int32(hi), blocks, 1, y, rows)
             }
             return
         }
@@ -81,7 +85,7 @@ extension QuantizedMatrix {
         if let packed = interleaved?.pointer {
             Parallel.run(chunks) { c in
                 let lo = c * chunkRows / 8, hi = min(rows, (c + 1) * chunkRows) / 8
-                vlm_mat_q4_0x8(Int32(cols), packed, Int32(lo), Int32(hi), blocks, Int32(tokens), y, rows)
+                vlm_mat_x8(type.rawValue, Int32(cols), packed, Int32(lo), Int32(hi), blocks, Int32(tokens), y, rows)
             }
             return
         }
