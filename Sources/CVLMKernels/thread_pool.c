@@ -38,6 +38,7 @@ static struct {
     int chunks;
     atomic_int next;                 /* next chunk index to take */
     atomic_int done;                 /* chunks finished */
+    atomic_int left;                 /* workers that have not yet left the current loop */
 } pool = { .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER };
 
 static _Thread_local int inside_pool_chunk;
@@ -61,9 +62,12 @@ static void run_chunks(void) {
     inside_pool_chunk = 0;
 }
 
-static void *worker_main(void *unused) {
-    (void)unused;
-    unsigned seen = atomic_load_explicit(&pool.generation, memory_order_acquire);
+/* A worker takes part in every loop, and the loop returns only after each worker has left it: a
+   worker still inside loop N when loop N + 1 is set up would otherwise take a chunk number from
+   loop N's counter and run it with loop N + 1's function, or loop N's after its caller returned
+   (seen as a trap in a long fine-tune). `start` is the generation before the loop that created it. */
+static void *worker_main(void *start) {
+    unsigned seen = (unsigned)(uintptr_t)start;
     for (;;) {
         long deadline = monotonic_ns() + SPIN_NANOSECONDS;
         unsigned now = seen;
@@ -80,6 +84,7 @@ static void *worker_main(void *unused) {
         }
         seen = now;
         run_chunks();
+        atomic_fetch_sub_explicit(&pool.left, 1, memory_order_release);
     }
     return NULL;
 }
@@ -92,7 +97,8 @@ static void ensure_workers(int count) {
         pthread_attr_t attributes;
         pthread_attr_init(&attributes);
         pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
-        int failed = pthread_create(&thread, &attributes, worker_main, NULL);
+        int failed = pthread_create(&thread, &attributes, worker_main,
+                                    (void *)(uintptr_t)atomic_load(&pool.generation));
         pthread_attr_destroy(&attributes);
         if (failed) break;   /* fewer helpers; the caller still runs every chunk left over */
         pool.workers++;
@@ -111,6 +117,7 @@ void vlm_parallel_run(int chunks, int threads, vlm_chunk_fn fn, void *context) {
     pool.context = context;
     pool.chunks = chunks;
     atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool.left, pool.workers, memory_order_relaxed);
     atomic_store_explicit(&pool.next, 0, memory_order_release);
     atomic_fetch_add(&pool.generation, 1);   /* sequentially consistent: pairs with `sleepers` */
     if (atomic_load(&pool.sleepers) > 0) {
@@ -119,6 +126,7 @@ void vlm_parallel_run(int chunks, int threads, vlm_chunk_fn fn, void *context) {
         pthread_mutex_unlock(&pool.lock);
     }
     run_chunks();
-    while (atomic_load_explicit(&pool.done, memory_order_acquire) < chunks) CPU_RELAX();
+    while (atomic_load_explicit(&pool.done, memory_order_acquire) < chunks
+           || atomic_load_explicit(&pool.left, memory_order_acquire) > 0) CPU_RELAX();
     atomic_store_explicit(&pool.busy, 0, memory_order_release);
 }

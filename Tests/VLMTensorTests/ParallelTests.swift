@@ -15,6 +15,23 @@ final class ParallelTests: XCTestCase {
         }
     }
 
+    /// Back-to-back loops of different sizes, as a training step runs them: a worker that has
+    /// not yet left one loop must not take a chunk of the next (that ran chunks twice, or a
+    /// returned loop's closure, and trapped a long fine-tune).
+    func testBackToBackLoopsOfDifferentSizes() {
+        let sizes = [2, 3, 7, 64], rounds = 200_000
+        let counts = UnsafeMutablePointer<Int>.allocate(capacity: 64 * sizes.count)
+        defer { counts.deallocate() }
+        counts.initialize(repeating: 0, count: 64 * sizes.count)
+        for r in 0..<rounds {
+            let k = r % sizes.count
+            Parallel.run(sizes[k]) { counts[k * 64 + $0] += 1 }
+        }
+        for (k, n) in sizes.enumerated() {
+            XCTAssertEqual((0..<64).filter { counts[k * 64 + $0] != ($0 < n ? rounds / sizes.count : 0) }, [], "\(n) chunks")
+        }
+    }
+
     func testForEachCoversTheRange() {
         for count in [0, 1, 7, 1000] {
             let seen = UnsafeMutablePointer<Int>.allocate(capacity: max(count, 1))
