@@ -20,8 +20,16 @@ import sys
 import time
 
 DEFAULT_MODEL = os.path.expanduser("~/.vlmsh/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-BACKENDS = ["vlmsh", "torch"]
-LABELS = {"vlmsh": "vlmsh", "torch": "PyTorch + PEFT fp32"}
+BACKENDS = ["vlmsh", "vlmsh-bf16", "torch"]
+LABELS = {"vlmsh": "vlmsh", "vlmsh-bf16": "vlmsh --bf16", "torch": "PyTorch + PEFT fp32"}
+
+
+def has_bf16_instructions():
+    """vlmsh --bf16 multiplies in bfloat16 only where the CPU has AVX512-BF16."""
+    try:
+        return "avx512_bf16" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MASK = (1 << 64) - 1
 
@@ -144,10 +152,11 @@ def common_args(a):
 
 def run_backend(b, a):
     env = dict(os.environ, VLMSH_THREADS=str(a.threads))
-    if b == "vlmsh":
+    if b.startswith("vlmsh"):
         if not os.path.exists(a.vlmsh):
             raise RuntimeError(f"{a.vlmsh}: not found (build with `swift build -c release`)")
-        return run_json([a.vlmsh, "bench", "--train", *common_args(a), "--json"], env, "vlmsh bench --train")
+        bf16 = ["--bf16"] if b == "vlmsh-bf16" else []
+        return run_json([a.vlmsh, "bench", "--train", *common_args(a), *bf16, "--json"], env, "vlmsh bench --train")
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", *common_args(a), "--threads", str(a.threads)]
     return run_json(cmd, env, "PyTorch worker")
 
@@ -167,7 +176,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds, one process per backend each (default: 2)")
     ap.add_argument("--threads", type=int, default=2, help="threads for both backends (default: 2)")
     ap.add_argument("--seed", type=int, default=42, help="seed of the synthetic token ids (default: 42)")
-    ap.add_argument("--only", default=",".join(BACKENDS), help="comma list of vlmsh,torch")
+    default = [b for b in BACKENDS if b != "vlmsh-bf16" or has_bf16_instructions()]
+    ap.add_argument("--only", default=",".join(default), help="comma list of vlmsh,vlmsh-bf16,torch (vlmsh-bf16 where the CPU has AVX512-BF16)")
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -217,11 +227,14 @@ def main(argv=None):
                 row["version"] = row["rounds"][0]["version"]
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     v, t = result["backends"].get("vlmsh", {}), result["backends"].get("torch", {})
+    h = result["backends"].get("vlmsh-bf16", {})
     if "train_tokens_per_second" in v and "train_tokens_per_second" in t:
         result["ratio_vlmsh_over_torch"] = v["train_tokens_per_second"] / t["train_tokens_per_second"]
         result["memory_ratio_vlmsh_over_torch"] = v["peak_rss_bytes"] / t["peak_rss_bytes"]
         # LoRA's B starts at zero, so the first step's loss is the base model's on the same ids.
         result["first_loss_difference"] = abs(v["first_loss"] - t["first_loss"])
+    if "train_tokens_per_second" in v and "train_tokens_per_second" in h:
+        result["ratio_bf16_over_f32"] = h["train_tokens_per_second"] / v["train_tokens_per_second"]
 
     if a.json:
         print(json.dumps(result, indent=1))
@@ -238,6 +251,8 @@ def main(argv=None):
     if "ratio_vlmsh_over_torch" in result:
         print(f"{'ratio vlmsh/PyTorch':22} {result['ratio_vlmsh_over_torch']:11.2f}x "
               f"{result['memory_ratio_vlmsh_over_torch']:12.2f}x")
+    if "ratio_bf16_over_f32" in result:
+        print(f"{'ratio --bf16/Float32':22} {result['ratio_bf16_over_f32']:11.2f}x")
     return 0
 
 

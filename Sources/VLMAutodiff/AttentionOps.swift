@@ -181,46 +181,56 @@ extension Tape {
                    "cachedAttention: q \(q.shape) k \(k.shape) v \(v.shape) for \(heads)/\(kvHeads) heads of \(hd)")
         precondition(!(isRecording && (q.requiresGrad || k.requiresGrad || v.requiresGrad)), "cachedAttention has no backward")
         cache.reserve(n)
-        cache.key(layer: l, position: start).update(from: k.data, count: n * kvDim)
-        cache.value(layer: l, position: start).update(from: v.data, count: n * kvDim)
+        cache.store(layer: l, position: start, keys: k.data, values: v.data, count: n)
         // A first chunk attends only to itself: the training op computes exactly that.
         if start == 0 && n > 1 {
             return attention(q: q, k: k, v: v, heads: heads, kvHeads: kvHeads, headDim: hd,
                              layout: SequenceLayout(batch: 1, length: n), causal: true)
         }
         let total = start + n, scale = 1 / Float(hd).squareRoot()
-        let keys = cache.key(layer: l, position: 0), values = cache.value(layer: l, position: 0)
         let out = output(shape: q.shape, requiresGrad: false)
         let pq = q.data, po = out.data
         if n == 1 {
-            // One query: per-head dot products, heads spread over the cores.
+            // One query: per-head dot products, heads spread over the cores, the cache read as stored.
+            let keys = cache.keys(layer: l), values = cache.values(layer: l), f16 = cache.precision == .f16
             ScratchPool.shared.withBuffer(count: heads * total) { scores in
                 Parallel.forEach(heads, minChunk: max(1, 512 / max(total, 1))) { range in
                     for head in range {
                         let kvOffset = (head / group) * hd
                         let s = scores + head * total, qh = pq + head * hd, oh = po + head * hd
-                        vlm_attention_scores(qh, keys + kvOffset, kvDim, Int32(total), Int32(hd), scale, s)
-                        Kernels.softmaxVectorized(s, total)
-                        vlm_attention_mix(s, values + kvOffset, kvDim, Int32(total), Int32(hd), oh)
+                        if f16 {
+                            let k = keys.assumingMemoryBound(to: UInt16.self), v = values.assumingMemoryBound(to: UInt16.self)
+                            vlm_attention_scores_f16(qh, k + kvOffset, kvDim, Int32(total), Int32(hd), scale, s)
+                            Kernels.softmaxVectorized(s, total)
+                            vlm_attention_mix_f16(s, v + kvOffset, kvDim, Int32(total), Int32(hd), oh)
+                        } else {
+                            let k = keys.assumingMemoryBound(to: Float.self), v = values.assumingMemoryBound(to: Float.self)
+                            vlm_attention_scores_f32(qh, k + kvOffset, kvDim, Int32(total), Int32(hd), scale, s)
+                            Kernels.softmaxVectorized(s, total)
+                            vlm_attention_mix_f32(s, v + kvOffset, kvDim, Int32(total), Int32(hd), oh)
+                        }
                     }
                 }
             }
             return out
         }
-        // Several queries: S = Q·Kᵀ and O = softmax(S)·V per head through sgemm.
-        ScratchPool.shared.withBuffer(count: n * total) { s in
-            for head in 0..<heads {
-                let kvOffset = (head / group) * hd
-                Kernels.gemm(m: n, n: total, k: hd, pq + head * hd, lda: qDim, keys + kvOffset, ldb: kvDim, transB: true, s, ldc: total,
-                             alpha: scale)
-                Parallel.forEach(n, minChunk: 8) { range in
-                    for i in range {
-                        let row = s + i * total, visible = start + i + 1
-                        Kernels.softmaxVectorized(row, visible)
-                        for j in visible..<total { row[j] = 0 }
+        // Several queries: S = Q·Kᵀ and O = softmax(S)·V per head through sgemm, over the
+        // layer's keys and values as Float32 (an f16 cache is widened once per layer).
+        cache.withFloatKeysAndValues(layer: l, positions: total) { keys, values in
+            ScratchPool.shared.withBuffer(count: n * total) { s in
+                for head in 0..<heads {
+                    let kvOffset = (head / group) * hd
+                    Kernels.gemm(m: n, n: total, k: hd, pq + head * hd, lda: qDim, keys + kvOffset, ldb: kvDim, transB: true, s, ldc: total,
+                                 alpha: scale)
+                    Parallel.forEach(n, minChunk: 8) { range in
+                        for i in range {
+                            let row = s + i * total, visible = start + i + 1
+                            Kernels.softmaxVectorized(row, visible)
+                            for j in visible..<total { row[j] = 0 }
+                        }
                     }
+                    Kernels.gemm(m: n, n: hd, k: total, s, lda: total, values + kvOffset, ldb: kvDim, transB: false, po + head * hd, ldc: qDim)
                 }
-                Kernels.gemm(m: n, n: hd, k: total, s, lda: total, values + kvOffset, ldb: kvDim, transB: false, po + head * hd, ldc: qDim)
             }
         }
         return out

@@ -1,4 +1,5 @@
 import CBLAS
+import CVLMKernels
 import Foundation
 import VLMTensor
 
@@ -166,7 +167,8 @@ extension Tape {
 /// single-threaded OpenBLAS call. OpenBLAS's own threads stay asleep: after each call they spin
 /// (yielding) for a while, which takes the cores from the threads doing the elementwise work
 /// between GEMMs. Every element of c is computed by one call, as a whole, so results do not depend
-/// on the split.
+/// on the split. With `Kernels.bf16Products` (`--bf16`) the bfloat16 GEMM does it all, threaded
+/// over pieces of c the same way.
 package func sgemm(m: Int, n: Int, k: Int, alpha: Float, _ a: UnsafePointer<Float>, lda: Int, transA: Bool = false,
            _ b: UnsafePointer<Float>, ldb: Int, transB: Bool, beta: Float, _ c: UnsafeMutablePointer<Float>, ldc: Int) {
     @Sendable func call(_ m: Int, _ n: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ c: UnsafeMutablePointer<Float>) {
@@ -175,6 +177,10 @@ package func sgemm(m: Int, n: Int, k: Int, alpha: Float, _ a: UnsafePointer<Floa
     }
     guard m > 0 && n > 0 else { return }
     let threads = Parallel.threads
+    if Kernels.bf16Products,
+       vlm_gemm_bf16(Int32(m), Int32(n), Int32(k), alpha, a, lda, transA ? 1 : 0, b, ldb, transB ? 1 : 0, beta, c, ldc, Int32(threads)) == 0 {
+        return
+    }
     let splitRows = m >= n
     let extent = splitRows ? m : n
     // Chunks of at least 32 rows/columns (a multiple of 16, OpenBLAS's kernel block), two per

@@ -1,4 +1,5 @@
 import ArgumentParser
+import VLMAutodiff
 import VLMDemo
 import VLMImage
 import VLMModels
@@ -16,6 +17,7 @@ extension LearningRateSchedule.Kind: ExpressibleByArgument {}
 extension SceneLayout: ExpressibleByArgument {}
 extension ExportFormat: ExpressibleByArgument {}
 extension ActivationPrecision: ExpressibleByArgument {}
+extension KVCachePrecision: ExpressibleByArgument {}
 
 extension OptimizerKind: ExpressibleByArgument {
     /// The HF Trainer's other spellings of the same two optimizers.

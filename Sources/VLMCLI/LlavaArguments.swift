@@ -114,8 +114,10 @@ enum LlavaArguments {
         "save_strategy": value(.fixed(["steps", "no"], reason: "vlmsh saves every --save-steps steps and at the end")),
         "optim": option("--optim", convert: optimizer),
         "logging_steps": value(.fixed(["1"], reason: "vlmsh logs every step")),
-        // The cluster, precision and memory settings: a CPU run in one process in f32 has no use for them.
-        "deepspeed": value(.ignored), "tf32": bool(.ignored), "bf16": bool(.ignored), "fp16": bool(.ignored),
+        // bf16 is vlmsh's --bf16; the other cluster, precision and memory settings do not change
+        // what a CPU run in one process computes.
+        "bf16": bool(.flag("--bf16")),
+        "deepspeed": value(.ignored), "tf32": bool(.ignored), "fp16": bool(.ignored),
         "gradient_checkpointing": bool(.flag("--gradient-checkpointing")), "dataloader_num_workers": value(.ignored), "report_to": value(.ignored),
         "evaluation_strategy": value(.ignored), "eval_strategy": value(.ignored), "eval_steps": value(.ignored),
         "save_total_limit": value(.ignored), "per_device_eval_batch_size": value(.ignored), "run_name": value(.ignored),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import VLMApp
+import VLMAutodiff
 import VLMGeneration
 import VLMImage
 import VLMModels
@@ -65,7 +66,8 @@ struct ModelOptions: ParsableArguments {
 
 /// Options of every command that runs a model. `--max-memory`: what a model, an image or a
 /// sequence needs is checked against it before it is allocated. `--activations`: how inference
-/// multiplies quantized weights. Both are set once for the process when the arguments are validated.
+/// multiplies quantized weights; `--kv-cache`: how it keeps keys and values. All are set once for
+/// the process when the arguments are validated.
 struct RuntimeOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Memory vlmsh may use, e.g. 8G or 512M (default: $VLMSH_MAX_MEMORY, else this machine's RAM).", valueName: "size"))
     var maxMemory: ByteCount?
@@ -73,11 +75,27 @@ struct RuntimeOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("How inference multiplies quantized GGUF weights: f32 keeps activations Float32 (transformers' numbers); int8 quantizes them to 8 bits as llama.cpp does (faster, llama.cpp's numbers). Default: $VLMSH_ACTIVATIONS, else f32.", valueName: "f32|int8"))
     var activations: ActivationPrecision?
 
+    @Option(name: .long, help: ArgumentHelp("How inference keeps the KV cache: f32 (transformers' numbers) or f16 (half the memory and of what decode reads at long contexts, as llama.cpp keeps it). Default: $VLMSH_KV_CACHE, else f16 with --activations int8 and f32 with f32.", valueName: "f32|f16"))
+    var kvCache: KVCachePrecision?
+
+    @Flag(name: .customLong("bf16"), help: "Large matrix products (training's, the vision encoder's, a Float32 prefill's) in bfloat16 with Float32 sums, as the seed's bf16 training (with AVX512-BF16; elsewhere a warning and Float32). Default: Float32.")
+    var bf16 = false
+
     func validate() throws {
+        if bf16 {
+            // A LLaVA launch script's --bf16 True still runs on a CPU without the instructions.
+            if Kernels.hasBF16Instructions { Kernels.bf16Products = true }
+            else { FileHandle.standardError.write(Data("warning: --bf16: this CPU has no AVX512-BF16; products stay Float32\n".utf8)) }
+        }
         if let activations {
             QuantizedMatrix.activations = activations
         } else if let text = ProcessInfo.processInfo.environment["VLMSH_ACTIVATIONS"], ActivationPrecision(rawValue: text) == nil {
             throw UsageError("VLMSH_ACTIVATIONS=\(text): use f32 or int8")
+        }
+        if let kvCache {
+            KVCachePrecision.chosen = kvCache
+        } else if let text = ProcessInfo.processInfo.environment["VLMSH_KV_CACHE"], KVCachePrecision(rawValue: text) == nil {
+            throw UsageError("VLMSH_KV_CACHE=\(text): use f32 or f16")
         }
         if let maxMemory { return MemoryBudget.limit = maxMemory.bytes }
         // MemoryBudget reads the variable where no command line exists (the library); here a

@@ -103,9 +103,6 @@ public struct LlamaConfiguration: Codable, Sendable {
     /// GGUF's `<arch>.context_length`): prompts, replies, training rows and the KV cache stay within it.
     public var contextLength: Int { maxPositionEmbeddings }
 
-    /// Keys and values of one position over every layer, Float32.
-    public var kvCacheBytesPerPosition: Int { 2 * 4 * numHiddenLayers * numKeyValueHeads * headDim }
-
     /// Bytes a forward pass over `rows` sequences of `length` positions allocates. Recording (for a
     /// backward pass) keeps each layer's intermediates and attention probabilities, or with
     /// `checkpointing` each layer's input and one layer's intermediates at a time (recomputed in
@@ -404,10 +401,10 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// A KV cache for `capacity` positions, never more than the context (it cannot grow past it).
-    public func makeCache(capacity: Int = 256) -> KVCache {
+    public func makeCache(capacity: Int = 256, precision: KVCachePrecision = .current) -> KVCache {
         let limit = max(config.contextLength, 1)
         return KVCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim,
-                       capacity: min(capacity, limit), limit: limit)
+                       capacity: min(capacity, limit), limit: limit, precision: precision)
     }
 
     /// Rows `tokens` of the embedding table into `out` `[tokens, hidden]`.
@@ -445,7 +442,7 @@ public final class LlamaModel: @unchecked Sendable {
         // The cache doubles: count what it grows to, not just the positions asked for.
         let grownCapacity = growth > 0 ? Double(max(2 * cache.capacity, cache.count + positions)) : 0
         let bytes = config.activationBytes(rows: 1, length: positions, recording: false)
-            + grownCapacity * Double(config.kvCacheBytesPerPosition)
+            + grownCapacity * Double(cache.bytesPerPosition)
         try MemoryBudget.require(bytes, for: "a forward pass over \(positions) positions after \(cache.count)")
     }
 

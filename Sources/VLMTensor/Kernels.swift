@@ -1,9 +1,19 @@
 import CBLAS
+import CVLMKernels
 import Foundation
 
 /// Fast Float32 kernels used by the models. Each has a plain twin in `Reference` that the tests
 /// compare against. Pointers are raw so hot loops carry no bounds checks or copy-on-write.
 public enum Kernels {
+    /// `--bf16`: the large matrix products (training's, the vision encoder's, a Float32 prefill's)
+    /// round both operands to bfloat16 and sum in Float32 (`vlm_gemm_bf16`), as the seed's
+    /// `bf16` training multiplies; AVX512-BF16 does twice the multiply-adds per instruction.
+    /// Float32 by default.
+    nonisolated(unsafe) public static var bf16Products = false
+
+    /// Whether this build multiplies bfloat16 in hardware (AVX512-BF16).
+    public static var hasBF16Instructions: Bool { vlm_gemm_bf16_available() != 0 }
+
     /// c[m, n] = a[m, k] · b[n, k]ᵀ (+ c when `accumulate`). Linear layers store weights `[out, in]`,
     /// so this is `x · Wᵀ` without a transpose copy.
     public static func matmulTransposed(

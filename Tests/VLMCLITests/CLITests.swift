@@ -106,6 +106,15 @@ final class CLITests: XCTestCase {
         let env = try Self.vlmsh(["generate", "--prompt", "hi"], environment: ["VLMSH_ACTIVATIONS": "fast"])
         XCTAssertEqual(env.status, 1)
         XCTAssertTrue(env.stderr.contains("VLMSH_ACTIVATIONS=fast: use f32 or int8"), env.stderr)
+        // The KV cache follows (f16 with int8, as llama.cpp keeps it); a Float32 one is asked for by name.
+        let float = try json(vlmsh(args + ["--activations", "int8", "--kv-cache", "f32"]))
+        XCTAssertTrue((float["text"] as? String ?? "").hasPrefix("L'Étoile"), "\(float["text"] ?? "")")
+        let badCache = try vlmsh(["generate", "--prompt", "hi", "--kv-cache", "q8"])
+        XCTAssertNotEqual(badCache.status, 0)
+        XCTAssertTrue(badCache.stderr.contains("'f32' and 'f16'"), badCache.stderr)
+        let envCache = try Self.vlmsh(["generate", "--prompt", "hi"], environment: ["VLMSH_KV_CACHE": "q8"])
+        XCTAssertEqual(envCache.status, 1)
+        XCTAssertTrue(envCache.stderr.contains("VLMSH_KV_CACHE=q8: use f32 or f16"), envCache.stderr)
     }
 
     func testGenerateFromIdsIsVerbatimAndSeededSamplingRepeats() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import VLMStore
+import VLMTensor
 import XCTest
 @testable import VLMCLI
 
@@ -55,7 +56,11 @@ final class LlavaLaunchTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
     }
 
-    override func tearDown() { try? FileManager.default.removeItem(atPath: work) }
+    override func tearDown() {
+        try? FileManager.default.removeItem(atPath: work)
+        // Parsing validates a command, and LLaVA's --bf16 True (vlmsh's --bf16) sets this process's products.
+        Kernels.bf16Products = false
+    }
 
     /// The value after `option` in `arguments` (nil when absent; "" for a flag without one).
     func value(_ option: String, in arguments: [String]) -> String? {
@@ -91,12 +96,12 @@ final class LlavaLaunchTests: XCTestCase {
             "--model": "vlmsh-demo", "--template": "chatml", "--data": "d.json", "--image-folder": "imgs", "--out": "o",
             "--epochs": "2", "--batch-size": "4", "--grad-accum": "2", "--lr": "2e-4", "--weight-decay": "0.", "--warmup-ratio": "0.03",
             "--scheduler": "cosine", "--max-length": "2048", "--seed": "7", "--save-steps": "5", "--group-by-modality-length": "",
-            "--gradient-checkpointing": "",
+            "--gradient-checkpointing": "", "--bf16": "",
         ]
         for (option, v) in expected { XCTAssertEqual(value(option, in: out), v, option) }
         XCTAssertNil(value("--steps", in: out), "max_steps -1 leaves the epochs to decide")
         // The cluster settings in one line.
-        XCTAssertEqual(ignored(in: out), "--bf16 True, --deepspeed zero3.json, --tf32 1")
+        XCTAssertEqual(ignored(in: out), "--deepspeed zero3.json, --tf32 1")
         XCTAssertFalse(out.contains { $0.hasPrefix("--") && $0.contains("_") && !$0.hasPrefix("--llava-") })
 
         // ArgumentParser takes the result, and the settings are LLaVA's.
@@ -167,10 +172,11 @@ final class LlavaLaunchTests: XCTestCase {
         XCTAssertEqual(value("--scheduler", in: out), "cosine")
         XCTAssertEqual(value("--save-steps", in: out), "50000")
         XCTAssertEqual(ignored(in: out),
-                       "--deepspeed ./scripts/zero3.json, --bf16 True, --per_device_eval_batch_size 4, --evaluation_strategy no, "
+                       "--deepspeed ./scripts/zero3.json, --per_device_eval_batch_size 4, --evaluation_strategy no, "
                        + "--save_total_limit 1, --tf32 True, --dataloader_num_workers 4, "
                        + "--lazy_preprocess True, --report_to wandb")
         XCTAssertTrue(out.contains("--gradient-checkpointing"), "\(out)")
+        XCTAssertTrue(out.contains("--bf16"), "LLaVA's --bf16 True is vlmsh's --bf16: \(out)")
         XCTAssertEqual(out.filter { $0 == "--llava-model-check" }.count, 4)
         let launch = try XCTUnwrap(value("--llava-launch", in: out))
         XCTAssertTrue(launch.contains("finetune_task_lora.sh"), launch)
@@ -282,7 +288,7 @@ final class LlavaLaunchTests: XCTestCase {
                                    "--vision_tower", "vlmsh-demo", "--mm_vision_select_layer", "-1", "--image_aspect_ratio", "square",
                                    "--max_steps", "2", "--per_device_train_batch_size", "1", "--lora_r", "8", "--lora_alpha", "16",
                                    "--json"])
-        XCTAssertTrue(viaScript.stderr.contains("ignored (cluster, precision and memory settings a CPU run has no use for): --deepspeed ./scripts/zero3.json, --bf16 True"),
+        XCTAssertTrue(viaScript.stderr.contains("ignored (cluster, precision and memory settings a CPU run has no use for): --deepspeed ./scripts/zero3.json, --per_device_eval_batch_size"),
                       viaScript.stderr)
         XCTAssertEqual(viaScript.stderr.components(separatedBy: "ignored (").count, 2, "one line")
         XCTAssertTrue(FileManager.default.fileExists(atPath: work + "/from-script/checkpoint-2/trainer_state.json"))

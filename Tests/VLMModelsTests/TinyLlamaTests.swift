@@ -59,6 +59,24 @@ final class TinyLlamaTests: XCTestCase {
         }
     }
 
+    /// An f16 cache (llama.cpp's default) rounds each key and value to half: a prompt, decode
+    /// steps and a follow-up chunk (which reads the cache widened) follow the Float32 cache to
+    /// half precision.
+    func testHalfCacheFollowsFloatCache() throws {
+        for variant in ["llama", "qwen2"] {
+            let model = try load(variant)
+            let half = model.makeCache(capacity: 2, precision: .f16), full = model.makeCache(capacity: 2, precision: .f32)
+            XCTAssertEqual(half.bytesPerPosition * 2, full.bytesPerPosition)
+            for (i, chunk) in [[5, 17, 99, 3], [42], [7, 64, 120], [8], [31]].enumerated() {
+                let a = Array(try model.forward(tokens: chunk, cache: half)), b = Array(try model.forward(tokens: chunk, cache: full))
+                let scale = b.map(abs).max() ?? 1
+                XCTAssertLessThan(maxDifference(a, b), 2e-3 * scale, "\(variant): after \(chunk) f16 vs f32 cache")
+                // The prompt attends to its own keys and values; later chunks read them back rounded.
+                if i == 0 { XCTAssertEqual(a, b, variant) } else { XCTAssertGreaterThan(maxDifference(a, b), 0, "\(variant): the f16 cache rounds") }
+            }
+        }
+    }
+
     func testMissingAndLeftoverWeightsAreErrors() throws {
         let folder = Fixtures.data.appendingPathComponent("tinyllama/llama").path
         let config = try JSONDecoder().decode(LlamaConfiguration.self,

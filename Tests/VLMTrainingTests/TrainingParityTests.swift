@@ -48,10 +48,13 @@ final class TrainingParityTests: XCTestCase {
         return try Trainer(model: trainable, dataset: try dataset(model, names: examples), settings: s)
     }
 
-    func assertLosses(_ got: [Double], _ expected: [Double], _ name: String, file: StaticString = #filePath, line: UInt = #line) {
+    @discardableResult
+    func assertLosses(_ got: [Double], _ expected: [Double], _ name: String, tolerance: Double = 1e-4, file: StaticString = #filePath, line: UInt = #line) -> Double {
         XCTAssertEqual(got.count, expected.count, name, file: file, line: line)
         let worst = zip(got, expected).map { abs($0 - $1) / abs($1) }.max() ?? 0
-        XCTAssertLessThan(worst, 1e-4, "\(name): losses \(got) vs PyTorch \(expected), max relative diff \(worst)", file: file, line: line)
+        print("\(name): losses max relative diff \(worst)")
+        XCTAssertLessThan(worst, tolerance, "\(name): losses \(got) vs PyTorch \(expected), max relative diff \(worst)", file: file, line: line)
+        return worst
     }
 
     /// Compares gradients after one step's backward (before the optimizer) with a safetensors file.
@@ -74,6 +77,7 @@ final class TrainingParityTests: XCTestCase {
                 if d > worst { worst = d; worstName = p.name }
             }
         }
+        print("gradients: max relative diff \(worst) in \(worstName)")
         XCTAssertLessThan(worst, tolerance, "max relative gradient diff \(worst) in \(worstName)", file: file, line: line)
     }
 
@@ -97,6 +101,24 @@ final class TrainingParityTests: XCTestCase {
         trainer.optimizer.zeroGradients()
         let losses = try (0..<3).map { _ in try trainer.step().loss }
         assertLosses(losses, c["losses"] as! [Double], "lora")
+    }
+
+    /// `--bf16`: every product's operands rounded to bfloat16 (sums in Float32). The gradients and
+    /// losses stay within bfloat16's precision (8 significant bits) of PyTorch's Float32 ones:
+    /// measured 3.4 % (a vision pre-norm gradient) and 0.12 %, where Float32 gives 1e-5 and 3e-7.
+    func testLoRAAndVisionStepsInBF16StayNearPyTorch() throws {
+        Kernels.bf16Products = true
+        defer { Kernels.bf16Products = false }
+        for (name, mode) in [("lora", FineTuneMode.lora), ("vision+projector", .visionProjector)] {
+            let c = cases[name]!
+            let trainer = try makeTrainer(mode, settings: settings(mode))
+            try gradients(trainer, examples: [[0]])
+            try assertGradients(trainer, file: c["grads_file"] as! String, tolerance: 6e-2)
+            trainer.optimizer.zeroGradients()
+            let losses = try (0..<3).map { _ in try trainer.step().loss }
+            let worst = assertLosses(losses, c["losses"] as! [Double], name + " bf16", tolerance: 5e-3)
+            XCTAssertGreaterThan(worst, 1e-5, "\(name): the products were not rounded to bfloat16")
+        }
     }
 
     func testProjectorStepsMatchPyTorch() throws {

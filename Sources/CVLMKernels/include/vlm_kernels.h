@@ -79,10 +79,30 @@ void vlm_mat_x8_ref(uint32_t ggml_type, int n, const void *packed, int group_beg
 const char *vlm_dot_instruction_set(void);
 
 /* Decode attention of one query head (attention.c). scores[j] = scale · q·k_j for the `total`
-   cached keys k_j = keys + j·stride (`hd` floats each); out = Σ_j p[j] · v_j likewise. */
-void vlm_attention_scores(const float *q, const float *keys, size_t stride, int total, int hd,
-                          float scale, float *scores);
-void vlm_attention_mix(const float *p, const float *values, size_t stride, int total, int hd, float *out);
+   cached keys k_j = keys + j·stride (`hd` numbers each); out = Σ_j p[j] · v_j likewise. For a
+   Float32 cache (_f32) and an IEEE half one (_f16). */
+void vlm_attention_scores_f32(const float *q, const float *keys, size_t stride, int total, int hd,
+                              float scale, float *scores);
+void vlm_attention_mix_f32(const float *p, const float *values, size_t stride, int total, int hd, float *out);
+void vlm_attention_scores_f16(const float *q, const uint16_t *keys, size_t stride, int total, int hd,
+                              float scale, float *scores);
+void vlm_attention_mix_f16(const float *p, const uint16_t *values, size_t stride, int total, int hd, float *out);
+
+/* IEEE half from Float32, rounding to nearest even, and back (attention.c). */
+void vlm_f16_from_f32(const float *x, uint16_t *y, size_t n);
+void vlm_f32_from_f16(const uint16_t *x, float *y, size_t n);
+
+/* C = alpha · op(A)·op(B) + beta · C (row-major; op(A) [m, k], stored [k, m] with trans_a;
+   op(B) [k, n], stored [n, k] with trans_b) with A and B rounded to bfloat16 and the products
+   summed in Float32 (gemm_bf16.c): the --bf16 matrix product, on up to `threads` threads of the
+   pool. C is not read when beta is 0. Returns 0, or -1 when its packing buffer cannot be
+   allocated. Without AVX512-BF16 it runs vlm_gemm_bf16_ref, the plain loop (and
+   vlm_gemm_bf16_available() is 0). */
+int vlm_gemm_bf16(int m, int n, int k, float alpha, const float *a, size_t lda, int trans_a, const float *b, size_t ldb,
+                  int trans_b, float beta, float *c, size_t ldc, int threads);
+void vlm_gemm_bf16_ref(int m, int n, int k, float alpha, const float *a, size_t lda, int trans_a, const float *b, size_t ldb,
+                       int trans_b, float beta, float *c, size_t ldc);
+int vlm_gemm_bf16_available(void);
 
 /* Fork-join over a persistent pool of threads (thread_pool.c): calls fn(context, c) once for
    every c in [0, chunks), spread over up to `threads` threads (the caller is one of them), and
