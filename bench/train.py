@@ -7,8 +7,10 @@ the fp32 model (vlmsh dequantizes the GGUF's weights to float32 for training, tr
 dequantizes them at load), synthetic batches of --batch sequences of --seq token ids whose labels
 are the inputs (every position trained, Hugging Face's causal-LM shift), AdamW lr 1e-4 without
 weight decay, gradients clipped to norm 1, one warm-up step then --steps timed optimizer steps.
-Each backend runs in its own process every round (peak RSS is per process); a round runs vlmsh,
-then PyTorch. See bench/README.md.
+Where the CPU has AVX512-BF16, each side also runs in bfloat16: vlmsh --bf16 (products of
+bfloat16 operands summed in Float32) and PyTorch's forward under bf16 autocast, as the Hugging
+Face Trainer runs bf16 on a CPU. Each backend runs in its own process every round (peak RSS is
+per process); a round runs vlmsh, then PyTorch. See bench/README.md.
 """
 import argparse
 import json
@@ -20,12 +22,14 @@ import sys
 import time
 
 DEFAULT_MODEL = os.path.expanduser("~/.vlmsh/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-BACKENDS = ["vlmsh", "vlmsh-bf16", "torch"]
-LABELS = {"vlmsh": "vlmsh", "vlmsh-bf16": "vlmsh --bf16", "torch": "PyTorch + PEFT fp32"}
+BACKENDS = ["vlmsh", "vlmsh-bf16", "torch", "torch-bf16"]
+LABELS = {"vlmsh": "vlmsh", "vlmsh-bf16": "vlmsh --bf16", "torch": "PyTorch + PEFT fp32",
+          "torch-bf16": "PyTorch + PEFT bf16"}
 
 
 def has_bf16_instructions():
-    """vlmsh --bf16 multiplies in bfloat16 only where the CPU has AVX512-BF16."""
+    """vlmsh --bf16 multiplies in bfloat16 only where the CPU has AVX512-BF16 (and PyTorch's
+    bf16 autocast is slow without it)."""
     try:
         return "avx512_bf16" in open("/proc/cpuinfo").read()
     except OSError:
@@ -106,10 +110,13 @@ def torch_worker(a):
     load_peak = peak_rss_bytes()
     reset_peak()
     seconds, losses = [], []
+    # --bf16 as the Hugging Face Trainer runs it on a CPU: the forward under bf16 autocast.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast_bf16)
     for step, rows in enumerate(batches):
         ids = torch.tensor(rows, dtype=torch.long)
         t0 = time.perf_counter()
-        loss = model(input_ids=ids, labels=ids).loss
+        with autocast:
+            loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
@@ -157,7 +164,8 @@ def run_backend(b, a):
             raise RuntimeError(f"{a.vlmsh}: not found (build with `swift build -c release`)")
         bf16 = ["--bf16"] if b == "vlmsh-bf16" else []
         return run_json([a.vlmsh, "bench", "--train", *common_args(a), *bf16, "--json"], env, "vlmsh bench --train")
-    cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", *common_args(a), "--threads", str(a.threads)]
+    bf16 = ["--autocast-bf16"] if b == "torch-bf16" else []
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", *common_args(a), "--threads", str(a.threads), *bf16]
     return run_json(cmd, env, "PyTorch worker")
 
 
@@ -176,10 +184,12 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds, one process per backend each (default: 2)")
     ap.add_argument("--threads", type=int, default=2, help="threads for both backends (default: 2)")
     ap.add_argument("--seed", type=int, default=42, help="seed of the synthetic token ids (default: 42)")
-    default = [b for b in BACKENDS if b != "vlmsh-bf16" or has_bf16_instructions()]
-    ap.add_argument("--only", default=",".join(default), help="comma list of vlmsh,vlmsh-bf16,torch (vlmsh-bf16 where the CPU has AVX512-BF16)")
+    default = [b for b in BACKENDS if not b.endswith("bf16") or has_bf16_instructions()]
+    ap.add_argument("--only", default=",".join(default),
+                    help="comma list of vlmsh,vlmsh-bf16,torch,torch-bf16 (the bf16 ones where the CPU has AVX512-BF16)")
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON")
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--autocast-bf16", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.torch_worker:
         return torch_worker(a)
@@ -227,7 +237,7 @@ def main(argv=None):
                 row["version"] = row["rounds"][0]["version"]
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     v, t = result["backends"].get("vlmsh", {}), result["backends"].get("torch", {})
-    h = result["backends"].get("vlmsh-bf16", {})
+    h, th = result["backends"].get("vlmsh-bf16", {}), result["backends"].get("torch-bf16", {})
     if "train_tokens_per_second" in v and "train_tokens_per_second" in t:
         result["ratio_vlmsh_over_torch"] = v["train_tokens_per_second"] / t["train_tokens_per_second"]
         result["memory_ratio_vlmsh_over_torch"] = v["peak_rss_bytes"] / t["peak_rss_bytes"]
@@ -235,6 +245,8 @@ def main(argv=None):
         result["first_loss_difference"] = abs(v["first_loss"] - t["first_loss"])
     if "train_tokens_per_second" in v and "train_tokens_per_second" in h:
         result["ratio_bf16_over_f32"] = h["train_tokens_per_second"] / v["train_tokens_per_second"]
+    if "train_tokens_per_second" in h and "train_tokens_per_second" in th:
+        result["ratio_bf16_vlmsh_over_torch"] = h["train_tokens_per_second"] / th["train_tokens_per_second"]
 
     if a.json:
         print(json.dumps(result, indent=1))
@@ -253,6 +265,8 @@ def main(argv=None):
               f"{result['memory_ratio_vlmsh_over_torch']:12.2f}x")
     if "ratio_bf16_over_f32" in result:
         print(f"{'ratio --bf16/Float32':22} {result['ratio_bf16_over_f32']:11.2f}x")
+    if "ratio_bf16_vlmsh_over_torch" in result:
+        print(f"{'ratio bf16 vlmsh/PyTorch':22} {result['ratio_bf16_vlmsh_over_torch']:11.2f}x")
     return 0
 
 

@@ -441,8 +441,11 @@ public final class LlamaModel: @unchecked Sendable {
         guard positions > 1 || growth > 0 else { return }
         // The cache doubles: count what it grows to, not just the positions asked for.
         let grownCapacity = growth > 0 ? Double(max(2 * cache.capacity, cache.count + positions)) : 0
+        // A chunk after cached positions reads an f16 cache widened to Float32, one layer at a time.
+        let widened = cache.precision == .f16 && cache.count > 0 && positions > 1
+            ? Double(2 * (cache.count + positions) * cache.width * 4) : 0
         let bytes = config.activationBytes(rows: 1, length: positions, recording: false)
-            + grownCapacity * Double(cache.bytesPerPosition)
+            + grownCapacity * Double(cache.bytesPerPosition) + widened
         try MemoryBudget.require(bytes, for: "a forward pass over \(positions) positions after \(cache.count)")
     }
 

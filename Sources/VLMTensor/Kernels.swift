@@ -36,11 +36,16 @@ public enum Kernels {
     /// General strided GEMM: c = a·b (b transposed when `transB`), leading dimensions explicit so
     /// per-head slices of a packed `[tokens, heads·headDim]` buffer need no copies.
     /// `transA` reads a as `[k, m]` (gradients of weights: dW = dYᵀ·X); the product is scaled by `alpha`.
+    /// With `bf16Products` in bfloat16, on the calling thread (attention calls it per head from its own threads).
     public static func gemm(
         m: Int, n: Int, k: Int,
         _ a: UnsafePointer<Float>, lda: Int, transA: Bool = false, _ b: UnsafePointer<Float>, ldb: Int, transB: Bool,
         _ c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false, alpha: Float = 1
     ) {
+        if bf16Products, vlm_gemm_bf16(Int32(m), Int32(n), Int32(k), alpha, a, lda, transA ? 1 : 0, b, ldb, transB ? 1 : 0,
+                                       accumulate ? 1 : 0, c, ldc, 1) == 0 {
+            return
+        }
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
                     alpha, a, Int32(lda), b, Int32(ldb), accumulate ? 1 : 0, c, Int32(ldc))
     }

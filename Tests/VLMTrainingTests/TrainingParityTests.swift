@@ -105,7 +105,8 @@ final class TrainingParityTests: XCTestCase {
 
     /// `--bf16`: every product's operands rounded to bfloat16 (sums in Float32). The gradients and
     /// losses stay within bfloat16's precision (8 significant bits) of PyTorch's Float32 ones:
-    /// measured 3.4 % (a vision pre-norm gradient) and 0.12 %, where Float32 gives 1e-5 and 3e-7.
+    /// measured 4.5 % (a key bias's gradient, zero in exact arithmetic: rounding noise) and
+    /// 0.09 %, where Float32 gives 1.5e-5 and 3e-7.
     func testLoRAAndVisionStepsInBF16StayNearPyTorch() throws {
         Kernels.bf16Products = true
         defer { Kernels.bf16Products = false }
@@ -113,7 +114,7 @@ final class TrainingParityTests: XCTestCase {
             let c = cases[name]!
             let trainer = try makeTrainer(mode, settings: settings(mode))
             try gradients(trainer, examples: [[0]])
-            try assertGradients(trainer, file: c["grads_file"] as! String, tolerance: 6e-2)
+            try assertGradients(trainer, file: c["grads_file"] as! String, tolerance: 9e-2)
             trainer.optimizer.zeroGradients()
             let losses = try (0..<3).map { _ in try trainer.step().loss }
             let worst = assertLosses(losses, c["losses"] as! [Double], name + " bf16", tolerance: 5e-3)
