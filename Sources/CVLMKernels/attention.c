@@ -4,40 +4,7 @@
    is written once over a load of 8 cached numbers, for Float32 and for f16 caches. */
 
 #include "vlm_kernels.h"
-
-/* IEEE half <-> single by bits, for the scalar builds. */
-static inline float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) bits = sign | 0x7f800000 | (man << 13);
-    else if (exp != 0) bits = sign | ((exp + 112) << 23) | (man << 13);
-    else if (man == 0) bits = sign;
-    else {  /* subnormal: normalize */
-        exp = 113;
-        while (!(man & 0x400)) { man <<= 1; exp--; }
-        bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
-    }
-    float f;
-    __builtin_memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_f16(float f) {  /* round to nearest even */
-    uint32_t x;
-    __builtin_memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000, abs = x & 0x7fffffff;
-    if (abs >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (abs > 0x7f800000 ? 0x200 : 0));
-    if (abs >= 0x477ff000) return (uint16_t)(sign | 0x7c00);            /* rounds past 65504 */
-    if (abs < 0x38800000) {                                              /* subnormal or zero */
-        if (abs < 0x33000000) return (uint16_t)sign;
-        uint32_t shift = 126 - (abs >> 23), man = (abs & 0x7fffff) | 0x800000;
-        uint32_t half = man >> shift, rest = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
-        if (rest > mid || (rest == mid && (half & 1))) half++;
-        return (uint16_t)(sign | half);
-    }
-    uint32_t h = ((abs - 0x38000000) >> 13), rest = abs & 0x1fff;
-    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
-    return (uint16_t)(sign | h);
-}
+#include "half.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
@@ -117,19 +84,19 @@ void vlm_f16_from_f32(const float *x, uint16_t *y, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8)
         _mm_storeu_si128((__m128i *)(y + i), _mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT));
-    for (; i < n; i++) y[i] = f32_to_f16(x[i]);
+    for (; i < n; i++) y[i] = float_to_half(x[i]);
 }
 
 void vlm_f32_from_f16(const uint16_t *x, float *y, size_t n) {
     size_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, load8_f16(x + i));
-    for (; i < n; i++) y[i] = f16_to_f32(x[i]);
+    for (; i < n; i++) y[i] = half_to_float(x[i]);
 }
 
 #else
 
 static inline float load1_f32(const float *p) { return *p; }
-static inline float load1_f16(const uint16_t *p) { return f16_to_f32(*p); }
+static inline float load1_f16(const uint16_t *p) { return half_to_float(*p); }
 
 #define ATTENTION_KERNELS(SUFFIX, T)                                                                    \
 void vlm_attention_scores##SUFFIX(const float *q, const T *keys, size_t stride, int total, int hd,      \
@@ -150,7 +117,7 @@ void vlm_attention_mix##SUFFIX(const float *p, const T *values, size_t stride, i
 ATTENTION_KERNELS(_f32, float)
 ATTENTION_KERNELS(_f16, uint16_t)
 
-void vlm_f16_from_f32(const float *x, uint16_t *y, size_t n) { for (size_t i = 0; i < n; i++) y[i] = f32_to_f16(x[i]); }
-void vlm_f32_from_f16(const uint16_t *x, float *y, size_t n) { for (size_t i = 0; i < n; i++) y[i] = f16_to_f32(x[i]); }
+void vlm_f16_from_f32(const float *x, uint16_t *y, size_t n) { for (size_t i = 0; i < n; i++) y[i] = float_to_half(x[i]); }
+void vlm_f32_from_f16(const uint16_t *x, float *y, size_t n) { for (size_t i = 0; i < n; i++) y[i] = half_to_float(x[i]); }
 
 #endif

@@ -204,6 +204,11 @@ static void compute_piece(void *context, int chunk) {
 int vlm_gemm_bf16(int m, int n, int k, float alpha, const float *a, size_t lda, int trans_a, const float *b, size_t ldb,
                   int trans_b, float beta, float *c, size_t ldc, int threads) {
     if (m <= 0 || n <= 0) return 0;
+    if (k <= 0) {  /* nothing to sum: C = beta·C */
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) c[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[(size_t)i * ldc + j];
+        return 0;
+    }
     int kp = (k + 1) / 2;
     int ncmax = n < NC ? n : NC;
     uint32_t *packed = aligned_alloc(64, ((size_t)kp * ((ncmax + NR - 1) / NR) * NR * 4 + 63) / 64 * 64);
@@ -213,11 +218,6 @@ int vlm_gemm_bf16(int m, int n, int k, float alpha, const float *a, size_t lda, 
         pack_b_job pb = { b, ldb, trans_b, k, kp, j0, nc, packed };
         vlm_parallel_run((nc + NR - 1) / NR, threads, pack_b_panel, &pb);
         compute_job job = { a, lda, trans_a, packed, m, k, kp, nc, alpha, beta, c + j0, ldc };
-        if (k == 0) {  /* nothing to sum: C = beta·C */
-            for (int i = 0; i < m; i++)
-                for (int j = 0; j < nc; j++) c[(size_t)i * ldc + j0 + j] = beta == 0.0f ? 0.0f : beta * c[(size_t)i * ldc + j0 + j];
-            continue;
-        }
         int groups = (nc + GROUP * NR - 1) / (GROUP * NR);
         vlm_parallel_run((m + MC - 1) / MC * groups, threads, compute_piece, &job);
     }

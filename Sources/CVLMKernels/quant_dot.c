@@ -3,6 +3,7 @@
    below reads its block exactly as the matching decoder there does, and sums integers exactly. */
 
 #include "vlm_kernels.h"
+#include "half.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -23,22 +24,7 @@ static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2)
 static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 
 /* IEEE half to float by bits (exact; the reference must not depend on F16C). */
-static inline float f16_ref(const uint8_t *p) {
-    uint16_t h = load_u16(p);
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF, bits;
-    if (exponent == 0) {
-        float magnitude = (float)mantissa * 0x1p-24f; /* zero or subnormal */
-        memcpy(&bits, &magnitude, 4);
-        bits |= sign;
-    } else if (exponent == 31) {
-        bits = sign | 0x7F800000u | (mantissa << 13);
-    } else {
-        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-    }
-    float out;
-    memcpy(&out, &bits, 4);
-    return out;
-}
+static inline float f16_ref(const uint8_t *p) { return half_to_float(load_u16(p)); }
 
 /* The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K 12-byte table (as Block.scaleMinK4). */
 static inline void scale_min_k4(int j, const uint8_t *table, int *scale, int *min) {
