@@ -37,7 +37,7 @@ let package = Package(
         // gradient is wanted, and the layers built on them (Linear over a QuantizedMatrix, LoRA, RoPE).
         .target(name: "VLMAutodiff", dependencies: ["VLMTensor", "CBLAS", "CVLMKernels"], swiftSettings: fast),
         // File formats: GGUF, safetensors.
-        .target(name: "VLMFormats", dependencies: ["VLMTensor"], swiftSettings: fast),
+        .target(name: "VLMFormats", dependencies: ["VLMHome", "VLMTensor"], swiftSettings: fast),
         // Tokenizers and chat templates.
         .target(name: "VLMTokenizers", dependencies: ["VLMFormats"], swiftSettings: fast),
         // Images: JPEG/PNG decoding and the CLIP/SigLIP/LLaVA preprocessing.

@@ -36,6 +36,9 @@ public final class GGUFFile: WeightSource {
     /// Deeper nesting than this is certainly corrupt and would risk the stack.
     static let maxArrayDepth = 8
 
+    /// See `MappedFile.commitInterleavedRows`.
+    public func commitInterleavedRows() { file.commitInterleavedRows() }
+
     public init(path: String) throws {
         let file = try MappedFile(path: path)
         self.file = file

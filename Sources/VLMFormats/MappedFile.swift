@@ -35,6 +35,25 @@ public final class MappedFile: PageReleasing, @unchecked Sendable {
         _ = madvise(UnsafeMutableRawPointer(mutating: base + start), end - start, MADV_DONTNEED)
     }
 
+    /// The interleaved copies of this file's rows kept across runs (`InterleavedRowsCache`),
+    /// made when the first copy is asked for.
+    private var interleavedCache: InterleavedRowsCache?
+    private var interleavedCacheOpened = false
+    private let interleavedCacheLock = NSLock()
+
+    private func cache(creating: Bool) -> InterleavedRowsCache? {
+        interleavedCacheLock.lock(); defer { interleavedCacheLock.unlock() }
+        if creating, !interleavedCacheOpened {
+            interleavedCacheOpened = true
+            interleavedCache = InterleavedRowsCache(file: self)
+        }
+        return interleavedCache
+    }
+
+    /// Makes the interleaved copies written while loading this file the ones later loads map
+    /// (see `InterleavedRowsCache.commit`); call it once the model reading them is built.
+    public func commitInterleavedRows() { cache(creating: false)?.commit() }
+
     /// releasePages for `bytes` bytes at `pointer`, when they lie in this file's mapping.
     public func releasePages(of pointer: UnsafeRawPointer, bytes: Int) {
         let offset = pointer - base
@@ -68,4 +87,13 @@ public struct FormatError: Error, CustomStringConvertible, Sendable {
     public let message: String
     public init(_ file: String, _ message: String) { self.file = file; self.message = message }
     public var description: String { "\(file): \(message)" }
+}
+
+extension MappedFile: InterleavedRowsCaching {
+    public func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> (rows: InterleavedRows, filled: Bool)? {
+        guard data >= base, data - base < size else { return nil }
+        return cache(creating: true)?.interleavedRows(of: data, bytes: bytes)
+    }
+
+    public func didFillInterleavedRows(of data: UnsafeRawPointer) { cache(creating: false)?.didFill(offset: data - base) }
 }

@@ -29,6 +29,7 @@ public final class TextModel: @unchecked Sendable {
             weights.rename(LlamaWeights.sanitizeGGUF)
             // llama.cpp permutes Llama-style Q/K rows when converting; qwen2 keeps HF order.
             decoder = try LlamaModel(config: config, weights: weights, ropePairing: config.modelType == "qwen2" ? .halves : .interleaved)
+            gguf.commitInterleavedRows()
             tokenizer = try Tokenizer.load(gguf: gguf.metadata, file: path)
             architecture = config.modelType
         }

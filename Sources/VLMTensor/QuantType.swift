@@ -78,15 +78,25 @@ public struct QuantizedMatrix: @unchecked Sendable {
     /// This matrix with `interleaved` holding its rows eight at a time, when the integer kernels
     /// take its type that way (Q4_0, Q4_K, Q6_K, rows a multiple of 8): one pass then dots eight
     /// rows with a token into one register. It costs a second copy of the weights, so only
-    /// inference with int8 activations asks for it. Otherwise (or when the copy cannot be
+    /// inference with int8 activations asks for it. The copy comes from the owner when it keeps
+    /// one across runs (`InterleavedRowsCaching`: a large GGUF's cache file, already filled on
+    /// later loads), else from anonymous memory. Otherwise (or when the copy cannot be
     /// allocated) the matrix is returned as it is.
     public func interleavedForIntegerProducts() -> QuantizedMatrix {
         let groupBytes = vlm_interleaved_group_bytes(type.rawValue, Int32(cols))
-        guard groupBytes > 0, rows > 0, rows % 8 == 0, interleaved == nil,
-              let packed = InterleavedRows(bytes: rows / 8 * groupBytes) else { return self }
-        let rowBytes = self.rowBytes, cols = Int32(self.cols), data = self.data, type = self.type.rawValue
-        Parallel.forEach(rows / 8, minChunk: max(1, 65536 / groupBytes)) { groups in
-            vlm_interleave(type, data, rowBytes, cols, Int32(groups.lowerBound), Int32(groups.upperBound), packed.pointer)
+        guard groupBytes > 0, rows > 0, rows % 8 == 0, interleaved == nil else { return self }
+        let bytes = rows / 8 * groupBytes
+        let cache = owner as? InterleavedRowsCaching
+        let packed: InterleavedRows, filled: Bool
+        if let cached = cache?.interleavedRows(of: data, bytes: bytes) { (packed, filled) = cached }
+        else if let anonymous = InterleavedRows(bytes: bytes) { (packed, filled) = (anonymous, false) }
+        else { return self }
+        if !filled {
+            let rowBytes = self.rowBytes, cols = Int32(self.cols), data = self.data, type = self.type.rawValue
+            Parallel.forEach(rows / 8, minChunk: max(1, 65536 / groupBytes)) { groups in
+                vlm_interleave(type, data, rowBytes, cols, Int32(groups.lowerBound), Int32(groups.upperBound), packed.pointer)
+            }
+            cache?.didFillInterleavedRows(of: data)
         }
         // Inference reads only the copy from now on: the stored rows need not stay resident.
         if let file = owner as? PageReleasing { file.releasePages(of: data, bytes: rows * rowBytes) }
@@ -103,17 +113,30 @@ public protocol PageReleasing: AnyObject {
     func releasePages(of pointer: UnsafeRawPointer, bytes: Int)
 }
 
-/// Anonymous memory for interleaved rows (`QuantizedMatrix.interleaved`), unmapped with it.
+/// An owner of stored weights that keeps their interleaved copies across runs (a GGUF file's
+/// cache in the model store: repacking a 7B model takes seconds at every load otherwise).
+public protocol InterleavedRowsCaching: AnyObject {
+    /// Memory for the `bytes`-long interleaved copy of the rows stored at `data`, and whether it
+    /// already holds them (written by an earlier run); nil when the owner keeps no copy of them.
+    func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> (rows: InterleavedRows, filled: Bool)?
+    /// The copy `interleavedRows(of:bytes:)` gave unfilled for `data` now holds its rows.
+    func didFillInterleavedRows(of data: UnsafeRawPointer)
+}
+
+/// Memory holding interleaved rows (`QuantizedMatrix.interleaved`): anonymous memory unmapped
+/// with it, or a range of a cache mapping that `keeper` keeps alive.
 public final class InterleavedRows: @unchecked Sendable {
     public let pointer: UnsafeMutableRawPointer
-    private let bytes: Int
+    private let anonymousBytes: Int
+    private let keeper: AnyObject?
 
     init?(bytes: Int) {
         guard bytes > 0, let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
             return nil
         }
         pointer = p
-        self.bytes = bytes
+        anonymousBytes = bytes
+        keeper = nil
         // The pages are made present up front, a share per thread (MADV_POPULATE_WRITE, Linux
         // 5.14; older kernels refuse it and the copy faults them in): a 7B model's copy would
         // otherwise take a million page faults. Measured on the 7B Q4_K_M, 16-token prompt,
@@ -126,5 +149,12 @@ public final class InterleavedRows: @unchecked Sendable {
         }
     }
 
-    deinit { munmap(pointer, bytes) }
+    /// Rows at `pointer` inside a mapping `keeper` owns.
+    public init(pointer: UnsafeMutableRawPointer, keeper: AnyObject) {
+        self.pointer = pointer
+        anonymousBytes = 0
+        self.keeper = keeper
+    }
+
+    deinit { if anonymousBytes > 0 { munmap(pointer, anonymousBytes) } }
 }
