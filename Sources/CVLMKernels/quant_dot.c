@@ -812,11 +812,45 @@ void vlm_mat_x8_ref(uint32_t type, int n, const void *packed, int group_begin, i
 
 static inline __m256i broadcast4(const int8_t *p) { int32_t v; memcpy(&v, p, 4); return _mm256_set1_epi32(v); }
 
+/* Lane r of a scale pair register (int16 pairs from 16 bytes at 2r) with its first or second
+   scale in both halves: the factor _mm256_madd_epi16 needs to scale a lane's two int16 sums. */
+static inline __m256i first_of_pairs(__m256i pairs) {
+    return _mm256_shuffle_epi8(pairs, _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13,
+                                                       0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13));
+}
+static inline __m256i second_of_pairs(__m256i pairs) {
+    return _mm256_shuffle_epi8(pairs, _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15,
+                                                       2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15));
+}
+
+/* The kernels below add byte products lane by lane. With VNNI one instruction adds a lane's
+   four products into its int32 sum; with AVX2 they go into the lane's two int16 halves (each
+   kernel keeps those within int16 range) and `lane_sums` widens them. A sub-block's scale
+   multiplies the sums through `add_scaled` with the scale `lane_scale` picks: int32 lanes with
+   VNNI, int16 pairs riding on the widening step without. */
+#if defined(VLM_DPBUSD)
+#define ADD_BYTE_PRODUCTS(acc, u, s) VLM_DPBUSD(acc, u, s)
+static inline __m256i lane_sums(__m256i acc) { return acc; }
+static inline __m256i lane_scale(__m256i pairs, int second) {
+    return second ? _mm256_srai_epi32(pairs, 16) : _mm256_srai_epi32(_mm256_slli_epi32(pairs, 16), 16);
+}
+static inline __m256i add_scaled(__m256i isum, __m256i sums, __m256i scale) {
+    return _mm256_add_epi32(isum, _mm256_mullo_epi32(sums, scale));
+}
+#else
+#define ADD_BYTE_PRODUCTS(acc, u, s) _mm256_add_epi16(acc, _mm256_maddubs_epi16(u, s))
+static inline __m256i lane_sums(__m256i acc) { return _mm256_madd_epi16(acc, _mm256_set1_epi16(1)); }
+static inline __m256i lane_scale(__m256i pairs, int second) { return second ? second_of_pairs(pairs) : first_of_pairs(pairs); }
+static inline __m256i add_scaled(__m256i isum, __m256i sums, __m256i scale) {
+    return _mm256_add_epi32(isum, _mm256_madd_epi16(sums, scale));
+}
+#endif
+
 /* Q4_0: a pair of products is at most 15 · 127 · 2 = 3810, a block's eight pairs 30480: the
    int16 sums of a whole block fit. The offset of 8 comes off through the activation block's
    sum: d_w · (d_x · Σ q_w q_x − 8 · s_x). */
 KERNEL group_tokens_q4_0(int nb, const uint8_t *p, const vlm_q8_32 *a, int T, float *y, size_t ldy) {
-    const __m256i low_mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+    const __m256i low_mask = _mm256_set1_epi8(0x0F);
     __m256 acc[TILE_TOKENS];
     for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
     for (int b = 0; b < nb; b++, p += 8 * Q4_0_BYTES) {
@@ -827,30 +861,19 @@ KERNEL group_tokens_q4_0(int nb, const uint8_t *p, const vlm_q8_32 *a, int T, fl
             __m256i lo = _mm256_and_si256(raw, low_mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_mask);
             for (int t = 0; t < T; t++) {
                 const int8_t *qs = a[(size_t)t * nb + b].qs;
-                sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(lo, broadcast4(qs + 4 * c)));
-                sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(hi, broadcast4(qs + 16 + 4 * c)));
+                sums[t] = ADD_BYTE_PRODUCTS(sums[t], lo, broadcast4(qs + 4 * c));
+                sums[t] = ADD_BYTE_PRODUCTS(sums[t], hi, broadcast4(qs + 16 + 4 * c));
             }
         }
         __m256 scales = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
         for (int t = 0; t < T; t++) {
             const vlm_q8_32 *x = a + (size_t)t * nb + b;
-            __m256 products = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums[t], ones));
+            __m256 products = _mm256_cvtepi32_ps(lane_sums(sums[t]));
             __m256 v = _mm256_fmsub_ps(_mm256_set1_ps(x->d), products, _mm256_set1_ps(8.0f * x->s));
             acc[t] = _mm256_fmadd_ps(scales, v, acc[t]);
         }
     }
     for (int t = 0; t < T; t++) _mm256_storeu_ps(y + (size_t)t * ldy, acc[t]);
-}
-
-/* Lane r of a scale pair register (int16 pairs from 16 bytes at 2r) with its first or second
-   scale in both halves: the factor _mm256_madd_epi16 needs to scale a lane's two int16 sums. */
-static inline __m256i first_of_pairs(__m256i pairs) {
-    return _mm256_shuffle_epi8(pairs, _mm256_setr_epi8(0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13,
-                                                       0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13));
-}
-static inline __m256i second_of_pairs(__m256i pairs) {
-    return _mm256_shuffle_epi8(pairs, _mm256_setr_epi8(2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15,
-                                                       2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15));
 }
 
 /* Q4_K: a 32-element sub-block is eight slices of 3810 at most, 30480 in int16, then × its
@@ -866,18 +889,18 @@ KERNEL group_tokens_q4_K(int nb, const uint8_t *p, const vlm_q8_256 *a, int T, f
         /* Sub-block s: the low nibbles (s even) or high nibbles (s odd) of chunk s / 2. One
            sub-block at a time keeps T int16 sums live, not 2T (four tokens fit the registers). */
         for (int s = 0; s < 8; s++) {
-            __m256i sums16[TILE_TOKENS];
-            for (int t = 0; t < T; t++) sums16[t] = _mm256_setzero_si256();
+            __m256i sums[TILE_TOKENS];
+            for (int t = 0; t < T; t++) sums[t] = _mm256_setzero_si256();
             const uint8_t *slices = p + 160 + 256 * (s / 2);
             for (int slice = 0; slice < 8; slice++) {
                 __m256i raw = load_256(slices + 32 * slice);
                 __m256i q = (s & 1) ? _mm256_and_si256(_mm256_srli_epi16(raw, 4), low_mask) : _mm256_and_si256(raw, low_mask);
                 for (int t = 0; t < T; t++)
-                    sums16[t] = _mm256_add_epi16(sums16[t], _mm256_maddubs_epi16(q, broadcast4(a[(size_t)t * nb + b].qs + 32 * s + 4 * slice)));
+                    sums[t] = ADD_BYTE_PRODUCTS(sums[t], q, broadcast4(a[(size_t)t * nb + b].qs + 32 * s + 4 * slice));
             }
             __m256i pairs = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(p + 32 + 16 * (s / 2))));
-            __m256i scale = (s & 1) ? second_of_pairs(pairs) : first_of_pairs(pairs);
-            for (int t = 0; t < T; t++) isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(sums16[t], scale));
+            __m256i scale = lane_scale(pairs, s & 1);
+            for (int t = 0; t < T; t++) isum[t] = add_scaled(isum[t], sums[t], scale);
         }
         __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
         __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
@@ -927,7 +950,7 @@ KERNEL group_tokens_q6_K(int nb, const uint8_t *p, const vlm_q8_256 *a, int T, f
                     isum[t] = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(_mm256_madd_epi16(scales, sums), 5));
                 }
                 for (int group = 0; group < 2; group++) {
-                    __m256i scale = group ? second_of_pairs(scales) : first_of_pairs(scales);
+                    __m256i scale = lane_scale(scales, group);
                     for (int pair = 0; pair < 2; pair++) {
                         __m256i q[2];
                         for (int i = 0; i < 2; i++) {
@@ -940,9 +963,9 @@ KERNEL group_tokens_q6_K(int nb, const uint8_t *p, const vlm_q8_256 *a, int T, f
                         }
                         for (int t = 0; t < T; t++) {
                             const int8_t *qs = a[(size_t)t * nb + b].qs + 128 * half + 32 * quarter + 4 * (4 * group + 2 * pair);
-                            __m256i s16 = _mm256_add_epi16(_mm256_maddubs_epi16(q[0], broadcast4(qs)),
-                                                           _mm256_maddubs_epi16(q[1], broadcast4(qs + 4)));
-                            isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(s16, scale));
+                            __m256i sums = ADD_BYTE_PRODUCTS(ADD_BYTE_PRODUCTS(_mm256_setzero_si256(), q[0], broadcast4(qs)),
+                                                             q[1], broadcast4(qs + 4));
+                            isum[t] = add_scaled(isum[t], sums, scale);
                         }
                     }
                 }
