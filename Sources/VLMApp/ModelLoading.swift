@@ -13,7 +13,7 @@ public func loadChatModel(path: String, mmproj: String? = nil, template: String?
     var isDirectory: ObjCBool = false
     let isFolder = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue
     if isFolder, let pair = try GGUFPair.read(folder: path) {
-        return try VisionLanguageModel(text: pair.model, mmproj: pair.mmproj, template: template)
+        return try VisionLanguageModel(text: pair.model, mmproj: pair.mmproj, select: pair.visionFeatureSelectStrategy, template: template)
     }
     if isFolder, let config = try ModelConfigFile.read(folder: path), config.isLlava {
         let model = try VisionLanguageModel(path: path, config: config, template: template)

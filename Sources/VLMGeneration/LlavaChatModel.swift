@@ -31,9 +31,10 @@ public final class VisionLanguageModel: ChatModel, @unchecked Sendable {
         try self.init(path: path, llava: llava, tokenizer: tokenizer, template: template)
     }
 
-    /// llama.cpp's LLaVA-1.5 pair: a text GGUF (decoder, tokenizer, chat template) and its mmproj GGUF.
-    public convenience init(text: String, mmproj: String, template: String? = nil) throws {
-        let llava = try LlavaModel.load(text: text, mmproj: mmproj)
+    /// llama.cpp's LLaVA-1.5 pair: a text GGUF (decoder, tokenizer, chat template) and its mmproj GGUF
+    /// (`select`: which tower rows are image tokens, when a pair's mmproj.json says).
+    public convenience init(text: String, mmproj: String, select: VisionFeatureSelect? = nil, template: String? = nil) throws {
+        let llava = try LlavaModel.load(text: text, mmproj: mmproj, select: select)
         try self.init(path: text, llava: llava, tokenizer: llava.textModel!.tokenizer, template: template)
     }
 

@@ -243,8 +243,9 @@ public enum MMProjWeights {
 extension LlavaModel {
     /// LLaVA-1.5 or 1.6 from llama.cpp's two files: `text` (a GGUF, or any text model path) supplies
     /// the decoder, tokenizer and chat template, `mmproj` the vision tower and projector (and, for
-    /// 1.6, the grid pinpoints and `image_newline`).
-    public static func load(text textPath: String, mmproj mmprojPath: String) throws -> LlavaModel {
+    /// 1.6, the grid pinpoints and `image_newline`). `select` overrides which rows of the tower
+    /// are image tokens (vlmsh's own pairs record it: llama.cpp's keys cannot say `full` for CLIP).
+    public static func load(text textPath: String, mmproj mmprojPath: String, select: VisionFeatureSelect? = nil) throws -> LlavaModel {
         let gguf = try GGUFFile(path: mmprojPath)
         let mm = try MMProjConfiguration(gguf: gguf)
         try mm.checkSupported(file: mmprojPath)
@@ -264,7 +265,7 @@ extension LlavaModel {
         let config = LlavaConfiguration(
             visionConfig: siglip ? .siglip(mm.siglipConfiguration) : .clip(mm.visionConfiguration), textConfig: text.decoder.config,
             imageTokenIndex: imageID ?? -200, visionFeatureLayers: mm.projectorFeatureLayers,
-            visionFeatureSelectStrategy: siglip ? .full : .default, projectorHiddenAct: siglip ? .geluPytorchTanh : .gelu,
+            visionFeatureSelectStrategy: select ?? (siglip ? .full : .default), projectorHiddenAct: siglip ? .geluPytorchTanh : .gelu,
             multimodalProjectorBias: true, textModel: textPath)
         let processor = mm.imageProcessor
         try processor.validate(path: mmprojPath)
@@ -294,14 +295,22 @@ extension LlavaModel {
 
 /// A text GGUF and its mmproj registered in the model store under one name: a folder holding
 /// `mmproj.json`, `{"model": "TEXT.gguf", "mmproj": "MMPROJ.gguf"}` (paths relative to the folder,
-/// absolute, or `~/`).
+/// absolute, or `~/`), and for a CLIP tower whose class token is an image token too (what
+/// `export-gguf` writes for such a model) `"vision_feature_select_strategy": "full"`.
 public struct GGUFPair: Codable, Sendable, Equatable {
     public var model: String
     public var mmproj: String
+    public var visionFeatureSelectStrategy: VisionFeatureSelect?
+
+    enum CodingKeys: String, CodingKey {
+        case model, mmproj, visionFeatureSelectStrategy = "vision_feature_select_strategy"
+    }
 
     public static let fileName = "mmproj.json"
 
-    public init(model: String, mmproj: String) { self.model = model; self.mmproj = mmproj }
+    public init(model: String, mmproj: String, visionFeatureSelectStrategy: VisionFeatureSelect? = nil) {
+        self.model = model; self.mmproj = mmproj; self.visionFeatureSelectStrategy = visionFeatureSelectStrategy
+    }
 
     /// The pair a store folder names, its paths resolved; nil when `folder` holds no mmproj.json.
     public static func read(folder: String) throws -> GGUFPair? {
@@ -317,6 +326,6 @@ public struct GGUFPair: Codable, Sendable, Equatable {
             guard FileManager.default.fileExists(atPath: full) else { throw FormatError(path, "'\(p)': no such file") }
             return full
         }
-        return GGUFPair(model: try resolve(pair.model), mmproj: try resolve(pair.mmproj))
+        return GGUFPair(model: try resolve(pair.model), mmproj: try resolve(pair.mmproj), visionFeatureSelectStrategy: pair.visionFeatureSelectStrategy)
     }
 }

@@ -26,7 +26,8 @@ import VLMTensor
 // llama.cpp's plain ViT, and with a gelu_pytorch_tanh projector the whole path is the same
 // computation. A CLIP tower differs in what no key changes: llama.cpp places the class token
 // after the patches and keeps rows 1…, so its rows are patches 1… plus the class token rather
-// than every patch; and an exact-gelu projector runs as the tanh approximation.
+// than every patch (or, with the `full` select, every patch and the class token before them);
+// and an exact-gelu projector runs as the tanh approximation.
 
 /// The encoding of the weights export-gguf computes (fused LoRA weights, the tower's and the
 /// projector's matrices).
@@ -60,7 +61,7 @@ public enum GGUFExport {
     public static let mmprojFileName = "mmproj.gguf"
     /// What llama.cpp computes differently from an exported tower with a class token (CLIP) or an
     /// exact-gelu projector or tower; a SigLIP tower with gelu_pytorch_tanh round-trips exactly.
-    public static let clipDifference = "llama.cpp's LLaVA graph puts a CLIP tower's class token after the patches and keeps rows 1… (patches 1… plus the class token, not every patch), and runs an exact gelu as the tanh approximation: image rows differ; a SigLIP tower with a gelu_pytorch_tanh projector (init-llava --vision-kind siglip --projector-act gelu_pytorch_tanh) is computed as vlmsh does"
+    public static let clipDifference = "llama.cpp's LLaVA graph puts a CLIP tower's class token after the patches and keeps rows 1… (patches 1… plus the class token, not every patch, nor one row more for the `full` select), and runs an exact gelu as the tanh approximation: image rows differ; a SigLIP tower with a gelu_pytorch_tanh projector (init-llava --vision-kind siglip --projector-act gelu_pytorch_tanh) is computed as vlmsh does"
 
     /// Writes `text.gguf` (and, for a LLaVA model, `mmproj.gguf` plus the `mmproj.json` that
     /// names the pair) into the folder `output`, created when missing. `decoder` is the language
@@ -83,7 +84,7 @@ public enum GGUFExport {
         if let mmproj {
             let path = output + "/" + mmprojFileName
             bytes += try mmproj.write(to: path, name: name)
-            let pair = try JSONEncoder().encode(GGUFPair(model: textFileName, mmproj: mmprojFileName))
+            let pair = try JSONEncoder().encode(GGUFPair(model: textFileName, mmproj: mmprojFileName, visionFeatureSelectStrategy: mmproj.select))
             try writeAtomically(pair, to: output + "/" + GGUFPair.fileName)
             mmprojPath = path
         }
@@ -151,6 +152,9 @@ public enum GGUFExport {
         /// Whether llama.cpp's graph is the same computation as vlmsh's (a tower without a class
         /// token, no exact gelu, which ggml runs as the tanh approximation).
         let exact: Bool
+        /// `full` when the class token is an image token too (mmproj.json records it for vlmsh;
+        /// llama.cpp's keys cannot say it), nil when the file's own rows say it all.
+        let select: VisionFeatureSelect?
 
         init(llava: LlavaModel, type: GGUFExportType) throws {
             let config = llava.config
@@ -159,12 +163,11 @@ public enum GGUFExport {
                 throw ModelError("\(what) (a CLIP or SigLIP ViT); this model's vision tower is not one")
             }
             guard llava.anyResolution == nil else { throw ModelError("\(what); LLaVA-1.6 (llava_next any-resolution) is not supported") }
-            // llama.cpp drops the class token's row exactly when the tower has one and keeps every
-            // row otherwise, as vlmsh's `default` select does (a tower without one keeps every row).
+            // llama.cpp keeps one row per patch whatever the select strategy: a tower with a class
+            // token gives patches 1… and the class token (see `clipDifference`), one without gives
+            // every patch, as vlmsh's `default` and `full` both do.
             let classToken = tower.classEmbedding != nil
-            guard !(classToken && config.visionFeatureSelectStrategy == .full) else {
-                throw ModelError("\(what), whose graph drops the class token's row; this model keeps every row (`full`)")
-            }
+            select = classToken && config.visionFeatureSelectStrategy == .full ? .full : nil
             let projector = llava.projector
             guard projector.kind == .mlp2xGelu, [.gelu, .geluPytorchTanh, .geluNew].contains(projector.activation),
                   projector.linear1.bias != nil, projector.linear2?.bias != nil else {

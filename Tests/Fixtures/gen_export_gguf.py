@@ -1,8 +1,8 @@
 """`vlmsh export-gguf` against llama.cpp itself, and Q8_0 / F16 encoder goldens from gguf-py.
 
 Runs the built release binary (.build/release/vlmsh) on the shipped demo VLM (models/vlmsh-demo:
-SmolLM2 from the store as its text_model, its own LoRA, a 4-layer CLIP tower at 96 px with 32 px
-patches, the mlp2x_gelu projector): `export-gguf --type T` for T in f16 and q8_0, then for each
+SmolLM2 from the store as its text_model, its own LoRA, a 4-layer CLIP tower at 96 px with 16 px
+patches whose class token is an image row too (`full`), the mlp2x_gelu projector): `export-gguf --type T` for T in f16 and q8_0, then for each
 96x96 image `vlmsh generate` on the un-exported model (prompt ids and 12 greedy tokens) and
 llama.cpp (llama-cpp-python 0.3.36 with its libmtmd) on the exported text.gguf + mmproj.gguf:
 the image rows mtmd encodes, and 12 greedy tokens decoded around them with the same prompt ids.
@@ -97,6 +97,8 @@ class Reference:
         config = json.loads((DEMO / "config.json").read_text())
         v = config["vision_config"]
         self.layer = config["vision_feature_layer"]
+        # `full` keeps the class token's row, `default` drops it (as transformers' LLaVA does).
+        self.first_row = 0 if config.get("vision_feature_select_strategy") == "full" else 1
         self.tower = CLIPVisionModel(CLIPVisionConfig(**{k: v[k] for k in (
             "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size",
             "hidden_act", "layer_norm_eps")})).eval()
@@ -119,7 +121,7 @@ class Reference:
     @torch.no_grad()
     def vlmsh(self, path):
         states = self.tower(self.pixels(path), output_hidden_states=True).hidden_states
-        return self.project(states[self.layer][0, 1:]).numpy()
+        return self.project(states[self.layer][0, self.first_row:]).numpy()
 
     @torch.no_grad()
     def llama_cpp_graph(self, path):

@@ -170,5 +170,16 @@ final class GGUFPairTests: XCTestCase {
         XCTAssertEqual(pair, GGUFPair(model: Self.text, mmproj: Self.mmproj))
         try Data("{\"model\": \"nope.gguf\", \"mmproj\": \"\(Self.mmproj)\"}".utf8).write(to: URL(fileURLWithPath: home + "/mmproj.json"))
         XCTAssertThrowsError(try GGUFPair.read(folder: home)) { XCTAssertTrue("\($0)".contains("'nope.gguf': no such file"), "\($0)") }
+        // Which tower rows are image tokens, when the pair says (export-gguf of a `full` CLIP model).
+        let select = "\"vision_feature_select_strategy\""
+        try Data("{\"model\": \"\(Self.text)\", \"mmproj\": \"\(Self.mmproj)\", \(select): \"full\"}".utf8).write(to: URL(fileURLWithPath: home + "/mmproj.json"))
+        XCTAssertEqual(try GGUFPair.read(folder: home)?.visionFeatureSelectStrategy, .full)
+        let full = try LlavaModel.load(text: Self.text, mmproj: Self.mmproj, select: .full)
+        let plain = try LlavaModel.load(text: Self.text, mmproj: Self.mmproj)
+        XCTAssertEqual(full.config.visionFeatureSelectStrategy, .full)
+        XCTAssertEqual(plain.config.visionFeatureSelectStrategy, .default)
+        XCTAssertEqual(full.featureCount, plain.featureCount + 1, "the class token's row as well")
+        try Data("{\"model\": \"\(Self.text)\", \"mmproj\": \"\(Self.mmproj)\", \(select): \"cls\"}".utf8).write(to: URL(fileURLWithPath: home + "/mmproj.json"))
+        XCTAssertThrowsError(try GGUFPair.read(folder: home)) { XCTAssertTrue("\($0)".contains("not a model pair"), "\($0)") }
     }
 }
