@@ -11,11 +11,12 @@ import Glibc
 ///
 /// Two files per weights file, named by a hash of its identity (path, device, inode, size,
 /// modification time) and of the kernels' layout: `NAME.rows`, the copies one after another,
-/// and `NAME.json`, the index (which stored rows each copy holds, where, how long). The first
-/// load writes the copies straight into `NAME.rows.partial` (mapped shared, so they cost no
-/// memory of their own) under an exclusive lock, and `commit()` renames it and then writes the
-/// index through a temporary file: a load that dies on the way leaves no index, so nothing
-/// half-written is ever read. Every index entry is checked against the rows file before use.
+/// and `NAME.json`, the index (which stored rows each copy holds, where, how long). A load
+/// without them interleaves into memory as always; once its model is built, `commit()` hands the
+/// copies to a background thread that writes them to `NAME.rows.partial` under an exclusive lock
+/// (the disk, not the first token, waits), renames it, then writes the index through a temporary
+/// file. The process waits for that write when it exits; one that dies on the way leaves no
+/// index, so nothing half-written is ever read. Every index entry is checked before use.
 final class InterleavedRowsCache: @unchecked Sendable {
     /// Files smaller than this are repacked at every load (it takes milliseconds).
     nonisolated(unsafe) static var minimumFileBytes = 512 << 20
@@ -34,8 +35,8 @@ final class InterleavedRowsCache: @unchecked Sendable {
     private enum State {
         /// NAME.rows mapped read-only, its copies by stored offset.
         case ready(base: UnsafeMutableRawPointer, size: Int, entries: [Int: (offset: Int, bytes: Int)])
-        /// NAME.rows.partial mapped shared for writing; `used` bytes handed out so far.
-        case building(descriptor: Int32, base: UnsafeMutableRawPointer, capacity: Int, used: Int)
+        /// No cache yet: the copies made in memory, by stored offset, to write at `commit()`.
+        case building(copies: [(offset: Int, rows: InterleavedRows, bytes: Int)])
         case off
     }
 
@@ -47,10 +48,15 @@ final class InterleavedRowsCache: @unchecked Sendable {
     private let pathPrefix: String
     private let identity: String
     private var state: State = .off
-    private var entries: [[Int]] = []
-    private var filled: Set<Int> = []
     private var mapping: (base: UnsafeMutableRawPointer, size: Int)?
     private let lock = NSLock()
+
+    /// Background writes of new caches; the process waits for them when it exits.
+    private static let writes = DispatchGroup()
+    private static let waitAtExit: Void = { atexit { InterleavedRowsCache.waitForWrites() } }()
+
+    /// Blocks until every cache being written is on disk (or given up).
+    static func waitForWrites() { writes.wait() }
 
     /// The cache of `file`, or nil when the file is small, caching is off (`VLMSH_CACHE=off`) or
     /// the cache folder cannot be used.
@@ -76,91 +82,96 @@ final class InterleavedRowsCache: @unchecked Sendable {
         pathPrefix = ((path as NSString).lastPathComponent as NSString).deletingPathExtension + "-" + hash(path) + "-"
         name = pathPrefix + hash(identity)
         guard (try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)) != nil else { return nil }
-        state = openReady() ?? startBuilding() ?? .off
-        if case .off = state { return nil }
+        state = openReady() ?? .building(copies: [])
     }
 
     deinit {
-        if case .building(let fd, let base, let capacity, _) = state {
-            close(fd)
-            unlink(path("rows.partial"))
-            munmap(base, capacity)
-        }
         if let m = mapping { munmap(m.base, m.size) }
     }
 
     private func path(_ suffix: String) -> String { (folder as NSString).appendingPathComponent(name + "." + suffix) }
 
-    /// The copy of the rows stored at `data` (`bytes` long): from the rows file when it holds
-    /// them, else fresh space in the file being built; nil when this cache has none.
-    func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> (rows: InterleavedRows, filled: Bool)? {
-        let offset = data - fileBase
+    /// The copy of the rows stored at `data` (`bytes` long) from the rows file, when it holds them.
+    func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> InterleavedRows? {
         lock.lock(); defer { lock.unlock() }
-        switch state {
-        case .ready(let base, _, let entries):
-            guard let e = entries[offset], e.bytes == bytes else { return nil }
-            return (InterleavedRows(pointer: base + e.offset, keeper: self), true)
-        case .building(let fd, let base, let capacity, let used):
-            if let e = entries.first(where: { $0[0] == offset }) {
-                return e[2] == bytes ? (InterleavedRows(pointer: base + e[1], keeper: self), filled.contains(offset)) : nil
-            }
-            let start = (used + 4095) / 4096 * 4096
-            // Disk blocks are reserved before the pages are written: a full disk must refuse
-            // here, not raise SIGBUS in the middle of the copy.
-            guard start + bytes <= capacity, posix_fallocate(fd, off_t(start), off_t(bytes)) == 0 else {
-                abandon()
-                return nil
-            }
-            // Present up front, as anonymous copies are (InterleavedRows(bytes:)).
-            _ = madvise(base + start, bytes, MADV_POPULATE_WRITE)
-            state = .building(descriptor: fd, base: base, capacity: capacity, used: start + bytes)
-            entries.append([offset, start, bytes])
-            return (InterleavedRows(pointer: base + start, keeper: self), false)
-        case .off:
-            return nil
-        }
+        guard case .ready(let base, _, let entries) = state, let e = entries[data - fileBase], e.bytes == bytes else { return nil }
+        return InterleavedRows(pointer: base + e.offset, keeper: self)
     }
 
-    func didFill(offset: Int) {
+    /// A copy of the rows stored at `data` made in memory: written to the cache at `commit()`.
+    func didInterleave(_ data: UnsafeRawPointer, into rows: InterleavedRows, bytes: Int) {
         lock.lock(); defer { lock.unlock() }
-        filled.insert(offset)
+        guard case .building(var copies) = state else { return }
+        copies.append((data - fileBase, rows, bytes))
+        state = .building(copies: copies)
     }
 
-    /// Makes what was built the cache later loads read: the rows file renamed into place, then
-    /// its index. Called once the model holding the copies is built; does nothing otherwise.
+    /// Starts writing the copies made so far as the cache later loads read (see the type's
+    /// description). Called once the model holding them is built; does nothing otherwise.
     func commit() {
-        lock.lock(); defer { lock.unlock() }
-        guard case .building(let fd, let base, let capacity, let used) = state else { return }
-        let complete = entries.filter { filled.contains($0[0]) }
-        guard !complete.isEmpty, ftruncate(fd, off_t(used)) == 0, rename(path("rows.partial"), path("rows")) == 0 else {
-            abandon()
-            return
-        }
-        let index = Index(identity: identity, rowsBytes: used, entries: complete)
-        let temporary = path("json.partial")
-        if let json = try? JSONEncoder().encode(index), FileManager.default.createFile(atPath: temporary, contents: json),
-           rename(temporary, path("json")) == 0 {
-            close(fd)
-            // The copies stay mapped as they are; only the space past `used` goes.
-            mapping = (base, capacity)
-            state = .ready(base: base, size: used, entries: Dictionary(uniqueKeysWithValues: complete.map { ($0[0], ($0[1], $0[2])) }))
-        } else {
-            unlink(temporary)
-            unlink(path("rows"))
-            close(fd)
-            mapping = (base, capacity)
-            state = .off
+        lock.lock()
+        guard case .building(let copies) = state, !copies.isEmpty else { lock.unlock(); return }
+        state = .off
+        lock.unlock()
+        _ = Self.waitAtExit
+        let write = CacheWrite(folder: folder, name: name, pathPrefix: pathPrefix, identity: identity, copies: copies)
+        Self.writes.enter()
+        Thread.detachNewThread {
+            defer { Self.writes.leave() }
+            // The copy competes with nothing a person waits for.
+            _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, 19)
+            write.run()
         }
     }
 
-    /// Stops building: what was handed out stays mapped (its rows are still written and used);
-    /// the partial file is removed.
-    private func abandon() {
-        guard case .building(let fd, let base, let capacity, _) = state else { return }
-        close(fd)
-        unlink(path("rows.partial"))
-        mapping = (base, capacity)
-        state = .off
+    /// One background write of a new cache.
+    private struct CacheWrite: @unchecked Sendable {
+        let folder: String, name: String, pathPrefix: String, identity: String
+        let copies: [(offset: Int, rows: InterleavedRows, bytes: Int)]
+
+        func path(_ suffix: String) -> String { (folder as NSString).appendingPathComponent(name + "." + suffix) }
+
+        func run() {
+            let partial = path("rows.partial")
+            let fd = open(partial, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { return }
+            defer { close(fd) }
+            // Locked (another load may be writing it), still the partial file (not one another
+            // load has just renamed into place), and room on the disk for it besides a gigabyte.
+            var opened = stat(), named = stat(), fs = statvfs()
+            let total = copies.reduce(0) { ($0 + 4095) / 4096 * 4096 + $1.bytes }
+            guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &opened) == 0, stat(partial, &named) == 0,
+                  opened.st_ino == named.st_ino, opened.st_dev == named.st_dev,
+                  statvfs(folder, &fs) == 0, Int(fs.f_bavail) * Int(fs.f_frsize) > total + (1 << 30),
+                  ftruncate(fd, 0) == 0 else { return }
+            var entries: [[Int]] = []
+            var end = 0
+            for copy in copies {
+                let start = (end + 4095) / 4096 * 4096
+                var done = 0
+                while done < copy.bytes {
+                    let n = pwrite(fd, copy.rows.pointer + done, min(copy.bytes - done, 1 << 24), off_t(start + done))
+                    if n < 0, errno == EINTR { continue }
+                    guard n > 0 else { unlink(partial); return }
+                    done += n
+                }
+                entries.append([copy.offset, start, copy.bytes])
+                end = start + copy.bytes
+            }
+            // Earlier caches of this path (the file has changed since) go.
+            for other in (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+            where other.hasPrefix(pathPrefix) && !other.hasPrefix(name + ".") {
+                unlink((folder as NSString).appendingPathComponent(other))
+            }
+            let temporary = path("json.partial")
+            unlink(path("json"))
+            guard ftruncate(fd, off_t(end)) == 0, rename(partial, path("rows")) == 0,
+                  let json = try? JSONEncoder().encode(Index(identity: identity, rowsBytes: end, entries: entries)),
+                  FileManager.default.createFile(atPath: temporary, contents: json), rename(temporary, path("json")) == 0 else {
+                unlink(partial); unlink(temporary); unlink(path("rows"))
+                return
+            }
+        }
     }
 
     /// The finished cache when its index names this file and every entry lies inside the rows file.
@@ -182,30 +193,4 @@ final class InterleavedRowsCache: @unchecked Sendable {
         return .ready(base: p, size: index.rowsBytes, entries: entries)
     }
 
-    /// A new rows file, when the lock is free (another load may be building it) and the disk has
-    /// room for a copy of the whole file besides a gigabyte.
-    private func startBuilding() -> State? {
-        var fs = statvfs()
-        guard statvfs(folder, &fs) == 0, Int(fs.f_bavail) * Int(fs.f_frsize) > 2 * fileSize + (1 << 30) else { return nil }
-        let fd = open(path("rows.partial"), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { return nil }
-        // The copies are never larger than twice the stored rows; the file stays sparse.
-        let capacity = 2 * fileSize
-        // Locked, and still the partial file (not one another load has just renamed into place).
-        var opened = stat(), named = stat()
-        guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &opened) == 0, stat(path("rows.partial"), &named) == 0,
-              opened.st_ino == named.st_ino, opened.st_dev == named.st_dev,
-              ftruncate(fd, 0) == 0, ftruncate(fd, off_t(capacity)) == 0,
-              let p = mmap(nil, capacity, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
-            close(fd)
-            return nil
-        }
-        // Earlier caches of this path (the file has changed since) go.
-        for other in (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
-        where other.hasPrefix(pathPrefix) && !other.hasPrefix(name + ".") {
-            unlink((folder as NSString).appendingPathComponent(other))
-        }
-        unlink(path("json"))
-        return .building(descriptor: fd, base: p, capacity: capacity, used: 0)
-    }
 }

@@ -50,7 +50,7 @@ public final class MappedFile: PageReleasing, @unchecked Sendable {
         return interleavedCache
     }
 
-    /// Makes the interleaved copies written while loading this file the ones later loads map
+    /// Starts keeping the interleaved copies made while loading this file for later loads to map
     /// (see `InterleavedRowsCache.commit`); call it once the model reading them is built.
     public func commitInterleavedRows() { cache(creating: false)?.commit() }
 
@@ -90,10 +90,13 @@ public struct FormatError: Error, CustomStringConvertible, Sendable {
 }
 
 extension MappedFile: InterleavedRowsCaching {
-    public func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> (rows: InterleavedRows, filled: Bool)? {
+    public func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> InterleavedRows? {
         guard data >= base, data - base < size else { return nil }
         return cache(creating: true)?.interleavedRows(of: data, bytes: bytes)
     }
 
-    public func didFillInterleavedRows(of data: UnsafeRawPointer) { cache(creating: false)?.didFill(offset: data - base) }
+    public func didInterleave(_ data: UnsafeRawPointer, into rows: InterleavedRows, bytes: Int) {
+        guard data >= base, data - base < size else { return }
+        cache(creating: true)?.didInterleave(data, into: rows, bytes: bytes)
+    }
 }

@@ -79,24 +79,25 @@ public struct QuantizedMatrix: @unchecked Sendable {
     /// take its type that way (Q4_0, Q4_K, Q6_K, rows a multiple of 8): one pass then dots eight
     /// rows with a token into one register. It costs a second copy of the weights, so only
     /// inference with int8 activations asks for it. The copy comes from the owner when it keeps
-    /// one across runs (`InterleavedRowsCaching`: a large GGUF's cache file, already filled on
-    /// later loads), else from anonymous memory. Otherwise (or when the copy cannot be
+    /// one across runs (`InterleavedRowsCaching`: a large GGUF's cache file), else it is made in
+    /// anonymous memory and handed to the owner to keep. Otherwise (or when the copy cannot be
     /// allocated) the matrix is returned as it is.
     public func interleavedForIntegerProducts() -> QuantizedMatrix {
         let groupBytes = vlm_interleaved_group_bytes(type.rawValue, Int32(cols))
         guard groupBytes > 0, rows > 0, rows % 8 == 0, interleaved == nil else { return self }
         let bytes = rows / 8 * groupBytes
         let cache = owner as? InterleavedRowsCaching
-        let packed: InterleavedRows, filled: Bool
-        if let cached = cache?.interleavedRows(of: data, bytes: bytes) { (packed, filled) = cached }
-        else if let anonymous = InterleavedRows(bytes: bytes) { (packed, filled) = (anonymous, false) }
-        else { return self }
-        if !filled {
+        let packed: InterleavedRows
+        if let cached = cache?.interleavedRows(of: data, bytes: bytes) {
+            packed = cached
+        } else {
+            guard let fresh = InterleavedRows(bytes: bytes) else { return self }
             let rowBytes = self.rowBytes, cols = Int32(self.cols), data = self.data, type = self.type.rawValue
             Parallel.forEach(rows / 8, minChunk: max(1, 65536 / groupBytes)) { groups in
-                vlm_interleave(type, data, rowBytes, cols, Int32(groups.lowerBound), Int32(groups.upperBound), packed.pointer)
+                vlm_interleave(type, data, rowBytes, cols, Int32(groups.lowerBound), Int32(groups.upperBound), fresh.pointer)
             }
-            cache?.didFillInterleavedRows(of: data)
+            cache?.didInterleave(data, into: fresh, bytes: bytes)
+            packed = fresh
         }
         // Inference reads only the copy from now on: the stored rows need not stay resident.
         if let file = owner as? PageReleasing { file.releasePages(of: data, bytes: rows * rowBytes) }
@@ -116,11 +117,10 @@ public protocol PageReleasing: AnyObject {
 /// An owner of stored weights that keeps their interleaved copies across runs (a GGUF file's
 /// cache in the model store: repacking a 7B model takes seconds at every load otherwise).
 public protocol InterleavedRowsCaching: AnyObject {
-    /// Memory for the `bytes`-long interleaved copy of the rows stored at `data`, and whether it
-    /// already holds them (written by an earlier run); nil when the owner keeps no copy of them.
-    func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> (rows: InterleavedRows, filled: Bool)?
-    /// The copy `interleavedRows(of:bytes:)` gave unfilled for `data` now holds its rows.
-    func didFillInterleavedRows(of data: UnsafeRawPointer)
+    /// The `bytes`-long interleaved copy of the rows stored at `data` an earlier run kept, if any.
+    func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> InterleavedRows?
+    /// The rows stored at `data` were just interleaved into `rows`, for the owner to keep.
+    func didInterleave(_ data: UnsafeRawPointer, into rows: InterleavedRows, bytes: Int)
 }
 
 /// Memory holding interleaved rows (`QuantizedMatrix.interleaved`): anonymous memory unmapped

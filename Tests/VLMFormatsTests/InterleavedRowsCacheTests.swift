@@ -57,27 +57,34 @@ final class InterleavedRowsCacheTests: XCTestCase {
         ((try? FileManager.default.contentsOfDirectory(atPath: dir + "/home/cache")) ?? []).sorted()
     }
 
+    /// A load of `path` that interleaves the matrix and commits (waiting for the write).
+    func loadAndCommit(_ path: String) throws -> [Float] {
+        let file = try MappedFile(path: path)
+        let product = product(matrix(file).interleavedForIntegerProducts())
+        file.commitInterleavedRows()
+        InterleavedRowsCache.waitForWrites()
+        return product
+    }
+
     func testFirstLoadWritesTheCacheAndLaterLoadsMapIt() throws {
         let path = dir + "/model.gguf"
         try writeWeights(path, seed: 1)
         let expected = fresh(try MappedFile(path: path))
 
-        // First load: interleaved into the file being built; nothing is kept until commit.
-        var file: MappedFile? = try MappedFile(path: path)
-        let built = matrix(file!).interleavedForIntegerProducts()
+        // First load: interleaved in memory; the cache is written only once the model is built.
+        let file = try MappedFile(path: path)
+        let built = matrix(file).interleavedForIntegerProducts()
         XCTAssertNotNil(built.interleaved)
         XCTAssertEqual(product(built), expected)
-        XCTAssertEqual(cacheFiles().count, 1, "only the partial rows file: \(cacheFiles())")
-        XCTAssertTrue(cacheFiles()[0].hasSuffix(".rows.partial"))
-        file!.commitInterleavedRows()
+        XCTAssertEqual(cacheFiles(), [])
+        file.commitInterleavedRows()
+        InterleavedRowsCache.waitForWrites()
         XCTAssertEqual(cacheFiles().map { ($0 as NSString).pathExtension }, ["json", "rows"])
-        XCTAssertEqual(product(built), expected, "the copies stay in place through the commit")
-        file = nil
 
-        // A later load maps the copies: already filled, the same products.
+        // A later load maps the copies: the same products.
         let again = try MappedFile(path: path)
         let m = matrix(again)
-        XCTAssertEqual(again.interleavedRows(of: m.data, bytes: rows * m.rowBytes)?.filled, true)
+        XCTAssertNotNil(again.interleavedRows(of: m.data, bytes: rows * m.rowBytes))
         XCTAssertEqual(product(m.interleavedForIntegerProducts()), expected)
         XCTAssertNil(again.interleavedRows(of: m.data + m.rowBytes, bytes: m.rowBytes), "rows the cache does not hold")
 
@@ -91,31 +98,25 @@ final class InterleavedRowsCacheTests: XCTestCase {
     func testAChangedFileIsRebuiltAndTheOldCacheRemoved() throws {
         let path = dir + "/model.gguf"
         try writeWeights(path, seed: 1)
-        var file: MappedFile? = try MappedFile(path: path)
-        _ = matrix(file!).interleavedForIntegerProducts()
-        file!.commitInterleavedRows()
-        file = nil
+        _ = try loadAndCommit(path)
         let first = cacheFiles()
+        XCTAssertEqual(first.count, 2)
 
         // Rewritten with other weights of the same size, at another modification time.
         try writeWeights(path, seed: 2)
         try FileManager.default.setAttributes([.modificationDate: Date(timeIntervalSince1970: 1_000_000_000)], ofItemAtPath: path)
         let changed = try MappedFile(path: path)
-        let expected = fresh(changed)
-        let m = matrix(changed).interleavedForIntegerProducts()
-        XCTAssertEqual(product(m), expected, "not the old file's rows")
+        XCTAssertNil(changed.interleavedRows(of: changed.base + offset, bytes: rows * matrix(changed).rowBytes), "not the old file's rows")
+        XCTAssertEqual(try loadAndCommit(path), fresh(changed))
+        XCTAssertEqual(cacheFiles().count, 2)
         XCTAssertTrue(Set(cacheFiles()).isDisjoint(with: first), "the old cache is gone: \(cacheFiles())")
     }
 
-    /// An index naming rows past the end of the rows file, or another file, is not used.
+    /// An index naming rows past the end of the rows file is not used; the next commit rewrites it.
     func testABadIndexIsNotRead() throws {
         let path = dir + "/model.gguf"
         try writeWeights(path, seed: 3)
-        var file: MappedFile? = try MappedFile(path: path)
-        let expected = fresh(file!)
-        _ = matrix(file!).interleavedForIntegerProducts()
-        file!.commitInterleavedRows()
-        file = nil
+        let expected = try loadAndCommit(path)
         let index = try XCTUnwrap(cacheFiles().first { $0.hasSuffix(".json") })
         let indexPath = dir + "/home/cache/" + index
         var object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: indexPath))) as? [String: Any])
@@ -124,20 +125,20 @@ final class InterleavedRowsCacheTests: XCTestCase {
         object["entries"] = entries
         try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: indexPath))
         let reopened = try MappedFile(path: path)
-        XCTAssertEqual(reopened.interleavedRows(of: reopened.base + offset, bytes: rows * matrix(reopened).rowBytes)?.filled, false,
-                       "rebuilt instead of read")
-        XCTAssertEqual(product(matrix(reopened).interleavedForIntegerProducts()), expected)
+        XCTAssertNil(reopened.interleavedRows(of: reopened.base + offset, bytes: rows * matrix(reopened).rowBytes))
+        XCTAssertEqual(try loadAndCommit(path), expected)
+        let again = try MappedFile(path: path)
+        XCTAssertNotNil(again.interleavedRows(of: again.base + offset, bytes: rows * matrix(again).rowBytes), "rewritten")
     }
 
-    /// A load that never commits (the model failed to build, the process stopped) leaves nothing.
-    func testAnUncommittedBuildLeavesNoCache() throws {
+    /// A load that never commits (the model failed to build) writes nothing.
+    func testAnUncommittedLoadWritesNothing() throws {
         let path = dir + "/model.gguf"
         try writeWeights(path, seed: 4)
         var file: MappedFile? = try MappedFile(path: path)
-        var m: QuantizedMatrix? = matrix(file!).interleavedForIntegerProducts()
-        XCTAssertNotNil(m?.interleaved)
-        m = nil
+        XCTAssertNotNil(matrix(file!).interleavedForIntegerProducts().interleaved)
         file = nil
+        InterleavedRowsCache.waitForWrites()
         XCTAssertEqual(cacheFiles(), [])
     }
 }
