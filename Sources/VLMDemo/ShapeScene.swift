@@ -252,7 +252,7 @@ public enum SceneLayout: String, CaseIterable, Sendable, Codable {
     /// alignment that also shows empty cells, so the language model learns to read the image
     /// tokens that hold an object and to count them.
     case copies
-    /// One to four shapes anywhere and of any size from about 6 % to 26 % of the side as a radius
+    /// One to four shapes anywhere and of any size from about 8 % to 26 % of the side as a radius
     /// (each centred in its own cell, none overlapping), turned and stretched a little, in
     /// jittered colours, on any background (also unnamed colours and stripes), sometimes with
     /// hard edges, at one to three times the image size: pictures as other programs draw them.
@@ -391,9 +391,11 @@ public struct ShapeScene: Sendable, Equatable, Codable {
             let jittered = rgb.map { UInt8(max(0, min(255, Int($0) + rng.below(41) - 20))) }
             let angle = kind == .circle ? 0 : (rng.unit() - 0.5) * 0.5
             let stretch = 0.87 + 0.26 * rng.unit()
-            // Largest first tries, smaller ones when the shape does not fit among the others.
+            // Largest first tries, smaller ones when the shape does not fit among the others. No
+            // radius under 8 %: at 96 pixels a smaller shape fits inside one 16-pixel patch, where
+            // a star and a cross differ by a few pixels.
             for attempt in 0..<24 {
-                let fraction = 0.06 + (0.2 - 0.006 * Double(attempt)) * rng.unit()
+                let fraction = 0.08 + (0.18 - 0.005 * Double(attempt)) * rng.unit()
                 let radius = fraction * Double(side)
                 let probe = PlacedShape(kind: kind, colour: colour, size: .small, cell: cell, centerX: 0, centerY: 0,
                                         radius: radius, angle: angle, stretch: stretch)

@@ -300,7 +300,7 @@ final class DemoDataTests: XCTestCase {
                 XCTAssertTrue(s.centerY >= Double(s.cell.row) * cell && s.centerY <= Double(s.cell.row + 1) * cell)
                 XCTAssertTrue(s.centerX - s.reach >= 0 && s.centerX + s.reach <= side && s.centerY - s.reach >= 0 && s.centerY + s.reach <= side)
                 XCTAssertEqual(s.size, s.radius / side < 0.115 ? .small : .large)
-                XCTAssertTrue((0.06...0.26).contains(s.radius / side))
+                XCTAssertTrue((0.08...0.26).contains(s.radius / side))
                 if s.fill != nil {
                     XCTAssertGreaterThan(zip(Self.rgb(s.colour), base).reduce(0) { $0 + abs(Int($1.0) - Int($1.1)) }, 160)
                 } else {
