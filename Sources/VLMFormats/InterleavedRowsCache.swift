@@ -33,8 +33,8 @@ final class InterleavedRowsCache: @unchecked Sendable {
     }
 
     private enum State {
-        /// NAME.rows mapped read-only, its copies by stored offset.
-        case ready(base: UnsafeMutableRawPointer, size: Int, entries: [Int: (offset: Int, bytes: Int)])
+        /// NAME.rows mapped read-only (`mapping`), its copies by stored offset.
+        case ready(base: UnsafeMutableRawPointer, entries: [Int: (offset: Int, bytes: Int)])
         /// No cache yet: the copies made in memory, by stored offset, to write at `commit()`.
         case building(copies: [(offset: Int, rows: InterleavedRows, bytes: Int)])
         case off
@@ -94,7 +94,7 @@ final class InterleavedRowsCache: @unchecked Sendable {
     /// The copy of the rows stored at `data` (`bytes` long) from the rows file, when it holds them.
     func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> InterleavedRows? {
         lock.lock(); defer { lock.unlock() }
-        guard case .ready(let base, _, let entries) = state, let e = entries[data - fileBase], e.bytes == bytes else { return nil }
+        guard case .ready(let base, let entries) = state, let e = entries[data - fileBase], e.bytes == bytes else { return nil }
         return InterleavedRows(pointer: base + e.offset, keeper: self)
     }
 
@@ -190,7 +190,7 @@ final class InterleavedRowsCache: @unchecked Sendable {
         }
         guard let p = mmap(nil, index.rowsBytes, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
         mapping = (p, index.rowsBytes)
-        return .ready(base: p, size: index.rowsBytes, entries: entries)
+        return .ready(base: p, entries: entries)
     }
 
 }

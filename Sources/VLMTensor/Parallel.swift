@@ -6,7 +6,9 @@ import Foundation
 /// threads are a persistent pool that spins briefly between loops (Sources/CVLMKernels/thread_pool.c):
 /// a decode step runs hundreds of loops of a few microseconds each.
 public enum Parallel {
-    /// Number of worker threads; `VLMSH_THREADS` overrides the core count.
+    /// Number of worker threads; `VLMSH_THREADS` overrides the core count. Raising it later grows
+    /// the pool for good, and every loop then waits for each of its workers to leave (spinning
+    /// threads beyond the cores make that a scheduler's time slice per loop).
     nonisolated(unsafe) public static var threads: Int = {
         if let s = ProcessInfo.processInfo.environment["VLMSH_THREADS"], let n = Int(s), n > 0 { return n }
         return max(1, ProcessInfo.processInfo.activeProcessorCount)
