@@ -83,6 +83,6 @@ let package = Package(
         .testTarget(name: "VLMModelsTests", dependencies: ["VLMTestSupport", "VLMHome", "VLMModels", "VLMAutodiff", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
         .testTarget(name: "VLMGenerationTests", dependencies: ["VLMGeneration", "VLMTokenizers"]),
         .testTarget(name: "VLMTrainingTests", dependencies: ["VLMTestSupport", "VLMHome", "VLMTraining", "VLMAutodiff", "VLMModels", "VLMGeneration", "VLMFormats", "VLMTensor", "VLMTokenizers", "VLMImage"]),
-        .testTarget(name: "VLMCLITests", dependencies: ["VLMTestSupport", "vlmsh-fuzz", "VLMCLI", "VLMApp", "VLMStore", "VLMModels", "VLMTraining", "VLMHome"]),
+        .testTarget(name: "VLMCLITests", dependencies: ["VLMTestSupport", "vlmsh-fuzz", "VLMCLI", "VLMApp", "VLMStore", "VLMModels", "VLMGeneration", "VLMTraining", "VLMHome"]),
     ]
 )

@@ -1,5 +1,7 @@
 import Foundation
+import VLMApp
 import VLMFormats
+import VLMGeneration
 import VLMTensor
 import XCTest
 
@@ -83,6 +85,27 @@ final class ExportGGUFCLITests: XCTestCase {
                 }
             }
         }
+    }
+
+    /// A CLIP tower whose class token is an image token too (select `full`) is exported with
+    /// mmproj.json saying so, and vlmsh reads the pair back with the model's image rows (llama.cpp's
+    /// graph keeps one per patch, so the report says it is not exact).
+    func testFullSelectClipExportKeepsTheClassTokenRow() throws {
+        let model = home + "/full-llava", out = home + "/full-export"
+        let made = try vlmsh(["init-llava", "--text-model", "smollm2", "--out", model, "--image-size", "32", "--patch-size", "16",
+                              "--vision-feature-select", "full", "--seed", "3"])
+        XCTAssertEqual(made.status, 0, made.stderr)
+        let report = try json(try vlmsh(["export-gguf", "--model", model, "--out", out, "--json"]))
+        XCTAssertEqual(report["llama_cpp_exact"] as? Bool, false)
+        let pair = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/mmproj.json"))) as? [String: String])
+        XCTAssertEqual(pair, ["model": "text.gguf", "mmproj": "mmproj.gguf", "vision_feature_select_strategy": "full"])
+        for path in [model, out] {
+            let llava = try XCTUnwrap((try loadChatModel(path: path) as? VisionLanguageModel)?.llava, path)
+            XCTAssertEqual(llava.featureCount, 5, "\(path): four patches and the class token")
+        }
+        let prompt = "Describe the image."
+        let (modelPrompt, _) = try greedy(model, image: "two.png", prompt: prompt)
+        XCTAssertEqual(try greedy(out, image: "two.png", prompt: prompt).prompt.map { $0 < 0 ? 49152 : $0 }, modelPrompt)
     }
 
     /// A fine-tuned tiny LLaVA with a SigLIP tower and a gelu_pytorch_tanh projector, the model
