@@ -14,8 +14,8 @@ import Glibc
 /// and `NAME.json`, the index (which stored rows each copy holds, where, how long). A load
 /// without them interleaves into memory as always; once its model is built, `commit()` hands the
 /// copies to a background thread that writes them to `NAME.rows.partial` under an exclusive lock
-/// (the disk, not the first token, waits), renames it, then writes the index through a temporary
-/// file. The process waits for that write when it exits; one that dies on the way leaves no
+/// (the disk, not the first token, waits; a load killed on the way leaves that name for the next
+/// one to reuse), renames it, then writes the index with `writeAtomically`. The process waits for that write when it exits; one that dies on the way leaves no
 /// index, so nothing half-written is ever read. Every index entry is checked before use.
 final class InterleavedRowsCache: @unchecked Sendable {
     /// Files smaller than this are repacked at every load (it takes milliseconds).
@@ -163,12 +163,11 @@ final class InterleavedRowsCache: @unchecked Sendable {
             where other.hasPrefix(pathPrefix) && !other.hasPrefix(name + ".") {
                 unlink((folder as NSString).appendingPathComponent(other))
             }
-            let temporary = path("json.partial")
             unlink(path("json"))
             guard ftruncate(fd, off_t(end)) == 0, rename(partial, path("rows")) == 0,
                   let json = try? JSONEncoder().encode(Index(identity: identity, rowsBytes: end, entries: entries)),
-                  FileManager.default.createFile(atPath: temporary, contents: json), rename(temporary, path("json")) == 0 else {
-                unlink(partial); unlink(temporary); unlink(path("rows"))
+                  (try? writeAtomically(json, to: path("json"))) != nil else {
+                unlink(partial); unlink(path("rows"))
                 return
             }
         }
@@ -178,17 +177,15 @@ final class InterleavedRowsCache: @unchecked Sendable {
     private func openReady() -> State? {
         guard let json = FileManager.default.contents(atPath: path("json")),
               let index = try? JSONDecoder().decode(Index.self, from: json), index.identity == identity else { return nil }
-        let fd = open(path("rows"), O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, Int(st.st_size) == index.rowsBytes, index.rowsBytes > 0 else { return nil }
+        guard let rows = try? openRegularFile(path("rows")) else { return nil }
+        defer { close(rows.descriptor) }
+        guard rows.size == index.rowsBytes, index.rowsBytes > 0 else { return nil }
         var entries: [Int: (offset: Int, bytes: Int)] = [:]
         for e in index.entries {
             guard e.count == 3, e[0] >= 0, e[0] < fileSize, e[1] >= 0, e[2] > 0, e[1] <= index.rowsBytes - e[2] else { return nil }
             entries[e[0]] = (e[1], e[2])
         }
-        guard let p = mmap(nil, index.rowsBytes, PROT_READ, MAP_SHARED, fd, 0), p != MAP_FAILED else { return nil }
+        guard let p = mmap(nil, index.rowsBytes, PROT_READ, MAP_SHARED, rows.descriptor, 0), p != MAP_FAILED else { return nil }
         mapping = (p, index.rowsBytes)
         return .ready(base: p, entries: entries)
     }
