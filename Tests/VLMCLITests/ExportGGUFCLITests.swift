@@ -50,6 +50,10 @@ final class ExportGGUFCLITests: XCTestCase {
             let report = try json(try vlmsh(["export-gguf", "--model", "vlmsh-demo", "--type", type, "--out", out, "--json"]))
             XCTAssertEqual(report["merged_weights"] as? Int, 30 * 7, "the demo's LoRA is on every projection of SmolLM2's 30 layers")
             XCTAssertEqual(report["vision_layers"] as? Int, 4)
+            XCTAssertEqual(report["llama_cpp_exact"] as? Bool, false, "a CLIP tower: llama.cpp's graph keeps other rows")
+            // The pair names itself, and tells vlmsh that the class token is an image token too.
+            let pair = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/mmproj.json"))) as? [String: String])
+            XCTAssertEqual(pair, ["model": "text.gguf", "mmproj": "mmproj.gguf", "vision_feature_select_strategy": "full"])
             XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: out)), ["text.gguf", "mmproj.gguf", "mmproj.json"])
             try checkText(GGUFFile(path: out + "/text.gguf"), base: base, type: type)
             try checkMMProj(GGUFFile(path: out + "/mmproj.gguf"), type: type)
@@ -76,10 +80,12 @@ final class ExportGGUFCLITests: XCTestCase {
                 let agreeing = type == "q8_0" && image == "two.png" ? 11 : 12
                 XCTAssertEqual(Array(ids.prefix(agreeing)), Array(llamaDecoder.prefix(agreeing)), "\(type) \(image): llama.cpp's decoder")
                 // llama.cpp's own image encoder on the exported mmproj: its LLaVA graph puts the class
-                // token after the patches and keeps rows 1… (patches 1-8 and the class token, with
-                // shifted position embeddings), which no metadata changes; the fixture checks its
-                // rows are that graph's (emulated in torch on the demo's weights).
+                // token after the patches and keeps rows 1… (patches 1-35 and the class token, with
+                // shifted position embeddings, where the demo reads all 36 patches and the class
+                // token), which no metadata changes; the fixture checks its rows are that graph's
+                // (emulated in torch on the demo's weights).
                 XCTAssertLessThan(try XCTUnwrap(c["llama_cpp_vs_emulated_graph_max_abs_diff"] as? Double), type == "f16" ? 0.01 : 0.2)
+                XCTAssertEqual(c["llama_cpp_image_rows"] as? Int, 36)
                 if image == "three.png" {
                     XCTAssertEqual(ids, c["llama_cpp_ids"] as? [Int], "\(type) \(image): llama.cpp end to end on the exported pair")
                 }
@@ -223,7 +229,7 @@ final class ExportGGUFCLITests: XCTestCase {
         XCTAssertEqual(m["clip.has_vision_encoder"], .bool(true))
         XCTAssertEqual(m["clip.has_llava_projector"], .bool(true))
         XCTAssertEqual(m["clip.vision.image_size"], .uint32(96))
-        XCTAssertEqual(m["clip.vision.patch_size"], .uint32(32))
+        XCTAssertEqual(m["clip.vision.patch_size"], .uint32(16))
         XCTAssertEqual(m["clip.vision.embedding_length"], .uint32(192))
         XCTAssertEqual(m["clip.vision.feed_forward_length"], .uint32(768))
         XCTAssertEqual(m["clip.vision.projection_dim"], .uint32(576))
@@ -244,8 +250,8 @@ final class ExportGGUFCLITests: XCTestCase {
         }
         XCTAssertFalse(names.contains("v.post_ln.weight"), "LLaVA's hidden states never pass post_layernorm; llama.cpp would apply it")
         XCTAssertEqual(g.tensorInfo("v.blk.0.ffn_up.weight")?.dims, [192, 768], "ffn_up is CLIP's fc1 (hidden → intermediate)")
-        XCTAssertEqual(g.tensorInfo("v.patch_embd.weight")?.dims, [32, 32, 3, 192])
-        XCTAssertEqual(g.tensorInfo("v.position_embd.weight")?.dims, [192, 10])
+        XCTAssertEqual(g.tensorInfo("v.patch_embd.weight")?.dims, [16, 16, 3, 192])
+        XCTAssertEqual(g.tensorInfo("v.position_embd.weight")?.dims, [192, 37], "36 patches and the class token")
         let matrix: GGMLType = type == "f16" ? .f16 : .q8_0
         for name in ["v.blk.0.attn_q.weight", "v.blk.2.ffn_down.weight", "mm.0.weight", "mm.2.weight"] {
             XCTAssertEqual(g.tensorInfo(name)?.type, matrix, name)

@@ -275,10 +275,10 @@ final class REPLTests: XCTestCase {
         defer { t.stop() }
         guard t.expect(">>> ", timeout: 60) else { return }
         XCTAssertTrue(t.output.contains("loaded \(dir)/models/vlmsh-demo (it sees images"), t.output)
-        t.enter("/image " + CLITests.root.appendingPathComponent("sessions/data/shapes/three.png").path)
+        t.enter("/image " + CLITests.root.appendingPathComponent("sessions/data/foreign/images/foreign-020.png").path)
         t.enter("/set temperature 0")
-        t.enter("What colour is the star?")
-        XCTAssertTrue(t.text(after: "What colour is the star?").contains("\nWhite.\n"), t.output)
+        t.enter("What colour is the circle?")
+        XCTAssertTrue(t.text(after: "What colour is the circle?").contains("\nRed.\n"), t.output)
     }
 
     /// `/image` on a LLaVA model: Tab completes the path, the message's image is encoded (with a
