@@ -15,8 +15,9 @@ import Glibc
 /// without them interleaves into memory as always; once its model is built, `commit()` hands the
 /// copies to a background thread that writes them to `NAME.rows.partial` under an exclusive lock
 /// (the disk, not the first token, waits; a load killed on the way leaves that name for the next
-/// one to reuse), renames it, then writes the index with `writeAtomically`. The process waits for that write when it exits; one that dies on the way leaves no
-/// index, so nothing half-written is ever read. Every index entry is checked before use.
+/// one to reuse), renames it, then writes the index with `writeAtomically`. The process waits
+/// for that write when it exits; one that dies on the way leaves no index, so nothing
+/// half-written is ever read. Every index entry is checked before use.
 final class InterleavedRowsCache: @unchecked Sendable {
     /// Files smaller than this are repacked at every load (it takes milliseconds).
     nonisolated(unsafe) static var minimumFileBytes = 512 << 20
@@ -33,8 +34,9 @@ final class InterleavedRowsCache: @unchecked Sendable {
     }
 
     private enum State {
-        /// NAME.rows mapped read-only (`mapping`), its copies by stored offset.
-        case ready(base: UnsafeMutableRawPointer, entries: [Int: (offset: Int, bytes: Int)])
+        /// NAME.rows mapped read-only (`size` bytes at `base`, unmapped with the cache), its
+        /// copies by stored offset.
+        case ready(base: UnsafeMutableRawPointer, size: Int, entries: [Int: (offset: Int, bytes: Int)])
         /// No cache yet: the copies made in memory, by stored offset, to write at `commit()`.
         case building(copies: [(offset: Int, rows: InterleavedRows, bytes: Int)])
         case off
@@ -48,7 +50,6 @@ final class InterleavedRowsCache: @unchecked Sendable {
     private let pathPrefix: String
     private let identity: String
     private var state: State = .off
-    private var mapping: (base: UnsafeMutableRawPointer, size: Int)?
     private let lock = NSLock()
 
     /// Background writes of new caches; the process waits for them when it exits.
@@ -86,15 +87,20 @@ final class InterleavedRowsCache: @unchecked Sendable {
     }
 
     deinit {
-        if let m = mapping { munmap(m.base, m.size) }
+        if case .ready(let base, let size, _) = state { munmap(base, size) }
     }
 
-    private func path(_ suffix: String) -> String { (folder as NSString).appendingPathComponent(name + "." + suffix) }
+    private func path(_ suffix: String) -> String { Self.path(folder, name, suffix) }
+    private static func path(_ folder: String, _ name: String, _ suffix: String) -> String {
+        (folder as NSString).appendingPathComponent(name + "." + suffix)
+    }
+    /// Copies start on page boundaries in the rows file, so each maps page-aligned.
+    private static func pageAligned(_ offset: Int) -> Int { (offset + 4095) / 4096 * 4096 }
 
     /// The copy of the rows stored at `data` (`bytes` long) from the rows file, when it holds them.
     func interleavedRows(of data: UnsafeRawPointer, bytes: Int) -> InterleavedRows? {
         lock.lock(); defer { lock.unlock() }
-        guard case .ready(let base, let entries) = state, let e = entries[data - fileBase], e.bytes == bytes else { return nil }
+        guard case .ready(let base, _, let entries) = state, let e = entries[data - fileBase], e.bytes == bytes else { return nil }
         return InterleavedRows(pointer: base + e.offset, keeper: self)
     }
 
@@ -129,7 +135,7 @@ final class InterleavedRowsCache: @unchecked Sendable {
         let folder: String, name: String, pathPrefix: String, identity: String
         let copies: [(offset: Int, rows: InterleavedRows, bytes: Int)]
 
-        func path(_ suffix: String) -> String { (folder as NSString).appendingPathComponent(name + "." + suffix) }
+        func path(_ suffix: String) -> String { InterleavedRowsCache.path(folder, name, suffix) }
 
         func run() {
             let partial = path("rows.partial")
@@ -139,7 +145,7 @@ final class InterleavedRowsCache: @unchecked Sendable {
             // Locked (another load may be writing it), still the partial file (not one another
             // load has just renamed into place), and room on the disk for it besides a gigabyte.
             var opened = stat(), named = stat(), fs = statvfs()
-            let total = copies.reduce(0) { ($0 + 4095) / 4096 * 4096 + $1.bytes }
+            let total = copies.reduce(0) { InterleavedRowsCache.pageAligned($0) + $1.bytes }
             guard flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &opened) == 0, stat(partial, &named) == 0,
                   opened.st_ino == named.st_ino, opened.st_dev == named.st_dev,
                   statvfs(folder, &fs) == 0, Int(fs.f_bavail) * Int(fs.f_frsize) > total + (1 << 30),
@@ -147,7 +153,7 @@ final class InterleavedRowsCache: @unchecked Sendable {
             var entries: [[Int]] = []
             var end = 0
             for copy in copies {
-                let start = (end + 4095) / 4096 * 4096
+                let start = InterleavedRowsCache.pageAligned(end)
                 var done = 0
                 while done < copy.bytes {
                     let n = pwrite(fd, copy.rows.pointer + done, min(copy.bytes - done, 1 << 24), off_t(start + done))
@@ -186,8 +192,6 @@ final class InterleavedRowsCache: @unchecked Sendable {
             entries[e[0]] = (e[1], e[2])
         }
         guard let p = mmap(nil, index.rowsBytes, PROT_READ, MAP_SHARED, rows.descriptor, 0), p != MAP_FAILED else { return nil }
-        mapping = (p, index.rowsBytes)
-        return .ready(base: p, entries: entries)
+        return .ready(base: p, size: index.rowsBytes, entries: entries)
     }
-
 }
